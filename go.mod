@@ -1,0 +1,3 @@
+module github.com/podsnapshot/podsnapshot
+
+go 1.26

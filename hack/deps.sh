@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Builds the pinned tools into $DEPS_DIR (default _deps/, git-ignored) and installs the
+# Debian packages the tests need. Each tool is rebuilt only when missing or when its stamp
+# records another version, so a second run costs nothing.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=versions.env
+source "$top/hack/versions.env"
+DEPS_DIR=${DEPS_DIR:-$top/_deps}
+bin="$DEPS_DIR/bin"
+mkdir -p "$bin" "$DEPS_DIR/stamps" "$DEPS_DIR/src"
+export GOFLAGS=-mod=mod GOTOOLCHAIN=local
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+
+# fresh NAME VERSION: true when the stamp for NAME says VERSION and every listed binary exists.
+fresh() {
+  local name=$1 version=$2; shift 2
+  [ "$(cat "$DEPS_DIR/stamps/$name" 2>/dev/null)" = "$version" ] || return 1
+  local b; for b in "$@"; do [ -x "$bin/$b" ] || return 1; done
+}
+stamp() { echo "$2" >"$DEPS_DIR/stamps/$1"; }
+
+# scratch NAME: an empty module directory to `go get` a pinned tool into.
+scratch() {
+  local d="$DEPS_DIR/src/$1"
+  rm -rf "$d"; mkdir -p "$d"
+  (cd "$d" && go mod init "podsnapshot.deps/$1" >/dev/null 2>&1)
+  echo "$d"
+}
+
+build_containerd() {
+  if fresh containerd "$CONTAINERD_VERSION" containerd ctr containerd-shim-runc-v2; then return; fi
+  log "building containerd $CONTAINERD_VERSION"
+  local d; d=$(scratch containerd)
+  (cd "$d" && go get "github.com/containerd/containerd/v2@$CONTAINERD_VERSION" &&
+    CGO_ENABLED=0 go build -tags no_btrfs -o "$bin/" \
+      -ldflags "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+      github.com/containerd/containerd/v2/cmd/containerd \
+      github.com/containerd/containerd/v2/cmd/ctr \
+      github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2)
+  stamp containerd "$CONTAINERD_VERSION"
+}
+
+build_runsc() {
+  if fresh runsc "$GVISOR_VERSION" runsc; then return; fi
+  log "building runsc $GVISOR_VERSION"
+  local d; d=$(scratch runsc)
+  (cd "$d" && go get "gvisor.dev/gvisor/runsc@$GVISOR_VERSION" &&
+    CGO_ENABLED=0 go build -o "$bin/runsc" gvisor.dev/gvisor/runsc)
+  stamp runsc "$GVISOR_VERSION"
+}
+
+build_fake_gcs() {
+  if fresh fake-gcs-server "$FAKE_GCS_SERVER_VERSION" fake-gcs-server; then return; fi
+  log "building fake-gcs-server $FAKE_GCS_SERVER_VERSION"
+  local d; d=$(scratch fake-gcs-server)
+  (cd "$d" && go get "github.com/fsouza/fake-gcs-server@$FAKE_GCS_SERVER_VERSION" &&
+    CGO_ENABLED=0 go build -o "$bin/fake-gcs-server" github.com/fsouza/fake-gcs-server)
+  stamp fake-gcs-server "$FAKE_GCS_SERVER_VERSION"
+}
+
+install_debian() {
+  local missing=() p
+  for p in $DEBIAN_PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  log "installing Debian packages: ${missing[*]}"
+  if [ "$(id -u)" -ne 0 ]; then
+    log "not root: install ${missing[*]} with apt-get and run again"; exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+what=${1:-all}
+case $what in
+  all) install_debian; build_containerd; build_runsc; build_fake_gcs ;;
+  containerd) build_containerd ;;
+  runsc) build_runsc ;;
+  fake-gcs-server) build_fake_gcs ;;
+  debian) install_debian ;;
+  *) echo "usage: $0 [all|containerd|runsc|fake-gcs-server|debian]" >&2; exit 2 ;;
+esac
