@@ -1,0 +1,18 @@
+package storage
+
+// FileInfo describes one snapshot file as stored: what the manifest records for each file
+// and what a download verifies against.
+type FileInfo struct {
+	// Name is the object name relative to the store root, e.g. "ns/policy/uuid/pages.img.zst".
+	Name string `json:"name"`
+	// RawSize is the size in bytes of the uncompressed file.
+	RawSize int64 `json:"rawSize"`
+	// StoredSize is the size in bytes of the object in the store.
+	StoredSize int64 `json:"storedSize"`
+	// Codec is the compression codec name: "zstd" or "none".
+	Codec string `json:"codec"`
+	// SHA256 is the hex sha256 of the raw (uncompressed) bytes.
+	SHA256 string `json:"sha256"`
+	// CRC32C is the Castagnoli CRC32 of the stored bytes, as Cloud Storage computes it.
+	CRC32C uint32 `json:"crc32c"`
+}
