@@ -1,0 +1,42 @@
+# podsnapshot: pod snapshots for containerd and gVisor.
+#   make deps    build pinned containerd, runsc, fake-gcs-server into _deps/ (once)
+#   make test    deps + build + every test (unit and end-to-end on a private containerd)
+#   make demo    deps + build + snapshot/restore demo with timings
+include hack/versions.env
+-include storage/bench.mk
+
+SHELL := /bin/bash
+GO ?= go
+OUT := $(CURDIR)/_out
+DEPS_BIN := $(CURDIR)/_deps/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/podsnapshot/podsnapshot/shim.Version=$(VERSION) \
+           -X github.com/podsnapshot/podsnapshot/shim.Revision=$(REVISION)
+TEST_TIMEOUT ?= 60m
+
+.PHONY: all deps build test unit e2e demo clean
+
+all: build
+
+deps:
+	./hack/deps.sh all
+
+build:
+	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(OUT)/bin/ ./cmd/...
+
+# Unit tests need no daemon; the end-to-end packages start their own containerd,
+# runsc and fake-gcs-server from _deps/bin.
+test: deps build
+	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+
+unit:
+	$(GO) test -count=1 -short ./...
+
+e2e: deps build
+	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
+
+clean:
+	rm -rf $(OUT)

@@ -1,0 +1,138 @@
+// Package config reads the shim's TOML configuration: the file named by the ConfigPath
+// runtime option, else /etc/containerd/podsnapshot.toml. The CLI reads the same file.
+//
+// Example (every key optional):
+//
+//	log_level = "info"                    # panic|fatal|error|warn|info|debug|trace
+//	work_dir = "/var/lib/podsnapshot"     # checkpoint images and downloads
+//	policy_dir = "/etc/podsnapshot"       # PodSnapshotPolicy manifests
+//
+//	[runsc]
+//	path = "runsc"                        # binary, a path or a name in $PATH
+//	root = "/run/containerd/runsc"        # state root; the namespace is appended
+//
+//	[runsc.flags]                         # extra global runsc flags, without dashes
+//	platform = "systrap"
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+	"github.com/sirupsen/logrus"
+)
+
+// DefaultPath is where the config is read from when no ConfigPath option is given.
+const DefaultPath = "/etc/containerd/podsnapshot.toml"
+
+// Config is the shim configuration.
+type Config struct {
+	// LogLevel is a logrus level name.
+	LogLevel string `toml:"log_level"`
+	// WorkDir holds per-sandbox checkpoint images and downloaded snapshots.
+	WorkDir string `toml:"work_dir"`
+	// PolicyDir holds PodSnapshotPolicy and PodSnapshotStorageConfig manifests.
+	PolicyDir string `toml:"policy_dir"`
+	Runsc     Runsc  `toml:"runsc"`
+
+	// Path is the file this config was read from; empty for built-in defaults.
+	Path string `toml:"-"`
+}
+
+// Runsc configures how runsc is run.
+type Runsc struct {
+	Path  string            `toml:"path"`
+	Root  string            `toml:"root"`
+	Flags map[string]string `toml:"flags"`
+}
+
+// Default returns the built-in configuration.
+func Default() Config {
+	return Config{
+		LogLevel:  "info",
+		WorkDir:   "/var/lib/podsnapshot",
+		PolicyDir: "/etc/podsnapshot",
+		Runsc: Runsc{
+			Path: "runsc",
+			Root: "/run/containerd/runsc",
+		},
+	}
+}
+
+// Load reads path over the defaults. An empty path means DefaultPath, which may be
+// absent (defaults apply); a named path must exist. Errors name the file and, for a bad
+// key or value, the key.
+func Load(path string) (Config, error) {
+	cfg := Default()
+	explicit := path != ""
+	if !explicit {
+		path = DefaultPath
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if !explicit && errors.Is(err, os.ErrNotExist) {
+			return cfg, nil
+		}
+		return cfg, fmt.Errorf("shim config %s: %w", path, err)
+	}
+	cfg, err = Parse(data)
+	if err != nil {
+		return cfg, fmt.Errorf("shim config %s: %w", path, err)
+	}
+	cfg.Path = path
+	return cfg, nil
+}
+
+// Parse decodes TOML over the defaults and validates the result. Unknown keys are
+// errors, so a typo never silently falls back to a default.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	md, err := toml.Decode(string(data), &cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			if perr.LastKey != "" {
+				return cfg, fmt.Errorf("key %q: line %d: %s", perr.LastKey, perr.Position.Line, perr.Message)
+			}
+			return cfg, fmt.Errorf("line %d: %s", perr.Position.Line, perr.Message)
+		}
+		return cfg, err
+	}
+	if undec := md.Undecoded(); len(undec) > 0 {
+		keys := make([]string, len(undec))
+		for i, k := range undec {
+			keys[i] = k.String()
+		}
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks values that TOML types cannot.
+func (c Config) Validate() error {
+	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
+		return fmt.Errorf("key \"log_level\": %q is not a log level (panic, fatal, error, warn, info, debug, trace)", c.LogLevel)
+	}
+	if c.Runsc.Path == "" {
+		return errors.New(`key "runsc.path": must not be empty`)
+	}
+	if c.Runsc.Root == "" || !strings.HasPrefix(c.Runsc.Root, "/") {
+		return fmt.Errorf("key \"runsc.root\": %q must be an absolute path", c.Runsc.Root)
+	}
+	if c.WorkDir == "" || !strings.HasPrefix(c.WorkDir, "/") {
+		return fmt.Errorf("key \"work_dir\": %q must be an absolute path", c.WorkDir)
+	}
+	for k := range c.Runsc.Flags {
+		switch k {
+		case "root", "log", "log-format":
+			return fmt.Errorf("key \"runsc.flags.%s\": set by the shim; use runsc.root or remove it", k)
+		}
+		if strings.HasPrefix(k, "-") {
+			return fmt.Errorf("key \"runsc.flags.%s\": write flag names without dashes", k)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,65 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestParseValid(t *testing.T) {
+	cfg, err := Parse([]byte(`
+log_level = "debug"
+work_dir = "/tmp/w"
+[runsc]
+path = "/usr/local/bin/runsc"
+root = "/run/r"
+[runsc.flags]
+platform = "systrap"
+network = "none"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.LogLevel != "debug" || cfg.WorkDir != "/tmp/w" || cfg.Runsc.Path != "/usr/local/bin/runsc" ||
+		cfg.Runsc.Root != "/run/r" || cfg.Runsc.Flags["platform"] != "systrap" || cfg.Runsc.Flags["network"] != "none" {
+		t.Fatalf("unexpected config: %+v", cfg)
+	}
+	if cfg.PolicyDir != "/etc/podsnapshot" {
+		t.Fatalf("default policy_dir lost: %q", cfg.PolicyDir)
+	}
+}
+
+func TestParseErrorsNameTheKey(t *testing.T) {
+	for _, tc := range []struct{ name, toml, want string }{
+		{"unknown top-level key", `log_levl = "info"`, `unknown key "log_levl"`},
+		{"unknown nested key", "[runsc]\nbinary = \"x\"", `unknown key "runsc.binary"`},
+		{"wrong type", "[runsc]\npath = 3", `runsc.path`},
+		{"bad level", `log_level = "loud"`, `key "log_level": "loud" is not a log level`},
+		{"relative root", "[runsc]\nroot = \"rel\"", `key "runsc.root"`},
+		{"reserved flag", "[runsc.flags]\nroot = \"/x\"", `key "runsc.flags.root"`},
+		{"dashed flag", "[runsc.flags]\n\"--debug\" = \"true\"", `without dashes`},
+		{"syntax", "log_level = ", `line 1`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.toml))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse(%q) = %v, want error containing %q", tc.toml, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestLoadNamesTheFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shim.toml")
+	if err := os.WriteFile(path, []byte("[runsc]\nflagz = 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "runsc.flagz") {
+		t.Fatalf("Load = %v, want error naming %s and runsc.flagz", err, path)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.toml")); err == nil {
+		t.Fatal("a named config file that is missing must be an error")
+	}
+}

@@ -1,0 +1,194 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"syscall"
+	"time"
+
+	bootapi "github.com/containerd/containerd/api/runtime/bootstrap/v1"
+	"github.com/containerd/containerd/api/types"
+	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/containerd/v2/pkg/shutdown"
+	"github.com/containerd/containerd/v2/plugins"
+	"github.com/containerd/log"
+	"github.com/containerd/plugin"
+	"github.com/containerd/plugin/registry"
+
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
+	"github.com/podsnapshot/podsnapshot/runtime/runsc"
+)
+
+// RuntimeName is the containerd runtime type served by this shim.
+const RuntimeName = "io.containerd.podsnapshot.v1"
+
+// Version information, set at build time with -ldflags -X.
+var (
+	Version  = "dev"
+	Revision = "unknown"
+)
+
+// Register registers the task service as the shim's ttrpc plugin; call it before
+// shim.RunShim.
+func Register() {
+	registry.Register(&plugin.Registration{
+		Type:     plugins.TTRPCPlugin,
+		ID:       "task",
+		Requires: []plugin.Type{plugins.EventPlugin, plugins.InternalPlugin},
+		InitFn: func(ic *plugin.InitContext) (any, error) {
+			pp, err := ic.GetByID(plugins.EventPlugin, "publisher")
+			if err != nil {
+				return nil, err
+			}
+			ss, err := ic.GetByID(plugins.InternalPlugin, "shutdown")
+			if err != nil {
+				return nil, err
+			}
+			return NewService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service))
+		},
+	})
+}
+
+// Manager implements containerd's shim.Shim: it starts (or joins) the long-running shim
+// process for a container and cleans up after a shim that died.
+type Manager struct{}
+
+// Name returns the runtime name.
+func (Manager) Name() string { return RuntimeName }
+
+// Start is run by containerd as `shim start` in the container's bundle directory. All
+// containers of one pod share one shim: the socket address is derived from the CRI
+// sandbox-id annotation, and a container whose pod's shim is already listening joins it.
+func (Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *bootapi.BootstrapResult, retErr error) {
+	result := &bootapi.BootstrapResult{Version: 3, Protocol: "ttrpc"}
+	id := params.GetInstanceID()
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return nil, err
+	}
+	spec, err := oci.ReadSpec(cwd)
+	if err != nil {
+		return nil, err
+	}
+	group := oci.SandboxID(id, spec.Annotations)
+
+	socketDir := params.GetSocketDir()
+	if socketDir == "" {
+		socketDir = filepath.Join(defaults.DefaultStateDir, "s")
+	}
+	address, err := shim.CreateSocketAddress(ctx, socketDir, params.GetContainerdGrpcAddress(), group, false)
+	if err != nil {
+		return nil, err
+	}
+	listener, err := shim.NewSocket(address)
+	if err != nil {
+		if !shim.SocketEaddrinuse(err) {
+			return nil, fmt.Errorf("create shim socket %s: %w", address, err)
+		}
+		if shim.CanConnect(address) {
+			// The pod's shim is serving: this container joins it.
+			result.Address = address
+			return result, nil
+		}
+		if err := shim.RemoveSocket(address); err != nil {
+			return nil, fmt.Errorf("remove stale shim socket %s: %w", address, err)
+		}
+		if listener, err = shim.NewSocket(address); err != nil {
+			return nil, fmt.Errorf("create shim socket %s: %w", address, err)
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			listener.Close()
+			_ = shim.RemoveSocket(address)
+		}
+	}()
+	f, err := listener.File()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-namespace", ns, "-id", id, "-address", params.GetContainerdGrpcAddress()}
+	if params.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG {
+		args = append(args, "-debug")
+	}
+	cmd := exec.Command(self, args...)
+	cmd.Dir = cwd
+	cmd.Env = os.Environ()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// fd 3: the listening socket, which pkg/shim serves when no -socket is given.
+	cmd.ExtraFiles = []*os.File{f}
+
+	goruntime.LockOSThread()
+	err = cmd.Start()
+	goruntime.UnlockOSThread()
+	if err != nil {
+		return nil, fmt.Errorf("start shim: %w", err)
+	}
+	// The server outlives this `shim start` process; Wait only collects it if it dies
+	// while we are still here.
+	go func() { _ = cmd.Wait() }()
+	if err := shim.AdjustOOMScore(cmd.Process.Pid); err != nil {
+		// Seen on hosts where /proc/PID/oom_score_adj is not writable (EACCES): the shim
+		// works, it is just as likely as containerd to be OOM-killed.
+		log.G(ctx).WithError(err).Warn("could not adjust the shim's OOM score; continuing")
+	}
+	result.Address = address
+	return result, nil
+}
+
+// Stop is run by containerd as `shim delete` after the serving shim died: it force-deletes
+// the container from runsc and unmounts its rootfs, using the state saved in the bundle.
+func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
+	cwd, err := os.Getwd()
+	if err != nil {
+		return shim.StopStatus{}, err
+	}
+	bundle := filepath.Join(filepath.Dir(cwd), id)
+	st, err := readBundleState(bundle)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return shim.StopStatus{}, err
+	}
+	if st.RunscRoot != "" {
+		r := &runsc.Runsc{Path: st.RunscPath, Root: st.RunscRoot, Flags: st.RunscFlags}
+		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := r.Delete(dctx, id, true); err != nil && !runsc.IsNotExist(err) {
+			log.G(ctx).WithError(err).Warn("runsc delete of an orphaned container failed")
+		}
+	}
+	rootfs := st.Rootfs
+	if rootfs == "" {
+		rootfs = filepath.Join(bundle, "rootfs")
+	}
+	if err := mount.UnmountRecursive(rootfs, 0); err != nil {
+		log.G(ctx).WithError(err).Warn("unmount rootfs")
+	}
+	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
+}
+
+// Info describes the runtime to containerd (`shim -info`).
+func (Manager) Info(ctx context.Context, _ io.Reader) (*types.RuntimeInfo, error) {
+	return &types.RuntimeInfo{
+		Name:    RuntimeName,
+		Version: &types.RuntimeVersion{Version: Version, Revision: Revision},
+	}, nil
+}
