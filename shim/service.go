@@ -13,6 +13,7 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -153,18 +154,17 @@ func (s *Service) getProcess(id, execID string) (*container, *process, error) {
 	return c, p, nil
 }
 
-// loadConfig reads the shim config named by the task's runtime options (ConfigPath),
+// loadConfig reads the shim config named by the task's runtime options (ConfigPath, in
+// containerd's runtimeoptions.v1.Options as CRI and `ctr --runtime-config-path` send it),
 // else the default file.
 func loadConfig(opts *ptypes.Any) (config.Config, error) {
 	path := ""
 	if opts != nil && opts.GetTypeUrl() != "" {
-		v, err := typeurl.UnmarshalAny(opts)
-		if err != nil {
-			return config.Config{}, fmt.Errorf("runtime options %s: %w", opts.GetTypeUrl(), err)
+		var ro runtimeoptions.Options
+		if err := typeurl.UnmarshalTo(opts, &ro); err != nil {
+			return config.Config{}, fmt.Errorf("runtime options of type %s (want runtimeoptions.v1.Options with ConfigPath): %w", opts.GetTypeUrl(), err)
 		}
-		if o, ok := v.(interface{ GetConfigPath() string }); ok {
-			path = o.GetConfigPath()
-		}
+		path = ro.GetConfigPath()
 	}
 	return config.Load(path)
 }
@@ -303,6 +303,9 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 		io = p.io.runscIO()
 	}
 	if err := c.runsc.Start(ctx, c.id, io); err != nil {
+		// A container that failed to start is done: its waiters get 255 at once, as
+		// they would from a process that could not be executed.
+		s.exitProcess(c, p, 255)
 		return nil, errgrpc.ToGRPC(fmt.Errorf("start container %s: %w", c.id, err))
 	}
 	if !c.sandbox && p.io.consoleSocket() == "" {
@@ -563,6 +566,13 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 	}
 	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if status == task.Status_CREATED && r.ExecID == "" {
+		// A container that never started has no process to signal; after the kill it
+		// can never run, so it is done.
+		_ = c.runsc.Kill(kctx, c.id, int(r.Signal), true, 0)
+		s.exitProcess(c, p, 128+int(r.Signal))
+		return &ptypes.Empty{}, nil
+	}
 	if r.ExecID != "" {
 		p.mu.Lock()
 		internalPid := p.internalPid
@@ -577,11 +587,6 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 	if err != nil {
 		if p.exited() {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
-		}
-		if status == task.Status_CREATED && r.ExecID == "" {
-			// A container that never started has no process to signal: it is done.
-			s.exitProcess(c, p, 128+int(r.Signal))
-			return &ptypes.Empty{}, nil
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}
