@@ -1,0 +1,238 @@
+// Package v1 holds the podsnapshot.gke.io/v1 API: PodSnapshotStorageConfig,
+// PodSnapshotPolicy, PodSnapshot and PodSnapshotManualTrigger, with defaulting, validation
+// and strict YAML decoding. Objects written as podsnapshot.gke.io/v1alpha1 are read too:
+// the schema is the same.
+package v1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+)
+
+// GroupName is the API group of every kind here.
+const GroupName = "podsnapshot.gke.io"
+
+// Versions: V1 is written; V1Alpha1 is accepted when reading.
+const (
+	Version       = "v1"
+	VersionAlpha1 = "v1alpha1"
+)
+
+// SchemeGroupVersion is podsnapshot.gke.io/v1.
+var SchemeGroupVersion = schema.GroupVersion{Group: GroupName, Version: Version}
+
+// Kinds.
+const (
+	KindStorageConfig = "PodSnapshotStorageConfig"
+	KindPolicy        = "PodSnapshotPolicy"
+	KindSnapshot      = "PodSnapshot"
+	KindManualTrigger = "PodSnapshotManualTrigger"
+)
+
+// PodSnapshotStorageConfig (cluster-scoped) says where snapshots are stored.
+type PodSnapshotStorageConfig struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PodSnapshotStorageConfigSpec `json:"spec"`
+}
+
+// PodSnapshotStorageConfigSpec is the spec of a PodSnapshotStorageConfig.
+type PodSnapshotStorageConfigSpec struct {
+	// SnapshotStorageConfig is required and sets exactly one of gcs and local.
+	SnapshotStorageConfig SnapshotStorageConfig `json:"snapshotStorageConfig"`
+}
+
+// SnapshotStorageConfig selects the store: exactly one field is set.
+type SnapshotStorageConfig struct {
+	// GCS stores snapshots in a Cloud Storage bucket.
+	GCS *GCSStorage `json:"gcs,omitempty"`
+	// Local stores snapshots in a directory of the node (this project's addition, for
+	// single-node use).
+	Local *LocalStorage `json:"local,omitempty"`
+}
+
+// GCSStorage is a Cloud Storage location.
+type GCSStorage struct {
+	// Bucket is the bucket name (required), e.g. "my-snapshots".
+	Bucket string `json:"bucket"`
+	// Path is an optional folder inside the bucket, e.g. "team/a", without leading or
+	// trailing "/".
+	Path string `json:"path,omitempty"`
+}
+
+// LocalStorage is a directory on the node.
+type LocalStorage struct {
+	// Path is an absolute directory (required), e.g. "/var/lib/podsnapshot/store".
+	Path string `json:"path"`
+}
+
+// TriggerType says who starts a checkpoint.
+type TriggerType string
+
+const (
+	// TriggerWorkload: the workload writes 1 to /proc/gvisor/checkpoint.
+	TriggerWorkload TriggerType = "workload"
+	// TriggerManual: an operator (podsnapshot checkpoint, containerd Checkpoint, a
+	// PodSnapshotManualTrigger) starts it.
+	TriggerManual TriggerType = "manual"
+)
+
+// PostCheckpoint says what the pod does after a checkpoint.
+type PostCheckpoint string
+
+const (
+	// PostCheckpointResume keeps the pod running (the default).
+	PostCheckpointResume PostCheckpoint = "resume"
+	// PostCheckpointStop stops the pod: it completes.
+	PostCheckpointStop PostCheckpoint = "stop"
+)
+
+// SnapshotScope says what a snapshot holds.
+type SnapshotScope string
+
+const (
+	// ScopeWholePod saves memory, processes and file systems (the default).
+	ScopeWholePod SnapshotScope = "whole-pod"
+	// ScopeRootfsOnly saves only the root file system changes.
+	ScopeRootfsOnly SnapshotScope = "rootfs-only"
+)
+
+// PodSnapshotPolicy (namespaced) selects pods to snapshot and says how.
+type PodSnapshotPolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PodSnapshotPolicySpec `json:"spec"`
+}
+
+// PodSnapshotPolicySpec is the spec of a PodSnapshotPolicy.
+type PodSnapshotPolicySpec struct {
+	// Selector (required) picks the pods of the policy's namespace it applies to; an empty
+	// selector ({}) selects every pod of the namespace.
+	Selector *metav1.LabelSelector `json:"selector"`
+	// StorageConfigName (required) names a PodSnapshotStorageConfig.
+	StorageConfigName string `json:"storageConfigName"`
+	// TriggerConfig (required) says who triggers a checkpoint and what follows it.
+	TriggerConfig TriggerConfig `json:"triggerConfig"`
+	// RetentionConfig is optional: unset keeps snapshots until deleted.
+	RetentionConfig *RetentionConfig `json:"retentionConfig,omitempty"`
+	// SnapshotGroupingRules is optional: unset puts all of the policy's snapshots in one group.
+	SnapshotGroupingRules *SnapshotGroupingRules `json:"snapshotGroupingRules,omitempty"`
+	// SnapshotScope is whole-pod (default) or rootfs-only.
+	SnapshotScope SnapshotScope `json:"snapshotScope,omitempty"`
+}
+
+// TriggerConfig says who triggers a checkpoint and what follows it.
+type TriggerConfig struct {
+	// Type is required: workload or manual.
+	Type TriggerType `json:"type"`
+	// PostCheckpoint is resume (default) or stop.
+	PostCheckpoint PostCheckpoint `json:"postCheckpoint,omitempty"`
+}
+
+// RetentionConfig deletes unused snapshots.
+type RetentionConfig struct {
+	// LastAccessTimeout deletes a snapshot not restored for this long: one or more
+	// <integer><unit> terms, largest unit first, units y (365d), mo (30d), d, h, min, e.g.
+	// "7d", "1y2mo", "90min". Empty: keep.
+	LastAccessTimeout string `json:"lastAccessTimeout,omitempty"`
+}
+
+// SnapshotGroupingRules splits a policy's snapshots into groups by label values.
+type SnapshotGroupingRules struct {
+	// GroupByLabelValue lists pod labels whose values must be equal at checkpoint and
+	// restore; each distinct combination of values is one group.
+	GroupByLabelValue *GroupByLabelValue `json:"groupByLabelValue,omitempty"`
+	// GroupRetentionPolicy bounds the snapshots per group.
+	GroupRetentionPolicy *GroupRetentionPolicy `json:"groupRetentionPolicy,omitempty"`
+}
+
+// GroupByLabelValue lists the grouping labels.
+type GroupByLabelValue struct {
+	// Labels are label keys, e.g. ["app", "version"]; no duplicates.
+	Labels []string `json:"labels"`
+}
+
+// GroupRetentionPolicy bounds the snapshots per group.
+type GroupRetentionPolicy struct {
+	// MaxSnapshotCountPerGroup keeps at most this many snapshots per group, deleting the
+	// oldest first; 0 (the default) means unlimited; negative is invalid.
+	MaxSnapshotCountPerGroup int32 `json:"maxSnapshotCountPerGroup,omitempty"`
+}
+
+// PodSnapshot (namespaced, named by the snapshot's UUID) is one snapshot. On a node it is a
+// view of the manifest (package manifest).
+type PodSnapshot struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PodSnapshotSpec   `json:"spec"`
+	Status            PodSnapshotStatus `json:"status,omitempty"`
+}
+
+// PodSnapshotSpec is the spec of a PodSnapshot.
+type PodSnapshotSpec struct {
+	// PolicyName is the PodSnapshotPolicy (same namespace) the snapshot was taken under.
+	PolicyName string `json:"policyName"`
+}
+
+// Condition types and reasons of a PodSnapshot.
+const (
+	// ConditionReady is True once every file of the snapshot is stored.
+	ConditionReady = "Ready"
+	// ReasonAwaitingCheckpoint: Ready is False, no checkpoint has completed yet.
+	ReasonAwaitingCheckpoint = "AwaitingCheckpoint"
+	// ReasonAllSnapshotsAvailable: Ready is True, the snapshot can be restored.
+	ReasonAllSnapshotsAvailable = "AllSnapshotsAvailable"
+	// ConditionCheckpoint reports the checkpoint's outcome.
+	ConditionCheckpoint = "Checkpoint"
+	// ReasonSucceeded: Checkpoint is True.
+	ReasonSucceeded = "Succeeded"
+	// ReasonFailed: Checkpoint is False; the message says why.
+	ReasonFailed = "Failed"
+)
+
+// PodSnapshotStatus is the observed state of a PodSnapshot.
+type PodSnapshotStatus struct {
+	// Conditions are Ready and Checkpoint (see the Condition* and Reason* constants).
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// LastAccessTime is when a restore last used the snapshot.
+	LastAccessTime *metav1.Time `json:"lastAccessTime,omitempty"`
+	// StoragePath is where the snapshot's files are, e.g.
+	// "gs://bucket/path/ns/policy/uuid".
+	StoragePath string `json:"storagePath,omitempty"`
+}
+
+// PodSnapshotManualTrigger (namespaced) asks for one checkpoint of a pod.
+type PodSnapshotManualTrigger struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+	Spec              PodSnapshotManualTriggerSpec   `json:"spec"`
+	Status            PodSnapshotManualTriggerStatus `json:"status,omitempty"`
+}
+
+// PodSnapshotManualTriggerSpec is the spec of a PodSnapshotManualTrigger.
+type PodSnapshotManualTriggerSpec struct {
+	// TargetPod (required) names a pod in the trigger's namespace.
+	TargetPod string `json:"targetPod"`
+}
+
+// PodSnapshotManualTriggerStatus is the observed state of a PodSnapshotManualTrigger.
+type PodSnapshotManualTriggerStatus struct {
+	// SnapshotCreated names the PodSnapshot the trigger produced, once it exists.
+	SnapshotCreated *SnapshotReference `json:"snapshotCreated,omitempty"`
+}
+
+// SnapshotReference names a PodSnapshot in the same namespace.
+type SnapshotReference struct {
+	Name string `json:"name"`
+}
+
+// Object is any of the four kinds (as a pointer): its metadata and its apiVersion/kind.
+type Object interface {
+	metav1.Object
+	GetObjectKind() schema.ObjectKind
+}
+
+// EventReason is the reason of the events the node reports about snapshots, with messages
+// such as "Successfully checkpointed the pod to PodSnapshot ns/uuid" and "Successfully
+// restored the pod from PodSnapshot ns/uuid".
+const EventReason = "GKEPodSnapshotting"

@@ -1,0 +1,61 @@
+package manifest
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+// File names of a snapshot, relative to its directory. The manifest is written last: a
+// directory without it is not a snapshot.
+const (
+	ManifestFile   = "manifest.json"
+	CheckpointFile = "checkpoint.img.zst"
+	PagesMetaFile  = "pages_meta.img.zst"
+	PagesFile      = "pages.img.zst"
+)
+
+// PolicyPrefix is the object-name prefix of one policy's snapshots: "<namespace>/<policy>/".
+func PolicyPrefix(namespace, policy string) string {
+	return namespace + "/" + policy + "/"
+}
+
+// Dir is a snapshot's directory relative to the store root: "<namespace>/<policy>/<uuid>".
+func Dir(namespace, policy, uuid string) string {
+	return namespace + "/" + policy + "/" + uuid
+}
+
+// ObjectName is a snapshot file's object name: "<namespace>/<policy>/<uuid>/<file>".
+func ObjectName(namespace, policy, uuid, file string) string {
+	return Dir(namespace, policy, uuid) + "/" + file
+}
+
+// ManifestName is the object name of a snapshot's manifest.
+func ManifestName(namespace, policy, uuid string) string {
+	return ObjectName(namespace, policy, uuid, ManifestFile)
+}
+
+// Location is a parsed object name.
+type Location struct {
+	Namespace, Policy, UUID string
+	// File is the rest after the UUID, e.g. "pages.img.zst".
+	File string
+}
+
+// ParseName splits "<namespace>/<policy>/<uuid>/<file>" into its parts. It fails for a
+// name storage.CheckName rejects, one with fewer than four elements, or one whose third
+// element is not a UUID.
+func ParseName(name string) (Location, error) {
+	if err := storage.CheckName(name); err != nil {
+		return Location{}, err
+	}
+	parts := strings.SplitN(name, "/", 4)
+	if len(parts) != 4 {
+		return Location{}, fmt.Errorf("object name %q: want <namespace>/<policy>/<uuid>/<file>", name)
+	}
+	if !IsUUID(parts[2]) {
+		return Location{}, fmt.Errorf("object name %q: %q is not a UUID", name, parts[2])
+	}
+	return Location{Namespace: parts[0], Policy: parts[1], UUID: parts[2], File: parts[3]}, nil
+}

@@ -1,0 +1,24 @@
+package manifest
+
+import (
+	"crypto/rand"
+	"fmt"
+	"regexp"
+)
+
+// NewUUID returns a random (version 4) UUID in its lowercase 36-character text form, e.g.
+// "0b6c5c8e-4f0e-4a5d-9d4e-2c1f7a9b3e10": a snapshot's name.
+func NewUUID() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("crypto/rand: %v", err)) // never fails on Linux
+	}
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // RFC 4122 variant
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+var uuidText = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
+
+// IsUUID reports whether s is a UUID in lowercase 8-4-4-4-12 hex form.
+func IsUUID(s string) bool { return uuidText.MatchString(s) }

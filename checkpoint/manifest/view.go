@@ -1,0 +1,117 @@
+package manifest
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/duration"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+)
+
+// KeyAnnotation carries the snapshot key on the PodSnapshot view.
+const KeyAnnotation = v1.GroupName + "/key"
+
+// Status is the STATUS column: "Ready" (Committed), "Failed", or "AwaitingCheckpoint"
+// (Pending).
+func (m *Manifest) Status() string {
+	switch m.State {
+	case StateCommitted:
+		return "Ready"
+	case StateFailed:
+		return "Failed"
+	}
+	return v1.ReasonAwaitingCheckpoint
+}
+
+// PodSnapshot renders m as the PodSnapshot object the cluster would show. storeURL is the
+// store root ("gs://bucket/path" or "file:///dir"); status.storagePath is it joined with
+// the snapshot's directory. Conditions:
+//
+//   - Pending: Ready=False (AwaitingCheckpoint); no Checkpoint condition yet.
+//   - Committed: Ready=True (AllSnapshotsAvailable), Checkpoint=True (Succeeded).
+//   - Failed: Ready=False (AwaitingCheckpoint), Checkpoint=False (Failed, message = reason).
+func (m *Manifest) PodSnapshot(storeURL string) *v1.PodSnapshot {
+	created := metav1.NewTime(m.CreatedAt)
+	ps := &v1.PodSnapshot{
+		TypeMeta: metav1.TypeMeta{APIVersion: v1.SchemeGroupVersion.String(), Kind: v1.KindSnapshot},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:              m.UUID,
+			Namespace:         m.Namespace,
+			CreationTimestamp: created,
+			Labels:            m.Labels,
+			Annotations:       map[string]string{KeyAnnotation: m.Key},
+		},
+		Spec: v1.PodSnapshotSpec{PolicyName: m.Policy},
+	}
+	if storeURL != "" {
+		ps.Status.StoragePath = strings.TrimSuffix(storeURL, "/") + "/" + m.Dir()
+	}
+	if !m.LastAccessTime.IsZero() {
+		t := metav1.NewTime(m.LastAccessTime)
+		ps.Status.LastAccessTime = &t
+	}
+	cond := func(typ string, status metav1.ConditionStatus, reason, msg string) metav1.Condition {
+		return metav1.Condition{Type: typ, Status: status, Reason: reason, Message: msg, LastTransitionTime: created}
+	}
+	switch m.State {
+	case StateCommitted:
+		ps.Status.Conditions = []metav1.Condition{
+			cond(v1.ConditionReady, metav1.ConditionTrue, v1.ReasonAllSnapshotsAvailable, "every snapshot file is stored"),
+			cond(v1.ConditionCheckpoint, metav1.ConditionTrue, v1.ReasonSucceeded, "the pod was checkpointed"),
+		}
+	case StateFailed:
+		ps.Status.Conditions = []metav1.Condition{
+			cond(v1.ConditionReady, metav1.ConditionFalse, v1.ReasonAwaitingCheckpoint, "no checkpoint has succeeded"),
+			cond(v1.ConditionCheckpoint, metav1.ConditionFalse, v1.ReasonFailed, m.Reason),
+		}
+	default:
+		ps.Status.Conditions = []metav1.Condition{
+			cond(v1.ConditionReady, metav1.ConditionFalse, v1.ReasonAwaitingCheckpoint, "waiting for the checkpoint"),
+		}
+	}
+	return ps
+}
+
+// Row is one line of `podsnapshot ls`.
+type Row struct {
+	Namespace, Name, Status, Policy, Age string
+}
+
+// Row renders m at now. Age is kubectl's: "45s", "5m", "3h", "2d", "3h5m", ...;
+// "<unknown>" without a creation time.
+func (m *Manifest) Row(now time.Time) Row {
+	return Row{Namespace: m.Namespace, Name: m.UUID, Status: m.Status(), Policy: m.Policy, Age: Age(m.CreatedAt, now)}
+}
+
+// Age formats now - t as kubectl's AGE column does; "<unknown>" for a zero t.
+func Age(t, now time.Time) string {
+	if t.IsZero() {
+		return "<unknown>"
+	}
+	return duration.HumanDuration(now.Sub(t))
+}
+
+// WriteTable prints rows as kubectl does: a header NAME STATUS POLICY AGE (preceded by
+// NAMESPACE when withNamespace), columns padded with spaces, 3 between columns. It returns
+// the writer's error.
+func WriteTable(w io.Writer, rows []Row, withNamespace bool) error {
+	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
+	header := "NAME\tSTATUS\tPOLICY\tAGE"
+	if withNamespace {
+		header = "NAMESPACE\t" + header
+	}
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		line := fmt.Sprintf("%s\t%s\t%s\t%s", r.Name, r.Status, r.Policy, r.Age)
+		if withNamespace {
+			line = r.Namespace + "\t" + line
+		}
+		fmt.Fprintln(tw, line)
+	}
+	return tw.Flush()
+}
