@@ -26,6 +26,8 @@ type container struct {
 	runsc     *runsc.Runsc
 	rootfs    string // mounted by the shim when containerd passed rootfs mounts
 	init      *process
+	// snap is the snapshot state of a sandbox matched by a policy; nil otherwise.
+	snap *podSnap
 
 	// execs is guarded by service.mu.
 	execs map[string]*process

@@ -53,7 +53,7 @@ func Register() {
 			if err != nil {
 				return nil, err
 			}
-			return NewService(ic.Context, pp.(shim.Publisher), ss.(shutdown.Service))
+			return NewService(ic.Context, ic.Properties[plugins.PropertyGRPCAddress], pp.(shim.Publisher), ss.(shutdown.Service))
 		},
 	})
 }

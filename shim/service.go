@@ -31,9 +31,12 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
+	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
+	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 	"github.com/podsnapshot/podsnapshot/shim/config"
+	"github.com/podsnapshot/podsnapshot/storage"
 )
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -43,8 +46,10 @@ var _ taskAPI.TTRPCTaskService = (*Service)(nil)
 type Service struct {
 	ctx       context.Context
 	namespace string
-	sd        shutdown.Service
-	events    chan any
+	// address is containerd's gRPC address, for reading container labels.
+	address string
+	sd      shutdown.Service
+	events  chan any
 
 	// mu guards containers, every container's execs, and the pid bookkeeping below.
 	// It is never held while a runsc command runs.
@@ -55,11 +60,17 @@ type Service struct {
 	// unclaimed holds exits of pids nobody waited for yet: a detached `runsc exec` can
 	// exit before its pid file is read.
 	unclaimed map[int]runc.Exit
+
+	// cacheMu guards the caches below, which live as long as the shim.
+	cacheMu sync.Mutex
+	loaders map[string]*policy.Loader
+	stores  map[string]storage.Store
+	tuples  map[string]compat.Tuple
 }
 
 // NewService returns the task service. It reaps through containerd's reaper (the shim is
 // a subreaper) and publishes events through publisher.
-func NewService(ctx context.Context, publisher shim.Publisher, sd shutdown.Service) (*Service, error) {
+func NewService(ctx context.Context, address string, publisher shim.Publisher, sd shutdown.Service) (*Service, error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
 		return nil, err
@@ -67,11 +78,15 @@ func NewService(ctx context.Context, publisher shim.Publisher, sd shutdown.Servi
 	s := &Service{
 		ctx:        ctx,
 		namespace:  ns,
+		address:    address,
 		sd:         sd,
 		events:     make(chan any, 128),
 		containers: map[string]*container{},
 		pidWaiters: map[int]chan int{},
 		unclaimed:  map[int]runc.Exit{},
+		loaders:    map[string]*policy.Loader{},
+		stores:     map[string]storage.Store{},
+		tuples:     map[string]compat.Tuple{},
 	}
 	go s.reapExits(reaper.Default.Subscribe())
 	go s.forward(publisher)
@@ -238,39 +253,14 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 
-	pio, err := newProcessIO(c.init.stdio)
-	if err != nil {
+	if c.sandbox {
+		c.snap = s.planSnapshot(ctx, c)
+	}
+	if err := s.runscCreate(ctx, c); err != nil {
+		c.snap.cleanup()
 		return nil, errgrpc.ToGRPC(err)
 	}
-	c.init.io = pio
-	defer func() {
-		if retErr != nil {
-			pio.close()
-		}
-	}()
-	pidFile := filepath.Join(r.Bundle, "init.pid")
-	opts := runsc.CreateOpts{PidFile: pidFile, ConsoleSocket: pio.consoleSocket()}
-	if c.sandbox {
-		// The sandbox process keeps the stdio it was created with as the container's.
-		opts.IO = pio.runscIO()
-		opts.UserLog = filepath.Join(r.Bundle, "user.log")
-	}
-	if err := c.runsc.Create(ctx, r.ID, r.Bundle, opts); err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("create container %s: %w", r.ID, err))
-	}
-	if c.sandbox || pio.consoleSocket() != "" {
-		if err := pio.afterStart(ctx); err != nil {
-			_ = c.runsc.Delete(context.WithoutCancel(ctx), r.ID, true)
-			return nil, errgrpc.ToGRPC(err)
-		}
-	}
-	pid, err := runc.ReadPidFile(pidFile)
-	if err != nil {
-		_ = c.runsc.Delete(context.WithoutCancel(ctx), r.ID, true)
-		return nil, errgrpc.ToGRPC(fmt.Errorf("read pid file of %s: %w", r.ID, err))
-	}
-	c.init.pid = pid
-
+	pid := c.init.pid
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
@@ -284,6 +274,46 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Pid:         uint32(pid),
 	})
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
+}
+
+// runscCreate runs `runsc create` for c with fresh stdio and records the init pid. On
+// error nothing is left in runsc and the stdio is closed.
+func (s *Service) runscCreate(ctx context.Context, c *container) (retErr error) {
+	pio, err := newProcessIO(c.init.stdio)
+	if err != nil {
+		return err
+	}
+	c.init.io = pio
+	defer func() {
+		if retErr != nil {
+			pio.close()
+		}
+	}()
+	pidFile := filepath.Join(c.bundle, "init.pid")
+	opts := runsc.CreateOpts{PidFile: pidFile, ConsoleSocket: pio.consoleSocket()}
+	if c.sandbox {
+		// The sandbox process keeps the stdio it was created with as the container's.
+		opts.IO = pio.runscIO()
+		opts.UserLog = filepath.Join(c.bundle, "user.log")
+	}
+	if err := c.runsc.Create(ctx, c.id, c.bundle, opts); err != nil {
+		return fmt.Errorf("create container %s: %w", c.id, err)
+	}
+	if c.sandbox || pio.consoleSocket() != "" {
+		if err := pio.afterStart(ctx); err != nil {
+			_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, true)
+			return err
+		}
+	}
+	pid, err := runc.ReadPidFile(pidFile)
+	if err != nil {
+		_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, true)
+		return fmt.Errorf("read pid file of %s: %w", c.id, err)
+	}
+	c.init.mu.Lock()
+	c.init.pid = pid
+	c.init.mu.Unlock()
+	return nil
 }
 
 // Start starts a created container (`runsc start`) or an exec'd process (`runsc exec`).
@@ -302,7 +332,7 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if !c.sandbox {
 		io = p.io.runscIO()
 	}
-	if err := c.runsc.Start(ctx, c.id, io); err != nil {
+	if err := s.restoreOrStart(ctx, c, io); err != nil {
 		// A container that failed to start is done: its waiters get 255 at once, as
 		// they would from a process that could not be executed.
 		s.exitProcess(c, p, 255)
@@ -316,6 +346,9 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	p.setStatus(task.Status_RUNNING)
 	s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
 	go s.waitInit(c)
+	if c.snap != nil && c.snap.workloadTrigger && c.snap.restore == nil {
+		go s.watchCheckpoints(c)
+	}
 	return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
 }
 
@@ -340,6 +373,10 @@ func (s *Service) waitInit(c *container) {
 			case <-time.After(10 * time.Second):
 			}
 		}
+	}
+	if code, ok := c.snap.stoppedByCheckpoint(); ok {
+		// postCheckpoint: stop ended the sandbox: the task's status is the snapshot's.
+		status = code
 	}
 	s.exitProcess(c, p, status)
 }
@@ -397,6 +434,12 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runsc delete failed")
 	}
 	p.setExited(int(128 + 9)) // no-op when it exited already; a created container never ran.
+	if c.snap != nil {
+		// An upload still running is abandoned (no manifest is written), so Delete
+		// finishes in bounded time.
+		c.snap.abort()
+		c.snap.cleanup()
+	}
 	if p.io != nil {
 		p.io.drain(time.Second)
 		p.io.close()
@@ -585,6 +628,11 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		err = c.runsc.Kill(kctx, c.id, int(r.Signal), r.All, 0)
 	}
 	if err != nil {
+		if r.ExecID == "" && c.snap != nil {
+			// The sandbox may be gone already, stopped by its checkpoint while the
+			// snapshot uploads: abandon the upload so the task ends now.
+			c.snap.abort()
+		}
 		if p.exited() {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
 		}
@@ -625,9 +673,32 @@ func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 	return &ptypes.Empty{}, nil
 }
 
-// Checkpoint is containerd's checkpoint call; pod snapshots take it over later.
+// Checkpoint is containerd's checkpoint call (`ctr task checkpoint`, `podsnapshot
+// checkpoint`): it snapshots the container's whole pod to the storage of the policy that
+// matched the pod, and returns once the snapshot is committed. containerd's image path is
+// left empty: the snapshot lives in the pod snapshot store, not in containerd's content.
 func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskRequest) (*ptypes.Empty, error) {
-	return nil, errgrpc.ToGRPCf(errdefs.ErrNotImplemented, "podsnapshot: Checkpoint of %s is not implemented yet", r.ID)
+	c, err := s.get(r.ID)
+	if err != nil {
+		return nil, err
+	}
+	sb, err := s.get(c.sandboxID)
+	if err != nil {
+		return nil, err
+	}
+	if sb.snap == nil {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition,
+			"pod of container %s is not matched by any PodSnapshotPolicy: nothing to checkpoint to", r.ID)
+	}
+	if _, status, _, _ := sb.init.snapshot(); status != task.Status_RUNNING {
+		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.id, status)
+	}
+	m, err := s.checkpointNow(ctx, sb)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint of pod %s: %w", sb.id, err))
+	}
+	log.G(ctx).WithField("snapshot", m.UUID).Infof("manual checkpoint of %s committed", r.ID)
+	return &ptypes.Empty{}, nil
 }
 
 // Update changes a container's resources (`runsc update`).

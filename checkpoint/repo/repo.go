@@ -1,0 +1,304 @@
+// Package repo keeps pod snapshots in an object store: it commits a checkpoint image
+// directory as a snapshot (files first, manifest last), finds the newest committed and
+// compatible snapshot for a key, downloads and verifies one, and lists, marks and deletes
+// them.
+//
+// Layout (DESIGN.md, "Storage layout"), relative to the store root:
+//
+//	<namespace>/<policy>/<uuid>/checkpoint.img.zst, pages_meta.img.zst, pages.img.zst
+//	<namespace>/<policy>/<uuid>/manifest.json          written last: the commit
+//	<namespace>/<policy>/keys/<key>/<nanos>-<uuid>     empty index marker, written before
+//	                                                   the manifest
+//
+// The markers make a lookup list only the snapshots of one key, newest first by name;
+// a marker whose manifest is missing or not committed is skipped, so a crash between the
+// two writes leaves nothing visible.
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+// ImageFiles are the files `runsc checkpoint --compression=none` writes into its image
+// directory, and the object each is stored as. pages_meta.img and pages.img are absent
+// when the sandbox has no application memory to save separately.
+var ImageFiles = []struct{ Local, Object string }{
+	{"checkpoint.img", manifest.CheckpointFile},
+	{"pages_meta.img", manifest.PagesMetaFile},
+	{"pages.img", manifest.PagesFile},
+}
+
+// Repo is the snapshots in one store.
+type Repo struct {
+	Store storage.Store
+	// Codec compresses uploaded files; nil means zstd with default settings.
+	Codec storage.Codec
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+func (r *Repo) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Repo) codec() storage.Codec {
+	if r.Codec != nil {
+		return r.Codec
+	}
+	return storage.Zstd{}
+}
+
+func keyPrefix(namespace, policy, key string) string {
+	return manifest.PolicyPrefix(namespace, policy) + "keys/" + key + "/"
+}
+
+// Commit uploads the image files in dir as snapshot m (m.Files is filled in), then
+// writes the index marker and, last, the manifest with state Committed. On error nothing
+// is visible: uploaded files are deleted (best effort) and no manifest exists. dir is
+// left as it is; the caller removes it once Commit returned nil.
+func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) error {
+	m.Files = m.Files[:0]
+	var uploaded []string
+	fail := func(err error) error {
+		for _, name := range uploaded {
+			_ = r.Store.Delete(context.WithoutCancel(ctx), name)
+		}
+		return err
+	}
+	for _, f := range ImageFiles {
+		src, err := os.Open(filepath.Join(dir, f.Local))
+		if errors.Is(err, os.ErrNotExist) && f.Local != "checkpoint.img" {
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
+		}
+		name := manifest.ObjectName(m.Namespace, m.Policy, m.UUID, f.Object)
+		info, err := storage.Upload(ctx, r.Store, name, src, r.codec())
+		src.Close()
+		if err != nil {
+			return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
+		}
+		uploaded = append(uploaded, name)
+		m.Files = append(m.Files, info)
+	}
+	m.State = manifest.StateCommitted
+	data, err := manifest.Encode(m)
+	if err != nil {
+		return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
+	}
+	marker := fmt.Sprintf("%s%020d-%s", keyPrefix(m.Namespace, m.Policy, m.Key), m.CreatedAt.UnixNano(), m.UUID)
+	if _, err := r.Store.Put(ctx, marker, bytes.NewReader(nil)); err != nil {
+		return fail(fmt.Errorf("commit snapshot %s: index marker: %w", m.UUID, err))
+	}
+	uploaded = append(uploaded, marker)
+	if _, err := r.Store.PutIfAbsent(ctx, m.ObjectName(), bytes.NewReader(data)); err != nil {
+		return fail(fmt.Errorf("commit snapshot %s: manifest: %w", m.UUID, err))
+	}
+	return nil
+}
+
+// Get reads the manifest of snapshot uuid of a policy.
+func (r *Repo) Get(ctx context.Context, namespace, policy, uuid string) (*manifest.Manifest, error) {
+	return r.read(ctx, manifest.ManifestName(namespace, policy, uuid))
+}
+
+func (r *Repo) read(ctx context.Context, name string) (*manifest.Manifest, error) {
+	rc, err := r.Store.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, manifest.MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", r.Store.URL(name), err)
+	}
+	m, err := manifest.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", r.Store.URL(name), err)
+	}
+	return m, nil
+}
+
+// Find returns the newest committed snapshot of (namespace, policy, key) whose
+// compatibility tuple matches here. When there is none it returns nil and the reason in
+// words: "no snapshot for key K", or the incompatibility of the newest candidate.
+// Store errors are returned as errors.
+func (r *Repo) Find(ctx context.Context, namespace, policy, key string, here compat.Tuple) (*manifest.Manifest, string, error) {
+	markers, err := r.Store.List(ctx, keyPrefix(namespace, policy, key))
+	if err != nil {
+		return nil, "", err
+	}
+	sort.Slice(markers, func(i, j int) bool { return markers[i].Name > markers[j].Name })
+	firstReason := ""
+	for _, mk := range markers {
+		base := mk.Name[strings.LastIndex(mk.Name, "/")+1:]
+		_, uuid, ok := strings.Cut(base, "-")
+		if !ok || !manifest.IsUUID(uuid) {
+			continue
+		}
+		m, err := r.Get(ctx, namespace, policy, uuid)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue // marker of an abandoned or deleted snapshot
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		if m.State != manifest.StateCommitted || m.Key != key {
+			continue
+		}
+		if why := compat.Incompatible(m.Compat, here); why != "" {
+			if firstReason == "" {
+				firstReason = fmt.Sprintf("incompatible snapshot %s/%s: %s", namespace, m.UUID, why)
+			}
+			continue
+		}
+		return m, "", nil
+	}
+	if firstReason != "" {
+		return nil, firstReason, nil
+	}
+	return nil, fmt.Sprintf("no snapshot for key %s", shortKey(key)), nil
+}
+
+func shortKey(key string) string {
+	if len(key) > 16 {
+		return key[:16]
+	}
+	return key
+}
+
+// Download fetches every file of m into dir under its local image name (checkpoint.img,
+// ...), in parallel, verifying sizes and checksums. A corrupt object is an error wrapping
+// storage.ErrCorrupt that names it; dir then holds unverified data and must be removed.
+func (r *Repo) Download(ctx context.Context, m *manifest.Manifest, dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("download snapshot %s: %w", m.UUID, err)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	for _, info := range m.Files {
+		local, ok := localName(info.Name)
+		if !ok {
+			return fmt.Errorf("download snapshot %s: unexpected file %s", m.UUID, info.Name)
+		}
+		g.Go(func() error {
+			f, err := os.Create(filepath.Join(dir, local))
+			if err != nil {
+				return fmt.Errorf("download snapshot %s: %w", m.UUID, err)
+			}
+			if err := storage.Download(gctx, r.Store, info, f); err != nil {
+				f.Close()
+				return err
+			}
+			return f.Close()
+		})
+	}
+	return g.Wait()
+}
+
+func localName(object string) (string, bool) {
+	base := object[strings.LastIndex(object, "/")+1:]
+	for _, f := range ImageFiles {
+		if f.Object == base {
+			return f.Local, true
+		}
+	}
+	return "", false
+}
+
+// MarkFailed rewrites m's manifest with state Failed and reason, so lookups skip it and
+// `podsnapshot ls` shows why.
+func (r *Repo) MarkFailed(ctx context.Context, m *manifest.Manifest, reason string) error {
+	m.State = manifest.StateFailed
+	m.Reason = reason
+	return r.rewrite(ctx, m)
+}
+
+// Touch records that m was just used to restore a pod (lastAccessTime, for retention).
+func (r *Repo) Touch(ctx context.Context, m *manifest.Manifest) error {
+	m.LastAccessTime = r.now().UTC()
+	return r.rewrite(ctx, m)
+}
+
+func (r *Repo) rewrite(ctx context.Context, m *manifest.Manifest) error {
+	data, err := manifest.Encode(m)
+	if err != nil {
+		return err
+	}
+	_, err = r.Store.Put(ctx, m.ObjectName(), bytes.NewReader(data))
+	return err
+}
+
+// List returns every snapshot manifest under namespace ("" for all namespaces), sorted
+// by creation time. Objects that are not manifests are ignored; a manifest that cannot
+// be read is reported in errs and skipped.
+func (r *Repo) List(ctx context.Context, namespace string) (ms []*manifest.Manifest, errs []error, err error) {
+	prefix := ""
+	if namespace != "" {
+		prefix = namespace + "/"
+	}
+	objs, err := r.Store.List(ctx, prefix)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, o := range objs {
+		loc, perr := manifest.ParseName(o.Name)
+		if perr != nil || loc.File != manifest.ManifestFile {
+			continue
+		}
+		m, rerr := r.read(ctx, o.Name)
+		if rerr != nil {
+			errs = append(errs, rerr)
+			continue
+		}
+		ms = append(ms, m)
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].CreatedAt.Before(ms[j].CreatedAt) })
+	return ms, errs, nil
+}
+
+// Delete removes snapshot m: the manifest first (from then on the snapshot does not
+// exist), then its files and index marker. Objects already gone are not errors.
+func (r *Repo) Delete(ctx context.Context, m *manifest.Manifest) error {
+	if err := r.Store.Delete(ctx, m.ObjectName()); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	objs, err := r.Store.List(ctx, m.Dir()+"/")
+	if err != nil {
+		return err
+	}
+	markers, err := r.Store.List(ctx, keyPrefix(m.Namespace, m.Policy, m.Key))
+	if err != nil {
+		return err
+	}
+	for _, mk := range markers {
+		if strings.HasSuffix(mk.Name, "-"+m.UUID) {
+			objs = append(objs, mk)
+		}
+	}
+	var errs []error
+	for _, o := range objs {
+		if err := r.Store.Delete(ctx, o.Name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

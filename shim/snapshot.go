@@ -1,0 +1,559 @@
+package shim
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/log"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
+	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
+	"github.com/podsnapshot/podsnapshot/checkpoint/retention"
+	"github.com/podsnapshot/podsnapshot/checkpoint/snapkey"
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
+	"github.com/podsnapshot/podsnapshot/runtime/runsc"
+	"github.com/podsnapshot/podsnapshot/storage"
+	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// stores
+	_ "github.com/podsnapshot/podsnapshot/storage/local" // file:// stores
+)
+
+// Annotations this project reads or sets.
+const (
+	// PSNameAnnotation names the snapshot (its UUID) to restore from, instead of the newest.
+	PSNameAnnotation = "podsnapshot.gke.io/ps-name"
+
+	// gVisor's workload-trigger annotations (runsc/boot/restore.go): with them the sandbox
+	// shows /proc/gvisor/checkpoint and saves itself into path when the workload writes 1.
+	annCheckpointPrefix      = "dev.gvisor.internal.checkpoint."
+	annCheckpointPath        = annCheckpointPrefix + "path"
+	annCheckpointEnable      = annCheckpointPrefix + "enable"
+	annCheckpointResume      = annCheckpointPrefix + "resume"
+	annCheckpointCompression = annCheckpointPrefix + "compression"
+)
+
+// lookupTimeout bounds how long an unreachable store can delay Create before the pod
+// starts cold (DESIGN.md: at most 5 s added).
+const lookupTimeout = 4 * time.Second
+
+// podSnap is the snapshot state of one sandbox matched by a policy.
+type podSnap struct {
+	entry     *policy.Entry
+	repo      *repo.Repo
+	namespace string // the pod's namespace (policy namespace)
+	key       string
+	tuple     compat.Tuple
+	labels    map[string]string
+	source    manifest.Source
+	workDir   string // <work_dir>/<namespace>/<sandbox id>: owned by this sandbox
+
+	// restore is the snapshot the sandbox restores from at Start; nil for a cold start.
+	restore      *manifest.Manifest
+	restoreDir   string
+	downloadTook time.Duration
+
+	// trigger: the workload may checkpoint itself into checkpointDir.
+	workloadTrigger bool
+	checkpointDir   string
+	stop            bool // postCheckpoint: stop
+
+	// busy allows one checkpoint per sandbox at a time.
+	busy sync.Mutex
+	// tookCheckpoint is set once a checkpoint that stops the sandbox has been taken;
+	// result then receives that snapshot's commit result, once.
+	tookCheckpoint atomic.Bool
+	result         chan error
+	// cancel aborts a commit in progress (Kill of a sandbox stopped by its checkpoint).
+	cancelMu sync.Mutex
+	cancel   context.CancelFunc
+}
+
+func (ps *podSnap) policyName() string { return ps.entry.Policy.Name }
+
+// decide logs the one line per Create that says what happened to the pod and why.
+func decide(ctx context.Context, id, decision, why string) {
+	log.G(ctx).WithFields(log.Fields{"id": id, "decision": decision}).Infof("podsnapshot: %s: %s", decision, why)
+}
+
+// loader returns the policy loader of dir; one per directory for the shim's life, so
+// changed files are picked up without a restart.
+func (s *Service) loader(dir string) *policy.Loader {
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	l, ok := s.loaders[dir]
+	if !ok {
+		l = policy.NewLoader(policy.Options{Dir: dir})
+		s.loaders[dir] = l
+	}
+	return l
+}
+
+// store opens (once) the store at url.
+func (s *Service) store(ctx context.Context, url string) (storage.Store, error) {
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	if st, ok := s.stores[url]; ok {
+		return st, nil
+	}
+	st, err := storage.Open(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	s.stores[url] = st
+	return st, nil
+}
+
+// localTuple is this node's compatibility tuple for r (cached per runsc binary and flags).
+func (s *Service) localTuple(ctx context.Context, r *runsc.Runsc) (compat.Tuple, error) {
+	cacheKey := fmt.Sprint(r.Path, r.Flags)
+	s.cacheMu.Lock()
+	t, ok := s.tuples[cacheKey]
+	s.cacheMu.Unlock()
+	if ok {
+		return t, nil
+	}
+	version, err := runscIdentity(ctx, r)
+	if err != nil {
+		return compat.Tuple{}, err
+	}
+	t, err = compat.Local(ctx, compat.Options{RunscVersion: version, RunscFlags: r.Flags})
+	if err != nil {
+		return compat.Tuple{}, err
+	}
+	s.cacheMu.Lock()
+	s.tuples[cacheKey] = t
+	s.cacheMu.Unlock()
+	return t, nil
+}
+
+// planSnapshot decides, at Create of a sandbox, whether it restores from a snapshot,
+// may checkpoint, or is a plain runsc pod. It never fails: whatever goes wrong is a
+// cold start with the reason logged. It may rewrite the bundle's config.json (trigger
+// annotations), which must happen before `runsc create`.
+func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
+	start := time.Now()
+	rec, err := lookupContainer(ctx, s.address, s.namespace, c.id)
+	if err != nil {
+		decide(ctx, c.id, "cold start", fmt.Sprintf("cannot read the container's labels: %v", err))
+		return nil
+	}
+	ns := c.spec.Annotations[oci.SandboxNamespaceAnnotation]
+	if ns == "" {
+		ns = s.namespace
+	}
+	loader := s.loader(c.cfg.PolicyDir)
+	match := loader.Match(ns, rec.Labels)
+	if w := match.Warning(); w != "" {
+		log.G(ctx).Warn(w)
+	}
+	if !match.Found() {
+		decide(ctx, c.id, "plain runsc", fmt.Sprintf("no PodSnapshotPolicy in namespace %s matches labels %v (policy dir %s)", ns, rec.Labels, loader.Dir()))
+		return nil
+	}
+	entry := match.Entry
+	tuple, err := s.localTuple(ctx, c.runsc)
+	if err != nil {
+		decide(ctx, c.id, "cold start", fmt.Sprintf("policy %s: %v", entry.ID(), err))
+		return nil
+	}
+	image := rec.Image
+	if image == "" {
+		image = c.spec.Annotations[oci.ImageNameAnnotation]
+	}
+	name := c.spec.Annotations[oci.ContainerNameAnnotation]
+	if name == "" {
+		name = "main"
+	}
+	key, err := snapkey.Compute(snapkey.Input{
+		Namespace:   ns,
+		Policy:      entry.Policy.Name,
+		GroupLabels: entry.Policy.GroupLabels(),
+		PodLabels:   rec.Labels,
+		Containers:  []snapkey.Container{{Name: name, Image: image, ImageDigest: rec.ImageDigest, Spec: c.spec, Sandbox: true}},
+	})
+	if err != nil {
+		decide(ctx, c.id, "cold start", fmt.Sprintf("policy %s: snapshot key: %v", entry.ID(), err))
+		return nil
+	}
+	st, err := s.store(ctx, entry.StoreURL)
+	if err != nil {
+		decide(ctx, c.id, "cold start", fmt.Sprintf("policy %s: %v", entry.ID(), err))
+		return nil
+	}
+	ps := &podSnap{
+		entry:     entry,
+		repo:      &repo.Repo{Store: st},
+		namespace: ns,
+		key:       key,
+		tuple:     tuple,
+		labels:    rec.Labels,
+		workDir:   filepath.Join(c.cfg.WorkDir, s.namespace, c.id),
+		stop:      entry.Policy.Spec.TriggerConfig.PostCheckpoint == v1.PostCheckpointStop,
+		result:    make(chan error, 1),
+		source: manifest.Source{
+			Pod:       c.spec.Annotations[oci.SandboxNameAnnotation],
+			SandboxID: c.id,
+			Containers: []manifest.ContainerInfo{{
+				Name: name, ID: c.id, Image: image, ImageDigest: rec.ImageDigest, Sandbox: true,
+			}},
+		},
+	}
+	if host, err := os.Hostname(); err == nil {
+		ps.source.Node = host
+	}
+
+	why, restored := s.findAndDownload(ctx, c, ps)
+	if restored {
+		decide(ctx, c.id, "restore", why)
+		return ps
+	}
+	if entry.Policy.Spec.TriggerConfig.Type == v1.TriggerWorkload {
+		if err := s.enableWorkloadTrigger(c, ps); err != nil {
+			decide(ctx, c.id, "cold start", fmt.Sprintf("%s; policy %s: workload trigger not enabled: %v", why, entry.ID(), err))
+			return ps
+		}
+	}
+	decide(ctx, c.id, "cold start", fmt.Sprintf("%s (policy %s, %s trigger, lookup %d ms)",
+		why, entry.ID(), entry.Policy.Spec.TriggerConfig.Type, time.Since(start).Milliseconds()))
+	return ps
+}
+
+// findAndDownload looks up the snapshot to restore and downloads it into the sandbox's
+// work dir. It returns the reason for the decision and whether the sandbox restores.
+func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap) (string, bool) {
+	t0 := time.Now()
+	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	var (
+		m   *manifest.Manifest
+		why string
+		err error
+	)
+	if name := c.spec.Annotations[PSNameAnnotation]; name != "" {
+		m, err = ps.repo.Get(lctx, ps.namespace, ps.policyName(), name)
+		switch {
+		case err != nil:
+		case m.State != manifest.StateCommitted:
+			why, m = fmt.Sprintf("snapshot %s/%s named by %s is %s", ps.namespace, name, PSNameAnnotation, m.State), nil
+		case m.Key != ps.key:
+			why, m = fmt.Sprintf("snapshot %s/%s named by %s was taken from another pod spec", ps.namespace, name, PSNameAnnotation), nil
+		default:
+			if r := compat.Incompatible(m.Compat, ps.tuple); r != "" {
+				why, m = fmt.Sprintf("incompatible snapshot %s/%s: %s", ps.namespace, name, r), nil
+			}
+		}
+	} else {
+		m, why, err = ps.repo.Find(lctx, ps.namespace, ps.policyName(), ps.key, ps.tuple)
+	}
+	if err != nil {
+		if lctx.Err() != nil {
+			return fmt.Sprintf("storage %s unreachable after %.1f s: %v", ps.repo.Store.URL(""), time.Since(t0).Seconds(), err), false
+		}
+		return fmt.Sprintf("snapshot lookup in %s failed: %v", ps.repo.Store.URL(""), err), false
+	}
+	if m == nil {
+		return why, false
+	}
+	dir := filepath.Join(ps.workDir, "restore-"+m.UUID)
+	if err := ps.repo.Download(ctx, m, dir); err != nil {
+		os.RemoveAll(dir)
+		if errors.Is(err, storage.ErrCorrupt) {
+			if merr := ps.repo.MarkFailed(context.WithoutCancel(ctx), m, err.Error()); merr != nil {
+				log.G(ctx).WithError(merr).Warn("could not mark the corrupt snapshot failed")
+			}
+			return fmt.Sprintf("snapshot %s/%s is corrupt (marked failed): %v", ps.namespace, m.UUID, err), false
+		}
+		return fmt.Sprintf("download of snapshot %s/%s failed: %v", ps.namespace, m.UUID, err), false
+	}
+	ps.restore, ps.restoreDir, ps.downloadTook = m, dir, time.Since(t0)
+	return fmt.Sprintf("snapshot %s/%s (policy %s) downloaded and verified in %d ms",
+		ps.namespace, m.UUID, ps.entry.ID(), ps.downloadTook.Milliseconds()), true
+}
+
+// enableWorkloadTrigger adds gVisor's checkpoint annotations to the bundle's spec so the
+// workload can checkpoint itself by writing 1 to /proc/gvisor/checkpoint. runsc writes
+// the image uncompressed: the shim compresses it on the way to storage, faster than
+// runsc's flate.
+func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
+	ps.checkpointDir = filepath.Join(ps.workDir, "checkpoint")
+	// A directory that cannot be made still gets the annotations: the workload's trigger
+	// then fails inside gVisor and the workload reads "error", as it should.
+	if err := os.MkdirAll(ps.checkpointDir, 0o700); err != nil {
+		log.L.WithError(err).Warn("checkpoint directory cannot be created; the workload's checkpoint will fail")
+	}
+	spec := *c.spec
+	spec.Annotations = map[string]string{}
+	for k, v := range c.spec.Annotations {
+		spec.Annotations[k] = v
+	}
+	spec.Annotations[annCheckpointPath] = ps.checkpointDir
+	spec.Annotations[annCheckpointEnable] = "true"
+	spec.Annotations[annCheckpointResume] = fmt.Sprint(!ps.stop)
+	spec.Annotations[annCheckpointCompression] = "none"
+	if err := oci.WriteSpec(c.bundle, &spec); err != nil {
+		return err
+	}
+	ps.workloadTrigger = true
+	return nil
+}
+
+// restoreOrStart runs a created sandbox: `runsc restore` from the downloaded snapshot
+// when there is one, else `runsc start`. A failed restore tears the sandbox down and
+// starts the pod cold from the same bundle.
+func (s *Service) restoreOrStart(ctx context.Context, c *container, io runsc.IO) error {
+	ps := c.snap
+	if ps == nil || ps.restore == nil {
+		return c.runsc.Start(ctx, c.id, io)
+	}
+	t0 := time.Now()
+	err := c.runsc.Restore(ctx, c.id, runsc.RestoreOpts{ImagePath: ps.restoreDir, IO: io})
+	if err == nil {
+		m := ps.restore
+		log.G(ctx).WithFields(log.Fields{"id": c.id, "decision": "restored", "reason": v1.EventReason}).Infof(
+			"podsnapshot: restored: Successfully restored the pod from PodSnapshot %s/%s in %d ms (download %d ms, runsc restore %d ms)",
+			ps.namespace, m.UUID, (ps.downloadTook + time.Since(t0)).Milliseconds(), ps.downloadTook.Milliseconds(), time.Since(t0).Milliseconds())
+		go func() {
+			tctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if err := ps.repo.Touch(tctx, m); err != nil {
+				log.G(ctx).WithError(err).Warn("could not record the snapshot's last access time")
+			}
+		}()
+		return nil
+	}
+	decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
+	ps.restore = nil
+	os.RemoveAll(ps.restoreDir)
+	if err := s.recreate(ctx, c); err != nil {
+		return err
+	}
+	return c.runsc.Start(ctx, c.id, io)
+}
+
+// recreate replaces a created (or half-restored) sandbox with a fresh `runsc create`
+// from the same bundle, for a cold start.
+func (s *Service) recreate(ctx context.Context, c *container) error {
+	if err := c.runsc.Delete(context.WithoutCancel(ctx), c.id, true); err != nil && !runsc.IsNotExist(err) {
+		return fmt.Errorf("tear down sandbox %s after a failed restore: %w", c.id, err)
+	}
+	if c.snap != nil && c.snap.entry.Policy.Spec.TriggerConfig.Type == v1.TriggerWorkload {
+		if err := s.enableWorkloadTrigger(c, c.snap); err != nil {
+			log.G(ctx).WithError(err).Warn("workload trigger not enabled")
+		}
+	}
+	c.init.io.close()
+	return s.runscCreate(ctx, c)
+}
+
+// watchCheckpoints waits for the workload's checkpoints and commits each one to storage,
+// one at a time, until the sandbox is gone.
+func (s *Service) watchCheckpoints(c *container) {
+	ps := c.snap
+	image := filepath.Join(ps.checkpointDir, "checkpoint.img")
+	for {
+		err := c.runsc.WaitCheckpoint(context.Background(), c.id)
+		if _, serr := os.Stat(image); serr != nil {
+			if err != nil && c.init.exited() {
+				return
+			}
+			if err != nil {
+				log.G(s.ctx).WithError(err).WithField("id", c.id).Warn("runsc wait --checkpoint failed")
+				time.Sleep(time.Second)
+			}
+			continue
+		}
+		ps.busy.Lock()
+		if ps.stop {
+			ps.tookCheckpoint.Store(true)
+		}
+		// Move the image aside so a later checkpoint cannot overwrite it mid-upload.
+		dir := filepath.Join(ps.workDir, "upload-"+time.Now().UTC().Format("20060102T150405.000000000"))
+		err = os.Rename(ps.checkpointDir, dir)
+		if err == nil {
+			err = os.MkdirAll(ps.checkpointDir, 0o700)
+		}
+		if err == nil {
+			_, err = s.commit(c, dir)
+		}
+		ps.busy.Unlock()
+		if ps.stop {
+			ps.result <- err
+			return
+		}
+		if c.init.exited() {
+			return
+		}
+	}
+}
+
+// commit uploads a checkpoint image directory as a new snapshot of the pod; the
+// directory is removed only after the manifest is stored.
+func (s *Service) commit(c *container, dir string) (*manifest.Manifest, error) {
+	ps := c.snap
+	ctx, cancel := context.WithCancel(context.Background())
+	ps.cancelMu.Lock()
+	ps.cancel = cancel
+	ps.cancelMu.Unlock()
+	defer func() {
+		ps.cancelMu.Lock()
+		ps.cancel = nil
+		ps.cancelMu.Unlock()
+		cancel()
+	}()
+	t0 := time.Now()
+	m := manifest.New(ps.namespace, ps.policyName(), ps.key, ps.tuple, t0)
+	m.Labels = ps.labels
+	m.GroupLabels = snapkey.GroupValues(ps.entry.Policy.GroupLabels(), ps.labels)
+	m.Source = ps.source
+	if err := ps.repo.Commit(ctx, m, dir); err != nil {
+		log.G(s.ctx).WithError(err).WithFields(log.Fields{"id": c.id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
+		return nil, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		log.G(s.ctx).WithError(err).Warn("remove uploaded checkpoint image")
+	}
+	var raw, stored int64
+	for _, f := range m.Files {
+		raw += f.RawSize
+		stored += f.StoredSize
+	}
+	log.G(s.ctx).WithFields(log.Fields{"id": c.id, "reason": v1.EventReason, "snapshot": m.UUID,
+		"raw_bytes": raw, "stored_bytes": stored, "upload_ms": time.Since(t0).Milliseconds()}).
+		Infof("podsnapshot: committed: Successfully checkpointed the pod to PodSnapshot %s/%s", m.Namespace, m.UUID)
+	s.enforceGroupLimit(ctx, ps)
+	return m, nil
+}
+
+// enforceGroupLimit deletes the oldest snapshots of each group beyond the policy's
+// maxSnapshotCountPerGroup.
+func (s *Service) enforceGroupLimit(ctx context.Context, ps *podSnap) {
+	rules, err := ps.entry.Policy.RetentionRules()
+	if err != nil || rules.MaxPerGroup <= 0 {
+		return
+	}
+	ms, _, err := ps.repo.List(ctx, ps.namespace)
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("retention: list snapshots")
+		return
+	}
+	byID := map[string]*manifest.Manifest{}
+	var snaps []retention.Snapshot
+	for _, m := range ms {
+		if m.Policy == ps.policyName() && m.State == manifest.StateCommitted {
+			byID[m.UUID] = m
+			snaps = append(snaps, m.RetentionSnapshot())
+		}
+	}
+	for _, d := range retention.OverGroupLimit(snaps, rules.MaxPerGroup) {
+		if err := ps.repo.Delete(ctx, byID[d.ID]); err != nil {
+			log.G(ctx).WithError(err).Warnf("retention: delete snapshot %s", d.ID)
+			continue
+		}
+		log.G(ctx).Infof("podsnapshot: retention: deleted snapshot %s/%s: %s", ps.namespace, d.ID, d.Reason)
+	}
+}
+
+// checkpointNow takes a snapshot of the sandbox on request (containerd's Checkpoint
+// call, `podsnapshot checkpoint`): `runsc checkpoint`, then commit.
+func (s *Service) checkpointNow(ctx context.Context, c *container) (*manifest.Manifest, error) {
+	ps := c.snap
+	if !ps.busy.TryLock() {
+		return nil, fmt.Errorf("a checkpoint of sandbox %s is already in progress", c.id)
+	}
+	defer ps.busy.Unlock()
+	dir := filepath.Join(ps.workDir, "manual-"+time.Now().UTC().Format("20060102T150405.000000000"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if ps.stop {
+		ps.tookCheckpoint.Store(true)
+	}
+	err := c.runsc.Checkpoint(ctx, c.id, runsc.CheckpointOpts{ImagePath: dir, LeaveRunning: !ps.stop, Compression: "none"})
+	if err != nil {
+		ps.tookCheckpoint.Store(false)
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	m, err := s.commit(c, dir)
+	if ps.stop {
+		ps.result <- err
+	}
+	return m, err
+}
+
+// stoppedByCheckpoint is called when a sandbox's init exited: if a checkpoint with
+// postCheckpoint: stop ended it, it waits for that snapshot's commit and returns the
+// task's exit status: 0 once committed, 1 if the commit failed.
+func (ps *podSnap) stoppedByCheckpoint() (int, bool) {
+	if ps == nil || !ps.stop {
+		return 0, false
+	}
+	imageLeft := false
+	if ps.checkpointDir != "" {
+		_, err := os.Stat(filepath.Join(ps.checkpointDir, "checkpoint.img"))
+		imageLeft = err == nil
+	}
+	if !imageLeft && !ps.tookCheckpoint.Load() {
+		return 0, false
+	}
+	if err := <-ps.result; err != nil {
+		return 1, true
+	}
+	return 0, true
+}
+
+// abort cancels a commit in progress, if any.
+func (ps *podSnap) abort() {
+	ps.cancelMu.Lock()
+	defer ps.cancelMu.Unlock()
+	if ps.cancel != nil {
+		ps.cancel()
+	}
+}
+
+// cleanup removes the sandbox's work dir (checkpoint images not committed are kept
+// until here: nothing local is deleted before storage has it or the pod is gone).
+func (ps *podSnap) cleanup() {
+	if ps != nil {
+		os.RemoveAll(ps.workDir)
+	}
+}
+
+// runscIdentity names the runsc build for the compatibility tuple: its version line and,
+// when the build carries no version (VERSION_MISSING, as `go build` leaves it), the
+// sha256 of the binary, so that two different builds never pass for one another.
+func runscIdentity(ctx context.Context, r *runsc.Runsc) (string, error) {
+	version, err := r.Version(ctx)
+	if err != nil {
+		return "", err
+	}
+	if !strings.Contains(version, "VERSION_MISSING") {
+		return version, nil
+	}
+	path, err := exec.LookPath(r.Path)
+	if err != nil {
+		return "", fmt.Errorf("runsc binary %s: %w", r.Path, err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("runsc binary: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("runsc binary %s: %w", path, err)
+	}
+	return fmt.Sprintf("%s+sha256:%x", version, h.Sum(nil)[:8]), nil
+}
