@@ -129,11 +129,10 @@ func (p *processIO) copyPipes(ctx context.Context) error {
 		if out.path == "" || out.r == nil {
 			continue
 		}
-		w, err := fifo.OpenFifo(ctx, out.path, syscall.O_WRONLY, 0)
+		w, err := p.openOutput(ctx, out.path)
 		if err != nil {
-			return fmt.Errorf("open stdout/stderr fifo %s: %w", out.path, err)
+			return err
 		}
-		p.closers = append(p.closers, w)
 		p.copies.Add(1)
 		go func(r io.ReadCloser, w io.WriteCloser) {
 			defer p.copies.Done()
@@ -171,11 +170,10 @@ func (p *processIO) copyConsole(ctx context.Context) error {
 		}()
 	}
 	if p.stdio.stdout != "" {
-		w, err := fifo.OpenFifo(ctx, p.stdio.stdout, syscall.O_WRONLY, 0)
+		w, err := p.openOutput(ctx, p.stdio.stdout)
 		if err != nil {
-			return fmt.Errorf("open stdout fifo %s: %w", p.stdio.stdout, err)
+			return err
 		}
-		p.closers = append(p.closers, w)
 		p.copies.Add(1)
 		go func() {
 			defer p.copies.Done()
@@ -185,6 +183,23 @@ func (p *processIO) copyConsole(ctx context.Context) error {
 		}()
 	}
 	return nil
+}
+
+// openOutput opens an output FIFO for writing, and once more for reading: the shim's own
+// reader keeps the FIFO open when containerd's client goes away (ctr run -d), so the
+// container does not die of SIGPIPE; it blocks once the FIFO is full, as under runc.
+func (p *processIO) openOutput(ctx context.Context, path string) (io.WriteCloser, error) {
+	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open output fifo %s: %w", path, err)
+	}
+	r, err := fifo.OpenFifo(ctx, path, syscall.O_RDONLY, 0) // we are a writer: no wait
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("open output fifo %s: %w", path, err)
+	}
+	p.closers = append(p.closers, w, r)
+	return w, nil
 }
 
 type nopCloser struct{ io.Writer }

@@ -374,7 +374,7 @@ func (s *Service) waitInit(c *container) {
 			}
 		}
 	}
-	if code, ok := c.snap.stoppedByCheckpoint(); ok {
+	if code, ok := c.snap.stoppedByCheckpoint(c); ok {
 		// postCheckpoint: stop ended the sandbox: the task's status is the snapshot's.
 		status = code
 	}
@@ -690,8 +690,22 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition,
 			"pod of container %s is not matched by any PodSnapshotPolicy: nothing to checkpoint to", r.ID)
 	}
-	if _, status, _, _ := sb.init.snapshot(); status != task.Status_RUNNING {
+	_, status, _, _ := sb.init.snapshot()
+	if status != task.Status_RUNNING && status != task.Status_PAUSED {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.id, status)
+	}
+	if status == task.Status_PAUSED {
+		// containerd's client pauses a task before checkpointing it and resumes it after;
+		// runsc checkpoints a running sandbox, so it runs for the checkpoint and is
+		// paused again afterwards.
+		if err := sb.runsc.Resume(ctx, sb.id); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+		defer func() {
+			if !sb.init.exited() {
+				_ = sb.runsc.Pause(context.WithoutCancel(ctx), sb.id)
+			}
+		}()
 	}
 	m, err := s.checkpointNow(ctx, sb)
 	if err != nil {

@@ -75,6 +75,9 @@ type podSnap struct {
 	// result then receives that snapshot's commit result, once.
 	tookCheckpoint atomic.Bool
 	result         chan error
+	// sandboxGone is closed when `runsc wait` on the sandbox's init has returned.
+	sandboxGone     chan struct{}
+	sandboxGoneOnce sync.Once
 	// cancel aborts a commit in progress (Kill of a sandbox stopped by its checkpoint).
 	cancelMu sync.Mutex
 	cancel   context.CancelFunc
@@ -193,15 +196,16 @@ func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 		return nil
 	}
 	ps := &podSnap{
-		entry:     entry,
-		repo:      &repo.Repo{Store: st},
-		namespace: ns,
-		key:       key,
-		tuple:     tuple,
-		labels:    rec.Labels,
-		workDir:   filepath.Join(c.cfg.WorkDir, s.namespace, c.id),
-		stop:      entry.Policy.Spec.TriggerConfig.PostCheckpoint == v1.PostCheckpointStop,
-		result:    make(chan error, 1),
+		entry:       entry,
+		repo:        &repo.Repo{Store: st},
+		namespace:   ns,
+		key:         key,
+		tuple:       tuple,
+		labels:      rec.Labels,
+		workDir:     filepath.Join(c.cfg.WorkDir, s.namespace, c.id),
+		stop:        entry.Policy.Spec.TriggerConfig.PostCheckpoint == v1.PostCheckpointStop,
+		result:      make(chan error, 1),
+		sandboxGone: make(chan struct{}),
 		source: manifest.Source{
 			Pod:       c.spec.Annotations[oci.SandboxNameAnnotation],
 			SandboxID: c.id,
@@ -287,12 +291,19 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 // the image uncompressed: the shim compresses it on the way to storage, faster than
 // runsc's flate.
 func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
-	ps.checkpointDir = filepath.Join(ps.workDir, "checkpoint")
-	// A directory that cannot be made still gets the annotations: the workload's trigger
-	// then fails inside gVisor and the workload reads "error", as it should.
-	if err := os.MkdirAll(ps.checkpointDir, 0o700); err != nil {
-		log.L.WithError(err).Warn("checkpoint directory cannot be created; the workload's checkpoint will fail")
+	dir := filepath.Join(ps.workDir, "checkpoint")
+	// runsc opens the image files at create: a directory it cannot write to would fail
+	// the pod, so the trigger is enabled only where a file can be made.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("checkpoint directory: %w", err)
 	}
+	probe, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return fmt.Errorf("checkpoint directory not writable: %w", err)
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	ps.checkpointDir = dir
 	spec := *c.spec
 	spec.Annotations = map[string]string{}
 	for k, v := range c.spec.Annotations {
@@ -357,45 +368,56 @@ func (s *Service) recreate(ctx context.Context, c *container) error {
 	return s.runscCreate(ctx, c)
 }
 
-// watchCheckpoints waits for the workload's checkpoints and commits each one to storage,
-// one at a time, until the sandbox is gone.
+// watchCheckpoints waits for the workload's checkpoint and commits it to storage.
+//
+// runsc opens the image files once, when the sandbox is created, and every checkpoint of
+// the sandbox writes into those same files. So the shim commits the first successful
+// checkpoint straight from the checkpoint directory and then stops watching: a later
+// trigger still saves (the workload reads its result as usual) but is not uploaded. A
+// failed save (`runsc wait --checkpoint` returns its error while the sandbox keeps
+// running; the workload reads "error") is logged, uploads nothing, and the watch goes on.
 func (s *Service) watchCheckpoints(c *container) {
 	ps := c.snap
-	image := filepath.Join(ps.checkpointDir, "checkpoint.img")
 	for {
 		err := c.runsc.WaitCheckpoint(context.Background(), c.id)
-		if _, serr := os.Stat(image); serr != nil {
-			if err != nil && c.init.exited() {
+		if err != nil && !ps.savedBeforeStop(c) {
+			select {
+			case <-ps.sandboxGone:
 				return
+			default:
 			}
-			if err != nil {
-				log.G(s.ctx).WithError(err).WithField("id", c.id).Warn("runsc wait --checkpoint failed")
-				time.Sleep(time.Second)
-			}
+			log.G(s.ctx).WithError(err).WithFields(log.Fields{"id": c.id, "reason": v1.EventReason}).
+				Warn("podsnapshot: checkpoint failed: the workload read \"error\" and keeps running; nothing uploaded")
+			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		ps.busy.Lock()
 		if ps.stop {
 			ps.tookCheckpoint.Store(true)
 		}
-		// Move the image aside so a later checkpoint cannot overwrite it mid-upload.
-		dir := filepath.Join(ps.workDir, "upload-"+time.Now().UTC().Format("20060102T150405.000000000"))
-		err = os.Rename(ps.checkpointDir, dir)
-		if err == nil {
-			err = os.MkdirAll(ps.checkpointDir, 0o700)
-		}
-		if err == nil {
-			_, err = s.commit(c, dir)
-		}
+		_, err = s.commit(c, ps.checkpointDir)
 		ps.busy.Unlock()
 		if ps.stop {
 			ps.result <- err
-			return
 		}
-		if c.init.exited() {
-			return
-		}
+		return
 	}
+}
+
+// savedBeforeStop tells, after `runsc wait --checkpoint` failed, whether it failed only
+// because a postCheckpoint: stop checkpoint succeeded and the sandbox then exited before
+// the wait could be answered: the sandbox is gone within a few seconds and the image is
+// not empty. A failed save leaves the sandbox running.
+func (ps *podSnap) savedBeforeStop(c *container) bool {
+	if !ps.stop {
+		return false
+	}
+	select {
+	case <-ps.sandboxGone:
+	case <-time.After(3 * time.Second):
+		return false
+	}
+	return ps.imageWritten()
 }
 
 // commit uploads a checkpoint image directory as a new snapshot of the pod; the
@@ -496,22 +518,43 @@ func (s *Service) checkpointNow(ctx context.Context, c *container) (*manifest.Ma
 // stoppedByCheckpoint is called when a sandbox's init exited: if a checkpoint with
 // postCheckpoint: stop ended it, it waits for that snapshot's commit and returns the
 // task's exit status: 0 once committed, 1 if the commit failed.
-func (ps *podSnap) stoppedByCheckpoint() (int, bool) {
-	if ps == nil || !ps.stop {
+func (ps *podSnap) stoppedByCheckpoint(c *container) (int, bool) {
+	if ps == nil {
 		return 0, false
 	}
-	imageLeft := false
-	if ps.checkpointDir != "" {
-		_, err := os.Stat(filepath.Join(ps.checkpointDir, "checkpoint.img"))
-		imageLeft = err == nil
-	}
-	if !imageLeft && !ps.tookCheckpoint.Load() {
+	ps.sandboxGoneOnce.Do(func() { close(ps.sandboxGone) })
+	if !ps.stop {
 		return 0, false
+	}
+	if !ps.tookCheckpoint.Load() && !ps.imageWritten() {
+		return 0, false
+	}
+	// Either a commit is under way (result follows), or the watcher is about to decide
+	// that the image it finds was saved before the stop.
+	select {
+	case err := <-ps.result:
+		if err != nil {
+			return 1, true
+		}
+		return 0, true
+	case <-time.After(10 * time.Second):
+		if !ps.tookCheckpoint.Load() {
+			return 0, false
+		}
 	}
 	if err := <-ps.result; err != nil {
 		return 1, true
 	}
 	return 0, true
+}
+
+// imageWritten reports whether the workload-trigger image holds a saved checkpoint.
+func (ps *podSnap) imageWritten() bool {
+	if ps.checkpointDir == "" {
+		return false
+	}
+	fi, err := os.Stat(filepath.Join(ps.checkpointDir, "checkpoint.img"))
+	return err == nil && fi.Size() > 0
 }
 
 // abort cancels a commit in progress, if any.
