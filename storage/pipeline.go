@@ -1,0 +1,229 @@
+package storage
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync"
+)
+
+// Upload streams src through codec into st under name and returns the file's FileInfo:
+// raw size and sha256 of what src yielded, stored size and CRC32C of the object. Memory
+// stays bounded whatever the size (the codec's window and jobs plus the store's parts in
+// flight). The object appears only if everything succeeded; a failure of src, the codec
+// or the store, or the end of ctx, leaves nothing under name. The store's CRC32C is
+// checked against the bytes sent; a mismatch deletes the object and returns a
+// *CorruptError.
+func Upload(ctx context.Context, st Store, name string, src io.Reader, codec Codec) (FileInfo, error) {
+	if codec == nil {
+		codec = None{}
+	}
+	url := st.URL(name)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	pr, pw := io.Pipe()
+	type result struct {
+		obj ObjectInfo
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		obj, err := st.Put(ctx, name, pr)
+		pr.CloseWithError(err) // stops the writer when Put returned early
+		done <- result{obj, err}
+	}()
+
+	raw := &hashReader{ctx: ctx, r: src, h: newAsyncHash(sha256.New())}
+	defer raw.h.stop()
+	sent := &crcWriter{w: pw}
+	err := compress(sent, raw, codec)
+	if err != nil {
+		pw.CloseWithError(err)
+		cancel()
+		r := <-done
+		switch {
+		case raw.err != nil:
+			return FileInfo{}, fmt.Errorf("upload %s: read source: %w", url, raw.err)
+		case r.err != nil && sent.err != nil:
+			return FileInfo{}, r.err // the store failed first
+		default:
+			return FileInfo{}, fmt.Errorf("upload %s: %s: %w", url, codec.Name(), err)
+		}
+	}
+	pw.Close()
+	r := <-done
+	if r.err != nil {
+		return FileInfo{}, r.err
+	}
+	if r.obj.Size != sent.n || (r.obj.HasCRC32C && r.obj.CRC32C != sent.crc) {
+		derr := st.Delete(context.WithoutCancel(ctx), name)
+		return FileInfo{}, errors.Join(Corruptf(url, "stored %d bytes crc32c %d, sent %d bytes crc32c %d",
+			r.obj.Size, r.obj.CRC32C, sent.n, sent.crc), derr)
+	}
+	return FileInfo{
+		Name:       name,
+		RawSize:    raw.n,
+		StoredSize: sent.n,
+		Codec:      codec.Name(),
+		SHA256:     hex.EncodeToString(raw.h.Sum()),
+		CRC32C:     sent.crc,
+	}, nil
+}
+
+// compress copies src through a codec writer into dst and closes the codec writer.
+func compress(dst io.Writer, src io.Reader, codec Codec) error {
+	enc, err := codec.NewWriter(dst)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(enc, src); err != nil {
+		enc.Close()
+		return err
+	}
+	return enc.Close()
+}
+
+// Download streams the object info names from st, decompresses it with info.Codec into
+// dst, and verifies the stored bytes (StoredSize, CRC32C) and the raw bytes (RawSize,
+// SHA256). A mismatch or undecodable data is a *CorruptError (errors.Is ErrCorrupt)
+// naming the object. dst has then received unverified bytes: treat what it holds as valid
+// only when Download returns nil. Memory stays bounded whatever the size.
+func Download(ctx context.Context, st Store, info FileInfo, dst io.Writer) error {
+	url := st.URL(info.Name)
+	codec, err := CodecByName(info.Codec)
+	if err != nil {
+		return fmt.Errorf("download %s: %w", url, err)
+	}
+	rc, err := st.Get(ctx, info.Name)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	stored := &crcReader{r: rc}
+	dec, err := codec.NewReader(stored)
+	if err != nil {
+		return fmt.Errorf("download %s: %w", url, err)
+	}
+	out := &hashWriter{w: dst, h: newAsyncHash(sha256.New())}
+	defer out.h.stop()
+	_, cerr := io.Copy(out, dec)
+	dec.Close()
+	if cerr != nil && out.err != nil {
+		return fmt.Errorf("download %s: write: %w", url, out.err)
+	}
+	// Read what the decoder left (trailing bytes, or the rest after a decoding error) so
+	// the checksum of the stored bytes is complete and names the fault precisely.
+	if _, err := io.Copy(io.Discard, stored); err != nil || stored.failed() != nil {
+		if serr := stored.failed(); serr != nil {
+			return serr
+		}
+		return fmt.Errorf("download %s: %w", url, err)
+	}
+	switch {
+	case stored.crc != info.CRC32C:
+		return Corruptf(url, "crc32c mismatch: got %d, want %d", stored.crc, info.CRC32C)
+	case stored.n != info.StoredSize:
+		return Corruptf(url, "stored size mismatch: got %d bytes, want %d", stored.n, info.StoredSize)
+	case cerr != nil:
+		return Corruptf(url, "%s: %v", codec.Name(), cerr)
+	case out.n != info.RawSize:
+		return Corruptf(url, "raw size mismatch: got %d bytes, want %d", out.n, info.RawSize)
+	}
+	if got := hex.EncodeToString(out.h.Sum()); got != info.SHA256 {
+		return Corruptf(url, "sha256 mismatch: got %s, want %s", got, info.SHA256)
+	}
+	return nil
+}
+
+// hashReader hashes and counts what it reads, stops when ctx ends, and records a read
+// error other than EOF.
+type hashReader struct {
+	ctx context.Context
+	r   io.Reader
+	h   *asyncHash
+	n   int64
+	err error
+}
+
+func (r *hashReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		r.err = err
+		return 0, err
+	}
+	n, err := r.r.Read(p)
+	r.h.Write(p[:n])
+	r.n += int64(n)
+	if err != nil && err != io.EOF {
+		r.err = err
+	}
+	return n, err
+}
+
+// hashWriter hashes and counts what it writes and records a write error.
+type hashWriter struct {
+	w   io.Writer
+	h   *asyncHash
+	n   int64
+	err error
+}
+
+func (w *hashWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.h.Write(p[:n])
+	w.n += int64(n)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+// crcWriter computes the CRC32C and count of what it writes and records a write error.
+type crcWriter struct {
+	w   io.Writer
+	crc uint32
+	n   int64
+	err error
+}
+
+func (w *crcWriter) Write(p []byte) (int, error) {
+	n, err := w.w.Write(p)
+	w.crc = crc32.Update(w.crc, Castagnoli, p[:n])
+	w.n += int64(n)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
+}
+
+// crcReader computes the CRC32C and count of what it reads and records a read error other
+// than EOF. A decoder may read it from its own goroutine, hence the lock on err.
+type crcReader struct {
+	r   io.Reader
+	crc uint32
+	n   int64
+	mu  sync.Mutex
+	err error
+}
+
+func (r *crcReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.crc = crc32.Update(r.crc, Castagnoli, p[:n])
+	r.n += int64(n)
+	if err != nil && err != io.EOF {
+		r.mu.Lock()
+		r.err = err
+		r.mu.Unlock()
+	}
+	return n, err
+}
+
+func (r *crcReader) failed() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
+}
