@@ -1,0 +1,130 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/retention"
+)
+
+var gcCommand = &command{
+	name:    "gc",
+	usage:   "[--dry-run] [-n NAMESPACE] [--failed-ttl DURATION]",
+	summary: "apply retention rules; delete old Failed snapshots",
+	help: `
+Applies each policy's retention rules to the committed snapshots it owns (same namespace
+and policy name, in the store of its storage config):
+
+  retentionConfig.lastAccessTimeout   deletes a snapshot neither restored from nor
+                                      created within the timeout
+  maxSnapshotCountPerGroup            keeps the newest N of each group, deleting the
+                                      oldest first
+
+Snapshots in state Failed (a restore found them corrupt, or their checkpoint failed) can
+never be restored again; they are kept for --failed-ttl after they were marked, so that
+'podsnapshot ls' and 'inspect' can show why, and then deleted, whatever their policy.
+--failed-ttl 0 keeps them.
+
+Snapshots of policies that are not in the policy directory are left alone (remove them by
+name with 'podsnapshot rm'). Each deletion is one line with its reason; --dry-run prints
+the same lines without deleting. With -n, only that namespace is collected.`,
+	run: runGC,
+}
+
+func runGC(ctx context.Context, c *cli, args []string) error {
+	fs := c.flagSet()
+	var namespace string
+	var dryRun bool
+	c.stringFlag(fs, &namespace, "n", "namespace", "", "collect only this `namespace` (default: all)")
+	fs.BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")
+	failedTTL := fs.Duration("failed-ttl", time.Hour, "delete Failed snapshots marked longer ago than this; 0 keeps them")
+	pos, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return usagef("unexpected argument %q", pos[0])
+	}
+	if *failedTTL < 0 {
+		return usagef("--failed-ttl %s: must not be negative", *failedTTL)
+	}
+	e, err := c.openEnv(ctx)
+	if err != nil {
+		return err
+	}
+	defer e.close()
+	snaps, listErr := c.snapshots(ctx, e, namespace)
+	errs := []error{listErr}
+	now := c.now()
+
+	type deletion struct {
+		s      snapshot
+		reason string
+	}
+	var plan []deletion
+	for _, p := range e.set.Policies {
+		if namespace != "" && p.Policy.Namespace != namespace {
+			continue
+		}
+		rules, err := p.Policy.RetentionRules()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		st := e.storeFor(p.StoreURL)
+		byID := map[string]snapshot{}
+		var owned []retention.Snapshot
+		for _, s := range snaps {
+			if s.store == st && s.Namespace == p.Policy.Namespace && s.Policy == p.Policy.Name && s.State == manifest.StateCommitted {
+				byID[s.UUID] = s
+				owned = append(owned, s.RetentionSnapshot())
+			}
+		}
+		for _, d := range retention.Plan(owned, rules, now) {
+			plan = append(plan, deletion{byID[d.ID], fmt.Sprintf("policy %s: %s", p.ID(), d.Reason)})
+		}
+	}
+	if *failedTTL > 0 {
+		for _, s := range snaps {
+			if s.State != manifest.StateFailed {
+				continue
+			}
+			marked := failedAt(ctx, s)
+			if now.Sub(marked) > *failedTTL {
+				plan = append(plan, deletion{s, fmt.Sprintf("Failed since %s, longer than --failed-ttl %s: %s",
+					marked.UTC().Format(time.RFC3339), *failedTTL, s.Reason)})
+			}
+		}
+	}
+
+	verb := "deleted"
+	if dryRun {
+		verb = "would delete"
+	}
+	done := 0
+	for _, d := range plan {
+		if !dryRun {
+			if err := d.s.store.repo.Delete(ctx, d.s.Manifest); err != nil {
+				errs = append(errs, fmt.Errorf("delete PodSnapshot %s: %w", d.s.ID(), err))
+				continue
+			}
+		}
+		done++
+		fmt.Fprintf(c.stdout, "%s %s: %s\n", verb, d.s.ID(), d.reason)
+	}
+	fmt.Fprintf(c.stdout, "gc: %d %s, %d kept\n", done, map[bool]string{false: "deleted", true: "to delete"}[dryRun], len(snaps)-done)
+	return errors.Join(errs...)
+}
+
+// failedAt is when s was marked Failed: its manifest's last write in the store (MarkFailed
+// rewrites it), or its creation when the store cannot say.
+func failedAt(ctx context.Context, s snapshot) time.Time {
+	info, err := s.store.repo.Store.Stat(ctx, s.ObjectName())
+	if err != nil || info.Updated.IsZero() || info.Updated.Before(s.CreatedAt) {
+		return s.CreatedAt
+	}
+	return info.Updated
+}
