@@ -1,0 +1,130 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+)
+
+// Image names of the test images (see testdata/imagebuild).
+const (
+	BusyboxImage   = ociarchive.BusyboxImage
+	WorkloadsImage = ociarchive.WorkloadsImage
+)
+
+// once runs a build at most once per test binary and remembers its result, error included,
+// so every test that needs it fails the same way.
+type once[T any] struct {
+	once sync.Once
+	val  T
+	err  error
+}
+
+func (o *once[T]) get(f func() (T, error)) (T, error) {
+	o.once.Do(func() { o.val, o.err = f() })
+	return o.val, o.err
+}
+
+var shimBuild once[string]
+
+// BuildShim builds containerd-shim-podsnapshot-v1 from ./cmd/containerd-shim-podsnapshot-v1
+// once per test binary and returns the directory holding it, to put first on
+// containerd's PATH (ContainerdOptions.ShimDir).
+func BuildShim(t testing.TB) string {
+	t.Helper()
+	root, cache := RepoRoot(t), binaryCache(t)
+	dir, err := shimBuild.get(func() (string, error) {
+		dir := filepath.Join(cache, "shim")
+		if err := goBuild(root, filepath.Join(dir, ShimBinary), "./cmd/"+ShimBinary); err != nil {
+			return "", err
+		}
+		return dir, nil
+	})
+	if err != nil {
+		t.Fatalf("harness: build shim: %v", err)
+	}
+	return dir
+}
+
+// goBuild runs go build in the repository, with a timeout so a wedged build fails the
+// test instead of hanging it.
+func goBuild(root, out string, pkgs ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	args := append([]string{"build", "-o", out}, pkgs...)
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
+// Image is a test image archive built by the harness.
+type Image struct {
+	// Name is the image reference, as ctr lists it.
+	Name string
+	// Archive is the OCI archive to import.
+	Archive string
+	// Digest is the manifest digest containerd reports for the image.
+	Digest string
+}
+
+var imagesBuild once[map[string]Image]
+
+// Images builds the test images (BusyboxImage and WorkloadsImage) once per test binary and
+// returns them by name. The images are reproducible: the same sources give the same
+// digests in every run.
+func Images(t testing.TB) map[string]Image {
+	t.Helper()
+	root, cache, busybox := RepoRoot(t), binaryCache(t), Busybox(t)
+	images, err := imagesBuild.get(func() (map[string]Image, error) {
+		dir := filepath.Join(cache, "images")
+		bin := filepath.Join(dir, "bin")
+		if err := ociarchive.BuildWorkloads(context.Background(), root, bin); err != nil {
+			return nil, err
+		}
+		bb, err := ociarchive.BusyboxSpec(busybox)
+		if err != nil {
+			return nil, err
+		}
+		wl, err := ociarchive.WorkloadsSpec(busybox, bin)
+		if err != nil {
+			return nil, err
+		}
+		images := map[string]Image{}
+		for file, spec := range map[string]ociarchive.Spec{"busybox.tar": bb, "workloads.tar": wl} {
+			archive := filepath.Join(dir, file)
+			res, err := ociarchive.BuildFile(archive, spec)
+			if err != nil {
+				return nil, fmt.Errorf("build %s: %w", spec.Name, err)
+			}
+			images[res.Name] = Image{Name: res.Name, Archive: archive, Digest: res.ManifestDigest}
+		}
+		return images, nil
+	})
+	if err != nil {
+		t.Fatalf("harness: build test images: %v", err)
+	}
+	return images
+}
+
+// Workload returns the host path of a built workload binary (counter, slowinit), for
+// tests that run it outside containerd, e.g. directly under runsc.
+func Workload(t testing.TB, name string) string {
+	t.Helper()
+	Images(t)
+	p := filepath.Join(binaryCache(t), "images", "bin", name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("harness: workload %s: %v", name, err)
+	}
+	return p
+}

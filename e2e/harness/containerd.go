@@ -1,0 +1,386 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ContainerdOptions configure StartContainerd. The zero value is a containerd with
+// namespace "test", without CRI, with only _deps/bin ahead of the inherited PATH.
+type ContainerdOptions struct {
+	// ShimDir is put first on containerd's PATH: containerd resolves runtime type
+	// io.containerd.podsnapshot.v1 to the binary containerd-shim-podsnapshot-v1 on its
+	// PATH, so no runtime needs configuring. Usually BuildShim(t).
+	ShimDir string
+	// Namespace used by Ctr and Client; default "test".
+	Namespace string
+	// EnableCRI keeps containerd's CRI plugins (they want CNI, which this machine lacks,
+	// so they are off by default).
+	EnableCRI bool
+	// ExtraConfig is TOML appended to the generated config (version 4, containerd 2.4's); it must not
+	// redefine a table the generated config defines (see config.toml in Dir).
+	ExtraConfig string
+	// Env holds extra environment variables for containerd, and so for the shims it
+	// starts (they inherit it), e.g. STORAGE_EMULATOR_HOST.
+	Env []string
+	// LogLevel of containerd; default "debug" (the log is only shown on failure).
+	LogLevel string
+	// StartTimeout bounds the wait for containerd's socket; default 30s.
+	StartTimeout time.Duration
+}
+
+// Containerd is a private containerd started by StartContainerd.
+type Containerd struct {
+	// Dir holds everything below; it is short (under /tmp) because unix socket paths must
+	// stay under 108 bytes, and shims derive longer paths from containerd's address.
+	Dir       string
+	Root      string // containerd's root (content store, snapshots, metadata)
+	State     string // containerd's state (bundles, sockets, FIFOs of tasks)
+	Address   string // the gRPC socket
+	Config    string // the generated config.toml
+	LogPath   string // containerd's stdout and stderr
+	Namespace string
+	// Env is containerd's environment (PATH with the shim dir and _deps/bin first).
+	Env []string
+
+	ctr  string
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has been reaped
+}
+
+// disabledPlugins are the plugins that cannot work on this kind of machine or would
+// reach outside the test's directories.
+var disabledPlugins = []string{
+	// Snapshotters for filesystems not in use here; they only log failures.
+	"io.containerd.snapshotter.v1.btrfs",
+	"io.containerd.snapshotter.v1.zfs",
+	"io.containerd.snapshotter.v1.devmapper",
+	"io.containerd.snapshotter.v1.aufs",
+	// Tracing exporters need an endpoint.
+	"io.containerd.tracing.processor.v1.otlp",
+	"io.containerd.internal.v1.tracing",
+	// NRI listens on a fixed, machine-wide socket (/var/run/nri/nri.sock), which two
+	// containerds would fight over.
+	"io.containerd.nri.v1.nri",
+	// opt manages a fixed directory (/opt/containerd), outside the test's.
+	"io.containerd.internal.v1.opt",
+}
+
+// criPlugins are containerd's CRI plugins, disabled unless EnableCRI: they need CNI.
+var criPlugins = []string{
+	"io.containerd.grpc.v1.cri",
+	"io.containerd.cri.v1.images",
+	"io.containerd.cri.v1.runtime",
+	"io.containerd.podsandbox.controller.v1.podsandbox",
+}
+
+// StartContainerd starts a private containerd (binary from DepsBin) and waits until its
+// socket answers. At cleanup it stops containerd (SIGTERM, then SIGKILL), reaps it, kills
+// and records any shim or runsc process of its own left behind (LeakCheck reports them),
+// unmounts what is still mounted below its directories and removes them. When the test
+// failed, containerd's log is written to the test log.
+func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
+	t.Helper()
+	bin := Binary(t, "containerd", "")
+	ctr := Binary(t, "ctr", "")
+	Binary(t, "runsc", "") // the shim needs it; fail early and clearly
+	if opts.Namespace == "" {
+		opts.Namespace = "test"
+	}
+	if opts.LogLevel == "" {
+		opts.LogLevel = "debug"
+	}
+	if opts.StartTimeout == 0 {
+		opts.StartTimeout = 30 * time.Second
+	}
+
+	dir, err := os.MkdirTemp("/tmp", "psn-")
+	if err != nil {
+		t.Fatalf("harness: containerd directory: %v", err)
+	}
+	c := &Containerd{
+		Dir:       dir,
+		Root:      filepath.Join(dir, "root"),
+		State:     filepath.Join(dir, "state"),
+		Address:   filepath.Join(dir, "containerd.sock"),
+		Config:    filepath.Join(dir, "config.toml"),
+		LogPath:   filepath.Join(dir, "containerd.log"),
+		Namespace: opts.Namespace,
+		ctr:       ctr,
+		done:      make(chan struct{}),
+	}
+	addLeakMarker(t, dir)
+
+	disabled := append([]string(nil), disabledPlugins...)
+	if !opts.EnableCRI {
+		disabled = append(disabled, criPlugins...)
+	}
+	// Version 4 is containerd 2.4's own format. In it the socket addresses live in the
+	// server plugins' tables: a top-level [grpc] address is silently ignored there, and
+	// containerd would take over the machine's /run/containerd/containerd.sock.
+	config := fmt.Sprintf(`version = 4
+root = %q
+state = %q
+disabled_plugins = %s
+
+[debug]
+  level = %q
+
+[plugins.'io.containerd.server.v1.grpc']
+  address = %q
+
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = %q
+`, c.Root, c.State, tomlStrings(disabled), opts.LogLevel, c.Address, c.Address+".ttrpc")
+	if opts.ExtraConfig != "" {
+		config += "\n" + opts.ExtraConfig + "\n"
+	}
+	if err := os.WriteFile(c.Config, []byte(config), 0o644); err != nil {
+		t.Fatalf("harness: write containerd config: %v", err)
+	}
+
+	path := DepsBin(t) + string(os.PathListSeparator) + os.Getenv("PATH")
+	if opts.ShimDir != "" {
+		path = opts.ShimDir + string(os.PathListSeparator) + path
+	}
+	c.Env = append(withoutVar(os.Environ(), "PATH"), "PATH="+path)
+	c.Env = append(c.Env, opts.Env...)
+
+	logFile, err := os.Create(c.LogPath)
+	if err != nil {
+		t.Fatalf("harness: containerd log: %v", err)
+	}
+	c.cmd = exec.Command(bin, "--config", c.Config)
+	c.cmd.Env = c.Env
+	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
+	// Own process group: a ^C to the test run reaches the test binary, whose cleanup
+	// stops containerd in order, rather than killing containerd under it.
+	err = startOwned(c.cmd, c.done)
+	logFile.Close() // the child has its own copy
+	if err != nil {
+		t.Fatalf("harness: start containerd: %v", err)
+	}
+	t.Cleanup(func() { c.stop(t) })
+
+	if err := c.waitReady(opts.StartTimeout); err != nil {
+		t.Fatalf("harness: containerd did not start: %v\n%s", err, c.Logs())
+	}
+	return c
+}
+
+// waitReady waits until the socket accepts connections and `ctr version` answers.
+func (c *Containerd) waitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		select {
+		case <-c.done:
+			return fmt.Errorf("containerd exited: %v", c.cmd.ProcessState)
+		default:
+		}
+		if conn, err := net.DialTimeout("unix", c.Address, time.Second); err == nil {
+			conn.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			res, err := c.CtrContext(ctx, "version")
+			cancel()
+			if err == nil && res.ExitCode == 0 {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("socket %s not ready after %v", c.Address, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Stop stops containerd now (SIGTERM, then SIGKILL after 10s) and reaps it. Shims keep
+// running, as they do when containerd restarts. Cleanup calls it too; a second call is a
+// no-op.
+func (c *Containerd) Stop(t testing.TB) {
+	t.Helper()
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(10 * time.Second):
+		t.Errorf("harness: containerd did not stop within 10s of SIGTERM; killing it")
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+func (c *Containerd) stop(t testing.TB) {
+	c.Stop(t)
+	// Shims and sandboxes outlive containerd by design; at the end of a test they are
+	// leaks. Kill them so they release mounts and sockets, and record them for LeakCheck.
+	if left := reapLeftovers([]string{c.Dir}, ShutdownGrace); len(left) > 0 {
+		recordLeaks(t, left)
+		t.Logf("harness: killed %d process(es) left behind by containerd in %s:\n%s", len(left), c.Dir, formatProcs(left))
+	}
+	if err := unmountBelow(c.Dir); err != nil {
+		t.Errorf("harness: %v", err)
+	}
+	if t.Failed() {
+		t.Logf("harness: containerd log (%s):\n%s", c.LogPath, c.Logs())
+	}
+	if err := os.RemoveAll(c.Dir); err != nil {
+		t.Errorf("harness: remove %s: %v", c.Dir, err)
+	}
+}
+
+// logTail bounds the log shown on failure; a debug log of a long test is large, and the
+// end is where the failure is.
+const logTail = 64 << 10
+
+// Logs returns containerd's log, at most its last 64 KiB.
+func (c *Containerd) Logs() string {
+	b, err := os.ReadFile(c.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", c.LogPath, err)
+	}
+	if len(b) > logTail {
+		b = append([]byte("...\n"), b[len(b)-logTail:]...)
+	}
+	return string(b)
+}
+
+// ShutdownGrace is how long a containerd's cleanup lets its shims and sandboxes exit on
+// their own before it kills them.
+var ShutdownGrace = 5 * time.Second
+
+// CtrResult is the outcome of one ctr command.
+type CtrResult struct {
+	Args     []string
+	Stdout   string
+	Stderr   string
+	ExitCode int // -1 when ctr was killed (timeout)
+}
+
+func (r CtrResult) String() string {
+	return fmt.Sprintf("ctr %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(r.Args, " "), r.ExitCode, r.Stdout, r.Stderr)
+}
+
+// CtrTimeout bounds each Ctr call.
+var CtrTimeout = 2 * time.Minute
+
+// CtrCommand returns the command `ctr --address SOCK -n NS args...`, with containerd's
+// environment, for callers that need to wire its stdio themselves (a terminal, a
+// stream). The caller starts and waits for it.
+func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, c.ctr, append([]string{"--address", c.Address, "--namespace", c.Namespace}, args...)...)
+	cmd.Env = c.Env
+	// A killed ctr may leave a child holding its pipes; don't wait for them forever.
+	cmd.WaitDelay = 5 * time.Second
+	return cmd
+}
+
+// CtrContext runs ctr with args and returns its output and exit code. The error is only
+// for a ctr that could not run at all; a non-zero exit is in the result.
+func (c *Containerd) CtrContext(ctx context.Context, args ...string) (CtrResult, error) {
+	cmd := c.CtrCommand(ctx, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	res := CtrResult{Args: args, Stdout: stdout.String(), Stderr: stderr.String()}
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exitErr):
+		res.ExitCode = exitErr.ExitCode() // -1 when killed by a signal
+	default:
+		return res, fmt.Errorf("run ctr %s: %w", strings.Join(args, " "), err)
+	}
+	return res, nil
+}
+
+// Ctr runs ctr with args (at most CtrTimeout) and returns its result, whatever the exit
+// code; it fails the test only if ctr could not run.
+func (c *Containerd) Ctr(t testing.TB, args ...string) CtrResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), CtrTimeout)
+	defer cancel()
+	res, err := c.CtrContext(ctx, args...)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return res
+}
+
+// MustCtr runs ctr with args and returns its stdout; a non-zero exit fails the test.
+func (c *Containerd) MustCtr(t testing.TB, args ...string) string {
+	t.Helper()
+	res := c.Ctr(t, args...)
+	if res.ExitCode != 0 {
+		t.Fatalf("harness: %v", res)
+	}
+	return res.Stdout
+}
+
+// ImportArgs are the ctr arguments that import an archive built by testdata/imagebuild:
+// `ctr images import --platform linux/<arch> ARCHIVE`. The image takes its name from the
+// archive's io.containerd.image.name annotation and is unpacked into the default
+// snapshotter, ready for `ctr run`.
+func ImportArgs(archive string) []string {
+	return []string{"images", "import", "--platform", "linux/" + goarch(), archive}
+}
+
+// ImportImage builds the test images once per test binary (see Images) and imports the
+// named one (BusyboxImage or WorkloadsImage) into this containerd.
+func (c *Containerd) ImportImage(t testing.TB, name string) Image {
+	t.Helper()
+	img, ok := Images(t)[name]
+	if !ok {
+		t.Fatalf("harness: no test image %q (have %s, %s)", name, BusyboxImage, WorkloadsImage)
+	}
+	c.MustCtr(t, ImportArgs(img.Archive)...)
+	return img
+}
+
+// ImportImages imports all test images.
+func (c *Containerd) ImportImages(t testing.TB) map[string]Image {
+	t.Helper()
+	images := Images(t)
+	names := make([]string, 0, len(images))
+	for n := range images {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		c.ImportImage(t, n)
+	}
+	return images
+}
+
+func tomlStrings(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
+}
+
+func withoutVar(env []string, name string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, name+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}

@@ -1,0 +1,175 @@
+// Command imagebuild writes an OCI image archive for the tests, to be loaded with
+//
+//	ctr -n NAMESPACE images import --platform linux/amd64 OUT.tar
+//
+// Examples, from the repository root:
+//
+//	go run ./testdata/imagebuild -o busybox.tar -preset busybox
+//	go run ./testdata/imagebuild -o workloads.tar -preset workloads
+//	go run ./testdata/imagebuild -o x.tar -name podsnapshot.test/x:1 -preset none \
+//	    -add /bin/busybox=/bin/busybox -cmd '["/bin/busybox","sh"]'
+//
+// Presets: "busybox" (podsnapshot.test/busybox:latest, busybox and its applets),
+// "workloads" (podsnapshot.test/workloads:latest, the same plus /bin/counter and
+// /bin/slowinit compiled from testdata/workloads) and "none" (only -add files, the base
+// directories and /etc/passwd). -name, -cmd, -entrypoint, -env and -workdir override the
+// preset. The library behind it is ./testdata/imagebuild/ociarchive.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+)
+
+// listFlag collects a repeatable flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
+func main() {
+	err := run()
+	for _, f := range cleanup {
+		f()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "imagebuild: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		out          = flag.String("o", "", "output archive (required)")
+		name         = flag.String("name", "", "image name; default: the preset's")
+		preset       = flag.String("preset", "busybox", "busybox, workloads or none")
+		busybox      = flag.String("busybox", ociarchive.DefaultBusybox, "static busybox binary")
+		entrypoint   = flag.String("entrypoint", "", "entrypoint: a JSON array, or words split at spaces")
+		cmdFlag      = flag.String("cmd", "", "command: a JSON array, or words split at spaces")
+		workdir      = flag.String("workdir", "", "working directory")
+		uncompressed = flag.Bool("uncompressed", false, "store the layer as a plain tar, not gzip")
+		adds, envs   listFlag
+	)
+	flag.Var(&adds, "add", "IMAGE_PATH=HOST_FILE: add a file (repeatable)")
+	flag.Var(&envs, "env", "K=V: an environment variable (repeatable; replaces the preset's)")
+	flag.Parse()
+	if *out == "" || flag.NArg() != 0 {
+		flag.Usage()
+		return errors.New("-o is required and no arguments are taken")
+	}
+
+	var spec ociarchive.Spec
+	var err error
+	switch *preset {
+	case "busybox":
+		spec, err = ociarchive.BusyboxSpec(*busybox)
+	case "workloads":
+		spec, err = workloadsSpec(*busybox)
+	case "none":
+		spec = ociarchive.Spec{Files: ociarchive.BaseFiles(), Env: ociarchive.DefaultEnv, WorkingDir: "/"}
+	default:
+		return fmt.Errorf("-preset %q: want busybox, workloads or none", *preset)
+	}
+	if err != nil {
+		return err
+	}
+	if *name != "" {
+		spec.Name = *name
+	}
+	if spec.Name == "" {
+		return errors.New("-name is required with -preset none")
+	}
+	for _, a := range adds {
+		dst, src, ok := strings.Cut(a, "=")
+		if !ok || dst == "" || src == "" {
+			return fmt.Errorf("-add %q: want IMAGE_PATH=HOST_FILE", a)
+		}
+		spec.Files = append(spec.Files, ociarchive.File{Path: dst, Source: src})
+	}
+	if spec.Entrypoint, err = words(spec.Entrypoint, *entrypoint); err != nil {
+		return fmt.Errorf("-entrypoint: %w", err)
+	}
+	if spec.Cmd, err = words(spec.Cmd, *cmdFlag); err != nil {
+		return fmt.Errorf("-cmd: %w", err)
+	}
+	if len(envs) > 0 {
+		spec.Env = envs
+	}
+	if *workdir != "" {
+		spec.WorkingDir = *workdir
+	}
+	spec.Uncompressed = *uncompressed
+
+	res, err := ociarchive.BuildFile(*out, spec)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s %s %s\n", *out, res.Name, res.ManifestDigest)
+	return nil
+}
+
+// workloadsSpec compiles the workloads into a temporary directory; it must run inside
+// the repository (as `go run ./testdata/imagebuild` does).
+func workloadsSpec(busybox string) (ociarchive.Spec, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return ociarchive.Spec{}, err
+	}
+	dir, err := os.MkdirTemp("", "imagebuild-")
+	if err != nil {
+		return ociarchive.Spec{}, fmt.Errorf("temporary directory: %w", err)
+	}
+	// The spec only names the binaries; they are read when the archive is written, which
+	// happens before the process exits. Remove the directory then.
+	cleanup = append(cleanup, func() { os.RemoveAll(dir) })
+	if err := ociarchive.BuildWorkloads(context.Background(), root, dir); err != nil {
+		return ociarchive.Spec{}, err
+	}
+	return ociarchive.WorkloadsSpec(busybox, dir)
+}
+
+// cleanup holds what main removes after run, before it exits (os.Exit skips defers).
+var cleanup []func()
+
+// repoRoot walks up from the working directory to the go.mod of this module.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("working directory: %w", err)
+	}
+	for {
+		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && strings.Contains(string(b), "module github.com/podsnapshot/podsnapshot\n") {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("-preset workloads must run inside the podsnapshot repository")
+		}
+		dir = parent
+	}
+}
+
+// words parses a JSON array or space-separated words; empty keeps def.
+func words(def []string, s string) ([]string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return def, nil
+	}
+	if strings.HasPrefix(s, "[") {
+		var v []string
+		if err := json.Unmarshal([]byte(s), &v); err != nil {
+			return nil, fmt.Errorf("%q: %w", s, err)
+		}
+		return v, nil
+	}
+	return strings.Fields(s), nil
+}

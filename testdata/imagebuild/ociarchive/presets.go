@@ -1,0 +1,116 @@
+package ociarchive
+
+import (
+	"context"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// The test images. Both are built from static binaries only, so they run anywhere.
+const (
+	// BusyboxImage holds busybox (static) with a symlink per applet in /bin.
+	// Default command: sh.
+	BusyboxImage = "podsnapshot.test/busybox:latest"
+	// WorkloadsImage is BusyboxImage plus /bin/counter and /bin/slowinit from
+	// testdata/workloads. Default command: /bin/counter.
+	WorkloadsImage = "podsnapshot.test/workloads:latest"
+)
+
+// DefaultBusybox is where Debian's busybox-static package installs its binary.
+const DefaultBusybox = "/bin/busybox"
+
+// Workloads are the programs under testdata/workloads that WorkloadsImage carries in /bin.
+var Workloads = []string{"counter", "slowinit"}
+
+// DefaultEnv is the environment of both test images.
+var DefaultEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+
+// BaseFiles is the skeleton of a root filesystem: the directories runtimes mount over
+// and minimal /etc/passwd and /etc/group, so user "root" resolves.
+func BaseFiles() []File {
+	dir := func(p string, perm fs.FileMode) File { return File{Path: p, Mode: fs.ModeDir | perm} }
+	return []File{
+		dir("/bin", 0o755), dir("/dev", 0o755), dir("/etc", 0o755), dir("/proc", 0o555),
+		dir("/root", 0o700), dir("/run", 0o755), dir("/sys", 0o555), dir("/usr/bin", 0o755),
+		dir("/var", 0o755), dir("/tmp", 0o777|fs.ModeSticky),
+		{Path: "/etc/passwd", Mode: 0o644, Data: []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")},
+		{Path: "/etc/group", Mode: 0o644, Data: []byte("root:x:0:\nnobody:x:65534:\n")},
+	}
+}
+
+// BusyboxFiles returns /bin/busybox copied from the host binary busybox and one symlink
+// per applet (as `busybox --list` names them) in /bin, plus /usr/bin/env. The binary must
+// be static: nothing else of the host goes into the image.
+func BusyboxFiles(busybox string) ([]File, error) {
+	out, err := exec.Command(busybox, "--list").Output()
+	if err != nil {
+		return nil, fmt.Errorf("list applets of %s: %w", busybox, err)
+	}
+	files := []File{{Path: "/bin/busybox", Mode: 0o755, Source: busybox}}
+	for _, applet := range strings.Fields(string(out)) {
+		// "[" and "[[" are fine as file names; anything with a slash is not an applet.
+		if applet == "busybox" || strings.Contains(applet, "/") {
+			continue
+		}
+		files = append(files, File{Path: "/bin/" + applet, Mode: fs.ModeSymlink, Target: "busybox"})
+	}
+	files = append(files, File{Path: "/usr/bin/env", Mode: fs.ModeSymlink, Target: "/bin/busybox"})
+	return files, nil
+}
+
+// BusyboxSpec is the spec of BusyboxImage.
+func BusyboxSpec(busybox string) (Spec, error) {
+	bb, err := BusyboxFiles(busybox)
+	if err != nil {
+		return Spec{}, err
+	}
+	return Spec{
+		Name:       BusyboxImage,
+		Files:      append(BaseFiles(), bb...),
+		Cmd:        []string{"sh"},
+		Env:        DefaultEnv,
+		WorkingDir: "/",
+	}, nil
+}
+
+// WorkloadsSpec is the spec of WorkloadsImage; binDir holds the built workloads (see
+// BuildWorkloads).
+func WorkloadsSpec(busybox, binDir string) (Spec, error) {
+	spec, err := BusyboxSpec(busybox)
+	if err != nil {
+		return Spec{}, err
+	}
+	spec.Name = WorkloadsImage
+	for _, w := range Workloads {
+		src := filepath.Join(binDir, w)
+		if _, err := os.Stat(src); err != nil {
+			return Spec{}, fmt.Errorf("workload %s: %w", w, err)
+		}
+		spec.Files = append(spec.Files, File{Path: "/bin/" + w, Mode: 0o755, Source: src})
+	}
+	spec.Cmd = []string{"/bin/counter"}
+	return spec, nil
+}
+
+// BuildWorkloads compiles the workloads of the repository at repoRoot into outDir,
+// statically (CGO_ENABLED=0) and reproducibly (-trimpath, no VCS stamp), for linux.
+func BuildWorkloads(ctx context.Context, repoRoot, outDir string) error {
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("build workloads: %w", err)
+	}
+	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", outDir + string(os.PathSeparator)}
+	for _, w := range Workloads {
+		args = append(args, "./testdata/workloads/"+w)
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go %s: %w\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
+}

@@ -1,0 +1,181 @@
+// Command slowinit imitates a workload with an expensive start: it fills -mib MiB of
+// memory over -seconds seconds with a recognisable pattern, then prints "ready <time>".
+// That is the kind of process pod snapshots exist for: restoring it must be faster than
+// starting it, and its memory must come back intact.
+//
+// With -checkpoint it then asks gVisor to checkpoint the sandbox by writing "1" to
+// /proc/gvisor/checkpoint and prints "checkpoint result: resume|restore|error". The result
+// is read from the same open file it wrote to: gVisor decides at open time which
+// checkpoint a file waits for, so a fresh open would wait for the next checkpoint, not
+// this one. After that (or straight after "ready" without -checkpoint) it verifies the
+// pattern ("memory ok" / "memory corrupt ...") and prints "count N" once a second
+// forever, so a restored copy visibly continues. SIGUSR1 verifies the memory again at any
+// time, which lets a test check a restore triggered from outside.
+//
+// Output lines (one per line, stdout, unbuffered):
+//
+//	slowinit: filling N MiB over D
+//	ready <RFC 3339 time with nanoseconds>
+//	checkpoint result: resume|restore|error     (only with -checkpoint)
+//	memory ok | memory corrupt at page P of N
+//	count 0, count 1, ...
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	pageSize = 4096
+	// pageMagic starts every page of the filled memory, so the pattern can be found in a
+	// memory dump (for example an uncompressed gVisor pages file) with grep.
+	pageMagic = "PODSNAPSHOT-PAGE"
+	// checkpointFile is gVisor's trigger: writing "1" starts a checkpoint, reading
+	// blocks until it is over and returns how this copy of the process came back.
+	checkpointFile = "/proc/gvisor/checkpoint"
+)
+
+func main() {
+	mib := flag.Int("mib", 64, "MiB of memory to fill")
+	seconds := flag.Float64("seconds", 5, "seconds to spread the filling over")
+	checkpoint := flag.Bool("checkpoint", false, "after ready, trigger a gVisor checkpoint through "+checkpointFile)
+	interval := flag.Duration("interval", time.Second, "time between two count lines")
+	flag.Parse()
+	if *mib < 0 || *seconds < 0 || *interval <= 0 {
+		fmt.Fprintln(os.Stderr, "slowinit: -mib and -seconds must not be negative, -interval must be positive")
+		os.Exit(2)
+	}
+
+	mem, err := allocate(*mib)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "slowinit: %v\n", err)
+		os.Exit(1)
+	}
+	total := time.Duration(*seconds * float64(time.Second))
+	fmt.Printf("slowinit: filling %d MiB over %v\n", *mib, total)
+	fill(mem, total)
+	fmt.Printf("ready %s\n", time.Now().UTC().Format(time.RFC3339Nano))
+
+	if *checkpoint {
+		result, err := triggerCheckpoint()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "slowinit: checkpoint: %v\n", err)
+			result = "error"
+		}
+		fmt.Printf("checkpoint result: %s\n", result)
+	}
+	fmt.Println(verify(mem))
+
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	t := time.NewTicker(*interval)
+	defer t.Stop()
+	for n := 0; ; {
+		select {
+		case <-usr1:
+			fmt.Println(verify(mem))
+		case <-t.C:
+			fmt.Printf("count %d\n", n)
+			n++
+		}
+	}
+}
+
+// allocate maps the memory outside the Go heap, so its size is exactly what was asked
+// for and the garbage collector never touches or copies it.
+func allocate(mib int) ([]byte, error) {
+	if mib == 0 {
+		return nil, nil
+	}
+	mem, err := syscall.Mmap(-1, 0, mib<<20, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	if err != nil {
+		return nil, fmt.Errorf("mmap %d MiB: %w", mib, err)
+	}
+	return mem, nil
+}
+
+// fillPage writes the pattern of page number p: the magic, the page number, then words
+// derived from the page number and their offset, so a page moved, zeroed or swapped with
+// another is detected.
+func fillPage(page []byte, p uint64) {
+	copy(page, pageMagic)
+	binary.LittleEndian.PutUint64(page[16:], p)
+	for off := 24; off+8 <= len(page); off += 8 {
+		binary.LittleEndian.PutUint64(page[off:], word(p, uint64(off)))
+	}
+}
+
+func word(p, off uint64) uint64 {
+	return (p*pageSize+off)*0x9E3779B97F4A7C15 ^ 0x50534e4150534854
+}
+
+// fill writes the pattern one MiB at a time and sleeps between chunks so the whole fill
+// takes about total; the process is therefore observably "initialising" for that long.
+func fill(mem []byte, total time.Duration) {
+	const chunk = 1 << 20
+	chunks := len(mem) / chunk
+	start := time.Now()
+	for c := 0; c < chunks; c++ {
+		for off := c * chunk; off < (c+1)*chunk; off += pageSize {
+			fillPage(mem[off:off+pageSize], uint64(off/pageSize))
+		}
+		due := start.Add(total * time.Duration(c+1) / time.Duration(chunks))
+		if d := time.Until(due); d > 0 {
+			time.Sleep(d)
+		}
+	}
+}
+
+// verify checks every page against its pattern.
+func verify(mem []byte) string {
+	var want [pageSize]byte
+	pages := len(mem) / pageSize
+	for p := 0; p < pages; p++ {
+		fillPage(want[:], uint64(p))
+		if string(mem[p*pageSize:(p+1)*pageSize]) != string(want[:]) {
+			return fmt.Sprintf("memory corrupt at page %d of %d", p, pages)
+		}
+	}
+	return "memory ok"
+}
+
+// triggerCheckpoint writes "1" to gVisor's checkpoint file and reads the result from the
+// same descriptor. Raw syscalls keep the descriptor blocking: the read must wait in the
+// kernel until the checkpoint is over (the sandbox is frozen meanwhile anyway).
+func triggerCheckpoint() (string, error) {
+	fd, err := syscall.Open(checkpointFile, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("open %s: %w", checkpointFile, err)
+	}
+	defer syscall.Close(fd)
+	if _, err := syscall.Write(fd, []byte("1")); err != nil {
+		return "", fmt.Errorf("write %s: %w", checkpointFile, err)
+	}
+	var buf [64]byte
+	for {
+		n, err := syscall.Read(fd, buf[:])
+		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if errors.Is(err, syscall.EAGAIN) {
+			// Not expected on a blocking descriptor, but harmless to wait out.
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return "", fmt.Errorf("read %s: %w", checkpointFile, err)
+		}
+		if n == 0 {
+			return "", fmt.Errorf("read %s: empty result", checkpointFile)
+		}
+		return strings.TrimSpace(string(buf[:n])), nil
+	}
+}
