@@ -11,8 +11,8 @@ OUT := $(CURDIR)/_out
 DEPS_BIN := $(CURDIR)/_deps/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
-LDFLAGS := -X github.com/podsnapshot/podsnapshot/shim.Version=$(VERSION) \
-           -X github.com/podsnapshot/podsnapshot/shim.Revision=$(REVISION)
+LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
+           -X github.com/podsnapshot/podsnapshot/version.Revision=$(REVISION)
 TEST_TIMEOUT ?= 60m
 
 .PHONY: all deps build test unit e2e demo clean

@@ -26,16 +26,11 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
+	"github.com/podsnapshot/podsnapshot/version"
 )
 
 // RuntimeName is the containerd runtime type served by this shim.
 const RuntimeName = "io.containerd.podsnapshot.v1"
-
-// Version information, set at build time with -ldflags -X.
-var (
-	Version  = "dev"
-	Revision = "unknown"
-)
 
 // Register registers the task service as the shim's ttrpc plugin; call it before
 // shim.RunShim.
@@ -189,6 +184,6 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 func (Manager) Info(ctx context.Context, _ io.Reader) (*types.RuntimeInfo, error) {
 	return &types.RuntimeInfo{
 		Name:    RuntimeName,
-		Version: &types.RuntimeVersion{Version: Version, Revision: Revision},
+		Version: &types.RuntimeVersion{Version: version.Version, Revision: version.Revision},
 	}, nil
 }

@@ -12,13 +12,14 @@ import (
 	"github.com/containerd/containerd/v2/pkg/shim"
 
 	podshim "github.com/podsnapshot/podsnapshot/shim"
+	"github.com/podsnapshot/podsnapshot/version"
 )
 
 func main() {
 	for _, a := range os.Args[1:] {
 		if a == "-v" || a == "--v" || a == "-version" || a == "--version" {
 			fmt.Printf("%s:\n  Version:    %s\n  Revision:   %s\n  Go version: %s\n",
-				os.Args[0], podshim.Version, podshim.Revision, runtime.Version())
+				os.Args[0], version.Version, version.Revision, runtime.Version())
 			return
 		}
 	}

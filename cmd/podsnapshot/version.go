@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"runtime"
 
-	"github.com/podsnapshot/podsnapshot/shim"
+	"github.com/podsnapshot/podsnapshot/version"
 )
 
 var versionCommand = &command{
@@ -21,7 +21,7 @@ var versionCommand = &command{
 		if len(pos) > 0 {
 			return usagef("unexpected argument %q", pos[0])
 		}
-		_, err = fmt.Fprintf(c.stdout, "podsnapshot:\n  Version:    %s\n  Revision:   %s\n  Go version: %s\n", shim.Version, shim.Revision, runtime.Version())
+		_, err = fmt.Fprintf(c.stdout, "podsnapshot:\n  Version:    %s\n  Revision:   %s\n  Go version: %s\n", version.Version, version.Revision, runtime.Version())
 		return err
 	},
 }
