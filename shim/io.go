@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -188,7 +190,20 @@ func (p *processIO) copyConsole(ctx context.Context) error {
 // openOutput opens an output FIFO for writing, and once more for reading: the shim's own
 // reader keeps the FIFO open when containerd's client goes away (ctr run -d), so the
 // container does not die of SIGPIPE; it blocks once the FIFO is full, as under runc.
+//
+// A "file://" URI (`ctr run --log-uri file:///path`) appends to that file instead.
 func (p *processIO) openOutput(ctx context.Context, path string) (io.WriteCloser, error) {
+	if u, err := url.Parse(path); err == nil && u.Scheme != "" {
+		if u.Scheme != "file" {
+			return nil, fmt.Errorf("stdio URI %s: only fifo paths and file:// URIs are supported", path)
+		}
+		f, err := os.OpenFile(u.Path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("open log file %s: %w", u.Path, err)
+		}
+		p.closers = append(p.closers, f)
+		return f, nil
+	}
 	w, err := fifo.OpenFifo(ctx, path, syscall.O_WRONLY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open output fifo %s: %w", path, err)

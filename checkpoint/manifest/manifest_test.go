@@ -188,9 +188,9 @@ func TestTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := "" +
-		"NAME                                   STATUS   POLICY      AGE\n" +
-		"0b6c5c8e-4f0e-4a5d-9d4e-2c1f7a9b3e10   Ready    my-app      5m\n" +
-		"11111111-2222-4333-8444-555555555555   Failed   inference   3d\n"
+		"NAME                                   STATUS                  POLICY      AGE\n" +
+		"0b6c5c8e-4f0e-4a5d-9d4e-2c1f7a9b3e10   AllSnapshotsAvailable   my-app      5m\n" +
+		"11111111-2222-4333-8444-555555555555   Failed                  inference   3d\n"
 	if buf.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", buf.String(), want)
 	}

@@ -16,12 +16,13 @@ import (
 // KeyAnnotation carries the snapshot key on the PodSnapshot view.
 const KeyAnnotation = v1.GroupName + "/key"
 
-// Status is the STATUS column: "Ready" (Committed), "Failed", or "AwaitingCheckpoint"
+// Status is the STATUS column, the reason of the PodSnapshot's Ready condition as GKE
+// shows it: "AllSnapshotsAvailable" (Committed), "Failed", or "AwaitingCheckpoint"
 // (Pending).
 func (m *Manifest) Status() string {
 	switch m.State {
 	case StateCommitted:
-		return "Ready"
+		return v1.ReasonAllSnapshotsAvailable
 	case StateFailed:
 		return "Failed"
 	}

@@ -25,24 +25,24 @@ func TestLsTable(t *testing.T) {
 	r := f.run("ls").must(t)
 	want := [][]string{
 		{"NAME", "STATUS", "POLICY", "AGE"},
-		{old.UUID, "Ready", "web", "2d2h"},
-		{fresh.UUID, "Ready", "web", "5m"},
+		{old.UUID, "AllSnapshotsAvailable", "web", "2d2h"},
+		{fresh.UUID, "AllSnapshotsAvailable", "web", "5m"},
 	}
 	if got := r.lines(); !reflect.DeepEqual(got, want) {
 		t.Errorf("ls:\n got %q\nwant %q", got, want)
 	}
 
 	r = f.run("ls", "-n", "jobs").must(t)
-	if got := r.lines(); len(got) != 2 || !reflect.DeepEqual(got[1], []string{job.UUID, "Ready", "batch", "3h"}) {
+	if got := r.lines(); len(got) != 2 || !reflect.DeepEqual(got[1], []string{job.UUID, "AllSnapshotsAvailable", "batch", "3h"}) {
 		t.Errorf("ls -n jobs: %q", got)
 	}
 
 	r = f.run("ls", "-A").must(t)
 	want = [][]string{
 		{"NAMESPACE", "NAME", "STATUS", "POLICY", "AGE"},
-		{"default", old.UUID, "Ready", "web", "2d2h"},
-		{"default", fresh.UUID, "Ready", "web", "5m"},
-		{"jobs", job.UUID, "Ready", "batch", "3h"},
+		{"default", old.UUID, "AllSnapshotsAvailable", "web", "2d2h"},
+		{"default", fresh.UUID, "AllSnapshotsAvailable", "web", "5m"},
+		{"jobs", job.UUID, "AllSnapshotsAvailable", "batch", "3h"},
 	}
 	if got := r.lines(); !reflect.DeepEqual(got, want) {
 		t.Errorf("ls -A:\n got %q\nwant %q", got, want)
@@ -54,7 +54,7 @@ func TestLsTable(t *testing.T) {
 		t.Errorf("wide header %q", lines[0])
 	}
 	_, stored := sizes(old)
-	wantRow := []string{old.UUID, "Ready", "web", "2d2h", old.Key[:12], humanBytes(stored), "file://" + f.store}
+	wantRow := []string{old.UUID, "AllSnapshotsAvailable", "web", "2d2h", old.Key[:12], humanBytes(stored), "file://" + f.store}
 	if len(lines) != 3 || !reflect.DeepEqual(lines[1], wantRow) {
 		t.Errorf("wide rows %q\nwant first %q", lines, wantRow)
 	}
