@@ -54,6 +54,22 @@ func BuildShim(t testing.TB) string {
 	return dir
 }
 
+var cliBuild once[string]
+
+// BuildCLI builds the podsnapshot operator CLI once per test binary and returns its path.
+func BuildCLI(t testing.TB) string {
+	t.Helper()
+	root, cache := RepoRoot(t), binaryCache(t)
+	path, err := cliBuild.get(func() (string, error) {
+		path := filepath.Join(cache, "cli", "podsnapshot")
+		return path, goBuild(root, path, "./cmd/podsnapshot")
+	})
+	if err != nil {
+		t.Fatalf("harness: build podsnapshot: %v", err)
+	}
+	return path
+}
+
 // goBuild runs go build in the repository, with a timeout so a wedged build fails the
 // test instead of hanging it.
 func goBuild(root, out string, pkgs ...string) error {

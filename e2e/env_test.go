@@ -1,0 +1,292 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
+	"github.com/podsnapshot/podsnapshot/e2e/harness"
+	"github.com/podsnapshot/podsnapshot/storage"
+	_ "github.com/podsnapshot/podsnapshot/storage/gcs"
+	_ "github.com/podsnapshot/podsnapshot/storage/local"
+)
+
+func TestMain(m *testing.M) { harness.Main(m) }
+
+// runtime is the containerd runtime type under test.
+const runtime = "io.containerd.podsnapshot.v1"
+
+// env is one test's world: a private containerd with our shim, the test images, a shim
+// config, a policy directory and a snapshot store (a local directory or a bucket on
+// fake-gcs-server).
+type env struct {
+	t          *testing.T
+	cd         *harness.Containerd
+	dir        string
+	config     string // shim config (ConfigPath)
+	policyDir  string
+	workDir    string
+	runscRoot  string
+	storeURL   string // "" without a store
+	gcs        *harness.FakeGCS
+	envVars    []string // extra environment for the CLI (STORAGE_EMULATOR_HOST)
+	store      storage.Store
+	repo       *repo.Repo
+	imageCache map[string]harness.Image
+}
+
+type storeKind string
+
+const (
+	noStore    storeKind = ""
+	localStore storeKind = "local"
+	gcsStore   storeKind = "gcs"
+)
+
+// policies are the test policies, one per trigger mode, selected by the label app.
+const policies = `
+apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotPolicy
+metadata:
+  name: my-app
+  namespace: test
+spec:
+  storageConfigName: store
+  selector:
+    matchLabels:
+      app: my-app
+  triggerConfig:
+    type: workload
+    postCheckpoint: resume
+---
+apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotPolicy
+metadata:
+  name: stopper
+  namespace: test
+spec:
+  storageConfigName: store
+  selector:
+    matchLabels:
+      app: stopper
+  triggerConfig:
+    type: workload
+    postCheckpoint: stop
+---
+apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotPolicy
+metadata:
+  name: manual
+  namespace: test
+spec:
+  storageConfigName: store
+  selector:
+    matchLabels:
+      app: manual
+  triggerConfig:
+    type: manual
+`
+
+func newEnv(t *testing.T, kind storeKind) *env {
+	t.Helper()
+	harness.LeakCheck(t)
+	e := &env{t: t, dir: t.TempDir()}
+	e.policyDir = filepath.Join(e.dir, "policies")
+	e.workDir = filepath.Join(e.dir, "work")
+	e.runscRoot = harness.RunscRoot(t)
+	must(t, os.MkdirAll(e.policyDir, 0o755))
+
+	var containerdEnv []string
+	switch kind {
+	case localStore:
+		e.storeURL = "file://" + filepath.Join(e.dir, "store")
+		e.writePolicy("store.yaml", storageConfig("local:\n      path: "+filepath.Join(e.dir, "store")))
+	case gcsStore:
+		e.gcs = harness.StartFakeGCS(t)
+		e.gcs.CreateBucket(t, "snapshots")
+		e.storeURL = "gs://snapshots/pods"
+		e.writePolicy("store.yaml", storageConfig("gcs:\n      bucket: snapshots\n      path: pods"))
+		containerdEnv = append(containerdEnv, e.gcs.Env())
+		e.envVars = append(e.envVars, e.gcs.Env())
+	}
+	if kind != noStore {
+		e.writePolicy("policies.yaml", policies)
+		if e.gcs != nil {
+			t.Setenv("STORAGE_EMULATOR_HOST", e.gcs.Host)
+		}
+		st, err := storage.Open(context.Background(), e.storeURL)
+		must(t, err)
+		t.Cleanup(func() { st.Close() })
+		e.store, e.repo = st, &repo.Repo{Store: st}
+	}
+	e.config = e.writeConfig("shim.toml", e.workDir)
+	e.cd = harness.StartContainerd(t, harness.ContainerdOptions{ShimDir: harness.BuildShim(t), Env: containerdEnv})
+	e.imageCache = e.cd.ImportImages(t)
+	return e
+}
+
+func storageConfig(spec string) string {
+	return `apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotStorageConfig
+metadata:
+  name: store
+spec:
+  snapshotStorageConfig:
+    ` + spec + "\n"
+}
+
+func (e *env) writePolicy(name, yaml string) {
+	must(e.t, os.WriteFile(filepath.Join(e.policyDir, name), []byte(yaml), 0o644))
+}
+
+// writeConfig writes a shim config using workDir and returns its path.
+func (e *env) writeConfig(name, workDir string) string {
+	path := filepath.Join(e.dir, name)
+	cfg := fmt.Sprintf(`log_level = "debug"
+work_dir = %q
+policy_dir = %q
+[runsc]
+path = %q
+root = %q
+`, workDir, e.policyDir, filepath.Join(harness.DepsBin(e.t), "runsc"), e.runscRoot)
+	must(e.t, os.WriteFile(path, []byte(cfg), 0o644))
+	return path
+}
+
+func (e *env) image(name string) string { return e.imageCache[name].Name }
+
+// runArgs builds `ctr run` arguments for our runtime with the shim config.
+func (e *env) runArgs(config string, flags []string, id string, cmd ...string) []string {
+	args := append([]string{"run", "--runtime", runtime, "--runtime-config-path", config}, flags...)
+	args = append(args, e.image(harness.WorkloadsImage), id)
+	return append(args, cmd...)
+}
+
+// start runs a detached task whose output goes to a log file; it returns the file.
+func (e *env) start(id string, labels []string, cmd ...string) string {
+	e.t.Helper()
+	return e.startWith(e.config, id, labels, cmd...)
+}
+
+func (e *env) startWith(config, id string, labels []string, cmd ...string) string {
+	e.t.Helper()
+	path, uri := harness.LogFile(e.t, id)
+	flags := []string{"-d", "--log-uri", uri}
+	for _, l := range labels {
+		flags = append(flags, "--label", l)
+	}
+	e.cd.MustCtr(e.t, e.runArgs(config, flags, id, cmd...)...)
+	return path
+}
+
+// remove kills a task, deletes it and its container, and waits until it is gone.
+func (e *env) remove(id string) {
+	e.t.Helper()
+	e.cd.Ctr(e.t, "task", "kill", "-s", "SIGKILL", id)
+	harness.Eventually(e.t, 30*time.Second, "task "+id+" stops", func() bool {
+		r := e.cd.Ctr(e.t, "task", "ls")
+		for _, line := range strings.Split(r.Stdout, "\n") {
+			f := strings.Fields(line)
+			if len(f) >= 3 && f[0] == id && f[2] != "STOPPED" {
+				return false
+			}
+		}
+		return true
+	})
+	e.cd.Ctr(e.t, "task", "rm", id)
+	e.cd.MustCtr(e.t, "container", "rm", id)
+}
+
+// decision waits for the shim's decision line for container id and returns it.
+func (e *env) decision(id string) string {
+	e.t.Helper()
+	var line string
+	harness.Eventually(e.t, 30*time.Second, "decision line for "+id, func() bool {
+		line = e.logLine(id, "decision=")
+		return line != ""
+	})
+	return line
+}
+
+// logLine returns the last line of containerd's log (which carries the shim's log) that
+// mentions container id and contains want.
+func (e *env) logLine(id, want string) string {
+	var found string
+	for _, line := range strings.Split(e.cd.Logs(), "\n") {
+		if strings.Contains(line, "id="+id+" ") && strings.Contains(line, want) && strings.Contains(line, "podsnapshot:") {
+			found = line
+		}
+	}
+	return found
+}
+
+// committed waits for the snapshot that container id committed and returns it.
+func (e *env) committed(id string) *manifest.Manifest {
+	e.t.Helper()
+	var uuid string
+	harness.Eventually(e.t, 60*time.Second, "snapshot of "+id+" committed", func() bool {
+		line := e.logLine(id, "podsnapshot: committed")
+		if i := strings.Index(line, "snapshot="); i >= 0 {
+			uuid = strings.Fields(line[i+len("snapshot="):])[0]
+			return true
+		}
+		return false
+	})
+	ms, _, err := e.repo.List(context.Background(), "test")
+	must(e.t, err)
+	for _, m := range ms {
+		if m.UUID == uuid {
+			return m
+		}
+	}
+	e.t.Fatalf("snapshot %s logged as committed but not in %s", uuid, e.storeURL)
+	return nil
+}
+
+// snapshots returns the manifests in the store.
+func (e *env) snapshots() []*manifest.Manifest {
+	e.t.Helper()
+	ms, _, err := e.repo.List(context.Background(), "")
+	must(e.t, err)
+	return ms
+}
+
+// cli runs the podsnapshot CLI against this env's shim config and containerd.
+func (e *env) cli(args ...string) (string, int) {
+	e.t.Helper()
+	bin := harness.BuildCLI(e.t)
+	cmd := exec.Command(bin, append([]string{"--config", e.config}, args...)...)
+	cmd.Env = append(os.Environ(), e.envVars...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("podsnapshot %v: %v", args, err)
+	}
+	return out.String(), code
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// forStores runs a test once per store kind.
+func forStores(t *testing.T, test func(t *testing.T, kind storeKind)) {
+	for _, kind := range []storeKind{localStore, gcsStore} {
+		t.Run(string(kind), func(t *testing.T) { test(t, kind) })
+	}
+}
