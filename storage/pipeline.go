@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -41,7 +42,12 @@ func Upload(ctx context.Context, st Store, name string, src io.Reader, codec Cod
 	raw := &hashReader{ctx: ctx, r: src, h: newAsyncHash(sha256.New())}
 	defer raw.h.stop()
 	sent := &crcWriter{w: pw}
-	err := compress(sent, raw, codec)
+	// Codecs write in small pieces; hand the store whole MiBs, not a syscall per piece.
+	buf := bufio.NewWriterSize(sent, pipeBufSize)
+	err := compress(buf, raw, codec)
+	if err == nil {
+		err = buf.Flush()
+	}
 	if err != nil {
 		pw.CloseWithError(err)
 		cancel()
@@ -74,6 +80,9 @@ func Upload(ctx context.Context, st Store, name string, src io.Reader, codec Cod
 		CRC32C:     sent.crc,
 	}, nil
 }
+
+// pipeBufSize is the size in bytes of the writes Upload makes to the store's Put.
+const pipeBufSize = 1 << 20
 
 // compress copies src through a codec writer into dst and closes the codec writer.
 func compress(dst io.Writer, src io.Reader, codec Codec) error {
