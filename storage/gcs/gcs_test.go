@@ -3,6 +3,7 @@ package gcs_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -155,5 +156,27 @@ func TestNew(t *testing.T) {
 	}
 	if err := st.Delete(context.Background(), name); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPutIfAbsentComposite: a multi-part create-if-absent of an existing name fails with
+// ErrExists before uploading anything, and one of a new name succeeds.
+func TestPutIfAbsentComposite(t *testing.T) {
+	st := backend{}.New(t, storage.WithPartSize(64<<10))
+	ctx := context.Background()
+	data := storetest.Random(1<<20, 12)
+	if _, err := st.PutIfAbsent(ctx, "m", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	r := bytes.NewReader(data)
+	_, err := st.PutIfAbsent(ctx, "m", r)
+	if !errors.Is(err, storage.ErrExists) || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("second PutIfAbsent: %v; want ErrExists", err)
+	}
+	if r.Len() != len(data) {
+		t.Errorf("second PutIfAbsent read %d bytes before failing", len(data)-r.Len())
+	}
+	if names := (backend{}).RawNames(t, st); len(names) != 1 {
+		t.Errorf("objects: %v, want only m", names)
 	}
 }

@@ -177,6 +177,9 @@ func (s *Store) stat(name string) (storage.ObjectInfo, error) {
 func (s *Store) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, error) {
 	start := s.root
 	if i := strings.LastIndex(prefix, "/"); i >= 0 {
+		if err := storage.CheckName(prefix[:i]); err != nil { // also keeps the walk under root
+			return nil, fmt.Errorf("list %s*: %w", s.URL(prefix), err)
+		}
 		start = s.path(prefix[:i])
 	}
 	var out []storage.ObjectInfo

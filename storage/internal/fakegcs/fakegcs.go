@@ -31,7 +31,7 @@ type Server struct {
 func Binary() (string, error) {
 	if p := os.Getenv(EnvBinary); p != "" {
 		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("fake-gcs-server: $%s: %w", EnvBinary, err)
+			return "", fmt.Errorf("fake-gcs-server: $%s: %w (run `make deps`, or point $%s at the binary)", EnvBinary, err, EnvBinary)
 		}
 		return p, nil
 	}

@@ -223,6 +223,9 @@ func testList(t *testing.T, b Backend) {
 			t.Errorf("List(%q) = %v, want %v", prefix, got, want)
 		}
 	}
+	if infos, err := st.List(context.Background(), "../"); err == nil && len(infos) > 0 {
+		t.Errorf("List(../) = %v: escaped the root", infos)
+	}
 }
 
 func testReplace(t *testing.T, b Backend) {
