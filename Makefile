@@ -31,12 +31,19 @@ test: deps build
 	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
 
+# Only the packages that need no daemon (everything but e2e).
 unit:
-	$(GO) test -count=1 -short ./...
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
 
 e2e: deps build
 	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
+
+# Snapshot and restore demo on a private containerd (needs root): STORAGE=local|gcs,
+# MIB and SECONDS size the slowinit workload (default 256 MiB over 8 s).
+STORAGE ?= local
+demo: deps build
+	$(GO) run ./hack/demo -storage $(STORAGE) $(if $(MIB),-mib $(MIB)) $(if $(SECONDS),-seconds $(SECONDS))
 
 clean:
 	rm -rf $(OUT)
