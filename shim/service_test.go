@@ -1,0 +1,104 @@
+package shim
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
+	runc "github.com/containerd/go-runc"
+	"github.com/containerd/typeurl/v2"
+)
+
+func TestLoadConfigFromRuntimeOptions(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "shim.toml")
+	if err := os.WriteFile(path, []byte("log_level = \"debug\"\n[runsc]\nroot = \"/run/x\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts, err := typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := loadConfig(opts)
+	if err != nil || cfg.LogLevel != "debug" || cfg.Runsc.Root != "/run/x" || cfg.Path != path {
+		t.Fatalf("loadConfig = %+v, %v", cfg, err)
+	}
+
+	bad := filepath.Join(t.TempDir(), "bad.toml")
+	if err := os.WriteFile(bad, []byte("[runsc]\nbinary = \"x\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	opts, _ = typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: bad})
+	if _, err := loadConfig(opts); err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "runsc.binary") {
+		t.Fatalf("bad config error = %v, want file and key named", err)
+	}
+
+	wrong, _ := typeurl.MarshalAnyToProto(&eventstypes.TaskStart{ContainerID: "x"})
+	if _, err := loadConfig(wrong); err == nil || !strings.Contains(err.Error(), "runtimeoptions.v1.Options") {
+		t.Fatalf("options of another type: %v", err)
+	}
+}
+
+func TestEveryPublishedEventHasATopic(t *testing.T) {
+	for _, e := range []any{&eventstypes.TaskCreate{}, &eventstypes.TaskStart{}, &eventstypes.TaskExit{},
+		&eventstypes.TaskDelete{}, &eventstypes.TaskExecAdded{}, &eventstypes.TaskExecStarted{},
+		&eventstypes.TaskPaused{}, &eventstypes.TaskResumed{}, &eventstypes.TaskCheckpointed{}, &eventstypes.TaskOOM{}} {
+		if eventTopic(e) == "" {
+			t.Errorf("no topic for %T", e)
+		}
+	}
+	if eventTopic("not an event") != "" {
+		t.Error("a non-event got a topic")
+	}
+}
+
+// The exit of a detached `runsc exec` can be reaped before its pid file is read; the
+// service must still deliver it to the waiter that registers afterwards.
+func TestExitsReachLateAndEarlyWaiters(t *testing.T) {
+	s := &Service{pidWaiters: map[int]chan int{}, unclaimed: map[int]runc.Exit{}}
+	exits := make(chan runc.Exit)
+	go s.reapExits(exits)
+
+	exits <- runc.Exit{Pid: 100, Status: 3, Timestamp: time.Now()} // nobody waits yet
+	early := s.awaitPid(200)
+	exits <- runc.Exit{Pid: 200, Status: 7, Timestamp: time.Now()}
+	late := s.awaitPid(100)
+	close(exits)
+
+	for _, tc := range []struct {
+		ch   <-chan int
+		want int
+	}{{late, 3}, {early, 7}} {
+		select {
+		case got := <-tc.ch:
+			if got != tc.want {
+				t.Errorf("exit status %d, want %d", got, tc.want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("exit with status %d never delivered", tc.want)
+		}
+	}
+}
+
+func TestFileURIOutput(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.log")
+	p := &processIO{}
+	w, err := p.openOutput(context.Background(), "file://"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Write([]byte("hello\n")); err != nil {
+		t.Fatal(err)
+	}
+	p.close()
+	if got, _ := os.ReadFile(path); string(got) != "hello\n" {
+		t.Fatalf("log file holds %q", got)
+	}
+	if _, err := p.openOutput(context.Background(), "binary:///usr/bin/logger"); err == nil {
+		t.Fatal("binary:// URIs are not supported and must say so")
+	}
+}
