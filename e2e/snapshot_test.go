@@ -66,6 +66,17 @@ func TestSnapshotAndRestore(t *testing.T) {
 		}
 		e.remove("warm")
 
+		// A second restore of the same snapshot comes from the node cache.
+		log3 := e.start("warm2", myApp, slowinit...)
+		out3 := harness.WaitForOutput(t, log3, "memory ok", time.Minute)
+		if !strings.Contains(out3, "checkpoint result: restore") {
+			t.Fatalf("second restore output:\n%s", out3)
+		}
+		if e.logLine("warm2", "decision=restore") == "" || e.logLine("warm2", "found in the node cache") == "" {
+			t.Fatalf("the second restore did not come from the node cache:\n%s", e.logLine("warm2", "decision="))
+		}
+		e.remove("warm2")
+
 		// The CLI lists the snapshot as available, then removes it from storage.
 		ls, code := e.cli("ls", "-n", "test")
 		if code != 0 || !regexp.MustCompile(m.UUID+`\s+AllSnapshotsAvailable\s+my-app`).MatchString(ls) {

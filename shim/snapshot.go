@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/log"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
 	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
@@ -61,8 +62,11 @@ type podSnap struct {
 
 	// restore is the snapshot the sandbox restores from at Start; nil for a cold start.
 	restore      *manifest.Manifest
-	restoreDir   string
+	restoreDir   string // a node cache entry, or a private download when ownRestoreDir
 	downloadTook time.Duration
+	// ownRestoreDir: restoreDir is this sandbox's alone (the cache is disabled) and is
+	// removed with the sandbox.
+	ownRestoreDir bool
 
 	// trigger: the workload may checkpoint itself into checkpointDir.
 	workloadTrigger bool
@@ -270,9 +274,14 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 	if m == nil {
 		return why, false
 	}
-	dir := filepath.Join(ps.workDir, "restore-"+m.UUID)
-	if err := ps.repo.Download(ctx, m, dir); err != nil {
-		os.RemoveAll(dir)
+	nodeCache := &cache.Cache{Dir: c.cfg.Cache(), MaxBytes: c.cfg.CacheMaxBytes}
+	if dir, ok := nodeCache.Get(m.UUID); ok {
+		ps.restore, ps.restoreDir, ps.downloadTook = m, dir, time.Since(t0)
+		return fmt.Sprintf("snapshot %s/%s (policy %s) found in the node cache %s",
+			ps.namespace, m.UUID, ps.entry.ID(), nodeCache.Dir), true
+	}
+	dir, cached, err := nodeCache.Fill(m.UUID, func(dir string) error { return ps.repo.Download(ctx, m, dir) })
+	if err != nil {
 		if errors.Is(err, storage.ErrCorrupt) {
 			if merr := ps.repo.MarkFailed(context.WithoutCancel(ctx), m, err.Error()); merr != nil {
 				log.G(ctx).WithError(merr).Warn("could not mark the corrupt snapshot failed")
@@ -282,6 +291,7 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 		return fmt.Sprintf("download of snapshot %s/%s failed: %v", ps.namespace, m.UUID, err), false
 	}
 	ps.restore, ps.restoreDir, ps.downloadTook = m, dir, time.Since(t0)
+	ps.ownRestoreDir = !cached
 	return fmt.Sprintf("snapshot %s/%s (policy %s) downloaded and verified in %d ms",
 		ps.namespace, m.UUID, ps.entry.ID(), ps.downloadTook.Milliseconds()), true
 }
@@ -346,6 +356,7 @@ func (s *Service) restoreOrStart(ctx context.Context, c *container, io runsc.IO)
 	}
 	decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
 	ps.restore = nil
+	// The files may be what failed: the next restore downloads them afresh.
 	os.RemoveAll(ps.restoreDir)
 	if err := s.recreate(ctx, c); err != nil {
 		return err
@@ -571,6 +582,9 @@ func (ps *podSnap) abort() {
 func (ps *podSnap) cleanup() {
 	if ps != nil {
 		os.RemoveAll(ps.workDir)
+		if ps.ownRestoreDir {
+			os.RemoveAll(ps.restoreDir)
+		}
 	}
 }
 

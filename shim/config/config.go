@@ -6,6 +6,8 @@
 //	log_level = "info"                    # panic|fatal|error|warn|info|debug|trace
 //	work_dir = "/var/lib/podsnapshot"     # checkpoint images and downloads
 //	policy_dir = "/etc/podsnapshot"       # PodSnapshotPolicy manifests
+//	cache_dir = ""                        # node cache of restored snapshots; "": <work_dir>/cache
+//	cache_max_bytes = 10737418240         # its size limit in bytes; 0 disables it
 //
 //	[runsc]
 //	path = "runsc"                        # binary, a path or a name in $PATH
@@ -19,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/BurntSushi/toml"
@@ -36,7 +39,11 @@ type Config struct {
 	WorkDir string `toml:"work_dir"`
 	// PolicyDir holds PodSnapshotPolicy and PodSnapshotStorageConfig manifests.
 	PolicyDir string `toml:"policy_dir"`
-	Runsc     Runsc  `toml:"runsc"`
+	// CacheDir keeps decompressed snapshots for later restores; "" means <WorkDir>/cache.
+	CacheDir string `toml:"cache_dir"`
+	// CacheMaxBytes bounds CacheDir, in bytes; 0 disables the cache.
+	CacheMaxBytes int64 `toml:"cache_max_bytes"`
+	Runsc         Runsc `toml:"runsc"`
 
 	// Path is the file this config was read from; empty for built-in defaults.
 	Path string `toml:"-"`
@@ -52,9 +59,10 @@ type Runsc struct {
 // Default returns the built-in configuration.
 func Default() Config {
 	return Config{
-		LogLevel:  "info",
-		WorkDir:   "/var/lib/podsnapshot",
-		PolicyDir: "/etc/podsnapshot",
+		LogLevel:      "info",
+		WorkDir:       "/var/lib/podsnapshot",
+		PolicyDir:     "/etc/podsnapshot",
+		CacheMaxBytes: 10 << 30,
 		Runsc: Runsc{
 			Path: "runsc",
 			Root: "/run/containerd/runsc",
@@ -106,9 +114,17 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
+}
+
+// Cache returns the snapshot cache directory: CacheDir, or <WorkDir>/cache.
+func (c Config) Cache() string {
+	if c.CacheDir != "" {
+		return c.CacheDir
+	}
+	return filepath.Join(c.WorkDir, "cache")
 }
 
 // Validate checks values that TOML types cannot.
@@ -124,6 +140,12 @@ func (c Config) Validate() error {
 	}
 	if c.WorkDir == "" || !strings.HasPrefix(c.WorkDir, "/") {
 		return fmt.Errorf("key \"work_dir\": %q must be an absolute path", c.WorkDir)
+	}
+	if c.CacheDir != "" && !strings.HasPrefix(c.CacheDir, "/") {
+		return fmt.Errorf("key \"cache_dir\": %q must be an absolute path", c.CacheDir)
+	}
+	if c.CacheMaxBytes < 0 {
+		return fmt.Errorf("key \"cache_max_bytes\": %d must not be negative", c.CacheMaxBytes)
 	}
 	for k := range c.Runsc.Flags {
 		switch k {
