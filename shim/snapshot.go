@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/containerd/log"
@@ -123,7 +124,7 @@ func (s *Service) store(ctx context.Context, url string) (storage.Store, error) 
 }
 
 // localTuple is this node's compatibility tuple for r (cached per runsc binary and flags).
-func (s *Service) localTuple(ctx context.Context, r *runsc.Runsc) (compat.Tuple, error) {
+func (s *Service) localTuple(ctx context.Context, r *runsc.Runsc, cacheFile string) (compat.Tuple, error) {
 	cacheKey := fmt.Sprint(r.Path, r.Flags)
 	s.cacheMu.Lock()
 	t, ok := s.tuples[cacheKey]
@@ -131,7 +132,7 @@ func (s *Service) localTuple(ctx context.Context, r *runsc.Runsc) (compat.Tuple,
 	if ok {
 		return t, nil
 	}
-	version, err := runscIdentity(ctx, r)
+	version, err := runscIdentity(ctx, r, cacheFile)
 	if err != nil {
 		return compat.Tuple{}, err
 	}
@@ -170,7 +171,7 @@ func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 		return nil
 	}
 	entry := match.Entry
-	tuple, err := s.localTuple(ctx, c.runsc)
+	tuple, err := s.localTuple(ctx, c.runsc, filepath.Join(c.cfg.WorkDir, "runsc-identity"))
 	if err != nil {
 		decide(ctx, c.id, "cold start", fmt.Sprintf("policy %s: %v", entry.ID(), err))
 		return nil
@@ -591,26 +592,53 @@ func (ps *podSnap) cleanup() {
 // runscIdentity names the runsc build for the compatibility tuple: its version line and,
 // when the build carries no version (VERSION_MISSING, as `go build` leaves it), the
 // sha256 of the binary, so that two different builds never pass for one another.
-func runscIdentity(ctx context.Context, r *runsc.Runsc) (string, error) {
-	version, err := r.Version(ctx)
-	if err != nil {
-		return "", err
-	}
-	if !strings.Contains(version, "VERSION_MISSING") {
-		return version, nil
-	}
+// Hashing a 100 MB binary costs more than half a second, and every pod has a shim of its
+// own, so the result is kept in cacheFile, keyed by the binary's path, inode, size and
+// modification time.
+func runscIdentity(ctx context.Context, r *runsc.Runsc, cacheFile string) (string, error) {
 	path, err := exec.LookPath(r.Path)
 	if err != nil {
 		return "", fmt.Errorf("runsc binary %s: %w", r.Path, err)
 	}
-	f, err := os.Open(path)
+	fi, err := os.Stat(path)
 	if err != nil {
 		return "", fmt.Errorf("runsc binary: %w", err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("runsc binary %s: %w", path, err)
+	stamp := fmt.Sprintf("%s ino=%d size=%d mtime=%d", path, inode(fi), fi.Size(), fi.ModTime().UnixNano())
+	if data, err := os.ReadFile(cacheFile); err == nil {
+		if cachedStamp, identity, ok := strings.Cut(string(data), "\n"); ok && cachedStamp == stamp && identity != "" {
+			return identity, nil
+		}
 	}
-	return fmt.Sprintf("%s+sha256:%x", version, h.Sum(nil)[:8]), nil
+	identity, err := r.Version(ctx)
+	if err != nil {
+		return "", err
+	}
+	if strings.Contains(identity, "VERSION_MISSING") {
+		f, err := os.Open(path)
+		if err != nil {
+			return "", fmt.Errorf("runsc binary: %w", err)
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return "", fmt.Errorf("runsc binary %s: %w", path, err)
+		}
+		identity = fmt.Sprintf("%s+sha256:%x", identity, h.Sum(nil)[:8])
+	}
+	// Best effort, written atomically: a missing cache only costs time.
+	if err := os.MkdirAll(filepath.Dir(cacheFile), 0o700); err == nil {
+		tmp := fmt.Sprintf("%s.%d", cacheFile, os.Getpid())
+		if os.WriteFile(tmp, []byte(stamp+"\n"+identity), 0o600) == nil {
+			_ = os.Rename(tmp, cacheFile)
+		}
+	}
+	return identity, nil
+}
+
+func inode(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
 }
