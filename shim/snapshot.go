@@ -152,16 +152,22 @@ func (s *Service) localTuple(ctx context.Context, r *runsc.Runsc, cacheFile stri
 // annotations), which must happen before `runsc create`.
 func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 	start := time.Now()
-	rec, err := lookupContainer(ctx, s.address, s.namespace, c.id)
-	if err != nil {
-		decide(ctx, c.id, "cold start", fmt.Sprintf("cannot read the container's labels: %v", err))
-		return nil
-	}
 	ns := c.spec.Annotations[oci.SandboxNamespaceAnnotation]
 	if ns == "" {
 		ns = s.namespace
 	}
 	loader := s.loader(c.cfg.PolicyDir)
+	if !hasPolicyIn(loader.Current(), ns) {
+		// The common case on a node: no policy could match, so containerd is not asked
+		// for the labels.
+		decide(ctx, c.id, "plain runsc", fmt.Sprintf("no PodSnapshotPolicy in namespace %s (policy dir %s)", ns, loader.Dir()))
+		return nil
+	}
+	rec, err := lookupContainer(ctx, s.address, s.namespace, c.id)
+	if err != nil {
+		decide(ctx, c.id, "cold start", fmt.Sprintf("cannot read the container's labels: %v", err))
+		return nil
+	}
 	match := loader.Match(ns, rec.Labels)
 	if w := match.Warning(); w != "" {
 		log.G(ctx).Warn(w)
@@ -237,6 +243,15 @@ func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 	decide(ctx, c.id, "cold start", fmt.Sprintf("%s (policy %s, %s trigger, lookup %d ms)",
 		why, entry.ID(), entry.Policy.Spec.TriggerConfig.Type, time.Since(start).Milliseconds()))
 	return ps
+}
+
+func hasPolicyIn(set *policy.Set, namespace string) bool {
+	for _, e := range set.Policies {
+		if e.Policy.Namespace == namespace {
+			return true
+		}
+	}
+	return false
 }
 
 // findAndDownload looks up the snapshot to restore and downloads it into the sandbox's
