@@ -84,7 +84,7 @@ func (z Zstd) NewWriter(w io.Writer) (io.WriteCloser, error) {
 	enc, err := zstd.NewWriter(w,
 		zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)),
 		zstd.WithWindowSize(window),
-		zstd.WithEncoderCRC(false), // FileInfo's sha256 and CRC32C already cover the bytes
+		zstd.WithEncoderCRC(false), // FileInfo's xxh64 and CRC32C already cover the bytes
 		zstd.WithEncoderConcurrency(conc),
 		zstd.WithConcurrentBlocks(conc > 1))
 	if err != nil {

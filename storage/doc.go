@@ -13,7 +13,7 @@
 //	import _ "github.com/podsnapshot/podsnapshot/storage/local"
 //
 // Pipeline: Upload streams a file through a Codec (zstd or none) into a store and returns
-// the FileInfo a manifest records (raw and stored size, sha256 of the raw bytes, CRC32C of
+// the FileInfo a manifest records (raw and stored size, xxHash64 of the raw bytes, CRC32C of
 // the stored bytes); Download streams it back, decompresses and verifies all four. Memory
 // is bounded whatever the size: the codec's window and jobs, a few 1 MiB hashing chunks,
 // and the store's parts or read chunks in flight (Options).

@@ -3,17 +3,17 @@ package storage
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/cespare/xxhash/v2"
 	"hash/crc32"
 	"io"
 	"sync"
 )
 
 // Upload streams src through codec into st under name and returns the file's FileInfo:
-// raw size and sha256 of what src yielded, stored size and CRC32C of the object. Memory
+// raw size and xxh64 of what src yielded, stored size and CRC32C of the object. Memory
 // stays bounded whatever the size (the codec's window and jobs plus the store's parts in
 // flight). The object appears only if everything succeeded; a failure of src, the codec
 // or the store, or the end of ctx, leaves nothing under name. The store's CRC32C is
@@ -39,7 +39,7 @@ func Upload(ctx context.Context, st Store, name string, src io.Reader, codec Cod
 		done <- result{obj, err}
 	}()
 
-	raw := &hashReader{ctx: ctx, r: src, h: newAsyncHash(sha256.New())}
+	raw := &hashReader{ctx: ctx, r: src, h: newAsyncHash(xxhash.New())}
 	defer raw.h.stop()
 	sent := &crcWriter{w: pw}
 	// Codecs write in small pieces; hand the store whole MiBs, not a syscall per piece.
@@ -76,7 +76,7 @@ func Upload(ctx context.Context, st Store, name string, src io.Reader, codec Cod
 		RawSize:    raw.n,
 		StoredSize: sent.n,
 		Codec:      codec.Name(),
-		SHA256:     hex.EncodeToString(raw.h.Sum()),
+		XXH64:      hex.EncodeToString(raw.h.Sum()),
 		CRC32C:     sent.crc,
 	}, nil
 }
@@ -99,7 +99,7 @@ func compress(dst io.Writer, src io.Reader, codec Codec) error {
 
 // Download streams the object info names from st, decompresses it with info.Codec into
 // dst, and verifies the stored bytes (StoredSize, CRC32C) and the raw bytes (RawSize,
-// SHA256). A mismatch or undecodable data is a *CorruptError (errors.Is ErrCorrupt)
+// XXH64). A mismatch or undecodable data is a *CorruptError (errors.Is ErrCorrupt)
 // naming the object. dst has then received unverified bytes: treat what it holds as valid
 // only when Download returns nil. Memory stays bounded whatever the size.
 func Download(ctx context.Context, st Store, info FileInfo, dst io.Writer) error {
@@ -118,7 +118,7 @@ func Download(ctx context.Context, st Store, info FileInfo, dst io.Writer) error
 	if err != nil {
 		return fmt.Errorf("download %s: %w", url, err)
 	}
-	out := &hashWriter{w: dst, h: newAsyncHash(sha256.New())}
+	out := &hashWriter{w: dst, h: newAsyncHash(xxhash.New())}
 	defer out.h.stop()
 	_, cerr := io.Copy(out, dec)
 	dec.Close()
@@ -143,8 +143,8 @@ func Download(ctx context.Context, st Store, info FileInfo, dst io.Writer) error
 	case out.n != info.RawSize:
 		return Corruptf(url, "raw size mismatch: got %d bytes, want %d", out.n, info.RawSize)
 	}
-	if got := hex.EncodeToString(out.h.Sum()); got != info.SHA256 {
-		return Corruptf(url, "sha256 mismatch: got %s, want %s", got, info.SHA256)
+	if got := hex.EncodeToString(out.h.Sum()); got != info.XXH64 {
+		return Corruptf(url, "xxh64 mismatch: got %s, want %s", got, info.XXH64)
 	}
 	return nil
 }

@@ -29,7 +29,7 @@ func committed() *Manifest {
 	for _, f := range []string{CheckpointFile, PagesMetaFile, PagesFile} {
 		m.Files = append(m.Files, storage.FileInfo{
 			Name: ObjectName("default", "my-app", testUUID, f), RawSize: 100, StoredSize: 40, Codec: "zstd",
-			SHA256: strings.Repeat("0", 64), CRC32C: 7,
+			XXH64: strings.Repeat("0", 16), CRC32C: 7,
 		})
 	}
 	m.Source = Source{Node: "node-1", Pod: "web-0", PodUID: "uid", SandboxID: "sb",
@@ -97,7 +97,7 @@ func TestValidate(t *testing.T) {
 		{"duplicate file", func(m *Manifest) { m.Files[1].Name = m.Files[0].Name }, `files[1].name: Duplicate value`},
 		{"codec", func(m *Manifest) { m.Files[0].Codec = "gzip" }, `files[0].codec: Unsupported value: "gzip": supported values: "zstd", "none"`},
 		{"codec none sizes", func(m *Manifest) { m.Files[0].Codec = "none" }, `files[0].storedSize: Invalid value: 40: must equal rawSize for codec none`},
-		{"sha256", func(m *Manifest) { m.Files[2].SHA256 = "zz" }, `files[2].sha256: Invalid value: "zz"`},
+		{"xxh64", func(m *Manifest) { m.Files[2].XXH64 = "zz" }, `files[2].xxh64: Invalid value: "zz"`},
 		{"size", func(m *Manifest) { m.Files[0].RawSize = -1 }, `files[0].rawSize: Invalid value: -1: must be greater than or equal to 0`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 
 var (
 	hex64  = regexp.MustCompile(`^[0-9a-f]{64}$`)
+	hex16  = regexp.MustCompile(`^[0-9a-f]{16}$`)
 	states = []State{StatePending, StateCommitted, StateFailed}
 	codecs = []string{"zstd", "none"}
 )
@@ -22,7 +23,7 @@ var (
 type ValidationError struct {
 	// Dir is the snapshot directory as far as known.
 	Dir string
-	// Errs are the problems, kubectl style (`files[0].sha256: Invalid value: ...`).
+	// Errs are the problems, kubectl style (`files[0].xxh64: Invalid value: ...`).
 	Errs field.ErrorList
 }
 
@@ -35,7 +36,7 @@ func (e *ValidationError) Error() string {
 // subdomain; key 64 lowercase hex digits; state Pending, Committed or Failed; reason set
 // exactly when Failed; createdAt set; a Committed manifest has files and a tuple with
 // runscVersion and arch; each file is a valid object name inside the snapshot's directory
-// (not the manifest, no duplicates), with codec zstd or none, a 64-hex sha256, sizes >= 0,
+// (not the manifest, no duplicates), with codec zstd or none, a 16-hex xxh64, sizes >= 0,
 // and storedSize == rawSize for codec none.
 func (m *Manifest) Validate() error {
 	var errs field.ErrorList
@@ -122,8 +123,8 @@ func (m *Manifest) validateFiles() field.ErrorList {
 		default:
 			errs = append(errs, field.NotSupported(p.Child("codec"), f.Codec, codecs))
 		}
-		if !hex64.MatchString(f.SHA256) {
-			errs = append(errs, field.Invalid(p.Child("sha256"), f.SHA256, "must be 64 lowercase hex digits"))
+		if !hex16.MatchString(f.XXH64) {
+			errs = append(errs, field.Invalid(p.Child("xxh64"), f.XXH64, "must be 16 lowercase hex digits"))
 		}
 		errs = append(errs, apivalidation.ValidateNonnegativeField(f.RawSize, p.Child("rawSize"))...)
 		errs = append(errs, apivalidation.ValidateNonnegativeField(f.StoredSize, p.Child("storedSize"))...)

@@ -134,7 +134,7 @@ func TestInspect(t *testing.T) {
 			t.Fatalf("manifest document: %v", err)
 		}
 		if got.UUID != m.UUID || got.Key != m.Key || got.Compat.RunscVersion != "release-20260101.0" ||
-			len(got.Files) != 3 || got.Files[0].SHA256 != m.Files[0].SHA256 || got.Files[0].Codec != "zstd" {
+			len(got.Files) != 3 || got.Files[0].XXH64 != m.Files[0].XXH64 || got.Files[0].Codec != "zstd" {
 			t.Errorf("manifest document differs: %+v", got)
 		}
 		raw, stored := sizes(m)

@@ -18,7 +18,7 @@ Finds snapshot NAME (its UUID, or NAMESPACE/UUID) in every store of the policy d
 and every namespace (only NAMESPACE with -n), and prints two YAML documents: the
 PodSnapshot object (conditions Ready and Checkpoint, storage path, last access), then the
 manifest: key, compatibility tuple (runsc version and flags, CPU, GPUs), labels, source
-pod and, per file, raw and stored size, codec, sha256 and crc32c. A snapshot that does not
+pod and, per file, raw and stored size, codec, xxh64 and crc32c. A snapshot that does not
 exist is an error (exit status 1).`,
 	run: runInspect,
 }
