@@ -6,13 +6,17 @@
 //
 //	go run ./testdata/imagebuild -o busybox.tar -preset busybox
 //	go run ./testdata/imagebuild -o workloads.tar -preset workloads
+//	go run ./testdata/imagebuild -o redis.tar -preset redis
 //	go run ./testdata/imagebuild -o x.tar -name podsnapshot.test/x:1 -preset none \
 //	    -add /bin/busybox=/bin/busybox -cmd '["/bin/busybox","sh"]'
 //
 // Presets: "busybox" (podsnapshot.test/busybox:latest, busybox and its applets),
 // "workloads" (podsnapshot.test/workloads:latest, the same plus /bin/counter and
-// /bin/slowinit compiled from testdata/workloads) and "none" (only -add files, the base
-// directories and /etc/passwd). -name, -cmd, -entrypoint, -env and -workdir override the
+// /bin/slowinit compiled from testdata/workloads), "redis", "python" and "nginx"
+// (podsnapshot.test/NAME:latest: busybox plus the Debian program with its shared-library
+// closure and data directories, and a wrapper from testdata/workloads that checkpoints
+// the sandbox once the program is ready; the Debian packages must be installed) and
+// "none" (only -add files, the base directories and /etc/passwd). -name, -cmd, -entrypoint, -env and -workdir override the
 // preset. The library behind it is ./testdata/imagebuild/ociarchive.
 package main
 
@@ -50,7 +54,7 @@ func run() error {
 	var (
 		out          = flag.String("o", "", "output archive (required)")
 		name         = flag.String("name", "", "image name; default: the preset's")
-		preset       = flag.String("preset", "busybox", "busybox, workloads or none")
+		preset       = flag.String("preset", "busybox", "busybox, workloads, redis, python, nginx or none")
 		busybox      = flag.String("busybox", ociarchive.DefaultBusybox, "static busybox binary")
 		entrypoint   = flag.String("entrypoint", "", "entrypoint: a JSON array, or words split at spaces")
 		cmdFlag      = flag.String("cmd", "", "command: a JSON array, or words split at spaces")
@@ -73,10 +77,15 @@ func run() error {
 		spec, err = ociarchive.BusyboxSpec(*busybox)
 	case "workloads":
 		spec, err = workloadsSpec(*busybox)
+	case "redis", "python", "nginx":
+		var root string
+		if root, err = repoRoot(); err == nil {
+			spec, err = ociarchive.AppSpec(*preset, *busybox, root)
+		}
 	case "none":
 		spec = ociarchive.Spec{Files: ociarchive.BaseFiles(), Env: ociarchive.DefaultEnv, WorkingDir: "/"}
 	default:
-		return fmt.Errorf("-preset %q: want busybox, workloads or none", *preset)
+		return fmt.Errorf("-preset %q: want busybox, workloads, redis, python, nginx or none", *preset)
 	}
 	if err != nil {
 		return err
@@ -152,7 +161,7 @@ func repoRoot() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("-preset workloads must run inside the podsnapshot repository")
+			return "", errors.New("-preset workloads, redis, python and nginx must run inside the podsnapshot repository")
 		}
 		dir = parent
 	}
