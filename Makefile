@@ -2,6 +2,7 @@
 #   make deps    build pinned containerd, runsc, fake-gcs-server into _deps/ (once)
 #   make test    deps + build + every test (unit and end-to-end on a private containerd)
 #   make demo    deps + build + snapshot/restore demo with timings
+#   make bench   deps + build + benchmarks into docs/benchmarks.md and docs/benchmarks.json
 include hack/versions.env
 -include storage/bench.mk
 
@@ -15,7 +16,7 @@ LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
            -X github.com/podsnapshot/podsnapshot/version.Revision=$(REVISION)
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test unit e2e demo clean
+.PHONY: all deps build test unit e2e demo bench clean
 
 all: build
 
@@ -44,6 +45,15 @@ e2e: deps build
 STORAGE ?= local
 demo: deps build
 	$(GO) run ./hack/demo -storage $(STORAGE) $(if $(MIB),-mib $(MIB)) $(if $(SECONDS),-seconds $(SECONDS))
+
+# Benchmarks on a private containerd (needs root; see docs/benchmarks.md): SIZES in MiB,
+# RUNS per figure, STORES local,gcs; e.g. `make bench SIZES=64 RUNS=1 STORES=local`.
+SIZES ?= 64,512,2048
+RUNS ?= 3
+STORES ?= local,gcs
+bench: deps build
+	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) \
+		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES)'
 
 clean:
 	rm -rf $(OUT)

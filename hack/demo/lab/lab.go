@@ -80,6 +80,9 @@ type Lab struct {
 	StoreURL   string // file:///... or gs://bucket/path
 	GCSHost    string // 127.0.0.1:PORT of fake-gcs-server, for STORAGE_EMULATOR_HOST
 	Image      string // the workloads image reference
+	// ImageArchive is the workloads image as an OCI archive (after Start), for tools
+	// that build runsc bundles from the same root filesystem (ociarchive.ExtractRootfs).
+	ImageArchive string
 
 	logf       func(string, ...any)
 	env        []string // containerd's environment, also used for ctr and the CLI
@@ -487,6 +490,7 @@ func (l *Lab) importImage(ctx context.Context) error {
 	if _, err := l.Ctr(ctx, "images", "import", "--platform", "linux/amd64", archive); err != nil {
 		return err
 	}
+	l.ImageArchive = archive
 	return nil
 }
 

@@ -1,0 +1,321 @@
+// Command bench measures pod snapshots on this machine (`make bench`) and writes
+// docs/benchmarks.md and docs/benchmarks.json. Side by side, in one run:
+//
+//  1. cold start to ready of slowinit through the shim (ctr run -> "ready" in its output);
+//  2. restore to ready through the shim from each store (ctr run -> "checkpoint result:
+//     restore"): the first restore of a snapshot (node cache empty: download, verify,
+//     decompress, runsc restore) and a second one (from the node cache);
+//  3. the floor: `runsc create` + `runsc restore` of the same workload from an uncompressed
+//     image that runsc itself wrote, without containerd or the shim;
+//  4. trigger -> committed and its throughput, beside the standalone zstd compressor
+//     (storage.Zstd, in this process) on the same image bytes;
+//  5. snapshot size raw and stored;
+//  6. a plain container (no policy) through the shim versus `runsc run`: the shim's
+//     overhead (time to the first output line of `echo ready`);
+//  7. the shim's peak RSS (VmHWM) during upload and during download.
+//
+// Each figure is the median of -runs runs with min and max.
+//
+//	go run ./hack/bench [-sizes 64,512,2048] [-runs 3] [-stores local,gcs] [-seconds 10]
+//
+// It needs root, `make deps` and `make build`; it reuses ./hack/demo/lab and removes
+// everything it started, also on error or Ctrl-C.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+)
+
+type config struct {
+	sizes   []int // MiB
+	runs    int
+	stores  []lab.Storage
+	seconds float64
+	md      string
+	json    string
+	command string
+}
+
+func main() {
+	sizes := flag.String("sizes", "64,512,2048", "workload sizes in MiB, comma-separated")
+	runs := flag.Int("runs", 3, "runs per figure (the median, min and max are reported)")
+	stores := flag.String("stores", "local,gcs", "snapshot stores: local, gcs (fake-gcs-server)")
+	seconds := flag.Float64("seconds", 10, "the workload's initialisation time")
+	md := flag.String("md", "docs/benchmarks.md", "markdown report to write (relative to the repository root)")
+	js := flag.String("json", "docs/benchmarks.json", "JSON results to write (relative to the repository root)")
+	command := flag.String("command", "", "the command line to record in the report (default: this program's)")
+	flag.Parse()
+
+	cfg := config{runs: *runs, seconds: *seconds, md: *md, json: *js, command: *command}
+	for _, s := range strings.Split(*sizes, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n <= 0 {
+			usage(fmt.Sprintf("-sizes: %q is not a positive number of MiB", s))
+		}
+		cfg.sizes = append(cfg.sizes, n)
+	}
+	for _, s := range strings.Split(*stores, ",") {
+		st := lab.Storage(strings.TrimSpace(s))
+		if st != lab.Local && st != lab.GCS {
+			usage(fmt.Sprintf("-stores: %q is not local or gcs", s))
+		}
+		cfg.stores = append(cfg.stores, st)
+	}
+	if cfg.runs < 1 || cfg.seconds < 0 || flag.NArg() > 0 {
+		usage("-runs must be at least 1, -seconds not negative, no arguments")
+	}
+	if cfg.command == "" {
+		cfg.command = "go run ./hack/bench " + strings.Join(os.Args[1:], " ")
+	}
+
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		for s := range sigs {
+			if ctx.Err() == nil {
+				logf("%v: stopping; cleaning up", s)
+				cancel(fmt.Errorf("interrupted (%v)", s))
+			} else {
+				logf("%v: still cleaning up, please wait", s)
+			}
+		}
+	}()
+	if err := run(ctx, cfg); err != nil {
+		logf("FAILED: %v", err)
+		if ctx.Err() != nil {
+			os.Exit(130)
+		}
+		os.Exit(1)
+	}
+}
+
+func usage(msg string) {
+	fmt.Fprintln(os.Stderr, "bench: "+msg)
+	fmt.Fprintln(os.Stderr, "usage: bench [-sizes 64,512,2048] [-runs 3] [-stores local,gcs] [-seconds 10] [-md FILE] [-json FILE]")
+	os.Exit(2)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s bench: %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+// report is everything the output files need.
+type report struct {
+	cfg        config
+	started    time.Time
+	took       time.Duration
+	machine    lab.Machine
+	loadBefore string
+	loadAfter  string
+	loadMax    float64 // highest 1-minute load average seen between phases
+	res        *Results
+	notes      []string
+}
+
+func run(ctx context.Context, cfg config) error {
+	repo, err := lab.FindRepoRoot()
+	if err != nil {
+		return err
+	}
+	rep := &report{cfg: cfg, started: time.Now(), res: newResults(), loadBefore: loadavg()}
+	defineMetrics(rep.res, cfg.stores)
+	logf("load average before: %s", rep.loadBefore)
+
+	for i, st := range cfg.stores {
+		if err := runLab(ctx, rep, st, i == 0); err != nil {
+			return err
+		}
+	}
+	rep.took = time.Since(rep.started)
+	rep.loadAfter = loadavg()
+	logf("load average after: %s", rep.loadAfter)
+
+	md, js := cfg.md, cfg.json
+	if !filepath.IsAbs(md) {
+		md = filepath.Join(repo, md)
+	}
+	if !filepath.IsAbs(js) {
+		js = filepath.Join(repo, js)
+	}
+	if err := writeFiles(rep, md, js); err != nil {
+		return err
+	}
+	fmt.Print(renderMarkdown(rep))
+	logf("wrote %s and %s", md, js)
+	return nil
+}
+
+// runLab brings up a lab with store st and measures in it; the first lab also measures
+// what does not depend on the store (the runsc floor, the compressor, plain starts).
+func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err error) {
+	cfg := rep.cfg
+	l, err := lab.Start(ctx, lab.Options{Storage: st, Namespace: "bench", Logf: logf})
+	if err != nil {
+		return fmt.Errorf("set up the %s lab: %w", st, err)
+	}
+	defer func() {
+		logf("cleaning up the %s lab", st)
+		cr := l.Close()
+		logf("cleanup: %s", cr)
+		if err == nil && !cr.Clean() {
+			err = fmt.Errorf("cleanup incomplete: %s", cr)
+		}
+	}()
+	if rep.machine.CPU == "" {
+		rep.machine = l.DescribeMachine()
+	}
+	res := rep.res
+
+	if first {
+		if err := measureDirect(ctx, rep, l); err != nil {
+			return err
+		}
+	}
+	n := 0
+	for _, mib := range cfg.sizes {
+		for r := 0; r < cfg.runs; r++ {
+			n++
+			rep.sampleLoad()
+			logf("%s, %d MiB, run %d/%d: cold start, checkpoint, two restores", st, mib, r+1, cfg.runs)
+			c, err := shimCycle(ctx, l, mib, cfg.seconds, n)
+			if err != nil {
+				return fmt.Errorf("%s, %d MiB, run %d: %w", st, mib, r+1, err)
+			}
+			s := string(st)
+			res.add("cold", mib, c.coldToReady.Seconds())
+			res.add("restore_first_"+s, mib, c.first.toReady.Seconds())
+			res.add("restore_cached_"+s, mib, c.cached.toReady.Seconds())
+			res.add("restore_first_download_"+s, mib, float64(c.first.downloadMs)/1e3)
+			res.add("restore_first_runsc_"+s, mib, float64(c.first.runscMs)/1e3)
+			res.add("restore_cached_runsc_"+s, mib, float64(c.cached.runscMs)/1e3)
+			res.add("restore_first_memok_"+s, mib, c.first.toMemOK.Seconds())
+			res.add("commit_"+s, mib, c.triggerToCommitted.Seconds())
+			res.add("upload_"+s, mib, float64(c.uploadMs)/1e3)
+			res.add("commit_mbps_"+s, mib, float64(c.rawBytes)/1e6/c.triggerToCommitted.Seconds())
+			res.add("upload_mbps_"+s, mib, float64(c.rawBytes)/1e6/(float64(c.uploadMs)/1e3))
+			res.add("raw_mb", mib, float64(c.rawBytes)/1e6)
+			res.add("stored_mb_"+s, mib, float64(c.storedBytes)/1e6)
+			if c.shimPeakUpload > 0 {
+				res.add("rss_upload_"+s, mib, float64(c.shimPeakUpload)/(1<<20))
+			}
+			if c.first.shimPeak > 0 {
+				res.add("rss_download_"+s, mib, float64(c.first.shimPeak)/(1<<20))
+			}
+			if c.cached.shimPeak > 0 {
+				res.add("rss_cached_"+s, mib, float64(c.cached.shimPeak)/(1<<20))
+			}
+			logf("  cold %.2fs, committed %.2fs after trigger (upload %d ms), %0.1f/%0.1f MB raw/stored; restore %.2fs (download %d ms, runsc %d ms), cached %.2fs; shim peak %s up, %s down",
+				c.coldToReady.Seconds(), c.triggerToCommitted.Seconds(), c.uploadMs, float64(c.rawBytes)/1e6, float64(c.storedBytes)/1e6,
+				c.first.toReady.Seconds(), c.first.downloadMs, c.first.runscMs, c.cached.toReady.Seconds(),
+				mibStr(c.shimPeakUpload), mibStr(c.first.shimPeak))
+		}
+	}
+	return nil
+}
+
+// measureDirect measures what runs without the shim: plain starts (with and without the
+// shim, alternating), and per size the runsc floor and the standalone compressor.
+func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
+	cfg, res := rep.cfg, rep.res
+	raw, err := newRawRunsc(l)
+	if err != nil {
+		return err
+	}
+	plainBundle, err := raw.bundle("plain", nil, "echo", "ready")
+	if err != nil {
+		return err
+	}
+	logf("plain start: ctr run (shim) versus runsc run, %d runs each after one warm-up each", cfg.runs)
+	for r := 0; r <= cfg.runs; r++ {
+		shim, err := plainShim(ctx, l, r)
+		if err != nil {
+			return fmt.Errorf("plain start through the shim: %w", err)
+		}
+		direct, err := raw.plain(ctx, plainBundle)
+		if err != nil {
+			return fmt.Errorf("plain runsc run: %w", err)
+		}
+		if r == 0 {
+			continue // warm-up
+		}
+		res.add("plain_shim", 0, shim.Seconds())
+		res.add("plain_runsc", 0, direct.Seconds())
+		res.add("plain_overhead", 0, 100*(shim.Seconds()/direct.Seconds()-1))
+		logf("  shim %.3fs, runsc run %.3fs", shim.Seconds(), direct.Seconds())
+	}
+
+	for _, mib := range cfg.sizes {
+		rep.sampleLoad()
+		logf("runsc directly, %d MiB: cold start with its own checkpoint (uncompressed)", mib)
+		img, err := raw.checkpoint(ctx, mib, cfg.seconds, slowinitCommand(mib, cfg.seconds))
+		if err != nil {
+			return fmt.Errorf("runsc floor, %d MiB: %w", mib, err)
+		}
+		res.add("raw_cold", mib, img.coldToReady.Seconds())
+		res.add("raw_image_mb", mib, float64(img.bytes)/1e6)
+		for r := 0; r < cfg.runs; r++ {
+			ready, memOK, err := raw.restore(ctx, mib, img)
+			if err != nil {
+				return fmt.Errorf("runsc floor, %d MiB: %w", mib, err)
+			}
+			res.add("raw_restore", mib, ready.Seconds())
+			res.add("raw_restore_memok", mib, memOK.Seconds())
+			rawB, stored, took, err := compressImage(img.dir)
+			if err != nil {
+				return fmt.Errorf("compress the %d MiB image: %w", mib, err)
+			}
+			res.add("zstd_mbps", mib, float64(rawB)/1e6/took.Seconds())
+			res.add("zstd_ratio", mib, float64(rawB)/float64(stored))
+			logf("  runsc create+restore %.3fs (memory ok %.3fs); zstd alone %.0f MB/s (%.1f MB -> %.1f MB)",
+				ready.Seconds(), memOK.Seconds(), float64(rawB)/1e6/took.Seconds(), float64(rawB)/1e6, float64(stored)/1e6)
+		}
+		if err := os.RemoveAll(img.dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func mibStr(b int64) string {
+	if b <= 0 {
+		return "?"
+	}
+	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
+}
+
+// loadavg returns /proc/loadavg's three load averages.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// sampleLoad records the 1-minute load average between phases.
+func (r *report) sampleLoad() {
+	f := strings.Fields(loadavg())
+	if len(f) > 0 {
+		if v, err := strconv.ParseFloat(f[0], 64); err == nil && v > r.loadMax {
+			r.loadMax = v
+		}
+	}
+}
+
+func ownGroupAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Setpgid: true} }

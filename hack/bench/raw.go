@@ -1,0 +1,335 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/storage"
+	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+)
+
+// rawRunsc runs the same runsc binary directly, without containerd or the shim, from
+// bundles of the lab's workloads image. Everything lives below the lab's directory, so
+// the lab's Close reaps any sandbox left over and unmounts runsc's null-netns.
+type rawRunsc struct {
+	bin    string
+	root   string // --root
+	dir    string // bundles, images, outputs
+	rootfs string // the image's root filesystem, shared by the bundles
+	n      int    // container counter, for unique IDs
+}
+
+func newRawRunsc(l *lab.Lab) (*rawRunsc, error) {
+	if l.ImageArchive == "" {
+		return nil, fmt.Errorf("the lab has no image archive")
+	}
+	r := &rawRunsc{bin: filepath.Join(l.DepsBin, "runsc"), dir: filepath.Join(l.Dir, "raw")}
+	r.root = filepath.Join(r.dir, "runsc")
+	r.rootfs = filepath.Join(r.dir, "rootfs")
+	if err := os.MkdirAll(r.root, 0o755); err != nil {
+		return nil, err
+	}
+	if err := ociarchive.ExtractRootfs(l.ImageArchive, r.rootfs); err != nil {
+		return nil, fmt.Errorf("root filesystem for runsc: %w", err)
+	}
+	return r, nil
+}
+
+// bundle writes a bundle named name whose process runs args on the shared root
+// filesystem, with annotations added to `runsc spec`'s defaults.
+func (r *rawRunsc) bundle(name string, ann map[string]string, args ...string) (string, error) {
+	b := filepath.Join(r.dir, "bundle-"+name)
+	if err := os.MkdirAll(b, 0o755); err != nil {
+		return "", err
+	}
+	if out, err := exec.Command(r.bin, append([]string{"spec", "--bundle", b, "--"}, args...)...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("runsc spec: %v: %s", err, out)
+	}
+	path := filepath.Join(b, "config.json")
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	var spec map[string]any
+	if err := json.Unmarshal(raw, &spec); err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	proc, _ := spec["process"].(map[string]any)
+	if proc == nil {
+		return "", fmt.Errorf("%s: no process", path)
+	}
+	proc["terminal"] = false // output to a file, as the shim's file:// log
+	// Writable root, as containerd gives it (runsc overlays it in memory either way).
+	spec["root"] = map[string]any{"path": r.rootfs, "readonly": false}
+	if len(ann) > 0 {
+		a, _ := spec["annotations"].(map[string]any)
+		if a == nil {
+			a = map[string]any{}
+		}
+		for k, v := range ann {
+			a[k] = v
+		}
+		spec["annotations"] = a
+	}
+	if raw, err = json.MarshalIndent(spec, "", "  "); err == nil {
+		err = os.WriteFile(path, raw, 0o644)
+	}
+	return b, err
+}
+
+// command is `runsc --root R --log B/runsc.log --log-format=json args...`, as the shim
+// runs it (it logs to the bundle too), its output to out.
+func (r *rawRunsc) command(ctx context.Context, bundle string, out *os.File, args ...string) *exec.Cmd {
+	all := append([]string{"--root=" + r.root, "--log=" + filepath.Join(bundle, "runsc.log"), "--log-format=json"}, args...)
+	cmd := exec.CommandContext(ctx, r.bin, all...)
+	cmd.Dir = bundle
+	cmd.SysProcAttr = ownGroupAttr()
+	if out != nil {
+		cmd.Stdout, cmd.Stderr = out, out
+	}
+	return cmd
+}
+
+func (r *rawRunsc) run(ctx context.Context, bundle string, out *os.File, args ...string) error {
+	cmd := r.command(ctx, bundle, out, args...)
+	var buf bytes.Buffer
+	if out == nil {
+		cmd.Stdout, cmd.Stderr = &buf, &buf
+	}
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("runsc %s: %v: %s%s", strings.Join(args, " "), err, strings.TrimSpace(buf.String()),
+			lastLogError(filepath.Join(bundle, "runsc.log")))
+	}
+	return nil
+}
+
+// lastLogError returns the last line of runsc's log that mentions an error, for messages.
+func lastLogError(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], `"level":"warning"`) || strings.Contains(lines[i], "rror") {
+			return "; runsc log: " + lines[i]
+		}
+	}
+	return ""
+}
+
+func (r *rawRunsc) delete(id, bundle string) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_ = r.run(ctx, bundle, nil, "delete", "--force", id)
+}
+
+// output creates the output file of a container and follows it.
+func (r *rawRunsc) output(id string) (*os.File, *lab.Tail, error) {
+	path := filepath.Join(r.dir, "out-"+id+".log")
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, lab.Follow(path), nil
+}
+
+func (r *rawRunsc) nextID(prefix string) string {
+	r.n++
+	return fmt.Sprintf("%s-%d", prefix, r.n)
+}
+
+// rawImage is a checkpoint image runsc wrote uncompressed, and how it got there.
+type rawImage struct {
+	dir         string
+	bytes       int64
+	coldToReady time.Duration // runsc run -> "ready" (no shim, no containerd)
+	command     []string
+}
+
+// checkpoint runs the slowinit workload with `runsc run --detach`, the bundle carrying the
+// same workload-trigger annotations the shim sets (uncompressed image, resume), waits
+// for its own checkpoint, and deletes the container.
+func (r *rawRunsc) checkpoint(ctx context.Context, mib int, seconds float64, command []string) (*rawImage, error) {
+	img := filepath.Join(r.dir, fmt.Sprintf("image-%d", mib))
+	if err := os.MkdirAll(img, 0o700); err != nil {
+		return nil, err
+	}
+	b, err := r.bundle(fmt.Sprintf("cold-%d", mib), map[string]string{
+		"dev.gvisor.internal.checkpoint.path":        img,
+		"dev.gvisor.internal.checkpoint.enable":      "true",
+		"dev.gvisor.internal.checkpoint.resume":      "true",
+		"dev.gvisor.internal.checkpoint.compression": "none",
+	}, command...)
+	if err != nil {
+		return nil, err
+	}
+	id := r.nextID(fmt.Sprintf("raw-cold-%d", mib))
+	out, tail, err := r.output(id)
+	if err != nil {
+		return nil, err
+	}
+	defer tail.Close()
+	defer out.Close()
+	t0 := time.Now()
+	if err := r.run(ctx, b, out, "run", "--detach", "--bundle", b, id); err != nil {
+		r.delete(id, b)
+		return nil, err
+	}
+	defer r.delete(id, b)
+	initTimeout := time.Duration(seconds*float64(time.Second)) + 3*time.Minute
+	ready, err := tail.Wait(ctx, initTimeout, `"ready" line`, func(s string) bool { return strings.HasPrefix(s, "ready ") })
+	if err != nil {
+		return nil, fmt.Errorf("runsc cold start: %w\n%s", err, tail.Text())
+	}
+	res, err := tail.Wait(ctx, 10*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	if err != nil {
+		return nil, fmt.Errorf("runsc checkpoint: %w", err)
+	}
+	if !strings.HasSuffix(res.Text, ": resume") {
+		return nil, fmt.Errorf("runsc checkpoint: the workload read %q, want resume", res.Text)
+	}
+	size, err := dirBytes(img)
+	if err != nil {
+		return nil, err
+	}
+	return &rawImage{dir: img, bytes: size, coldToReady: ready.Seen.Sub(t0), command: command}, nil
+}
+
+// restore times `runsc create` + `runsc restore --detach` (what the shim runs) from the
+// uncompressed image until the restored workload prints its restore line, and deletes
+// the container. It returns that time and the time to "memory ok".
+func (r *rawRunsc) restore(ctx context.Context, mib int, img *rawImage) (toReady, toMemOK time.Duration, err error) {
+	// A bundle without the checkpoint annotations, as the shim restores.
+	b, err := r.bundle(fmt.Sprintf("restore-%d", mib), nil, img.command...)
+	if err != nil {
+		return 0, 0, err
+	}
+	id := r.nextID(fmt.Sprintf("raw-restore-%d", mib))
+	out, tail, err := r.output(id)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer tail.Close()
+	defer out.Close()
+	defer r.delete(id, b)
+	t0 := time.Now()
+	if err := r.run(ctx, b, out, "create", "--bundle", b, id); err != nil {
+		return 0, 0, err
+	}
+	if err := r.run(ctx, b, out, "restore", "--image-path="+img.dir, "--detach", id); err != nil {
+		return 0, 0, err
+	}
+	// The restored process writes at the offset its descriptor had when saved: the fresh
+	// output file starts with a hole (NUL bytes) of that length.
+	back, err := tail.Wait(ctx, 5*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(trimNUL(s), "checkpoint result: ") })
+	if err != nil {
+		return 0, 0, fmt.Errorf("runsc restore: %w", err)
+	}
+	if !strings.HasSuffix(back.Text, ": restore") {
+		return 0, 0, fmt.Errorf("runsc restore: the workload read %q, want restore", trimNUL(back.Text))
+	}
+	mem, err := tail.Wait(ctx, 5*time.Minute, "memory check", func(s string) bool { return strings.HasPrefix(trimNUL(s), "memory ") })
+	if err != nil {
+		return 0, 0, fmt.Errorf("runsc restore: %w", err)
+	}
+	if trimNUL(mem.Text) != "memory ok" {
+		return 0, 0, fmt.Errorf("runsc restore: %s", trimNUL(mem.Text))
+	}
+	return back.Seen.Sub(t0), mem.Seen.Sub(t0), nil
+}
+
+// plain times `runsc run` of a bundle printing "ready" until that line is seen.
+func (r *rawRunsc) plain(ctx context.Context, b string) (time.Duration, error) {
+	id := r.nextID("raw-plain")
+	out, tail, err := r.output(id)
+	if err != nil {
+		return 0, err
+	}
+	defer tail.Close()
+	defer out.Close()
+	defer r.delete(id, b)
+	t0 := time.Now()
+	cmd := r.command(ctx, b, out, "run", "--bundle", b, id)
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	line, werr := tail.Wait(ctx, time.Minute, `"ready" line`, func(s string) bool { return s == "ready" })
+	if err := cmd.Wait(); err != nil && werr == nil {
+		werr = fmt.Errorf("runsc run: %v%s", err, lastLogError(filepath.Join(b, "runsc.log")))
+	}
+	if werr != nil {
+		return 0, werr
+	}
+	return line.Seen.Sub(t0), nil
+}
+
+// compressImage compresses every file of the image with the codec the shim uploads with
+// (storage.Zstd's defaults) into io.Discard, in this process; it returns raw bytes,
+// compressed bytes and the time.
+func compressImage(dir string) (raw, stored int64, took time.Duration, err error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	t0 := time.Now()
+	for _, e := range ents {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		cw := &countWriter{}
+		w, err := storage.Zstd{}.NewWriter(cw)
+		if err != nil {
+			f.Close()
+			return 0, 0, 0, err
+		}
+		n, err := io.Copy(w, f)
+		f.Close()
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		raw += n
+		stored += cw.n
+	}
+	return raw, stored, time.Since(t0), nil
+}
+
+func trimNUL(s string) string { return strings.TrimLeft(s, "\x00") }
+
+type countWriter struct{ n int64 }
+
+func (c *countWriter) Write(p []byte) (int, error) { c.n += int64(len(p)); return len(p), nil }
+
+func dirBytes(dir string) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			n += fi.Size()
+		}
+		return nil
+	})
+	return n, err
+}

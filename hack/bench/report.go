@@ -1,0 +1,414 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+)
+
+func storeName(s lab.Storage) string {
+	if s == lab.GCS {
+		return "fake-gcs-server"
+	}
+	return "local store"
+}
+
+func defineMetrics(r *Results, stores []lab.Storage) {
+	r.define("cold", "cold start to ready, through the shim", "s",
+		"ctr run invoked -> the workload's `ready` line seen in its log file; the cold starts of every store's lab pooled")
+	for _, st := range stores {
+		s, name := string(st), storeName(st)
+		r.define("restore_first_"+s, "restore to ready, "+name+", first (node cache empty)", "s",
+			"ctr run invoked -> `checkpoint result: restore` seen; lookup, download, verify, decompress into the node cache, runsc create + restore")
+		r.define("restore_cached_"+s, "restore to ready, "+name+", second (node cache)", "s",
+			"the same snapshot again: its decompressed image is in the node cache")
+	}
+	r.define("raw_restore", "raw `runsc create` + `runsc restore` (the floor)", "s",
+		"no containerd, no shim: uncompressed image runsc wrote itself, in the page cache; invoked -> `checkpoint result: restore` seen")
+	r.define("raw_cold", "raw `runsc run` cold start to ready (no shim; one run)", "s", "")
+	for _, st := range stores {
+		s, name := string(st), storeName(st)
+		r.define("restore_first_download_"+s, "  shim: lookup + download + verify + decompress, "+name, "s", "the shim's own log line, first restore")
+		r.define("restore_first_runsc_"+s, "  shim: runsc restore, "+name+", first", "s", "the shim's own log line")
+		r.define("restore_cached_runsc_"+s, "  shim: runsc restore, "+name+", cached", "s", "the shim's own log line")
+	}
+	for _, st := range stores {
+		s, name := string(st), storeName(st)
+		r.define("restore_first_memok_"+s, "first restore to `memory ok`, "+name, "s", "the restored workload has read all its memory back")
+	}
+	r.define("raw_restore_memok", "raw runsc restore to `memory ok`", "s", "")
+	for _, st := range stores {
+		s, name := string(st), storeName(st)
+		r.define("commit_"+s, "trigger -> committed, "+name, "s",
+			"the workload's `ready <time>` (it triggers right after) -> the shim's `committed` log time: save + compress + upload + verify + manifest")
+		r.define("upload_"+s, "  shim: compress + upload + verify + manifest, "+name, "s", "upload_ms of the shim's line")
+	}
+	for _, st := range stores {
+		s, name := string(st), storeName(st)
+		r.define("commit_mbps_"+s, "trigger -> committed throughput, "+name, "MB/s", "raw image bytes / (trigger -> committed)")
+		r.define("upload_mbps_"+s, "  shim upload part throughput, "+name, "MB/s", "raw image bytes / upload_ms")
+	}
+	r.define("zstd_mbps", "standalone zstd compressor (storage.Zstd defaults)", "MB/s", "in-process, the uncompressed image runsc wrote, from the page cache to io.Discard")
+	r.define("raw_mb", "snapshot size, raw", "MB", "the gVisor image files, uncompressed")
+	r.define("raw_image_mb", "image size written by runsc directly", "MB", "the floor's uncompressed image (a cross-check of the raw size)")
+	for _, st := range stores {
+		r.define("stored_mb_"+string(st), "snapshot size, stored, "+storeName(st), "MB", "zstd")
+	}
+	r.define("zstd_ratio", "compression ratio (standalone zstd)", "x", "")
+	for _, st := range stores {
+		s, name := string(st), storeName(st)
+		r.define("rss_upload_"+s, "shim peak RSS during upload, "+name, "MiB", "VmHWM of the cold container's shim once committed")
+		r.define("rss_download_"+s, "shim peak RSS during download, "+name, "MiB", "VmHWM of the first restore's shim once restored")
+		r.define("rss_cached_"+s, "shim peak RSS, cached restore, "+name, "MiB", "")
+	}
+	r.define("plain_shim", "`echo ready` through the shim (ctr run, no policy)", "s", "ctr run invoked -> `ready` seen in the log file")
+	r.define("plain_runsc", "`echo ready` with `runsc run` directly", "s", "runsc run invoked -> `ready` seen in the output file")
+	r.define("plain_overhead", "shim overhead, per pair of runs", "%", "(shim / runsc run) - 1")
+}
+
+func fmtValue(v float64, unit string) string {
+	switch unit {
+	case "s":
+		if v < 10 {
+			return strconv.FormatFloat(v, 'f', 3, 64)
+		}
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	case "MB/s", "MB", "MiB":
+		if v < 100 {
+			return strconv.FormatFloat(v, 'f', 1, 64)
+		}
+		return strconv.FormatFloat(v, 'f', 0, 64)
+	case "x":
+		return strconv.FormatFloat(v, 'f', 2, 64)
+	case "%":
+		return strconv.FormatFloat(v, 'f', 1, 64)
+	}
+	return strconv.FormatFloat(v, 'g', 4, 64)
+}
+
+func cell(st Stat, ok bool, unit string) string {
+	if !ok {
+		return "–"
+	}
+	if st.N == 1 {
+		return fmtValue(st.Median, unit)
+	}
+	return fmt.Sprintf("%s (%s–%s)", fmtValue(st.Median, unit), fmtValue(st.Min, unit), fmtValue(st.Max, unit))
+}
+
+func sizeName(mib int) string {
+	if mib >= 1024 && mib%1024 == 0 {
+		return fmt.Sprintf("%d GiB", mib/1024)
+	}
+	return fmt.Sprintf("%d MiB", mib)
+}
+
+// target is one of the issue's targets, evaluated.
+type target struct {
+	Target   string `json:"target"`
+	Measured string `json:"measured"`
+	Holds    string `json:"holds"` // yes, no, partly, not measured
+}
+
+func median(r *Results, key string, mib int) (float64, bool) {
+	st, ok := r.stat(key, mib)
+	return st.Median, ok
+}
+
+func evaluateTargets(rep *report) []target {
+	r, cfg := rep.res, rep.cfg
+	var out []target
+	ratioTarget := func(st lab.Storage, limit float64) target {
+		t := target{Target: fmt.Sprintf("restore from the %s ≤ %gx raw runsc restore", storeName(st), limit)}
+		var parts []string
+		firstOK, cachedOK, any := true, true, false
+		for _, mib := range cfg.sizes {
+			floor, ok1 := median(r, "raw_restore", mib)
+			first, ok2 := median(r, "restore_first_"+string(st), mib)
+			cached, ok3 := median(r, "restore_cached_"+string(st), mib)
+			if !ok1 || !ok2 || !ok3 {
+				continue
+			}
+			any = true
+			parts = append(parts, fmt.Sprintf("%s: first %.2fx, cached %.2fx", sizeName(mib), first/floor, cached/floor))
+			firstOK = firstOK && first/floor <= limit
+			cachedOK = cachedOK && cached/floor <= limit
+		}
+		t.Measured = strings.Join(parts, "; ")
+		switch {
+		case !any:
+			t.Holds = "not measured"
+		case firstOK:
+			t.Holds = "yes"
+		case cachedOK:
+			t.Holds = "only for cached restores"
+		default:
+			t.Holds = "no"
+		}
+		return t
+	}
+	for _, st := range cfg.stores {
+		limit := 1.25
+		if st == lab.GCS {
+			limit = 1.5
+		}
+		out = append(out, ratioTarget(st, limit))
+	}
+
+	{
+		t := target{Target: fmt.Sprintf("restore ≥ 5x faster than cold start (%gs init) at every size", cfg.seconds)}
+		var parts []string
+		firstOK, cachedOK, any := true, true, false
+		for _, mib := range cfg.sizes {
+			cold, ok := median(r, "cold", mib)
+			if !ok {
+				continue
+			}
+			var ps []string
+			for _, st := range cfg.stores {
+				first, ok1 := median(r, "restore_first_"+string(st), mib)
+				cached, ok2 := median(r, "restore_cached_"+string(st), mib)
+				if !ok1 || !ok2 {
+					continue
+				}
+				any = true
+				ps = append(ps, fmt.Sprintf("%s %.1fx first / %.1fx cached", st, cold/first, cold/cached))
+				firstOK = firstOK && cold/first >= 5
+				cachedOK = cachedOK && cold/cached >= 5
+			}
+			parts = append(parts, sizeName(mib)+": "+strings.Join(ps, ", "))
+		}
+		t.Measured = strings.Join(parts, "; ")
+		switch {
+		case !any:
+			t.Holds = "not measured"
+		case firstOK:
+			t.Holds = "yes"
+		case cachedOK:
+			t.Holds = "only for cached restores"
+		default:
+			t.Holds = "no"
+		}
+		out = append(out, t)
+	}
+
+	{
+		t := target{Target: "trigger → committed ≥ 80% of the standalone compressor's throughput"}
+		var parts []string
+		ok, any := true, false
+		for _, mib := range cfg.sizes {
+			z, okz := median(r, "zstd_mbps", mib)
+			if !okz {
+				continue
+			}
+			var ps []string
+			for _, st := range cfg.stores {
+				c, okc := median(r, "commit_mbps_"+string(st), mib)
+				if !okc {
+					continue
+				}
+				any = true
+				ps = append(ps, fmt.Sprintf("%s %.0f%%", st, 100*c/z))
+				ok = ok && c/z >= 0.8
+			}
+			parts = append(parts, fmt.Sprintf("%s (zstd %.0f MB/s): %s", sizeName(mib), z, strings.Join(ps, ", ")))
+		}
+		t.Measured = strings.Join(parts, "; ")
+		t.Holds = yesNo(any, ok)
+		out = append(out, t)
+	}
+
+	{
+		t := target{Target: "shim overhead on a plain start ≤ 10%"}
+		shim, ok1 := median(r, "plain_shim", 0)
+		direct, ok2 := median(r, "plain_runsc", 0)
+		if ok1 && ok2 {
+			t.Measured = fmt.Sprintf("%.0f ms through the shim vs %.0f ms runsc run: %+.0f%%", shim*1e3, direct*1e3, 100*(shim/direct-1))
+		}
+		t.Holds = yesNo(ok1 && ok2, shim/direct-1 <= 0.10)
+		out = append(out, t)
+	}
+
+	{
+		largest := 0
+		for _, mib := range cfg.sizes {
+			largest = max(largest, mib)
+		}
+		t := target{Target: "shim peak RSS < 100 MiB at 2 GiB"}
+		if largest != 2048 {
+			t.Target += fmt.Sprintf(" (measured at %s, the largest size of this run)", sizeName(largest))
+		}
+		peak, any := 0.0, false
+		var ps []string
+		for _, st := range cfg.stores {
+			for _, k := range []string{"rss_upload_", "rss_download_"} {
+				if s, ok := r.stat(k+string(st), largest); ok {
+					any = true
+					peak = math.Max(peak, s.Max)
+					ps = append(ps, fmt.Sprintf("%s %s max %.1f MiB", st, strings.TrimSuffix(strings.TrimPrefix(k, "rss_"), "_"), s.Max))
+				}
+			}
+		}
+		t.Measured = strings.Join(ps, ", ")
+		t.Holds = yesNo(any, peak < 100)
+		out = append(out, t)
+	}
+	return out
+}
+
+func yesNo(measured, ok bool) string {
+	switch {
+	case !measured:
+		return "not measured"
+	case ok:
+		return "yes"
+	}
+	return "no"
+}
+
+func renderMarkdown(rep *report) string {
+	var b strings.Builder
+	cfg, r := rep.cfg, rep.res
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
+	w("# Benchmarks\n\n")
+	w("Generated by `make bench` (hack/bench); do not edit by hand. Each cell is the median of the runs with (min–max); ")
+	w("times in seconds from the moment the command was invoked until the line was seen in the output file, polled every 5 ms.\n\n")
+	w("- date: %s (took %s)\n", rep.started.UTC().Format("2006-01-02 15:04 MST"), rep.took.Round(time.Second))
+	w("- command: `%s`\n", cfg.command)
+	w("- machine: %s\n", rep.machine)
+	if rep.machine.Runsc != "" {
+		w("- runsc: %s (_deps/bin/runsc, default flags: systrap platform)\n", rep.machine.Runsc)
+	}
+	w("- load average (1, 5, 15 min): %s before, %s after, highest 1-minute value sampled between phases %.2f (these include the benchmark itself; other engineers' tests share this machine, so expect noise)\n",
+		rep.loadBefore, rep.loadAfter, rep.loadMax)
+	w("- workload: `slowinit -mib N -seconds %g -checkpoint` (the workloads test image); its memory pattern is nearly incompressible, so stored ≈ raw size\n", cfg.seconds)
+	w("- runs: %d per figure and store; stores: %s\n\n", cfg.runs, storesList(cfg.stores))
+
+	w("## Results\n\n")
+	w("| measurement |")
+	for _, mib := range cfg.sizes {
+		w(" %s |", sizeName(mib))
+	}
+	w(" unit |\n|---|")
+	for range cfg.sizes {
+		w("---|")
+	}
+	w("---|\n")
+	for _, m := range r.order {
+		if r.samples[m.Key] == nil || r.samples[m.Key][0] != nil {
+			continue // size-independent rows go below
+		}
+		w("| %s |", strings.ReplaceAll(mdLabel(m.Label), "|", `\|`))
+		for _, mib := range cfg.sizes {
+			st, ok := r.stat(m.Key, mib)
+			w(" %s |", cell(st, ok, m.Unit))
+		}
+		w(" %s |\n", m.Unit)
+	}
+
+	w("\n## Plain start: the shim's overhead\n\n| measurement | value | unit |\n|---|---|---|\n")
+	for _, k := range []string{"plain_shim", "plain_runsc", "plain_overhead"} {
+		st, ok := r.stat(k, 0)
+		w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
+	}
+
+	w("\n## Targets\n\n| target | measured (medians) | holds |\n|---|---|---|\n")
+	for _, t := range evaluateTargets(rep) {
+		w("| %s | %s | %s |\n", t.Target, t.Measured, t.Holds)
+	}
+
+	w("\n## What each row measures\n\n")
+	for _, m := range r.order {
+		if m.Note != "" && r.samples[m.Key] != nil {
+			w("- %s: %s.\n", strings.TrimSpace(m.Label), m.Note)
+		}
+	}
+	w("- Restore rows end at the restored workload's `checkpoint result: restore` line, the same state as the cold start's `ready` line; " +
+		"the `memory ok` rows end once it has also read back all of its memory.\n")
+	w("- The shim's overhead on a plain start includes containerd and ctr (image snapshot, rootfs mount, shim start, task API), not only the shim binary; " +
+		"both sides write to a file and are measured to the first output line; one warm-up run of each is not counted.\n")
+	w("- The runsc floor uses the same runsc binary and flags, the same root filesystem and command, and `runsc create` + `runsc restore --detach` as the shim does; " +
+		"its image is uncompressed and still in the page cache, like a node-cache entry.\n")
+	for _, n := range rep.notes {
+		w("- %s\n", n)
+	}
+	return b.String()
+}
+
+func mdLabel(s string) string {
+	if strings.HasPrefix(s, "  ") {
+		return "&nbsp;&nbsp;" + strings.TrimSpace(s)
+	}
+	return s
+}
+
+func storesList(ss []lab.Storage) string {
+	var names []string
+	for _, s := range ss {
+		names = append(names, fmt.Sprintf("%s (%s)", s, storeName(s)))
+	}
+	return strings.Join(names, ", ")
+}
+
+type jsonMetric struct {
+	Metric
+	BySize map[string]Stat `json:"by_size_mib"`
+}
+
+type jsonReport struct {
+	Date       string       `json:"date"`
+	DurationS  float64      `json:"duration_s"`
+	Command    string       `json:"command"`
+	Machine    lab.Machine  `json:"machine"`
+	LoadBefore string       `json:"load_before"`
+	LoadAfter  string       `json:"load_after"`
+	LoadMax1m  float64      `json:"load_max_1m"`
+	SizesMiB   []int        `json:"sizes_mib"`
+	Runs       int          `json:"runs"`
+	Stores     []string     `json:"stores"`
+	InitS      float64      `json:"init_seconds"`
+	Metrics    []jsonMetric `json:"metrics"`
+	Targets    []target     `json:"targets"`
+	Notes      []string     `json:"notes,omitempty"`
+}
+
+func writeFiles(rep *report, mdPath, jsonPath string) error {
+	jr := jsonReport{
+		Date: rep.started.UTC().Format(time.RFC3339), DurationS: rep.took.Seconds(), Command: rep.cfg.command,
+		Machine: rep.machine, LoadBefore: rep.loadBefore, LoadAfter: rep.loadAfter, LoadMax1m: rep.loadMax,
+		SizesMiB: rep.cfg.sizes, Runs: rep.cfg.runs, InitS: rep.cfg.seconds, Targets: evaluateTargets(rep), Notes: rep.notes,
+	}
+	for _, s := range rep.cfg.stores {
+		jr.Stores = append(jr.Stores, string(s))
+	}
+	for _, m := range rep.res.order {
+		by := map[string]Stat{}
+		for mib := range rep.res.samples[m.Key] {
+			st, _ := rep.res.stat(m.Key, mib)
+			by[strconv.Itoa(mib)] = st
+		}
+		if len(by) > 0 {
+			jr.Metrics = append(jr.Metrics, jsonMetric{Metric: m, BySize: by})
+		}
+	}
+	js, err := json.MarshalIndent(jr, "", "  ")
+	if err != nil {
+		return err
+	}
+	for _, p := range []string{mdPath, jsonPath} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(jsonPath, append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(mdPath, []byte(renderMarkdown(rep)), 0o644)
+}

@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+)
+
+// cycle is one pass through the shim: a cold start that checkpoints itself, then two
+// restores of that snapshot, the first with the node cache empty, the second from it.
+type cycle struct {
+	coldToReady        time.Duration
+	triggerToCommitted time.Duration
+	uploadMs           int64
+	rawBytes           int64
+	storedBytes        int64
+	shimPeakUpload     int64 // the cold container's shim, VmHWM once committed
+	snapshot           string
+
+	first, cached restoreRun
+}
+
+type restoreRun struct {
+	toReady  time.Duration // ctr run -> "checkpoint result: restore"
+	toMemOK  time.Duration // ctr run -> "memory ok"
+	ctrRun   time.Duration // ctr run -d itself (Create + Start)
+	shimPeak int64         // the restored container's shim, VmHWM once restored
+	// The shim's own account: download (lookup + download + verify + decompress, or the
+	// cache lookup) and runsc restore.
+	downloadMs, runscMs int64
+	decision            string
+}
+
+var restoredRE = regexp.MustCompile(`in (\d+) ms \(download (\d+) ms, runsc restore (\d+) ms\)`)
+
+// shimCycle runs one cycle in lab l; n numbers it so container IDs stay unique.
+func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int) (*cycle, error) {
+	command := slowinitCommand(mib, seconds)
+	labels := []string{lab.AppLabel}
+	prefix := fmt.Sprintf("s%d-%s-%d", mib, l.Storage, n)
+	coldID := prefix + "-cold"
+	c := &cycle{}
+
+	cold, err := l.Run(ctx, coldID, labels, command...)
+	if err != nil {
+		return nil, fmt.Errorf("cold start: %w", err)
+	}
+	initTimeout := time.Duration(seconds*float64(time.Second)) + 3*time.Minute
+	ready, err := l.WaitOutput(ctx, cold, initTimeout, `"ready" line`, func(s string) bool { return strings.HasPrefix(s, "ready ") })
+	if err != nil {
+		_, d, _ := l.ShimLine(ctx, time.Second, coldID, "decision=")
+		return nil, fmt.Errorf("cold start: %w (shim: %s)", err, d.Msg)
+	}
+	c.coldToReady = ready.Seen.Sub(cold.Invoked)
+
+	res, err := l.WaitOutput(ctx, cold, 10*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !strings.HasSuffix(res.Text, ": resume") {
+		return nil, fmt.Errorf("checkpoint: the workload read %q, want resume", res.Text)
+	}
+	committed, entry, err := l.ShimLine(ctx, 10*time.Minute, coldID, "podsnapshot: committed")
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	c.shimPeakUpload = shimPeak(coldID)
+	c.snapshot = entry.Fields["snapshot"]
+	c.rawBytes, c.storedBytes, c.uploadMs = entry.Int("raw_bytes"), entry.Int("stored_bytes"), entry.Int("upload_ms")
+	if c.snapshot == "" || c.rawBytes <= 0 || c.storedBytes <= 0 {
+		return nil, fmt.Errorf("checkpoint: no snapshot, raw_bytes, stored_bytes in the shim's line: %s", committed.Text)
+	}
+	// The workload's "ready <time>" (written just before it triggers) and the log line's
+	// time= are both the host's clock, free of polling delay; else arrival times.
+	c.triggerToCommitted = committed.Seen.Sub(ready.Seen)
+	if trig, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(ready.Text, "ready ")); err == nil && !entry.Time.IsZero() {
+		if d := entry.Time.Sub(trig); d > 0 {
+			c.triggerToCommitted = d
+		}
+	}
+	if err := l.Remove(ctx, coldID); err != nil {
+		return nil, err
+	}
+
+	for i, rr := range []*restoreRun{&c.first, &c.cached} {
+		id := fmt.Sprintf("%s-restore%d", prefix, i+1)
+		if err := restoreOnce(ctx, l, id, labels, command, rr); err != nil {
+			return nil, fmt.Errorf("restore %d of snapshot %s: %w", i+1, c.snapshot, err)
+		}
+	}
+	if !strings.Contains(c.first.decision, "downloaded") {
+		return nil, fmt.Errorf("first restore of %s did not download: %s", c.snapshot, c.first.decision)
+	}
+	if !strings.Contains(c.cached.decision, "node cache") {
+		return nil, fmt.Errorf("second restore of %s did not come from the node cache: %s", c.snapshot, c.cached.decision)
+	}
+
+	// Delete the snapshot, so the next cycle's cold start is cold, and its cache entry,
+	// so the disk does not fill up.
+	if _, err := l.CLI(ctx, "rm", "-n", l.Namespace, c.snapshot); err != nil {
+		return nil, err
+	}
+	if err := os.RemoveAll(filepath.Join(l.WorkDir, "cache", c.snapshot)); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func restoreOnce(ctx context.Context, l *lab.Lab, id string, labels, command []string, rr *restoreRun) error {
+	t, err := l.Run(ctx, id, labels, command...)
+	if err != nil {
+		return err
+	}
+	rr.ctrRun = t.Returned.Sub(t.Invoked)
+	back, err := l.WaitOutput(ctx, t, 5*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	if err != nil {
+		return err
+	}
+	_, d, _ := l.ShimLine(ctx, 10*time.Second, id, "decision=")
+	rr.decision = d.Msg
+	if !strings.HasSuffix(back.Text, ": restore") {
+		return fmt.Errorf("the workload read %q: it started cold; the shim said: %s", back.Text, d.Msg)
+	}
+	rr.toReady = back.Seen.Sub(t.Invoked)
+	rr.shimPeak = shimPeak(id)
+	mem, err := l.WaitOutput(ctx, t, 5*time.Minute, "memory check", func(s string) bool { return strings.HasPrefix(s, "memory ") })
+	if err != nil {
+		return err
+	}
+	if mem.Text != "memory ok" {
+		return fmt.Errorf("restored memory: %s", mem.Text)
+	}
+	rr.toMemOK = mem.Seen.Sub(t.Invoked)
+	line, _, err := l.ShimLine(ctx, 30*time.Second, id, "podsnapshot: restored")
+	if err != nil {
+		return err
+	}
+	m := restoredRE.FindStringSubmatch(lab.ParseLogEntry(line.Text).Msg)
+	if m == nil {
+		return fmt.Errorf("cannot read the timings of the shim's line: %s", line.Text)
+	}
+	rr.downloadMs, _ = strconv.ParseInt(m[2], 10, 64)
+	rr.runscMs, _ = strconv.ParseInt(m[3], 10, 64)
+	return l.Remove(ctx, id)
+}
+
+// shimPeak returns the VmHWM of the shim serving container id, or -1.
+func shimPeak(id string) int64 {
+	p, err := lab.ShimProcess(id)
+	if err != nil {
+		logf("peak RSS: %v", err)
+		return -1
+	}
+	m, err := lab.ReadMemory(p.PID)
+	if err != nil {
+		logf("peak RSS: %v", err)
+		return -1
+	}
+	return m.Peak
+}
+
+// plainShim times `ctr run` of a container without policy that prints "ready" and exits,
+// through the shim, until that line is seen.
+func plainShim(ctx context.Context, l *lab.Lab, n int) (time.Duration, error) {
+	id := fmt.Sprintf("plain-%d", n)
+	t, err := l.Run(ctx, id, nil, "echo", "ready")
+	if err != nil {
+		return 0, err
+	}
+	line, err := t.Output.Wait(ctx, time.Minute, `"ready" line`, func(s string) bool { return s == "ready" })
+	if err != nil {
+		return 0, err
+	}
+	if _, d, _ := l.ShimLine(ctx, time.Second, id, "decision="); strings.Contains(d.Msg, "restore") {
+		return 0, fmt.Errorf("plain container: the shim said %s", d.Msg)
+	}
+	// Let the task's exit be recorded before removing it: the echo is over by now.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		status, err := l.TaskStatus(ctx, id)
+		if err != nil {
+			return 0, err
+		}
+		if status == "STOPPED" || status == "absent" {
+			break
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("plain container %s still %s 30s after its output", id, status)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return line.Seen.Sub(t.Invoked), l.Remove(ctx, id)
+}
+
+func slowinitCommand(mib int, seconds float64) []string {
+	return []string{"slowinit", "-mib", strconv.Itoa(mib), "-seconds", strconv.FormatFloat(seconds, 'f', -1, 64), "-checkpoint"}
+}
