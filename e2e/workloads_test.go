@@ -47,6 +47,7 @@ type appRun struct {
 	snapshot    *manifest.Manifest
 	coldToReady time.Duration
 	restoreTo   time.Duration
+	readyLine   string // the cold start's ready line
 }
 
 // appConfig writes a shim config for the real programs: the env's, plus runsc's
@@ -111,8 +112,10 @@ func snapshotAndRestore(t *testing.T, kind storeKind, img harness.Image, ready s
 
 	start := time.Now()
 	r.coldLog = e.startApp(config, img, "cold")
-	waitApp(t, r.coldLog, ready, timeout)
+	cold := waitApp(t, r.coldLog, ready, timeout)
 	r.coldToReady = time.Since(start)
+	r.readyLine = cold[strings.Index(cold, ready):]
+	r.readyLine, _, _ = strings.Cut(r.readyLine, "\n")
 	out := waitApp(t, r.coldLog, "checkpoint result: ", timeout)
 	if !strings.Contains(out, "checkpoint result: resume") {
 		t.Fatalf("the cold start's checkpoint did not succeed:\n%s", out)
@@ -139,8 +142,8 @@ func (r *appRun) report(t *testing.T, name string, kind storeKind) {
 	for _, f := range r.snapshot.Files {
 		raw, stored = raw+f.RawSize, stored+f.StoredSize
 	}
-	t.Logf("workload=%s store=%s cold-start-to-ready=%.2fs restore-to-ready=%.2fs snapshot-raw=%dMiB stored=%dMiB",
-		name, kind, r.coldToReady.Seconds(), r.restoreTo.Seconds(), raw>>20, stored>>20)
+	t.Logf("workload=%s store=%s cold-start-to-ready=%.2fs restore-to-ready=%.2fs snapshot-raw=%.1fMiB stored=%.1fMiB (%s)",
+		name, kind, r.coldToReady.Seconds(), r.restoreTo.Seconds(), float64(raw)/(1<<20), float64(stored)/(1<<20), r.readyLine)
 }
 
 // exec runs a command in the restored task and returns its stdout; it must exit 0.
@@ -261,4 +264,19 @@ func TestWorkloadNginx(t *testing.T) {
 func readFile(path string) string {
 	b, _ := os.ReadFile(path)
 	return string(b)
+}
+
+// TestWorkloadImagesReproducible builds each real-program image twice: same digest, so a
+// snapshot taken from one build restores into a container of the other (the snapshot
+// key holds the image digest).
+func TestWorkloadImagesReproducible(t *testing.T) {
+	for _, short := range []string{"redis", "python", "nginx"} {
+		a, b := appImage(t, short), appImage(t, short)
+		if a.Digest != b.Digest {
+			t.Fatalf("%s: two builds give %s and %s", short, a.Digest, b.Digest)
+		}
+		if a.Name != ociarchive.AppImages[short] {
+			t.Fatalf("%s: image name %s, want %s", short, a.Name, ociarchive.AppImages[short])
+		}
+	}
 }
