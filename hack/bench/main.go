@@ -122,6 +122,8 @@ type report struct {
 	loadMax    float64 // highest 1-minute load average seen between phases
 	res        *Results
 	notes      []string
+	images     string            // directory of the floor's uncompressed images
+	imageOf    map[int]*rawImage // by size, for the standalone compressor
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -129,7 +131,11 @@ func run(ctx context.Context, cfg config) error {
 	if err != nil {
 		return err
 	}
-	rep := &report{cfg: cfg, started: time.Now(), res: newResults(), loadBefore: loadavg()}
+	rep := &report{cfg: cfg, started: time.Now(), res: newResults(), loadBefore: loadavg(), imageOf: map[int]*rawImage{}}
+	if rep.images, err = os.MkdirTemp("/tmp", "psbench-images-"); err != nil {
+		return err
+	}
+	defer os.RemoveAll(rep.images)
 	defineMetrics(rep.res, cfg.stores)
 	logf("load average before: %s", rep.loadBefore)
 
@@ -188,6 +194,19 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 		for r := 0; r < cfg.runs; r++ {
 			n++
 			rep.sampleLoad()
+			// The standalone compressor, on the same image bytes, right before the
+			// shim's cycle, so both see about the same load on the machine.
+			if img := rep.imageOf[mib]; img != nil {
+				rawB, stored, took, cpu, err := compressImage(img.dir)
+				if err != nil {
+					return fmt.Errorf("compress the %d MiB image: %w", mib, err)
+				}
+				res.add("zstd_mbps", mib, float64(rawB)/1e6/took.Seconds())
+				res.add("zstd_cpu", mib, cpu.Seconds()/(float64(rawB)/1e9))
+				res.add("zstd_ratio", mib, float64(rawB)/float64(stored))
+				logf("  zstd alone: %.0f MB/s, %.2f CPU s/GB (%.1f MB -> %.1f MB)", float64(rawB)/1e6/took.Seconds(),
+					cpu.Seconds()/(float64(rawB)/1e9), float64(rawB)/1e6, float64(stored)/1e6)
+			}
 			logf("%s, %d MiB, run %d/%d: cold start, checkpoint, two restores", st, mib, r+1, cfg.runs)
 			c, err := shimCycle(ctx, l, mib, cfg.seconds, n)
 			if err != nil {
@@ -205,6 +224,9 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			res.add("upload_"+s, mib, float64(c.uploadMs)/1e3)
 			res.add("commit_mbps_"+s, mib, float64(c.rawBytes)/1e6/c.triggerToCommitted.Seconds())
 			res.add("upload_mbps_"+s, mib, float64(c.rawBytes)/1e6/(float64(c.uploadMs)/1e3))
+			if c.shimUploadCPU > 0 {
+				res.add("upload_cpu_"+s, mib, c.shimUploadCPU.Seconds()/(float64(c.rawBytes)/1e9))
+			}
 			res.add("raw_mb", mib, float64(c.rawBytes)/1e6)
 			res.add("stored_mb_"+s, mib, float64(c.storedBytes)/1e6)
 			if c.shimPeakUpload > 0 {
@@ -229,7 +251,7 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 // shim, alternating), and per size the runsc floor and the standalone compressor.
 func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 	cfg, res := rep.cfg, rep.res
-	raw, err := newRawRunsc(l)
+	raw, err := newRawRunsc(l, rep.images)
 	if err != nil {
 		return err
 	}
@@ -272,18 +294,9 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 			}
 			res.add("raw_restore", mib, ready.Seconds())
 			res.add("raw_restore_memok", mib, memOK.Seconds())
-			rawB, stored, took, err := compressImage(img.dir)
-			if err != nil {
-				return fmt.Errorf("compress the %d MiB image: %w", mib, err)
-			}
-			res.add("zstd_mbps", mib, float64(rawB)/1e6/took.Seconds())
-			res.add("zstd_ratio", mib, float64(rawB)/float64(stored))
-			logf("  runsc create+restore %.3fs (memory ok %.3fs); zstd alone %.0f MB/s (%.1f MB -> %.1f MB)",
-				ready.Seconds(), memOK.Seconds(), float64(rawB)/1e6/took.Seconds(), float64(rawB)/1e6, float64(stored)/1e6)
+			logf("  runsc create+restore %.3fs (memory ok %.3fs)", ready.Seconds(), memOK.Seconds())
 		}
-		if err := os.RemoveAll(img.dir); err != nil {
-			return err
-		}
+		rep.imageOf[mib] = img
 	}
 	return nil
 }

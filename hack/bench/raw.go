@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
@@ -22,17 +23,18 @@ import (
 // the lab's Close reaps any sandbox left over and unmounts runsc's null-netns.
 type rawRunsc struct {
 	bin    string
+	images string // checkpoint images, kept across labs (outside the lab's directory)
 	root   string // --root
 	dir    string // bundles, images, outputs
 	rootfs string // the image's root filesystem, shared by the bundles
 	n      int    // container counter, for unique IDs
 }
 
-func newRawRunsc(l *lab.Lab) (*rawRunsc, error) {
+func newRawRunsc(l *lab.Lab, images string) (*rawRunsc, error) {
 	if l.ImageArchive == "" {
 		return nil, fmt.Errorf("the lab has no image archive")
 	}
-	r := &rawRunsc{bin: filepath.Join(l.DepsBin, "runsc"), dir: filepath.Join(l.Dir, "raw")}
+	r := &rawRunsc{bin: filepath.Join(l.DepsBin, "runsc"), dir: filepath.Join(l.Dir, "raw"), images: images}
 	r.root = filepath.Join(r.dir, "runsc")
 	r.rootfs = filepath.Join(r.dir, "rootfs")
 	if err := os.MkdirAll(r.root, 0o755); err != nil {
@@ -50,6 +52,9 @@ func (r *rawRunsc) bundle(name string, ann map[string]string, args ...string) (s
 	b := filepath.Join(r.dir, "bundle-"+name)
 	if err := os.MkdirAll(b, 0o755); err != nil {
 		return "", err
+	}
+	if err := os.Remove(filepath.Join(b, "config.json")); err != nil && !os.IsNotExist(err) {
+		return "", err // runsc spec will not overwrite it
 	}
 	if out, err := exec.Command(r.bin, append([]string{"spec", "--bundle", b, "--"}, args...)...).CombinedOutput(); err != nil {
 		return "", fmt.Errorf("runsc spec: %v: %s", err, out)
@@ -160,7 +165,7 @@ type rawImage struct {
 // same workload-trigger annotations the shim sets (uncompressed image, resume), waits
 // for its own checkpoint, and deletes the container.
 func (r *rawRunsc) checkpoint(ctx context.Context, mib int, seconds float64, command []string) (*rawImage, error) {
-	img := filepath.Join(r.dir, fmt.Sprintf("image-%d", mib))
+	img := filepath.Join(r.images, fmt.Sprintf("image-%d", mib))
 	if err := os.MkdirAll(img, 0o700); err != nil {
 		return nil, err
 	}
@@ -275,26 +280,28 @@ func (r *rawRunsc) plain(ctx context.Context, b string) (time.Duration, error) {
 
 // compressImage compresses every file of the image with the codec the shim uploads with
 // (storage.Zstd's defaults) into io.Discard, in this process; it returns raw bytes,
-// compressed bytes and the time.
-func compressImage(dir string) (raw, stored int64, took time.Duration, err error) {
+// compressed bytes, the time and this process's CPU time meanwhile.
+func compressImage(dir string) (raw, stored int64, took, cpu time.Duration, err error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return 0, 0, 0, err
+		return 0, 0, 0, 0, err
 	}
+	cpu0 := selfCPU()
 	t0 := time.Now()
+	defer func() { took, cpu = time.Since(t0), selfCPU()-cpu0 }()
 	for _, e := range ents {
 		if !e.Type().IsRegular() {
 			continue
 		}
 		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
-			return 0, 0, 0, err
+			return 0, 0, 0, 0, err
 		}
 		cw := &countWriter{}
 		w, err := storage.Zstd{}.NewWriter(cw)
 		if err != nil {
 			f.Close()
-			return 0, 0, 0, err
+			return 0, 0, 0, 0, err
 		}
 		n, err := io.Copy(w, f)
 		f.Close()
@@ -302,12 +309,21 @@ func compressImage(dir string) (raw, stored int64, took time.Duration, err error
 			err = cerr
 		}
 		if err != nil {
-			return 0, 0, 0, err
+			return 0, 0, 0, 0, err
 		}
 		raw += n
 		stored += cw.n
 	}
-	return raw, stored, time.Since(t0), nil
+	return raw, stored, 0, 0, nil
+}
+
+// selfCPU is this process's user plus system CPU time.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func trimNUL(s string) string { return strings.TrimLeft(s, "\x00") }

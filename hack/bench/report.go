@@ -55,7 +55,14 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("commit_mbps_"+s, "trigger -> committed throughput, "+name, "MB/s", "raw image bytes / (trigger -> committed)")
 		r.define("upload_mbps_"+s, "  shim upload part throughput, "+name, "MB/s", "raw image bytes / upload_ms")
 	}
-	r.define("zstd_mbps", "standalone zstd compressor (storage.Zstd defaults)", "MB/s", "in-process, the uncompressed image runsc wrote, from the page cache to io.Discard")
+	r.define("zstd_mbps", "standalone zstd compressor (storage.Zstd defaults)", "MB/s",
+		"in-process, the uncompressed image runsc wrote for the floor, from the page cache to io.Discard, right before each shim cycle")
+	for _, st := range stores {
+		s, name := string(st), storeName(st)
+		r.define("upload_cpu_"+s, "shim CPU per GB raw, trigger -> committed, "+name, "CPU s/GB",
+			"user+system time of the shim process (/proc/PID/stat) from `ready` to committed, per 10^9 raw bytes: independent of other load")
+	}
+	r.define("zstd_cpu", "standalone zstd CPU per GB raw", "CPU s/GB", "this process's user+system time while compressing")
 	r.define("raw_mb", "snapshot size, raw", "MB", "the gVisor image files, uncompressed")
 	r.define("raw_image_mb", "image size written by runsc directly", "MB", "the floor's uncompressed image (a cross-check of the raw size)")
 	for _, st := range stores {
@@ -85,7 +92,7 @@ func fmtValue(v float64, unit string) string {
 			return strconv.FormatFloat(v, 'f', 1, 64)
 		}
 		return strconv.FormatFloat(v, 'f', 0, 64)
-	case "x":
+	case "x", "CPU s/GB":
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	case "%":
 		return strconv.FormatFloat(v, 'f', 1, 64)
@@ -215,7 +222,13 @@ func evaluateTargets(rep *report) []target {
 					continue
 				}
 				any = true
-				ps = append(ps, fmt.Sprintf("%s %.0f%%", st, 100*c/z))
+				p := fmt.Sprintf("%s %.0f%%", st, 100*c/z)
+				if sc, ok1 := median(r, "upload_cpu_"+string(st), mib); ok1 {
+					if zc, ok2 := median(r, "zstd_cpu", mib); ok2 {
+						p += fmt.Sprintf(" (CPU: shim %.2f vs zstd %.2f s/GB)", sc, zc)
+					}
+				}
+				ps = append(ps, p)
 				ok = ok && c/z >= 0.8
 			}
 			parts = append(parts, fmt.Sprintf("%s (zstd %.0f MB/s): %s", sizeName(mib), z, strings.Join(ps, ", ")))

@@ -21,7 +21,8 @@ type cycle struct {
 	uploadMs           int64
 	rawBytes           int64
 	storedBytes        int64
-	shimPeakUpload     int64 // the cold container's shim, VmHWM once committed
+	shimPeakUpload     int64         // the cold container's shim, VmHWM once committed
+	shimUploadCPU      time.Duration // its CPU time from "ready" (the trigger) to committed
 	snapshot           string
 
 	first, cached restoreRun
@@ -59,6 +60,7 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int)
 		return nil, fmt.Errorf("cold start: %w (shim: %s)", err, d.Msg)
 	}
 	c.coldToReady = ready.Seen.Sub(cold.Invoked)
+	cpu0 := shimCPU(coldID)
 
 	res, err := l.WaitOutput(ctx, cold, 10*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
 	if err != nil {
@@ -72,6 +74,9 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int)
 		return nil, fmt.Errorf("checkpoint: %w", err)
 	}
 	c.shimPeakUpload = shimPeak(coldID)
+	if cpu1 := shimCPU(coldID); cpu0 >= 0 && cpu1 >= 0 {
+		c.shimUploadCPU = cpu1 - cpu0
+	}
 	c.snapshot = entry.Fields["snapshot"]
 	c.rawBytes, c.storedBytes, c.uploadMs = entry.Int("raw_bytes"), entry.Int("stored_bytes"), entry.Int("upload_ms")
 	if c.snapshot == "" || c.rawBytes <= 0 || c.storedBytes <= 0 {
@@ -164,6 +169,19 @@ func shimPeak(id string) int64 {
 		return -1
 	}
 	return m.Peak
+}
+
+// shimCPU returns the CPU time of the shim serving container id so far, or -1.
+func shimCPU(id string) time.Duration {
+	p, err := lab.ShimProcess(id)
+	if err != nil {
+		return -1
+	}
+	d, err := lab.ReadCPU(p.PID)
+	if err != nil {
+		return -1
+	}
+	return d
 }
 
 // plainShim times `ctr run` of a container without policy that prints "ready" and exits,

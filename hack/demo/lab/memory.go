@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ShimProcess finds the running podsnapshot shim that serves container id: the process
@@ -62,4 +63,29 @@ func ReadMemory(pid int) (MemoryUsage, error) {
 		return m, fmt.Errorf("memory of pid %d: no VmHWM/VmRSS in its status", pid)
 	}
 	return m, nil
+}
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc/PID/stat's CPU times; 100 on
+// every Linux architecture Go supports.
+const clockTicks = 100
+
+// ReadCPU returns the user plus system CPU time process pid has used so far (its own
+// threads, not its children).
+func ReadCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("cpu time of pid %d: %w", pid, err)
+	}
+	// After the parenthesised comm: state is field 3, utime 14 and stime 15.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("cpu time of pid %d: cannot parse its stat", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("cpu time of pid %d: cannot parse its stat", pid)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
 }
