@@ -41,10 +41,11 @@ e2e: deps build
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
 
 # Snapshot and restore demo on a private containerd (needs root): STORAGE=local|gcs,
-# MIB and SECONDS size the slowinit workload (default 256 MiB over 8 s).
+# WORKLOAD=slowinit|redis|python|nginx (default slowinit), MIB and SECONDS size the
+# slowinit workload (default 256 MiB over 8 s).
 STORAGE ?= local
 demo: deps build
-	$(GO) run ./hack/demo -storage $(STORAGE) $(if $(MIB),-mib $(MIB)) $(if $(SECONDS),-seconds $(SECONDS))
+	$(GO) run ./hack/demo -storage $(STORAGE) $(if $(WORKLOAD),-workload $(WORKLOAD)) $(if $(MIB),-mib $(MIB)) $(if $(SECONDS),-seconds $(SECONDS))
 
 # Benchmarks on a private containerd (needs root; see docs/benchmarks.md): SIZES in MiB,
 # RUNS per figure, STORES local,gcs; e.g. `make bench SIZES=64 RUNS=1 STORES=local`.

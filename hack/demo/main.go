@@ -5,19 +5,25 @@
 // restore. It prints a table of the timings and sizes on stdout, progress on stderr, and
 // removes everything it started, also on error or Ctrl-C.
 //
-//	go run ./hack/demo [-storage local|gcs] [-mib 256] [-seconds 8]
+//	go run ./hack/demo [-storage local|gcs] [-workload slowinit|redis|python|nginx] [-mib 256] [-seconds 8]
+//
+// -workload picks a real program instead of slowinit (see workload.go): redis-server
+// with 1,000,000 keys, python3 with 200 MB of objects, or nginx with four workers; -mib
+// and -seconds size slowinit only.
 //
 // It needs root, `make deps` and `make build`. The setup and teardown live in
 // ./hack/demo/lab, for other tools (benchmarks) to reuse.
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,15 +32,17 @@ import (
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
 )
 
 func main() {
 	storage := flag.String("storage", "local", "snapshot store: local (a directory) or gcs (a bucket on fake-gcs-server)")
 	mib := flag.Int("mib", 256, "MiB of memory the workload fills")
 	seconds := flag.Float64("seconds", 8, "seconds the workload spends filling it (its cold initialisation)")
+	workload := flag.String("workload", "slowinit", "slowinit, or a real program: redis, python or nginx")
 	flag.Parse()
-	if flag.NArg() > 0 || *mib <= 0 || *seconds < 0 {
-		fmt.Fprintln(os.Stderr, "usage: demo [-storage local|gcs] [-mib N>0] [-seconds S>=0]")
+	if _, ok := apps[*workload]; flag.NArg() > 0 || *mib <= 0 || *seconds < 0 || (!ok && *workload != "slowinit") {
+		fmt.Fprintln(os.Stderr, "usage: demo [-storage local|gcs] [-workload slowinit|redis|python|nginx] [-mib N>0] [-seconds S>=0]")
 		os.Exit(2)
 	}
 
@@ -55,7 +63,7 @@ func main() {
 		}
 	}()
 
-	err := run(ctx, config{storage: lab.Storage(*storage), mib: *mib, seconds: *seconds})
+	err := run(ctx, config{storage: lab.Storage(*storage), mib: *mib, seconds: *seconds, workload: *workload})
 	if err != nil && ctx.Err() != nil {
 		logf("interrupted: %v", err)
 		os.Exit(130)
@@ -74,6 +82,8 @@ type config struct {
 	storage lab.Storage
 	mib     int
 	seconds float64
+	// workload is "slowinit" or a key of apps.
+	workload string
 }
 
 // result holds what the demo measured.
@@ -106,7 +116,12 @@ func run(ctx context.Context, cfg config) (err error) {
 	storeURL := l.StoreURL
 
 	var res result
-	measureErr := measure(ctx, l, cfg, &res)
+	var measureErr error
+	if cfg.workload == "slowinit" {
+		measureErr = measure(ctx, l, cfg, &res)
+	} else if measureErr = useApp(ctx, l, cfg.workload); measureErr == nil {
+		measureErr = measureApp(ctx, l, cfg, &res)
+	}
 	if measureErr != nil && ctx.Err() == nil {
 		// Show what the workload and the shim said: that is where the reason is.
 		dumpDiagnostics(l)
@@ -256,9 +271,10 @@ func dumpDiagnostics(l *lab.Lab) {
 		}
 	}
 	logf("shim and error lines of containerd's log:\n%s", b.String())
-	for _, id := range []string{"slowinit-cold", "slowinit-restored"} {
-		if out, err := os.ReadFile(l.Dir + "/out-" + id + ".log"); err == nil {
-			logf("output of %s:\n%s", id, out)
+	outs, _ := filepath.Glob(filepath.Join(l.Dir, "out-*.log"))
+	for _, p := range outs {
+		if out, err := os.ReadFile(p); err == nil {
+			logf("output of %s:\n%s", strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "out-"), ".log"), bytes.Trim(out, "\x00"))
 		}
 	}
 }
@@ -272,7 +288,11 @@ func printResults(w io.Writer, cfg config, m lab.Machine, storeURL string, r res
 		clock = "timestamps in the lines"
 	}
 
-	fmt.Fprintf(w, "\npodsnapshot demo: slowinit -mib %d -seconds %g -checkpoint\n", cfg.mib, cfg.seconds)
+	if cfg.workload == "slowinit" {
+		fmt.Fprintf(w, "\npodsnapshot demo: slowinit -mib %d -seconds %g -checkpoint\n", cfg.mib, cfg.seconds)
+	} else {
+		fmt.Fprintf(w, "\npodsnapshot demo: %s (%s)\n", cfg.workload, ociarchive.AppImages[cfg.workload])
+	}
 	fmt.Fprintf(w, "machine:  %s\n", m)
 	if m.Runsc != "" {
 		fmt.Fprintf(w, "runsc:    %s\n", m.Runsc)
@@ -290,11 +310,19 @@ func printResults(w io.Writer, cfg config, m lab.Machine, storeURL string, r res
 	if r.shimRestore != "" {
 		shim = "; shim: restored " + r.shimRestore
 	}
-	row("restore to ready", secs(r.restoreToReady), fmt.Sprintf(`ctr run -> "checkpoint result: restore" + "memory ok" (ctr run -d itself: %s)%s`, secs(r.restoreCtrRun), shim))
+	readyAt := `"checkpoint result: restore" + "memory ok"`
+	if cfg.workload != "slowinit" {
+		readyAt = `"checkpoint result: restore"`
+	}
+	row("restore to ready", secs(r.restoreToReady), fmt.Sprintf(`ctr run -> %s (ctr run -d itself: %s)%s`, readyAt, secs(r.restoreCtrRun), shim))
 	row("speed-up", fmt.Sprintf("%.1fx", r.coldToReady.Seconds()/r.restoreToReady.Seconds()), "cold start to ready / restore to ready")
 	tw.Flush()
 
-	fmt.Fprintf(w, "\nsnapshot %s; the restored copy printed: %s\n", r.snapshot, abridge(r.restoredOutput, 160))
+	if cfg.workload == "slowinit" {
+		fmt.Fprintf(w, "\nsnapshot %s; the restored copy printed: %s\n", r.snapshot, abridge(r.restoredOutput, 160))
+	} else {
+		fmt.Fprintf(w, "\nsnapshot %s; the restored copy: %s\n", r.snapshot, r.restoredOutput)
+	}
 	fmt.Fprintf(w, "\npodsnapshot ls -n demo -o wide:\n%s", indent(r.ls))
 	fmt.Fprintf(w, "\ncleanup:  %s\n", rep)
 	fmt.Fprintf(w, "total:    %s\n", took.Round(100*time.Millisecond))

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	goruntime "runtime"
+	"strings"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+)
+
+// app is a real program of testdata/workloads (-workload redis|python|nginx): its image
+// runs a wrapper that prints a ready line once the program is ready, then checkpoints the
+// sandbox and prints "checkpoint result: resume|restore|error".
+type app struct {
+	ready string // prefix of the ready line
+	// check inspects the restored copy and returns what it found, or an error.
+	check func(ctx context.Context, l *lab.Lab, warm *lab.Task) (string, error)
+}
+
+var apps = map[string]app{
+	"redis": {ready: "ready ", check: func(ctx context.Context, l *lab.Lab, warm *lab.Task) (string, error) {
+		var got []string
+		for _, q := range [][]string{{"DBSIZE"}, {"GET", "key:123456"}, {"SET", "after-restore", "1"}} {
+			out, err := l.Ctr(ctx, append([]string{"task", "exec", "--exec-id", "check" + q[0], warm.ID, "redis-cli"}, q...)...)
+			if err != nil {
+				return "", err
+			}
+			got = append(got, strings.Join(q, " ")+" = "+strings.TrimSpace(out))
+		}
+		if got[0] != "DBSIZE = 1000000" || got[1] != "GET key:123456 = value:123456" || got[2] != "SET after-restore 1 = OK" {
+			return "", fmt.Errorf("restored redis: %s", strings.Join(got, "; "))
+		}
+		return "redis-cli " + strings.Join(got, "; "), nil
+	}},
+	"python": {ready: "ready ", check: func(ctx context.Context, l *lab.Lab, warm *lab.Task) (string, error) {
+		v, err := l.WaitOutput(ctx, warm, time.Minute, "verify line", func(s string) bool { return strings.Contains(s, "verify ") })
+		if err != nil {
+			return "", err
+		}
+		text := strings.TrimLeft(v.Text, "\x00")
+		if !strings.HasPrefix(text, "verify ok") {
+			return "", fmt.Errorf("restored python: %s", text)
+		}
+		return "bigstate.py: " + text, nil
+	}},
+	"nginx": {ready: "ready ", check: func(ctx context.Context, l *lab.Lab, warm *lab.Task) (string, error) {
+		page, err := l.Ctr(ctx, "task", "exec", "--exec-id", "wget", warm.ID, "wget", "-qO-", "http://127.0.0.1/")
+		if err != nil {
+			return "", err
+		}
+		ps, err := l.Ctr(ctx, "task", "exec", "--exec-id", "ps", warm.ID, "ps", "-o", "args")
+		if err != nil {
+			return "", err
+		}
+		workers := strings.Count(ps, "nginx: worker process")
+		if !strings.Contains(page, "podsnapshot nginx workload") || workers != 4 {
+			return "", fmt.Errorf("restored nginx: page %q, %d workers", page, workers)
+		}
+		first, _, _ := strings.Cut(page, "\n")
+		return fmt.Sprintf("wget http://127.0.0.1/ = %q; master and %d workers", first, workers), nil
+	}},
+}
+
+// useApp builds the image of workload name from this checkout's testdata, imports it and
+// makes it the one l.Run starts (with the image's own command). It also gives the
+// sandbox runsc's own loopback (network=none): under ctr the container's fresh network
+// namespace has its loopback down, which runsc would skip, leaving redis and nginx no
+// 127.0.0.1.
+func useApp(ctx context.Context, l *lab.Lab, name string) error {
+	spec, err := ociarchive.AppSpec(name, ociarchive.DefaultBusybox, l.Repo)
+	if err != nil {
+		return fmt.Errorf("image for %s: %w (run `make deps`)", name, err)
+	}
+	archive := filepath.Join(l.Dir, name+".tar")
+	logf("building image %s", spec.Name)
+	if _, err := ociarchive.BuildFile(archive, spec); err != nil {
+		return fmt.Errorf("build image %s: %w", spec.Name, err)
+	}
+	if _, err := l.Ctr(ctx, "images", "import", "--platform", "linux/"+goruntime.GOARCH, archive); err != nil {
+		return err
+	}
+	l.Image, l.ImageArchive = spec.Name, archive
+	f, err := os.OpenFile(l.ShimConfig, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("shim config: %w", err)
+	}
+	_, err = f.WriteString("\n[runsc.flags]\nnetwork = \"none\"\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// measureApp is measure for a real program: cold start to its ready line, the snapshot,
+// then the restore to "checkpoint result: restore", and the program's check.
+func measureApp(ctx context.Context, l *lab.Lab, cfg config, res *result) error {
+	a := apps[cfg.workload]
+	labels := []string{lab.AppLabel}
+	coldID, warmID := cfg.workload+"-cold", cfg.workload+"-restored"
+
+	logf("cold start: %s (the image's command)", l.Image)
+	cold, err := l.Run(ctx, coldID, labels)
+	if err != nil {
+		return fmt.Errorf("cold start: %w", err)
+	}
+	res.coldCtrRun = cold.Returned.Sub(cold.Invoked)
+	ready, err := l.WaitOutput(ctx, cold, 5*time.Minute, "ready line", func(s string) bool { return strings.HasPrefix(s, a.ready) })
+	if err != nil {
+		return fmt.Errorf("cold start: %w", err)
+	}
+	res.coldToReady = ready.Seen.Sub(cold.Invoked)
+	logf("%s after %v; the wrapper triggers the checkpoint now", ready.Text, res.coldToReady.Round(time.Millisecond))
+
+	result, err := l.WaitOutput(ctx, cold, 5*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	if !strings.HasSuffix(result.Text, ": resume") {
+		return fmt.Errorf("checkpoint: the workload read %q, want resume", result.Text)
+	}
+	committed, entry, err := l.ShimLine(ctx, 5*time.Minute, coldID, "podsnapshot: committed")
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	res.snapshot = entry.Fields["snapshot"]
+	res.rawBytes, res.storedBytes, res.uploadMs = entry.Int("raw_bytes"), entry.Int("stored_bytes"), entry.Int("upload_ms")
+	if res.snapshot == "" || res.rawBytes <= 0 || res.storedBytes <= 0 {
+		return fmt.Errorf("checkpoint: cannot read snapshot, raw_bytes and stored_bytes from the shim's line: %s", committed.Text)
+	}
+	res.triggerToCommitted = committed.Seen.Sub(ready.Seen)
+	logf("snapshot %s committed %v after the ready line", res.snapshot, res.triggerToCommitted.Round(time.Millisecond))
+
+	logf("removing %s", coldID)
+	if err := l.Remove(ctx, coldID); err != nil {
+		return err
+	}
+	logf("second run with the same spec: %s", warmID)
+	warm, err := l.Run(ctx, warmID, labels)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	res.restoreCtrRun = warm.Returned.Sub(warm.Invoked)
+	back, err := l.WaitOutput(ctx, warm, 2*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if !strings.HasSuffix(back.Text, ": restore") {
+		_, decision, _ := l.ShimLine(ctx, time.Second, warmID, "decision=")
+		return fmt.Errorf("restore: the second run read %q, so it started cold; the shim said: %s", back.Text, decision.Msg)
+	}
+	res.restoreToReady = back.Seen.Sub(warm.Invoked)
+	logf("restored and ready after %v", res.restoreToReady.Round(time.Millisecond))
+	if res.restoredOutput, err = a.check(ctx, l, warm); err != nil {
+		return err
+	}
+	logf("%s", res.restoredOutput)
+	if line, _, err := l.ShimLine(ctx, 10*time.Second, warmID, "podsnapshot: restored"); err == nil {
+		if m := regexp.MustCompile(`in \d+ ms \(.*\)`).FindString(lab.ParseLogEntry(line.Text).Msg); m != "" {
+			res.shimRestore = m
+		}
+	}
+	if res.ls, err = l.CLI(ctx, "ls", "-n", l.Namespace, "-o", "wide"); err != nil {
+		return err
+	}
+	return l.Remove(ctx, warmID)
+}
