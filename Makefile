@@ -30,11 +30,11 @@ build:
 # runsc and fake-gcs-server from _deps/bin.
 test: deps build
 	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./...
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./... ./testdata/imagebuild/... ./testdata/workloads/...
 
 # Only the packages that need no daemon (everything but e2e).
 unit:
-	$(GO) test -count=1 $$($(GO) list ./... | grep -v /e2e)
+	$(GO) test -count=1 $$($(GO) list ./... ./testdata/imagebuild/... ./testdata/workloads/... | grep -v /e2e)
 
 e2e: deps build
 	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
