@@ -31,7 +31,7 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 			"the same snapshot again: its decompressed image is in the node cache")
 	}
 	r.define("raw_restore", "raw `runsc create` + `runsc restore` (the floor)", "s",
-		"no containerd, no shim: uncompressed image runsc wrote itself, in the page cache; invoked -> `checkpoint result: restore` seen")
+		"no containerd, no shim: uncompressed image runsc wrote itself, read once beforehand so it is in the page cache; invoked -> `checkpoint result: restore` seen")
 	r.define("raw_cold", "raw `runsc run` cold start to ready (no shim; one run)", "s", "")
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
