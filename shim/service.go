@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -190,7 +191,7 @@ func loadConfig(opts *ptypes.Any) (config.Config, error) {
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
 	cfg, err := loadConfig(r.Options)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err))
+		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "%s", err.Error())
 	}
 	if lvl, err := logrus.ParseLevel(cfg.LogLevel); err == nil && !logrus.IsLevelEnabled(logrus.DebugLevel) {
 		logrus.SetLevel(lvl)
@@ -297,6 +298,9 @@ func (s *Service) runscCreate(ctx context.Context, c *container) (retErr error) 
 		opts.UserLog = filepath.Join(c.bundle, "user.log")
 	}
 	if err := c.runsc.Create(ctx, c.id, c.bundle, opts); err != nil {
+		if strings.Contains(err.Error(), "flag provided but not defined") {
+			return fmt.Errorf("create container %s: %w (check runsc.flags in shim config %s)", c.id, err, c.cfg.Path)
+		}
 		return fmt.Errorf("create container %s: %w", c.id, err)
 	}
 	if c.sandbox || pio.consoleSocket() != "" {
@@ -435,9 +439,10 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	p.setExited(int(128 + 9)) // no-op when it exited already; a created container never ran.
 	if c.snap != nil {
-		// An upload still running is abandoned (no manifest is written), so Delete
-		// finishes in bounded time.
-		c.snap.abort()
+		// An upload still running is abandoned (no manifest is written) and given a
+		// few seconds to delete what it uploaded, so Delete finishes in bounded time.
+		c.snap.abandon(9)
+		c.snap.waitCommits(10 * time.Second)
 		c.snap.cleanup()
 	}
 	if p.io != nil {
@@ -609,6 +614,11 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 	}
 	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if r.ExecID == "" && c.snap != nil && c.snap.stop {
+		// A stop-mode sandbox killed while it saves or uploads its snapshot ends now,
+		// as a killed task: the snapshot is abandoned.
+		c.snap.abandon(int(r.Signal))
+	}
 	if status == task.Status_CREATED && r.ExecID == "" {
 		// A container that never started has no process to signal; after the kill it
 		// can never run, so it is done.
@@ -628,10 +638,10 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		err = c.runsc.Kill(kctx, c.id, int(r.Signal), r.All, 0)
 	}
 	if err != nil {
-		if r.ExecID == "" && c.snap != nil {
-			// The sandbox may be gone already, stopped by its checkpoint while the
-			// snapshot uploads: abandon the upload so the task ends now.
-			c.snap.abort()
+		if r.ExecID == "" && c.snap != nil && c.snap.stop && c.snap.tookCheckpoint.Load() {
+			// The sandbox is gone, stopped by its checkpoint; the task ends as soon
+			// as the abandoned upload has stopped: the kill did its job.
+			return &ptypes.Empty{}, nil
 		}
 		if p.exited() {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")

@@ -83,9 +83,15 @@ type podSnap struct {
 	// sandboxGone is closed when `runsc wait` on the sandbox's init has returned.
 	sandboxGone     chan struct{}
 	sandboxGoneOnce sync.Once
-	// cancel aborts a commit in progress (Kill of a sandbox stopped by its checkpoint).
-	cancelMu sync.Mutex
-	cancel   context.CancelFunc
+	// cancelMu guards cancel and abandoned. cancel aborts the commit in progress;
+	// abandoned (set by Kill of a stop-mode sandbox, or Delete) stops any later commit
+	// from starting and holds the signal that ended the task.
+	cancelMu  sync.Mutex
+	cancel    context.CancelFunc
+	abandoned int
+	// commits counts commits in flight, so Delete can wait for an aborted one to delete
+	// what it had uploaded.
+	commits sync.WaitGroup
 }
 
 func (ps *podSnap) policyName() string { return ps.entry.Policy.Name }
@@ -268,6 +274,9 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 	if name := c.spec.Annotations[PSNameAnnotation]; name != "" {
 		m, err = ps.repo.Get(lctx, ps.namespace, ps.policyName(), name)
 		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			m, err, why = nil, nil, fmt.Sprintf("no snapshot named %s (annotation %s) in %s for policy %s",
+				name, PSNameAnnotation, ps.repo.Store.URL(""), ps.entry.ID())
 		case err != nil:
 		case m.State != manifest.StateCommitted:
 			why, m = fmt.Sprintf("snapshot %s/%s named by %s is %s", ps.namespace, name, PSNameAnnotation, m.State), nil
@@ -453,8 +462,16 @@ func (s *Service) commit(c *container, dir string) (*manifest.Manifest, error) {
 	ps := c.snap
 	ctx, cancel := context.WithCancel(context.Background())
 	ps.cancelMu.Lock()
+	if ps.abandoned != 0 {
+		ps.cancelMu.Unlock()
+		cancel()
+		log.G(s.ctx).WithFields(log.Fields{"id": c.id, "reason": v1.EventReason}).Warn("podsnapshot: checkpoint not committed: the task was killed or deleted")
+		return nil, errAbandoned
+	}
 	ps.cancel = cancel
+	ps.commits.Add(1)
 	ps.cancelMu.Unlock()
+	defer ps.commits.Done()
 	defer func() {
 		ps.cancelMu.Lock()
 		ps.cancel = nil
@@ -558,18 +575,19 @@ func (ps *podSnap) stoppedByCheckpoint(c *container) (int, bool) {
 	}
 	// Either a commit is under way (result follows), or the watcher is about to decide
 	// that the image it finds was saved before the stop.
+	var err error
 	select {
-	case err := <-ps.result:
-		if err != nil {
-			return 1, true
-		}
-		return 0, true
+	case err = <-ps.result:
 	case <-time.After(10 * time.Second):
 		if !ps.tookCheckpoint.Load() {
 			return 0, false
 		}
+		err = <-ps.result
 	}
-	if err := <-ps.result; err != nil {
+	if sig := ps.abandonedBy(); sig != 0 {
+		return 128 + sig, true // killed while it saved or uploaded: as any killed task
+	}
+	if err != nil {
 		return 1, true
 	}
 	return 0, true
@@ -584,12 +602,39 @@ func (ps *podSnap) imageWritten() bool {
 	return err == nil && fi.Size() > 0
 }
 
-// abort cancels a commit in progress, if any.
-func (ps *podSnap) abort() {
+// errAbandoned is the commit result of a snapshot given up because its task was killed
+// or deleted.
+var errAbandoned = errors.New("snapshot abandoned: the task was killed or deleted")
+
+// abandon cancels the commit in progress, if any, and any commit not yet started;
+// signal is what ended the task (recorded for a stop-mode task's exit status).
+func (ps *podSnap) abandon(signal int) {
 	ps.cancelMu.Lock()
 	defer ps.cancelMu.Unlock()
+	if ps.abandoned == 0 {
+		ps.abandoned = signal
+	}
 	if ps.cancel != nil {
 		ps.cancel()
+	}
+}
+
+// abandonedBy returns the signal that abandoned the snapshot, 0 if none did.
+func (ps *podSnap) abandonedBy() int {
+	ps.cancelMu.Lock()
+	defer ps.cancelMu.Unlock()
+	return ps.abandoned
+}
+
+// waitCommits waits up to timeout for aborted commits to finish deleting what they had
+// uploaded, so that a deleted sandbox leaves no orphaned objects in storage.
+func (ps *podSnap) waitCommits(timeout time.Duration) {
+	done := make(chan struct{})
+	go func() { ps.commits.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		log.L.Warnf("podsnapshot: an aborted upload is still cleaning up after %s; leaving it", timeout)
 	}
 }
 

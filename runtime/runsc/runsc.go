@@ -108,12 +108,34 @@ func (r *Runsc) run(cmd *exec.Cmd, name string) ([]byte, error) {
 		if msg == "" {
 			msg = strings.TrimSpace(stderr.String())
 		}
+		if msg == "" {
+			// The command's stderr may have gone to the container's stdio; a bad global
+			// flag is the usual silent failure, so ask runsc about its flags alone.
+			msg = r.flagError()
+		}
 		if msg != "" {
 			return stdout.Bytes(), fmt.Errorf("runsc %s: %s: %w", name, msg, err)
 		}
 		return stdout.Bytes(), fmt.Errorf("runsc %s: %w", name, err)
 	}
 	return stdout.Bytes(), nil
+}
+
+// flagError runs `runsc <global flags> --version` and returns what runsc said if that
+// fails too (e.g. "flag provided but not defined: -x"); "" otherwise.
+func (r *Runsc) flagError() string {
+	cmd := exec.Command(r.Path, append(r.globalArgs(), "--version")...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	ec, err := r.monitor().Start(cmd)
+	if err != nil {
+		return ""
+	}
+	if status, err := r.monitor().Wait(cmd, ec); err == nil && status == 0 {
+		return ""
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(out.String()), "\n")
+	return line
 }
 
 // ExitError is a runsc command that exited with a non-zero status.

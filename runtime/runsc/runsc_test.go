@@ -137,3 +137,17 @@ func TestExecWritesProcessSpecAndRemovesIt(t *testing.T) {
 		t.Fatalf("process spec files left behind: %v", left)
 	}
 }
+
+func TestBadGlobalFlagIsNamed(t *testing.T) {
+	// Like runsc: an unknown global flag fails every command with exit 2 and a message on
+	// stderr, which for create goes to the container's stdio, not to the shim.
+	bin := fakeRunsc(t, `for a; do case $a in --no-such-flag=*) echo "flag provided but not defined: -no-such-flag" >&2; exit 2;; esac; done
+exit 0
+`)
+	r := &Runsc{Path: bin, Root: t.TempDir(), Flags: map[string]string{"no-such-flag": "1"}}
+	var sink strings.Builder
+	err := r.Create(context.Background(), "c1", t.TempDir(), CreateOpts{IO: stdioTo{&sink}})
+	if err == nil || !strings.Contains(err.Error(), "flag provided but not defined: -no-such-flag") {
+		t.Fatalf("Create error = %v, want runsc's flag message", err)
+	}
+}
