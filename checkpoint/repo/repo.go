@@ -302,3 +302,45 @@ func (r *Repo) Delete(ctx context.Context, m *manifest.Manifest) error {
 	}
 	return errors.Join(errs...)
 }
+
+// Orphans returns the objects under namespace ("" for all) that belong to no snapshot
+// and were last written before cutoff: files of a snapshot directory without a manifest
+// (an upload that died with its shim) and index markers whose manifest is gone. Younger
+// ones may be an upload in progress and are left alone.
+func (r *Repo) Orphans(ctx context.Context, namespace string, cutoff time.Time) ([]storage.ObjectInfo, error) {
+	prefix := ""
+	if namespace != "" {
+		prefix = namespace + "/"
+	}
+	objs, err := r.Store.List(ctx, prefix)
+	if err != nil {
+		return nil, err
+	}
+	// Snapshot directories that hold a manifest, as "<ns>/<policy>/<uuid>".
+	committed := map[string]bool{}
+	for _, o := range objs {
+		if loc, err := manifest.ParseName(o.Name); err == nil && loc.File == manifest.ManifestFile {
+			committed[manifest.Dir(loc.Namespace, loc.Policy, loc.UUID)] = true
+		}
+	}
+	var orphans []storage.ObjectInfo
+	for _, o := range objs {
+		if !o.Updated.Before(cutoff) {
+			continue
+		}
+		if loc, err := manifest.ParseName(o.Name); err == nil {
+			if !committed[manifest.Dir(loc.Namespace, loc.Policy, loc.UUID)] {
+				orphans = append(orphans, o)
+			}
+			continue
+		}
+		// An index marker: <ns>/<policy>/keys/<key>/<nanos>-<uuid>.
+		parts := strings.Split(o.Name, "/")
+		if len(parts) == 5 && parts[2] == "keys" {
+			if _, uuid, ok := strings.Cut(parts[4], "-"); ok && manifest.IsUUID(uuid) && !committed[manifest.Dir(parts[0], parts[1], uuid)] {
+				orphans = append(orphans, o)
+			}
+		}
+	}
+	return orphans, nil
+}

@@ -174,3 +174,32 @@ func TestCommitFailureLeavesNothing(t *testing.T) {
 		t.Fatalf("objects left after a failed commit: %v", objs)
 	}
 }
+
+func TestOrphans(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	key := strings.Repeat("9", 64)
+	kept := commit(t, r, key, here, time.Now(), 1)
+	gone := commit(t, r, key, here, time.Now().Add(time.Second), 2)
+	// An upload that died before its manifest: files and marker without a manifest.
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(r.Store.Delete(ctx, gone.ObjectName()))
+
+	if o, err := r.Orphans(ctx, "", time.Now().Add(-time.Hour)); err != nil || len(o) != 0 {
+		t.Fatalf("young leftovers must be left alone (an upload may be in progress): %v, %v", o, err)
+	}
+	orphans, err := r.Orphans(ctx, "ns", time.Now().Add(time.Hour))
+	must(err)
+	if len(orphans) != 4 { // 3 image files and the index marker
+		t.Fatalf("orphans = %v, want the 3 files and the marker of %s", orphans, gone.UUID)
+	}
+	for _, o := range orphans {
+		if !strings.Contains(o.Name, gone.UUID) {
+			t.Fatalf("%s is not an orphan (it belongs to %s)", o.Name, kept.UUID)
+		}
+	}
+}

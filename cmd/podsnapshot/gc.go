@@ -12,7 +12,7 @@ import (
 
 var gcCommand = &command{
 	name:    "gc",
-	usage:   "[--dry-run] [-n NAMESPACE] [--failed-ttl DURATION]",
+	usage:   "[--dry-run] [-n NAMESPACE] [--failed-ttl DURATION] [--orphan-ttl DURATION]",
 	summary: "apply retention rules; delete old Failed snapshots",
 	help: `
 Applies each policy's retention rules to the committed snapshots it owns (same namespace
@@ -28,6 +28,12 @@ never be restored again; they are kept for --failed-ttl after they were marked, 
 'podsnapshot ls' and 'inspect' can show why, and then deleted, whatever their policy.
 --failed-ttl 0 keeps them.
 
+Objects that belong to no snapshot (the files of an upload whose shim died before it
+wrote the manifest, and their index markers) are deleted once older than --orphan-ttl
+(default 1h; younger ones may be an upload in progress); --orphan-ttl 0 keeps them.
+Temporary parts of composite uploads (under .podsnapshot-tmp/ in a bucket) are deleted by
+the upload itself, also when it fails; a bucket lifecycle rule covers a crash.
+
 Snapshots of policies that are not in the policy directory are left alone (remove them by
 name with 'podsnapshot rm'). Each deletion is one line with its reason; --dry-run prints
 the same lines without deleting. With -n, only that namespace is collected.`,
@@ -41,6 +47,7 @@ func runGC(ctx context.Context, c *cli, args []string) error {
 	c.stringFlag(fs, &namespace, "n", "namespace", "", "collect only this `namespace` (default: all)")
 	fs.BoolVar(&dryRun, "dry-run", false, "print what would be deleted, delete nothing")
 	failedTTL := fs.Duration("failed-ttl", time.Hour, "delete Failed snapshots marked longer ago than this; 0 keeps them")
+	orphanTTL := fs.Duration("orphan-ttl", time.Hour, "delete objects of no snapshot written longer ago than this; 0 keeps them")
 	pos, err := c.parse(fs, args)
 	if err != nil {
 		return err
@@ -50,6 +57,9 @@ func runGC(ctx context.Context, c *cli, args []string) error {
 	}
 	if *failedTTL < 0 {
 		return usagef("--failed-ttl %s: must not be negative", *failedTTL)
+	}
+	if *orphanTTL < 0 {
+		return usagef("--orphan-ttl %s: must not be negative", *orphanTTL)
 	}
 	e, err := c.openEnv(ctx)
 	if err != nil {
@@ -115,7 +125,28 @@ func runGC(ctx context.Context, c *cli, args []string) error {
 		done++
 		fmt.Fprintf(c.stdout, "%s %s: %s\n", verb, d.s.ID(), d.reason)
 	}
-	fmt.Fprintf(c.stdout, "gc: %d %s, %d kept\n", done, map[bool]string{false: "deleted", true: "to delete"}[dryRun], len(snaps)-done)
+	orphans := 0
+	if *orphanTTL > 0 {
+		for _, st := range e.stores {
+			objs, err := st.repo.Orphans(ctx, namespace, now.Add(-*orphanTTL))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			for _, o := range objs {
+				if !dryRun {
+					if err := st.repo.Store.Delete(ctx, o.Name); err != nil {
+						errs = append(errs, err)
+						continue
+					}
+				}
+				orphans++
+				fmt.Fprintf(c.stdout, "%s %s: belongs to no snapshot, written %s\n", verb, st.repo.Store.URL(o.Name), o.Updated.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+	fmt.Fprintf(c.stdout, "gc: %d %s, %d kept; %d orphaned objects %s\n", done, map[bool]string{false: "deleted", true: "to delete"}[dryRun],
+		len(snaps)-done, orphans, map[bool]string{false: "deleted", true: "to delete"}[dryRun])
 	return errors.Join(errs...)
 }
 

@@ -20,8 +20,9 @@ var lsCommand = &command{
 	help: `
 Lists the snapshots of one namespace (default "default"), or of all with -A, in every
 store named by a PodSnapshotStorageConfig of the policy directory, oldest first:
-NAME STATUS POLICY AGE, as kubectl prints PodSnapshots. STATUS is Ready (committed),
-Failed (see 'podsnapshot inspect NAME' for why) or AwaitingCheckpoint.
+NAME STATUS POLICY AGE, as kubectl prints PodSnapshots. STATUS is the reason of the
+Ready condition: AllSnapshotsAvailable (committed), Failed (see 'podsnapshot inspect
+NAME' for why) or AwaitingCheckpoint.
 
   -o wide   adds KEY (the snapshot key, shortened), SIZE (bytes stored) and STORE
   -o json   a kubectl-style List of PodSnapshot objects; -o yaml the same in YAML
