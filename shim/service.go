@@ -643,8 +643,12 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 			// as the abandoned upload has stopped: the kill did its job.
 			return &ptypes.Empty{}, nil
 		}
-		if p.exited() {
+		// runsc cannot signal a process that has just exited; give its exit a moment to
+		// be recorded, so the caller gets NotFound rather than runsc's error.
+		select {
+		case <-p.done:
 			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
+		case <-time.After(2 * time.Second):
 		}
 		return nil, errgrpc.ToGRPC(err)
 	}
