@@ -5,16 +5,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
 )
 
 // ContainerdOptions configure StartContainerd. The zero value is a containerd with
@@ -55,35 +54,8 @@ type Containerd struct {
 	// Env is containerd's environment (PATH with the shim dir and _deps/bin first).
 	Env []string
 
-	ctr  string
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has been reaped
-}
-
-// disabledPlugins are the plugins that cannot work on this kind of machine or would
-// reach outside the test's directories.
-var disabledPlugins = []string{
-	// Snapshotters for filesystems not in use here; they only log failures.
-	"io.containerd.snapshotter.v1.btrfs",
-	"io.containerd.snapshotter.v1.zfs",
-	"io.containerd.snapshotter.v1.devmapper",
-	"io.containerd.snapshotter.v1.aufs",
-	// Tracing exporters need an endpoint.
-	"io.containerd.tracing.processor.v1.otlp",
-	"io.containerd.internal.v1.tracing",
-	// NRI listens on a fixed, machine-wide socket (/var/run/nri/nri.sock), which two
-	// containerds would fight over.
-	"io.containerd.nri.v1.nri",
-	// opt manages a fixed directory (/opt/containerd), outside the test's.
-	"io.containerd.internal.v1.opt",
-}
-
-// criPlugins are containerd's CRI plugins, disabled unless EnableCRI: they need CNI.
-var criPlugins = []string{
-	"io.containerd.grpc.v1.cri",
-	"io.containerd.cri.v1.images",
-	"io.containerd.cri.v1.runtime",
-	"io.containerd.podsandbox.controller.v1.podsandbox",
+	ctr string
+	d   *labhost.Daemon
 }
 
 // StartContainerd starts a private containerd (binary from DepsBin) and waits until its
@@ -119,31 +91,16 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 		LogPath:   filepath.Join(dir, "containerd.log"),
 		Namespace: opts.Namespace,
 		ctr:       ctr,
-		done:      make(chan struct{}),
 	}
 	addLeakMarker(t, dir)
 
-	disabled := append([]string(nil), disabledPlugins...)
+	// Plugins that cannot work here or would reach outside the test's directories; CRI
+	// wants CNI, which this machine lacks, so it is off unless asked for.
+	disabled := append([]string(nil), labhost.DisabledPlugins...)
 	if !opts.EnableCRI {
-		disabled = append(disabled, criPlugins...)
+		disabled = append(disabled, labhost.CRIPlugins...)
 	}
-	// Version 4 is containerd 2.4's own format. In it the socket addresses live in the
-	// server plugins' tables: a top-level [grpc] address is silently ignored there, and
-	// containerd would take over the machine's /run/containerd/containerd.sock.
-	config := fmt.Sprintf(`version = 4
-root = %q
-state = %q
-disabled_plugins = %s
-
-[debug]
-  level = %q
-
-[plugins.'io.containerd.server.v1.grpc']
-  address = %q
-
-[plugins.'io.containerd.server.v1.ttrpc']
-  address = %q
-`, c.Root, c.State, tomlStrings(disabled), opts.LogLevel, c.Address, c.Address+".ttrpc")
+	config := labhost.ContainerdConfig(c.Root, c.State, c.Address, opts.LogLevel, disabled)
 	if opts.ExtraConfig != "" {
 		config += "\n" + opts.ExtraConfig + "\n"
 	}
@@ -162,12 +119,12 @@ disabled_plugins = %s
 	if err != nil {
 		t.Fatalf("harness: containerd log: %v", err)
 	}
-	c.cmd = exec.Command(bin, "--config", c.Config)
-	c.cmd.Env = c.Env
-	c.cmd.Stdout, c.cmd.Stderr = logFile, logFile
+	cmd := exec.Command(bin, "--config", c.Config)
+	cmd.Env = c.Env
+	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Own process group: a ^C to the test run reaches the test binary, whose cleanup
 	// stops containerd in order, rather than killing containerd under it.
-	err = startOwned(c.cmd, c.done)
+	c.d, err = labhost.StartDaemon(cmd)
 	logFile.Close() // the child has its own copy
 	if err != nil {
 		t.Fatalf("harness: start containerd: %v", err)
@@ -182,27 +139,13 @@ disabled_plugins = %s
 
 // waitReady waits until the socket accepts connections and `ctr version` answers.
 func (c *Containerd) waitReady(timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		select {
-		case <-c.done:
-			return fmt.Errorf("containerd exited: %v", c.cmd.ProcessState)
-		default:
+	return labhost.WaitContainerd(context.Background(), c.d, c.Address, timeout, func(ctx context.Context) error {
+		res, err := c.CtrContext(ctx, "version")
+		if err == nil && res.ExitCode != 0 {
+			err = errors.New(res.String())
 		}
-		if conn, err := net.DialTimeout("unix", c.Address, time.Second); err == nil {
-			conn.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			res, err := c.CtrContext(ctx, "version")
-			cancel()
-			if err == nil && res.ExitCode == 0 {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("socket %s not ready after %v", c.Address, timeout)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return err
+	})
 }
 
 // Stop stops containerd now (SIGTERM, then SIGKILL after 10s) and reaps it. Shims keep
@@ -210,18 +153,8 @@ func (c *Containerd) waitReady(timeout time.Duration) error {
 // no-op.
 func (c *Containerd) Stop(t testing.TB) {
 	t.Helper()
-	select {
-	case <-c.done:
-		return
-	default:
-	}
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("harness: containerd did not stop within 10s of SIGTERM; killing it")
-		c.cmd.Process.Kill()
-		<-c.done
+	if killed := c.d.Stop(10 * time.Second); killed {
+		t.Errorf("harness: containerd did not stop within 10s of SIGTERM; killed it")
 	}
 }
 
@@ -365,14 +298,6 @@ func (c *Containerd) ImportImages(t testing.TB) map[string]Image {
 		c.ImportImage(t, n)
 	}
 	return images
-}
-
-func tomlStrings(ss []string) string {
-	q := make([]string, len(ss))
-	for i, s := range ss {
-		q[i] = strconv.Quote(s)
-	}
-	return "[" + strings.Join(q, ", ") + "]"
 }
 
 func withoutVar(env []string, name string) []string {

@@ -2,10 +2,7 @@ package harness
 
 import (
 	"os"
-	"os/exec"
-	"runtime"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -48,26 +45,4 @@ func WaitForOutput(t testing.TB, path, want string, timeout time.Duration) strin
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// startOwned starts cmd in its own process group with SIGKILL as its parent-death
-// signal, so a test binary that dies without running its cleanups (a go test timeout
-// panics and exits) takes its containerd or fake-gcs-server with it. The kernel sends
-// that signal when the *thread* that forked the child exits, so the child is started and
-// waited for on one goroutine locked to its thread; done is closed once it is reaped.
-func startOwned(cmd *exec.Cmd, done chan<- struct{}) error {
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread ends with the goroutine, after the child is reaped.
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		cmd.Wait()
-		close(done)
-	}()
-	return <-started
 }

@@ -13,19 +13,16 @@ package lab
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
 	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
 )
 
@@ -86,8 +83,8 @@ type Lab struct {
 
 	logf       func(string, ...any)
 	env        []string // containerd's environment, also used for ctr and the CLI
-	containerd *daemon
-	gcs        *daemon
+	containerd *labhost.Daemon
+	gcs        *labhost.FakeGCS
 	log        *Tail
 
 	mu         sync.Mutex
@@ -300,131 +297,24 @@ func (l *Lab) startFakeGCS(ctx context.Context) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("fake-gcs-server directory: %w", err)
 	}
-	// The free port is found by binding and releasing it, so another process may take it
-	// first: try a few.
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		if lastErr = l.tryFakeGCS(ctx, dir); lastErr == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return lastErr
-		}
-	}
-	if lastErr != nil {
-		return lastErr
-	}
-	body, _ := json.Marshal(map[string]string{"name": Bucket})
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+l.GCSHost+"/storage/v1/b?project=demo", bytes.NewReader(body))
+	// The same server and layout as e2e/harness's; labhost tries a few free ports.
+	gcs, err := labhost.StartFakeGCS(ctx, filepath.Join(l.DepsBin, "fake-gcs-server"), dir)
 	if err != nil {
-		return fmt.Errorf("create bucket: %w", err)
+		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("create bucket %s: %w", Bucket, err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("create bucket %s: %s", Bucket, resp.Status)
+	l.gcs, l.GCSHost = gcs, gcs.Host
+	if err := gcs.CreateBucket(ctx, "demo", Bucket); err != nil {
+		return err
 	}
 	l.logf("fake-gcs-server on %s, bucket %s", l.GCSHost, Bucket)
 	return nil
 }
 
-func (l *Lab) tryFakeGCS(ctx context.Context, dir string) error {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return fmt.Errorf("find a free port: %w", err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	host := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	logPath := filepath.Join(dir, "fake-gcs-server.log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("fake-gcs-server log: %w", err)
-	}
-	defer logFile.Close() // the child has its own copy
-	cmd := exec.Command(filepath.Join(l.DepsBin, "fake-gcs-server"),
-		"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
-		// Download and resumable-upload URLs are built from these: they must point back
-		// here, not at storage.googleapis.com.
-		"-public-host", host, "-external-url", "http://"+host,
-		// On disk in the lab rather than in its memory: a large snapshot stays out of RAM.
-		"-backend", "filesystem", "-filesystem-root", filepath.Join(dir, "data"),
-		"-log-level", "warn")
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	d, err := startDaemon("fake-gcs-server", cmd)
-	if err != nil {
-		return err
-	}
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if d.exited() {
-			b, _ := os.ReadFile(logPath)
-			return fmt.Errorf("fake-gcs-server on %s exited: %v\n%s", host, d.cmd.ProcessState, b)
-		}
-		resp, err := client.Get("http://" + host + "/storage/v1/b")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				l.gcs, l.GCSHost = d, host
-				return nil
-			}
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			d.stop(0)
-			if ctx.Err() != nil {
-				return fmt.Errorf("start fake-gcs-server: %w", context.Cause(ctx))
-			}
-			return fmt.Errorf("fake-gcs-server on %s not ready after 20s (last: %v)", host, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// Plugins the lab's containerd runs without: they need what this machine lacks (CNI for
-// CRI), log errors about filesystems not in use, or reach outside the lab's directory (NRI's
-// machine-wide socket, /opt/containerd).
-var disabledPlugins = []string{
-	"io.containerd.grpc.v1.cri",
-	"io.containerd.cri.v1.images",
-	"io.containerd.cri.v1.runtime",
-	"io.containerd.podsandbox.controller.v1.podsandbox",
-	"io.containerd.snapshotter.v1.btrfs",
-	"io.containerd.snapshotter.v1.zfs",
-	"io.containerd.snapshotter.v1.devmapper",
-	"io.containerd.snapshotter.v1.aufs",
-	"io.containerd.tracing.processor.v1.otlp",
-	"io.containerd.internal.v1.tracing",
-	"io.containerd.nri.v1.nri",
-	"io.containerd.internal.v1.opt",
-}
-
 func (l *Lab) startContainerd(ctx context.Context) error {
-	quoted := make([]string, len(disabledPlugins))
-	for i, p := range disabledPlugins {
-		quoted[i] = strconv.Quote(p)
-	}
-	// Config version 4 (containerd 2.4's): the socket addresses belong in the server
-	// plugins' tables. A top-level [grpc] address would be ignored silently, and this
-	// containerd would take over the machine's /run/containerd/containerd.sock.
-	config := fmt.Sprintf(`version = 4
-root = %q
-state = %q
-disabled_plugins = [%s]
-
-[debug]
-  level = "info"
-
-[plugins.'io.containerd.server.v1.grpc']
-  address = %q
-
-[plugins.'io.containerd.server.v1.ttrpc']
-  address = %q
-`, filepath.Join(l.Dir, "root"), filepath.Join(l.Dir, "state"), strings.Join(quoted, ", "), l.Address, l.Address+".ttrpc")
+	// The lab never needs CRI (it wants CNI, which this machine lacks); the other
+	// plugins labhost disables cannot work here or reach outside the lab's directory.
+	disabled := append(append([]string(nil), labhost.CRIPlugins...), labhost.DisabledPlugins...)
+	config := labhost.ContainerdConfig(filepath.Join(l.Dir, "root"), filepath.Join(l.Dir, "state"), l.Address, "info", disabled)
 	configPath := filepath.Join(l.Dir, "containerd.toml")
 	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
 		return fmt.Errorf("write containerd config: %w", err)
@@ -437,35 +327,24 @@ disabled_plugins = [%s]
 	cmd := exec.Command(filepath.Join(l.DepsBin, "containerd"), "--config", configPath)
 	cmd.Env = l.env
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if l.containerd, err = startDaemon("containerd", cmd); err != nil {
-		return err
+	if l.containerd, err = labhost.StartDaemon(cmd); err != nil {
+		return fmt.Errorf("start containerd: %w", err)
 	}
 	l.log = Follow(l.LogPath)
 
 	// Ready when the socket answers `ctr version`.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if l.containerd.exited() {
-			return fmt.Errorf("containerd exited: %v; its log %s ends:\n%s", l.containerd.cmd.ProcessState, l.LogPath, tailOf(l.LogPath, 4<<10))
-		}
-		if conn, err := net.DialTimeout("unix", l.Address, time.Second); err == nil {
-			conn.Close()
-			vctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err = l.Ctr(vctx, "version")
-			cancel()
-			if err == nil {
-				l.logf("containerd on %s (log %s)", l.Address, l.LogPath)
-				return nil
-			}
-		}
+	err = labhost.WaitContainerd(ctx, l.containerd, l.Address, 30*time.Second, func(ctx context.Context) error {
+		_, err := l.Ctr(ctx, "version")
+		return err
+	})
+	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("start containerd: %w", context.Cause(ctx))
+			return err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("containerd socket %s not ready after 30s; log:\n%s", l.Address, tailOf(l.LogPath, 4<<10))
-		}
-		time.Sleep(100 * time.Millisecond)
+		return fmt.Errorf("%w; its log %s ends:\n%s", err, l.LogPath, tailOf(l.LogPath, 4<<10))
 	}
+	l.logf("containerd on %s (log %s)", l.Address, l.LogPath)
+	return nil
 }
 
 // importImage builds the workloads image (static counter and slowinit on busybox) from
@@ -719,7 +598,7 @@ func (l *Lab) Close() CleanupReport {
 	// A fresh context: Close also runs after Ctrl-C has cancelled the caller's.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	if l.containerd != nil && !l.containerd.exited() {
+	if l.containerd != nil && !l.containerd.Exited() {
 		for _, id := range containers {
 			l.logf("removing container %s", id)
 			if err := l.Remove(ctx, id); err != nil {
@@ -735,22 +614,22 @@ func (l *Lab) Close() CleanupReport {
 	}
 	if l.containerd != nil {
 		l.logf("stopping containerd")
-		l.containerd.stop(10 * time.Second)
+		l.containerd.Stop(10 * time.Second)
 	}
 	// Shims and sandboxes survive their containerd by design; here they are leftovers.
 	// fake-gcs-server is not one: it is stopped in order just below, after anything
 	// that might still talk to it.
 	markers := []string{l.Dir}
 	skip := map[int]bool{}
-	if l.gcs != nil && !l.gcs.exited() {
-		skip[l.gcs.cmd.Process.Pid] = true
+	if l.gcs != nil && !l.gcs.Exited() {
+		skip[l.gcs.Cmd.Process.Pid] = true
 	}
 	rep.Killed = reapProcesses(markers, 5*time.Second, skip)
 	if l.gcs != nil {
 		l.logf("stopping fake-gcs-server")
-		l.gcs.stop(5 * time.Second)
+		l.gcs.Stop(5 * time.Second)
 	}
-	if err := unmountBelow(l.Dir); err != nil {
+	if err := labhost.UnmountBelow(l.Dir); err != nil {
 		rep.Errs = append(rep.Errs, err)
 	}
 	if err := os.RemoveAll(l.Dir); err != nil {

@@ -1,0 +1,32 @@
+package labhost
+
+import (
+	"os"
+	"testing"
+)
+
+func TestUnescapeMount(t *testing.T) {
+	for in, want := range map[string]string{
+		`/tmp/a`:          `/tmp/a`,
+		`/tmp/a\040b`:     `/tmp/a b`,
+		`/tmp/x\011y\134`: "/tmp/x\ty\\",
+		`/tmp/z\13`:       `/tmp/z\13`, // too short to decode: kept
+	} {
+		if got := unescapeMount(in); got != want {
+			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestReadProcessSelf(t *testing.T) {
+	p, ok := ReadProcess(os.Getpid())
+	if !ok || p.PID != os.Getpid() || p.PPID != os.Getppid() || len(p.Cmdline) == 0 {
+		t.Fatalf("ReadProcess(self) = %+v, %v", p, ok)
+	}
+	if !Watched(p, []string{p.Comm}) || Watched(p, []string{"no-such-prefix"}) {
+		t.Errorf("Watched(%v) by its own comm / another name wrong", p)
+	}
+	if q, _ := ReadProcess(os.Getpid()); q.ID() != p.ID() {
+		t.Errorf("ID changed: %v then %v", p.ID(), q.ID())
+	}
+}
