@@ -30,3 +30,22 @@ func TestReadProcessSelf(t *testing.T) {
 		t.Errorf("ID changed: %v then %v", p.ID(), q.ID())
 	}
 }
+
+func TestMentionsPath(t *testing.T) {
+	for _, tc := range []struct {
+		line, dir string
+		want      bool
+	}{
+		{"shim -address /tmp/psn-307416/containerd.sock -debug", "/tmp/psn-307416", true},
+		{"runsc --root=/tmp/runsc-12/test wait x", "/tmp/runsc-12", true},
+		{"fake-gcs-server -filesystem-root /tmp/gcs-1", "/tmp/gcs-1", true},
+		{"shim -address /tmp/psn-3074168928/containerd.sock", "/tmp/psn-307416", false},
+		{"runsc --root=/tmp/runsc-123/test", "/tmp/runsc-12", false},
+		{"a /tmp/x-1 and /tmp/x-12/y", "/tmp/x-12", true},
+		{"anything", "", false},
+	} {
+		if got := mentionsPath(tc.line, tc.dir); got != tc.want {
+			t.Errorf("mentionsPath(%q, %q) = %v, want %v", tc.line, tc.dir, got, tc.want)
+		}
+	}
+}

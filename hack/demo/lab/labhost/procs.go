@@ -125,7 +125,7 @@ func FindProcesses(prefixes, markers []string) ([]Process, error) {
 		line := strings.Join(p.Cmdline, " ")
 		v := false
 		for _, m := range markers {
-			if m != "" && strings.Contains(line, m) {
+			if mentionsPath(line, m) {
 				v = true
 				break
 			}
@@ -145,6 +145,32 @@ func FindProcesses(prefixes, markers []string) ([]Process, error) {
 		}
 	}
 	return out, nil
+}
+
+// mentionsPath reports whether line names the path dir or something below it: dir
+// followed by "/", a separator or the end, never by more name characters. Temporary
+// directories differ in the length of their random suffix ("/tmp/psn-307416" and
+// "/tmp/psn-3074168928"), so a plain substring test would take another test's
+// processes, running in a parallel test binary, for this one's and kill them.
+func mentionsPath(line, dir string) bool {
+	if dir == "" {
+		return false
+	}
+	for i := 0; ; {
+		j := strings.Index(line[i:], dir)
+		if j < 0 {
+			return false
+		}
+		end := i + j + len(dir)
+		if end == len(line) || !isNameByte(line[end]) {
+			return true
+		}
+		i = i + j + 1
+	}
+}
+
+func isNameByte(b byte) bool {
+	return b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '.' || b == '_' || b == '-'
 }
 
 // WaitThenKill gives the processes find returns up to grace to exit on their own, then
