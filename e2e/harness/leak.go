@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -105,10 +106,18 @@ func LeakCheck(t testing.TB) {
 				ps, _ := FindProcesses(markers)
 				return ps
 			}
+			// Without markers, only this test binary's own descendants: other test
+			// binaries run in parallel (go test runs packages at once), and their
+			// shims and sandboxes are not this test's leaks.
 			all, _ := labhost.AllProcesses()
+			byPID := make(map[int]Process, len(all))
+			for _, p := range all {
+				byPID[p.PID] = p
+			}
+			self := os.Getpid()
 			var out []Process
 			for _, p := range all {
-				if labhost.Watched(p, watchedPrefixes) && !before[p.ID()] {
+				if labhost.Watched(p, watchedPrefixes) && !before[p.ID()] && descendsFrom(p, self, byPID) {
 					out = append(out, p)
 				}
 			}
@@ -135,3 +144,18 @@ func formatProcs(ps []Process) string {
 func unmountBelow(dir string) error { return labhost.UnmountBelow(dir) }
 
 func goarch() string { return runtime.GOARCH }
+
+// descendsFrom reports whether p is a descendant of the process ancestor.
+func descendsFrom(p Process, ancestor int, byPID map[int]Process) bool {
+	for depth := 0; depth < 64 && p.PPID > 1; depth++ {
+		if p.PPID == ancestor {
+			return true
+		}
+		parent, ok := byPID[p.PPID]
+		if !ok {
+			return false
+		}
+		p = parent
+	}
+	return false
+}
