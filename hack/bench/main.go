@@ -27,7 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -79,19 +78,7 @@ func main() {
 		cfg.command = "go run ./hack/bench " + strings.Join(os.Args[1:], " ")
 	}
 
-	ctx, cancel := context.WithCancelCause(context.Background())
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		for s := range sigs {
-			if ctx.Err() == nil {
-				logf("%v: stopping; cleaning up", s)
-				cancel(fmt.Errorf("interrupted (%v)", s))
-			} else {
-				logf("%v: still cleaning up, please wait", s)
-			}
-		}
-	}()
+	ctx := lab.InterruptContext(logf)
 	if err := run(ctx, cfg); err != nil {
 		logf("FAILED: %v", err)
 		if ctx.Err() != nil {

@@ -22,12 +22,10 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -49,19 +47,7 @@ func main() {
 	// The first Ctrl-C (or SIGTERM) cancels the run; cleanup then runs with its own
 	// bounded timeouts. Further signals are ignored so cleanup can finish: an interrupted
 	// cleanup would leave sandboxes and mounts behind.
-	ctx, cancel := context.WithCancelCause(context.Background())
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
-	go func() {
-		for s := range sigs {
-			if ctx.Err() == nil {
-				logf("%v: stopping; cleaning up", s)
-				cancel(fmt.Errorf("interrupted (%v)", s))
-			} else {
-				logf("%v: still cleaning up, please wait (bounded to a few minutes)", s)
-			}
-		}
-	}()
+	ctx := lab.InterruptContext(logf)
 
 	err := run(ctx, config{storage: lab.Storage(*storage), mib: *mib, seconds: *seconds, workload: *workload})
 	if err != nil && ctx.Err() != nil {
@@ -175,21 +161,9 @@ func measure(ctx context.Context, l *lab.Lab, cfg config, res *result) error {
 	// 2. The checkpoint. The workload writes to /proc/gvisor/checkpoint right after
 	// printing "ready", so that line's timestamp is the trigger; the shim's "committed"
 	// line (its manifest is stored) ends it.
-	result, err := l.WaitOutput(ctx, cold, 5*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
+	committed, entry, err := waitCommitted(ctx, l, cold, coldID, res)
 	if err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	if !strings.HasSuffix(result.Text, ": resume") {
-		return fmt.Errorf("checkpoint: the workload read %q, want resume", result.Text)
-	}
-	committed, entry, err := l.ShimLine(ctx, 5*time.Minute, coldID, "podsnapshot: committed")
-	if err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	res.snapshot = entry.Fields["snapshot"]
-	res.rawBytes, res.storedBytes, res.uploadMs = entry.Int("raw_bytes"), entry.Int("stored_bytes"), entry.Int("upload_ms")
-	if res.snapshot == "" || res.rawBytes <= 0 || res.storedBytes <= 0 {
-		return fmt.Errorf("checkpoint: cannot read snapshot, raw_bytes and stored_bytes from the shim's line: %s", committed.Text)
+		return err
 	}
 	// Prefer the lines' own clocks (the workload's "ready <time>" and the log's time=,
 	// both the host's clock), which are free of our polling delay; else arrival times.
@@ -329,6 +303,29 @@ func printResults(w io.Writer, cfg config, m lab.Machine, storeURL string, r res
 }
 
 // contains matches lines containing sub.
+// waitCommitted waits until the cold-started workload read "resume" from its
+// checkpoint and the shim logged the snapshot committed; it records the snapshot's name
+// and sizes in res and returns the shim's line (for its arrival time and clock).
+func waitCommitted(ctx context.Context, l *lab.Lab, cold *lab.Task, coldID string, res *result) (lab.Line, lab.LogEntry, error) {
+	result, err := l.WaitOutput(ctx, cold, 5*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
+	if err != nil {
+		return lab.Line{}, lab.LogEntry{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !strings.HasSuffix(result.Text, ": resume") {
+		return lab.Line{}, lab.LogEntry{}, fmt.Errorf("checkpoint: the workload read %q, want resume", result.Text)
+	}
+	committed, entry, err := l.ShimLine(ctx, 5*time.Minute, coldID, "podsnapshot: committed")
+	if err != nil {
+		return lab.Line{}, lab.LogEntry{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	res.snapshot = entry.Fields["snapshot"]
+	res.rawBytes, res.storedBytes, res.uploadMs = entry.Int("raw_bytes"), entry.Int("stored_bytes"), entry.Int("upload_ms")
+	if res.snapshot == "" || res.rawBytes <= 0 || res.storedBytes <= 0 {
+		return lab.Line{}, lab.LogEntry{}, fmt.Errorf("checkpoint: cannot read snapshot, raw_bytes and stored_bytes from the shim's line: %s", committed.Text)
+	}
+	return committed, entry, nil
+}
+
 func contains(sub string) func(string) bool {
 	return func(s string) bool { return strings.Contains(s, sub) }
 }

@@ -117,21 +117,9 @@ func measureApp(ctx context.Context, l *lab.Lab, cfg config, res *result) error 
 	res.coldToReady = ready.Seen.Sub(cold.Invoked)
 	logf("%s after %v; the wrapper triggers the checkpoint now", ready.Text, res.coldToReady.Round(time.Millisecond))
 
-	result, err := l.WaitOutput(ctx, cold, 5*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
+	committed, _, err := waitCommitted(ctx, l, cold, coldID, res)
 	if err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	if !strings.HasSuffix(result.Text, ": resume") {
-		return fmt.Errorf("checkpoint: the workload read %q, want resume", result.Text)
-	}
-	committed, entry, err := l.ShimLine(ctx, 5*time.Minute, coldID, "podsnapshot: committed")
-	if err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	res.snapshot = entry.Fields["snapshot"]
-	res.rawBytes, res.storedBytes, res.uploadMs = entry.Int("raw_bytes"), entry.Int("stored_bytes"), entry.Int("upload_ms")
-	if res.snapshot == "" || res.rawBytes <= 0 || res.storedBytes <= 0 {
-		return fmt.Errorf("checkpoint: cannot read snapshot, raw_bytes and stored_bytes from the shim's line: %s", committed.Text)
+		return err
 	}
 	res.triggerToCommitted = committed.Seen.Sub(ready.Seen)
 	logf("snapshot %s committed %v after the ready line", res.snapshot, res.triggerToCommitted.Round(time.Millisecond))
