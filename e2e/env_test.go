@@ -26,21 +26,25 @@ const runtime = "io.containerd.podsnapshot.v1"
 
 // env is one test's world: a private containerd with our shim, the test images, a shim
 // config, a policy directory and a snapshot store (a local directory or a bucket on
-// fake-gcs-server).
+// fake-gcs-server). A CRI env (newCRIEnv) also has a CNI network, and its containerd
+// serves CRI in namespace k8s.io.
 type env struct {
-	t          *testing.T
-	cd         *harness.Containerd
-	dir        string
-	config     string // shim config (ConfigPath)
-	policyDir  string
-	workDir    string
-	runscRoot  string
-	storeURL   string // "" without a store
-	gcs        *harness.FakeGCS
-	envVars    []string // extra environment for the CLI (STORAGE_EMULATOR_HOST)
-	store      storage.Store
-	repo       *repo.Repo
-	imageCache map[string]harness.Image
+	t         *testing.T
+	cd        *harness.Containerd
+	net       *harness.CNINetwork // CRI only
+	dir       string
+	config    string // shim config (ConfigPath)
+	policyDir string
+	workDir   string
+	runscRoot string
+	// kubeletPodsDir stands in for /var/lib/kubelet/pods (emptyDir volumes of CRI pods).
+	kubeletPodsDir string
+	storeURL       string // "" without a store
+	gcs            *harness.FakeGCS
+	envVars        []string // extra environment for the CLI (STORAGE_EMULATOR_HOST)
+	store          storage.Store
+	repo           *repo.Repo
+	imageCache     map[string]harness.Image
 }
 
 type storeKind string
@@ -97,10 +101,23 @@ spec:
 
 func newEnv(t *testing.T, kind storeKind) *env {
 	t.Helper()
+	return newEnvWith(t, kind, false)
+}
+
+// newCRIEnv is newEnv with containerd's CRI plugins on (see harness.CRIConfig): pods run
+// with `crictl runp --runtime podsnapshot` under the shim with this env's config.
+func newCRIEnv(t *testing.T, kind storeKind) *env {
+	t.Helper()
+	return newEnvWith(t, kind, true)
+}
+
+func newEnvWith(t *testing.T, kind storeKind, cri bool) *env {
+	t.Helper()
 	harness.LeakCheck(t)
 	e := &env{t: t, dir: t.TempDir()}
 	e.policyDir = filepath.Join(e.dir, "policies")
 	e.workDir = filepath.Join(e.dir, "work")
+	e.kubeletPodsDir = filepath.Join(e.dir, "kubelet-pods")
 	e.runscRoot = harness.RunscRoot(t)
 	must(t, os.MkdirAll(e.policyDir, 0o755))
 
@@ -128,7 +145,14 @@ func newEnv(t *testing.T, kind storeKind) *env {
 		e.store, e.repo = st, &repo.Repo{Store: st}
 	}
 	e.config = e.writeConfig("shim.toml", e.workDir)
-	e.cd = harness.StartContainerd(t, harness.ContainerdOptions{ShimDir: harness.BuildShim(t), Env: containerdEnv})
+	opts := harness.ContainerdOptions{ShimDir: harness.BuildShim(t), Env: containerdEnv}
+	if cri {
+		// Before containerd: the network's cleanup must run after containerd's.
+		e.net = harness.NewCNINetwork(t)
+		opts.EnableCRI, opts.Namespace = true, harness.CRINamespace
+		opts.ExtraConfig = harness.CRIConfig(t, harness.CRIOptions{ShimConfig: e.config, Network: e.net})
+	}
+	e.cd = harness.StartContainerd(t, opts)
 	e.imageCache = e.cd.ImportImages(t)
 	return e
 }
@@ -150,13 +174,16 @@ func (e *env) writePolicy(name, yaml string) {
 // writeConfig writes a shim config using workDir and returns its path.
 func (e *env) writeConfig(name, workDir string) string {
 	path := filepath.Join(e.dir, name)
+	// restore_wait_seconds is short so that a pod missing a container starts cold soon.
 	cfg := fmt.Sprintf(`log_level = "debug"
 work_dir = %q
 policy_dir = %q
+kubelet_pods_dir = %q
+restore_wait_seconds = 5
 [runsc]
 path = %q
 root = %q
-`, workDir, e.policyDir, filepath.Join(harness.DepsBin(e.t), "runsc"), e.runscRoot)
+`, workDir, e.policyDir, e.kubeletPodsDir, filepath.Join(harness.DepsBin(e.t), "runsc"), e.runscRoot)
 	must(e.t, os.WriteFile(path, []byte(cfg), 0o644))
 	return path
 }

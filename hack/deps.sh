@@ -60,6 +60,33 @@ build_fake_gcs() {
   stamp fake-gcs-server "$FAKE_GCS_SERVER_VERSION"
 }
 
+build_crictl() {
+  if fresh crictl "$CRI_TOOLS_VERSION" crictl; then return; fi
+  log "building crictl $CRI_TOOLS_VERSION"
+  local d; d=$(scratch crictl)
+  (cd "$d" && go get "sigs.k8s.io/cri-tools@$CRI_TOOLS_VERSION" &&
+    CGO_ENABLED=0 go build -o "$bin/crictl" \
+      -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=$CRI_TOOLS_VERSION" \
+      sigs.k8s.io/cri-tools/cmd/crictl)
+  stamp crictl "$CRI_TOOLS_VERSION"
+}
+
+# CNI plugins go to $DEPS_DIR/cni/bin, the directory containerd's CRI plugin searches.
+build_cni() {
+  local cni="$DEPS_DIR/cni/bin"
+  if [ "$(cat "$DEPS_DIR/stamps/cni" 2>/dev/null)" = "$CNI_PLUGINS_VERSION" ] &&
+    [ -x "$cni/loopback" ] && [ -x "$cni/bridge" ] && [ -x "$cni/host-local" ]; then return; fi
+  log "building CNI plugins $CNI_PLUGINS_VERSION"
+  mkdir -p "$cni"
+  local d; d=$(scratch cni)
+  (cd "$d" && go get "github.com/containernetworking/plugins@$CNI_PLUGINS_VERSION" &&
+    CGO_ENABLED=0 go build -o "$cni/" \
+      github.com/containernetworking/plugins/plugins/main/loopback \
+      github.com/containernetworking/plugins/plugins/main/bridge \
+      github.com/containernetworking/plugins/plugins/ipam/host-local)
+  stamp cni "$CNI_PLUGINS_VERSION"
+}
+
 install_debian() {
   local missing=() p
   for p in $DEBIAN_PACKAGES; do
@@ -76,10 +103,12 @@ install_debian() {
 
 what=${1:-all}
 case $what in
-  all) install_debian; build_containerd; build_runsc; build_fake_gcs ;;
+  all) install_debian; build_containerd; build_runsc; build_fake_gcs; build_crictl; build_cni ;;
   containerd) build_containerd ;;
   runsc) build_runsc ;;
   fake-gcs-server) build_fake_gcs ;;
+  crictl) build_crictl ;;
+  cni) build_cni ;;
   debian) install_debian ;;
-  *) echo "usage: $0 [all|containerd|runsc|fake-gcs-server|debian]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|containerd|runsc|fake-gcs-server|crictl|cni|debian]" >&2; exit 2 ;;
 esac

@@ -29,6 +29,12 @@ type container struct {
 	// snap is the snapshot state of a sandbox matched by a policy; nil otherwise.
 	snap *podSnap
 
+	// For a container joining a sandbox that has snap: its name (CRI container name),
+	// image, and snapshot key (snapkey.ContainerKey); keyErr says why key is empty.
+	name, image, imageDigest string
+	key                      string
+	keyErr                   error
+
 	// execs is guarded by service.mu.
 	execs map[string]*process
 }

@@ -220,11 +220,12 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		Flags:   cfg.Runsc.Flags,
 		Monitor: reaper.Default,
 	}
+	var sb *container // the sandbox c joins
 	if !c.sandbox {
 		s.mu.Lock()
-		_, ok := s.containers[c.sandboxID]
+		sb = s.containers[c.sandboxID]
 		s.mu.Unlock()
-		if !ok {
+		if sb == nil {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition,
 				"container %s: sandbox %s (annotation %s) is not served by this shim", r.ID, c.sandboxID, oci.SandboxIDAnnotation)
 		}
@@ -254,12 +255,31 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 		return nil, errgrpc.ToGRPC(err)
 	}
 
+	deferred := false
 	if c.sandbox {
+		if err := fillVolumeSources(ctx, c.bundle, c.spec, cfg.KubeletPodsDir); err != nil {
+			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("gVisor mount hints left as they are")
+		}
 		c.snap = s.planSnapshot(ctx, c)
+	} else if sb.snap != nil {
+		s.describeMember(ctx, c)
+		// A container of a pod whose restore waits for its containers is recorded, not
+		// created in runsc (podrestore.go).
+		deferred = s.joinDeferred(ctx, sb, c)
 	}
-	if err := s.runscCreate(ctx, c); err != nil {
-		c.snap.cleanup()
-		return nil, errgrpc.ToGRPC(err)
+	if !deferred {
+		if sb != nil {
+			if err := enableMemberTrigger(sb, c); err != nil {
+				log.G(ctx).WithError(err).WithField("id", r.ID).Warn("the container cannot trigger the pod's checkpoint")
+			}
+		}
+		if err := s.runscCreate(ctx, c); err != nil {
+			c.snap.cleanup()
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
+	if sb != nil && sb.snap != nil {
+		sb.snap.addMember(c)
 	}
 	pid := c.init.pid
 	s.mu.Lock()
@@ -332,27 +352,29 @@ func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.
 	if _, status, _, _ := p.snapshot(); status != task.Status_CREATED {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s is %s, not created", r.ID, status)
 	}
-	var io runsc.IO
-	if !c.sandbox {
-		io = p.io.runscIO()
+	if handled, err := s.startDeferred(ctx, c); handled {
+		// A container of a pod whose restore waits: recorded; the last one restores
+		// the pod (podrestore.go).
+		if err != nil {
+			return nil, errgrpc.ToGRPC(fmt.Errorf("start container %s: %w", c.id, err))
+		}
+		return &taskAPI.StartResponse{Pid: uint32(c.init.pid)}, nil
 	}
-	if err := s.restoreOrStart(ctx, c, io); err != nil {
+	if c.sandbox && s.deferRestore(ctx, c) {
+		// The sandbox waits for its containers before it restores.
+		p.setStatus(task.Status_RUNNING)
+		s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
+		return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
+	}
+	if err := s.restoreOrStart(ctx, c); err != nil {
 		// A container that failed to start is done: its waiters get 255 at once, as
 		// they would from a process that could not be executed.
 		s.exitProcess(c, p, 255)
 		return nil, errgrpc.ToGRPC(fmt.Errorf("start container %s: %w", c.id, err))
 	}
-	if !c.sandbox && p.io.consoleSocket() == "" {
-		if err := p.io.afterStart(ctx); err != nil {
-			return nil, errgrpc.ToGRPC(err)
-		}
-	}
 	p.setStatus(task.Status_RUNNING)
 	s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
-	go s.waitInit(c)
-	if c.snap != nil && c.snap.workloadTrigger && c.snap.restore == nil {
-		go s.watchCheckpoints(c)
-	}
+	s.running(c)
 	return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
 }
 
@@ -431,6 +453,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 		return &taskAPI.DeleteResponse{Pid: uint32(pid), ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt)}, nil
 	}
 
+	s.leaveDeferred(ctx, c)
 	// Delete and Kill finish in bounded time whatever runsc does.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
@@ -452,6 +475,11 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if c.rootfs != "" {
 		if err := mount.UnmountRecursive(c.rootfs, 0); err != nil {
 			log.G(ctx).WithError(err).WithField("id", c.id).Warn("unmount rootfs failed")
+		}
+	}
+	if !c.sandbox {
+		if sb, err := s.get(c.sandboxID); err == nil && sb.snap != nil {
+			sb.snap.removeMember(c)
 		}
 	}
 	s.mu.Lock()
@@ -495,6 +523,9 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 func (s *Service) startExec(ctx context.Context, c *container, p *process) (*taskAPI.StartResponse, error) {
 	if _, status, _, _ := p.snapshot(); status != task.Status_CREATED {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %s is %s, not created", p.execID, status)
+	}
+	if err := s.awaitResolved(ctx, c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	pio, err := newProcessIO(p.stdio)
 	if err != nil {
@@ -579,6 +610,9 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	if err != nil {
 		return nil, err
 	}
+	if err := s.awaitResolved(ctx, c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	if err := c.runsc.Pause(ctx, c.id); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -592,6 +626,9 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 	c, err := s.get(r.ID)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.awaitResolved(ctx, c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	if err := c.runsc.Resume(ctx, c.id); err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -611,6 +648,9 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 	_, status, _, _ := p.snapshot()
 	if status == task.Status_STOPPED {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
+	}
+	if r.ExecID == "" && s.killDeferred(ctx, c, int(r.Signal)) {
+		return &ptypes.Empty{}, nil // runsc never ran it: it ended without runsc
 	}
 	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -661,6 +701,9 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if err != nil {
 		return nil, err
 	}
+	if err := s.awaitResolved(ctx, c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	pids, err := c.runsc.Ps(ctx, c.id)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -695,6 +738,9 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	c, err := s.get(r.ID)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.awaitResolved(ctx, c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	sb, err := s.get(c.sandboxID)
 	if err != nil {
@@ -735,6 +781,9 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	if err != nil {
 		return nil, err
 	}
+	if err := s.awaitResolved(ctx, c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	var res specs.LinuxResources
 	if err := typeurl.UnmarshalTo(r.Resources, &res); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: resources: %w", errdefs.ErrInvalidArgument, err))
@@ -766,6 +815,9 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	c, err := s.get(r.ID)
 	if err != nil {
 		return nil, err
+	}
+	if err := s.awaitResolved(ctx, c); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
 	st, err := c.runsc.Stats(ctx, c.id)
 	if err != nil {

@@ -60,11 +60,14 @@ type podSnap struct {
 	entry     *policy.Entry
 	repo      *repo.Repo
 	namespace string // the pod's namespace (policy namespace)
-	key       string
-	tuple     compat.Tuple
-	labels    map[string]string
-	source    manifest.Source
-	workDir   string // <work_dir>/<namespace>/<sandbox id>: owned by this sandbox
+	// sandboxKey is the key of the sandbox container alone, which a new pod's snapshot is
+	// looked up by (manifest.IndexKey); sandbox is that container as the key saw it.
+	sandboxKey string
+	sandbox    snapkey.Container
+	tuple      compat.Tuple
+	labels     map[string]string
+	source     manifest.Source
+	workDir    string // <work_dir>/<namespace>/<sandbox id>: owned by this sandbox
 
 	// restore is the snapshot the sandbox restores from at Start; nil for a cold start.
 	restore      *manifest.Manifest
@@ -73,6 +76,14 @@ type podSnap struct {
 	// ownRestoreDir: restoreDir is this sandbox's alone (the cache is disabled) and is
 	// removed with the sandbox.
 	ownRestoreDir bool
+	// deferred is the restore of a snapshot of several containers, set at the sandbox's
+	// Start (podrestore.go).
+	deferred *deferredRestore
+
+	// membersMu guards members: the containers that joined the sandbox, in order, which
+	// a checkpoint records with the sandbox.
+	membersMu sync.Mutex
+	members   []*container
 
 	// trigger: the workload may checkpoint itself into checkpointDir.
 	workloadTrigger bool
@@ -203,12 +214,13 @@ func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 	if name == "" {
 		name = "main"
 	}
+	sandbox := snapkey.Container{Name: name, Image: image, ImageDigest: rec.ImageDigest, Spec: c.spec, Sandbox: true}
 	key, err := snapkey.Compute(snapkey.Input{
 		Namespace:   ns,
 		Policy:      entry.Policy.Name,
 		GroupLabels: entry.Policy.GroupLabels(),
 		PodLabels:   rec.Labels,
-		Containers:  []snapkey.Container{{Name: name, Image: image, ImageDigest: rec.ImageDigest, Spec: c.spec, Sandbox: true}},
+		Containers:  []snapkey.Container{sandbox},
 	})
 	if err != nil {
 		decide(ctx, c.id, "cold start", fmt.Sprintf("policy %s: snapshot key: %v", entry.ID(), err))
@@ -223,7 +235,8 @@ func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 		entry:       entry,
 		repo:        &repo.Repo{Store: st, Codec: uploadCodec},
 		namespace:   ns,
-		key:         key,
+		sandboxKey:  key,
+		sandbox:     sandbox,
 		tuple:       tuple,
 		labels:      rec.Labels,
 		workDir:     filepath.Join(c.cfg.WorkDir, s.namespace, c.id),
@@ -287,7 +300,7 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 		case err != nil:
 		case m.State != manifest.StateCommitted:
 			why, m = fmt.Sprintf("snapshot %s/%s named by %s is %s", ps.namespace, name, PSNameAnnotation, m.State), nil
-		case m.Key != ps.key:
+		case m.IndexKey() != ps.sandboxKey:
 			why, m = fmt.Sprintf("snapshot %s/%s named by %s was taken from another pod spec", ps.namespace, name, PSNameAnnotation), nil
 		default:
 			if r := compat.Incompatible(m.Compat, ps.tuple); r != "" {
@@ -295,7 +308,7 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 			}
 		}
 	} else {
-		m, why, err = ps.repo.Find(lctx, ps.namespace, ps.policyName(), ps.key, ps.tuple)
+		m, why, err = ps.repo.Find(lctx, ps.namespace, ps.policyName(), ps.sandboxKey, ps.tuple)
 	}
 	if err != nil {
 		if lctx.Err() != nil {
@@ -362,38 +375,94 @@ func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
 	return nil
 }
 
-// restoreOrStart runs a created sandbox: `runsc restore` from the downloaded snapshot
-// when there is one, else `runsc start`. A failed restore tears the sandbox down and
-// starts the pod cold from the same bundle.
-func (s *Service) restoreOrStart(ctx context.Context, c *container, io runsc.IO) error {
+// enableMemberTrigger lets container c, joining a sandbox that may checkpoint itself,
+// trigger the checkpoint too. gVisor mounts /proc per container and makes
+// /proc/gvisor/checkpoint writable only where that container's own spec has the enable
+// annotation; the save itself follows the sandbox's annotations and saves every
+// container. Called before `runsc create` of c; a no-op for other pods.
+func enableMemberTrigger(sb, c *container) error {
+	if sb.snap == nil || !sb.snap.workloadTrigger || sb.snap.restore != nil {
+		return nil
+	}
+	spec := *c.spec
+	spec.Annotations = map[string]string{}
+	for k, v := range c.spec.Annotations {
+		spec.Annotations[k] = v
+	}
+	spec.Annotations[annCheckpointEnable] = "true"
+	return oci.WriteSpec(c.bundle, &spec)
+}
+
+// restoreOrStart runs a created container: `runsc restore` from the downloaded snapshot
+// when its sandbox has one of the sandbox alone, else `runsc start`. A failed restore
+// tears the sandbox down and starts the pod cold from the same bundle.
+func (s *Service) restoreOrStart(ctx context.Context, c *container) error {
 	ps := c.snap
 	if ps == nil || ps.restore == nil {
-		return c.runsc.Start(ctx, c.id, io)
+		return s.launch(ctx, c, "")
 	}
 	t0 := time.Now()
-	err := c.runsc.Restore(ctx, c.id, runsc.RestoreOpts{ImagePath: ps.restoreDir, IO: io})
+	err := s.launch(ctx, c, ps.restoreDir)
 	if err == nil {
 		m := ps.restore
 		log.G(ctx).WithFields(log.Fields{"id": c.id, "decision": "restored", "reason": v1.EventReason}).Infof(
 			"podsnapshot: restored: Successfully restored the pod from PodSnapshot %s/%s in %d ms (download %d ms, runsc restore %d ms)",
 			ps.namespace, m.UUID, (ps.downloadTook + time.Since(t0)).Milliseconds(), ps.downloadTook.Milliseconds(), time.Since(t0).Milliseconds())
-		go func() {
-			tctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			if err := ps.repo.Touch(tctx, m); err != nil {
-				log.G(ctx).WithError(err).Warn("could not record the snapshot's last access time")
-			}
-		}()
+		ps.touchLater(ctx)
 		return nil
 	}
 	decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
-	ps.restore = nil
 	// The files may be what failed: the next restore downloads them afresh.
 	os.RemoveAll(ps.restoreDir)
+	ps.dropRestore()
 	if err := s.recreate(ctx, c); err != nil {
 		return err
 	}
-	return c.runsc.Start(ctx, c.id, io)
+	return s.launch(ctx, c, "")
+}
+
+// launch runs created container c: `runsc start`, or `runsc restore` from imageDir when
+// it is set. A container joining a sandbox gets its stdio from the runsc command, which
+// is connected to containerd's afterwards.
+func (s *Service) launch(ctx context.Context, c *container, imageDir string) error {
+	var io runsc.IO
+	if !c.sandbox {
+		io = c.init.io.runscIO()
+	}
+	var err error
+	if imageDir == "" {
+		err = c.runsc.Start(ctx, c.id, io)
+	} else {
+		err = c.runsc.Restore(ctx, c.id, runsc.RestoreOpts{ImagePath: imageDir, IO: io})
+	}
+	if err != nil {
+		return err
+	}
+	if !c.sandbox && c.init.io.consoleSocket() == "" {
+		return c.init.io.afterStart(ctx)
+	}
+	return nil
+}
+
+// running watches a container runsc has just started or restored: its exit, and for a
+// sandbox that may checkpoint, the workload's checkpoints.
+func (s *Service) running(c *container) {
+	go s.waitInit(c)
+	if c.snap != nil && c.snap.workloadTrigger && c.snap.restore == nil {
+		go s.watchCheckpoints(c)
+	}
+}
+
+// touchLater records, in the background, that a restore used the snapshot.
+func (ps *podSnap) touchLater(ctx context.Context) {
+	m := ps.restore
+	go func() {
+		tctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := ps.repo.Touch(tctx, m); err != nil {
+			log.G(ctx).WithError(err).Warn("could not record the snapshot's last access time")
+		}
+	}()
 }
 
 // recreate replaces a created (or half-restored) sandbox with a fresh `runsc create`
@@ -424,10 +493,11 @@ func (s *Service) watchCheckpoints(c *container) {
 	for {
 		err := c.runsc.WaitCheckpoint(context.Background(), c.id)
 		if err != nil && !ps.savedBeforeStop(c) {
+			// The wait also fails when the sandbox goes away; its exit follows shortly.
 			select {
 			case <-ps.sandboxGone:
 				return
-			default:
+			case <-time.After(time.Second):
 			}
 			log.G(s.ctx).WithError(err).WithFields(log.Fields{"id": c.id, "reason": v1.EventReason}).
 				Warn("podsnapshot: checkpoint failed: the workload read \"error\" and keeps running; nothing uploaded")
@@ -486,10 +556,20 @@ func (s *Service) commit(c *container, dir string) (*manifest.Manifest, error) {
 		cancel()
 	}()
 	t0 := time.Now()
-	m := manifest.New(ps.namespace, ps.policyName(), ps.key, ps.tuple, t0)
+	key, members, infos, err := ps.podKey()
+	if err != nil {
+		log.G(s.ctx).WithError(err).WithFields(log.Fields{"id": c.id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
+		return nil, err
+	}
+	m := manifest.New(ps.namespace, ps.policyName(), key, ps.tuple, t0)
+	if len(members) > 0 {
+		m.SandboxKey = ps.sandboxKey
+		m.Containers = members
+	}
 	m.Labels = ps.labels
 	m.GroupLabels = snapkey.GroupValues(ps.entry.Policy.GroupLabels(), ps.labels)
 	m.Source = ps.source
+	m.Source.Containers = append(m.Source.Containers[:1:1], infos...)
 	if err := ps.repo.Commit(ctx, m, dir); err != nil {
 		log.G(s.ctx).WithError(err).WithFields(log.Fields{"id": c.id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
 		return nil, err
@@ -507,6 +587,74 @@ func (s *Service) commit(c *container, dir string) (*manifest.Manifest, error) {
 		Infof("podsnapshot: committed: Successfully checkpointed the pod to PodSnapshot %s/%s", m.Namespace, m.UUID)
 	s.enforceGroupLimit(ctx, ps)
 	return m, nil
+}
+
+// podKey returns the key of the whole pod (the sandbox and every container that joined
+// it) and the record of the joined containers for the manifest. A container whose key
+// could not be computed fails it: a snapshot that could never be matched is not stored.
+func (ps *podSnap) podKey() (string, []manifest.ContainerKey, []manifest.ContainerInfo, error) {
+	ps.membersMu.Lock()
+	members := append([]*container(nil), ps.members...)
+	ps.membersMu.Unlock()
+	in := snapkey.Input{
+		Namespace:   ps.namespace,
+		Policy:      ps.policyName(),
+		GroupLabels: ps.entry.Policy.GroupLabels(),
+		PodLabels:   ps.labels,
+		Containers:  []snapkey.Container{ps.sandbox},
+	}
+	var keys []manifest.ContainerKey
+	var infos []manifest.ContainerInfo
+	for _, c := range members {
+		if c.keyErr != nil {
+			return "", nil, nil, fmt.Errorf("container %s: %w", c.id, c.keyErr)
+		}
+		in.Containers = append(in.Containers, snapkey.Container{Name: c.name, Image: c.image, ImageDigest: c.imageDigest, Spec: c.spec})
+		keys = append(keys, manifest.ContainerKey{Name: c.name, Key: c.key})
+		infos = append(infos, manifest.ContainerInfo{Name: c.name, ID: c.id, Image: c.image, ImageDigest: c.imageDigest})
+	}
+	key, err := snapkey.Compute(in)
+	if err != nil {
+		return "", nil, nil, fmt.Errorf("snapshot key: %w", err)
+	}
+	return key, keys, infos, nil
+}
+
+// describeMember fills in the name, image and snapshot key of container c joining the
+// sandbox of ps (c.keyErr when the key cannot be computed).
+func (s *Service) describeMember(ctx context.Context, c *container) {
+	c.name = c.spec.Annotations[oci.ContainerNameAnnotation]
+	if c.name == "" {
+		c.name = c.id
+	}
+	rec, err := lookupContainer(ctx, s.address, s.namespace, c.id)
+	if err != nil {
+		c.keyErr = fmt.Errorf("cannot read the container's image: %w", err)
+		return
+	}
+	c.image, c.imageDigest = rec.Image, rec.ImageDigest
+	if c.image == "" {
+		c.image = c.spec.Annotations[oci.ImageNameAnnotation]
+	}
+	c.key, c.keyErr = snapkey.ContainerKey(snapkey.Container{Name: c.name, Image: c.image, ImageDigest: c.imageDigest, Spec: c.spec})
+}
+
+// addMember records c as a container of the pod; removeMember forgets it.
+func (ps *podSnap) addMember(c *container) {
+	ps.membersMu.Lock()
+	ps.members = append(ps.members, c)
+	ps.membersMu.Unlock()
+}
+
+func (ps *podSnap) removeMember(c *container) {
+	ps.membersMu.Lock()
+	defer ps.membersMu.Unlock()
+	for i, m := range ps.members {
+		if m == c {
+			ps.members = append(ps.members[:i], ps.members[i+1:]...)
+			return
+		}
+	}
 }
 
 // enforceGroupLimit deletes the oldest snapshots of each group beyond the policy's

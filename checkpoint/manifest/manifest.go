@@ -44,8 +44,18 @@ type Manifest struct {
 	// Namespace and Policy are the PodSnapshotPolicy the snapshot was taken under.
 	Namespace string `json:"namespace"`
 	Policy    string `json:"policy"`
-	// Key is the snapshot key (snapkey.Compute): 64 lowercase hex digits.
+	// Key is the snapshot key of the whole pod (snapkey.Compute over every container):
+	// 64 lowercase hex digits.
 	Key string `json:"key"`
+	// SandboxKey is the key of the sandbox container alone (snapkey.Compute with the
+	// pod's namespace, policy and grouping labels and only the sandbox): what a new pod is
+	// looked up by at its sandbox's Create, when its other containers are not known yet.
+	// Empty in manifests of pods of one container, where it equals Key (see IndexKey).
+	SandboxKey string `json:"sandboxKey,omitempty"`
+	// Containers are the pod's containers other than the sandbox (CRI app containers),
+	// each with its snapkey.ContainerKey, in the order they joined the sandbox. A restore
+	// waits until each of them has arrived with that key.
+	Containers []ContainerKey `json:"containers,omitempty"`
 	// Compat is the node's compatibility tuple at checkpoint.
 	Compat compat.Tuple `json:"compat"`
 	// Labels are the pod's labels at checkpoint.
@@ -79,6 +89,22 @@ type Source struct {
 	SandboxID string `json:"sandboxID,omitempty"`
 	// Containers are the pod's containers, sandbox first.
 	Containers []ContainerInfo `json:"containers,omitempty"`
+}
+
+// ContainerKey is one container recorded for restore: its name (CRI container name)
+// and its snapkey.ContainerKey.
+type ContainerKey struct {
+	Name string `json:"name"`
+	Key  string `json:"key"`
+}
+
+// IndexKey is the key the snapshot is indexed and looked up by: SandboxKey, or Key when
+// the pod had only its sandbox container.
+func (m *Manifest) IndexKey() string {
+	if m.SandboxKey != "" {
+		return m.SandboxKey
+	}
+	return m.Key
 }
 
 // ContainerInfo is one source container.

@@ -99,6 +99,12 @@ func TestValidate(t *testing.T) {
 		{"codec none sizes", func(m *Manifest) { m.Files[0].Codec = "none" }, `files[0].storedSize: Invalid value: 40: must equal rawSize for codec none`},
 		{"xxh64", func(m *Manifest) { m.Files[2].XXH64 = "zz" }, `files[2].xxh64: Invalid value: "zz"`},
 		{"size", func(m *Manifest) { m.Files[0].RawSize = -1 }, `files[0].rawSize: Invalid value: -1: must be greater than or equal to 0`},
+		{"sandboxKey", func(m *Manifest) { m.SandboxKey = "ab" }, `sandboxKey: Invalid value: "ab": must be 64 lowercase hex digits`},
+		{"container key", func(m *Manifest) { m.Containers = []ContainerKey{{Name: "app", Key: "x"}} }, `containers[0].key: Invalid value: "x"`},
+		{"container name", func(m *Manifest) { m.Containers = []ContainerKey{{Key: strings.Repeat("1", 64)}} }, `containers[0].name: Required value`},
+		{"container twice", func(m *Manifest) {
+			m.Containers = []ContainerKey{{Name: "a", Key: strings.Repeat("1", 64)}, {Name: "a", Key: strings.Repeat("2", 64)}}
+		}, `containers[1].name: Duplicate value: "a"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := committed()
@@ -126,6 +132,13 @@ func TestValidate(t *testing.T) {
 	p := New("default", "p", strings.Repeat("0", 64), compat.Tuple{}, created)
 	if err := p.Validate(); err != nil {
 		t.Errorf("a new Pending manifest is invalid: %v", err)
+	}
+	if p.IndexKey() != p.Key {
+		t.Errorf("IndexKey of a one-container pod = %q, want its key", p.IndexKey())
+	}
+	p.SandboxKey = strings.Repeat("1", 64)
+	if p.IndexKey() != p.SandboxKey {
+		t.Errorf("IndexKey = %q, want the sandbox key", p.IndexKey())
 	}
 }
 

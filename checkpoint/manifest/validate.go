@@ -56,6 +56,22 @@ func (m *Manifest) Validate() error {
 	if !hex64.MatchString(m.Key) {
 		errs = append(errs, field.Invalid(field.NewPath("key"), m.Key, "must be 64 lowercase hex digits"))
 	}
+	if m.SandboxKey != "" && !hex64.MatchString(m.SandboxKey) {
+		errs = append(errs, field.Invalid(field.NewPath("sandboxKey"), m.SandboxKey, "must be 64 lowercase hex digits"))
+	}
+	names := map[string]bool{}
+	for i, c := range m.Containers {
+		p := field.NewPath("containers").Index(i)
+		if c.Name == "" {
+			errs = append(errs, field.Required(p.Child("name"), ""))
+		} else if names[c.Name] {
+			errs = append(errs, field.Duplicate(p.Child("name"), c.Name))
+		}
+		names[c.Name] = true
+		if !hex64.MatchString(c.Key) {
+			errs = append(errs, field.Invalid(p.Child("key"), c.Key, "must be 64 lowercase hex digits"))
+		}
+	}
 	errs = append(errs, m.validateState()...)
 	if m.CreatedAt.IsZero() {
 		errs = append(errs, field.Required(field.NewPath("createdAt"), ""))

@@ -105,7 +105,7 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 	if err != nil {
 		return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
 	}
-	marker := fmt.Sprintf("%s%020d-%s", keyPrefix(m.Namespace, m.Policy, m.Key), m.CreatedAt.UnixNano(), m.UUID)
+	marker := fmt.Sprintf("%s%020d-%s", keyPrefix(m.Namespace, m.Policy, m.IndexKey()), m.CreatedAt.UnixNano(), m.UUID)
 	if _, err := r.Store.Put(ctx, marker, bytes.NewReader(nil)); err != nil {
 		return fail(fmt.Errorf("commit snapshot %s: index marker: %w", m.UUID, err))
 	}
@@ -162,7 +162,7 @@ func (r *Repo) Find(ctx context.Context, namespace, policy, key string, here com
 		if err != nil {
 			return nil, "", err
 		}
-		if m.State != manifest.StateCommitted || m.Key != key {
+		if m.State != manifest.StateCommitted || m.IndexKey() != key {
 			continue
 		}
 		if why := compat.Incompatible(m.Compat, here); why != "" {
@@ -285,7 +285,7 @@ func (r *Repo) Delete(ctx context.Context, m *manifest.Manifest) error {
 	if err != nil {
 		return err
 	}
-	markers, err := r.Store.List(ctx, keyPrefix(m.Namespace, m.Policy, m.Key))
+	markers, err := r.Store.List(ctx, keyPrefix(m.Namespace, m.Policy, m.IndexKey()))
 	if err != nil {
 		return err
 	}

@@ -203,3 +203,39 @@ func TestOrphans(t *testing.T) {
 		}
 	}
 }
+
+// A snapshot of a pod of several containers is indexed by its sandbox key, which is all
+// a new pod's sandbox knows at Create; Find by the pod key does not see it.
+func TestFindBySandboxKey(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	podKey, sandboxKey := strings.Repeat("d", 64), strings.Repeat("e", 64)
+	m := manifest.New("ns", "pol", podKey, here, time.Now())
+	m.SandboxKey = sandboxKey
+	m.Containers = []manifest.ContainerKey{{Name: "app", Key: strings.Repeat("f", 64)}}
+	if err := r.Commit(ctx, m, imageDir(t, 3)); err != nil {
+		t.Fatal(err)
+	}
+	got, why, err := r.Find(ctx, "ns", "pol", sandboxKey, here)
+	if err != nil || got == nil || got.UUID != m.UUID || len(got.Containers) != 1 || got.Containers[0].Name != "app" {
+		t.Fatalf("Find by sandbox key = %+v, %q, %v", got, why, err)
+	}
+	if got, _, err := r.Find(ctx, "ns", "pol", podKey, here); got != nil || err != nil {
+		t.Fatalf("Find by pod key = %+v, %v; want nothing", got, err)
+	}
+	if err := r.Delete(ctx, reread(t, r, m)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, _ := r.Find(ctx, "ns", "pol", sandboxKey, here); got != nil {
+		t.Fatalf("deleted snapshot still found: %+v", got)
+	}
+}
+
+func reread(t *testing.T, r *Repo, m *manifest.Manifest) *manifest.Manifest {
+	t.Helper()
+	g, err := r.Get(context.Background(), m.Namespace, m.Policy, m.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}

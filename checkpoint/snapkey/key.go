@@ -59,6 +59,30 @@ func Compute(in Input) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
+// ContainerKey returns the key of one container alone: 64 lowercase hex digits, the
+// sha256 of FormatVersion and the container's canonical form (canonicalContainer). The
+// manifest records it for each of a pod's containers other than the sandbox, so that a
+// pod restored container by container (CRI, where containers arrive after the sandbox)
+// can tell, as each one arrives, whether it is the container the snapshot was taken with.
+// Errors: a container without a name or a spec.
+func ContainerKey(c Container) (string, error) {
+	if c.Name == "" {
+		return "", errors.New("snapkey: container has no name")
+	}
+	if c.Spec == nil {
+		return "", fmt.Errorf("snapkey: container %q has no OCI spec", c.Name)
+	}
+	b, err := json.Marshal(struct {
+		Version   int                `json:"v"`
+		Container canonicalContainer `json:"container"`
+	}{FormatVersion, canonicalize(c)})
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
 // Canonical returns the canonical JSON form the key hashes (useful to explain why two
 // keys differ). Field by field, see canonicalPod and canonicalContainer. Errors: no
 // containers, a container without a name or a spec, two containers with one name, more

@@ -250,3 +250,32 @@ func TestServiceLink(t *testing.T) {
 		}
 	}
 }
+
+func TestContainerKey(t *testing.T) {
+	ck := func(in Input, i int) string {
+		t.Helper()
+		k, err := ContainerKey(in.Containers[i])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	one, two := pod("one"), pod("two")
+	if a, b := ck(one, 0), ck(two, 0); a != b || len(a) != 64 {
+		t.Fatalf("replicas of one container differ: %s %s", a, b)
+	}
+	if ck(one, 0) == ck(one, 1) {
+		t.Fatal("two different containers have one key")
+	}
+	changed := pod("two")
+	app(&changed).Process.Args = []string{"/app/server", "--port=9090"}
+	if ck(one, 0) == ck(changed, 0) {
+		t.Fatal("changed args kept the container key")
+	}
+	if _, err := ContainerKey(Container{Name: "x"}); err == nil || !strings.Contains(err.Error(), `"x" has no OCI spec`) {
+		t.Fatalf("no spec: %v", err)
+	}
+	if _, err := ContainerKey(Container{Spec: &specs.Spec{}}); err == nil {
+		t.Fatal("no name: no error")
+	}
+}

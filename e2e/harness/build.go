@@ -18,6 +18,8 @@ import (
 const (
 	BusyboxImage   = ociarchive.BusyboxImage
 	WorkloadsImage = ociarchive.WorkloadsImage
+	// PauseImage is the sandbox image a CRI containerd pins (see CRIConfig).
+	PauseImage = ociarchive.PauseImage
 )
 
 // once runs a build at most once per test binary and remembers its result, error included,
@@ -96,16 +98,17 @@ type Image struct {
 
 var imagesBuild once[map[string]Image]
 
-// Images builds the test images (BusyboxImage and WorkloadsImage) once per test binary and
-// returns them by name. The images are reproducible: the same sources give the same
-// digests in every run.
+// Images builds the test images (BusyboxImage, WorkloadsImage and PauseImage) once per
+// test binary and returns them by name. The images are reproducible: the same sources
+// give the same digests in every run.
 func Images(t testing.TB) map[string]Image {
 	t.Helper()
 	root, cache, busybox := RepoRoot(t), binaryCache(t), Busybox(t)
 	images, err := imagesBuild.get(func() (map[string]Image, error) {
 		dir := filepath.Join(cache, "images")
 		bin := filepath.Join(dir, "bin")
-		if err := ociarchive.BuildWorkloads(context.Background(), root, bin); err != nil {
+		programs := append(append([]string(nil), ociarchive.Workloads...), ociarchive.Pause)
+		if err := ociarchive.BuildPrograms(context.Background(), root, bin, programs...); err != nil {
 			return nil, err
 		}
 		bb, err := ociarchive.BusyboxSpec(busybox)
@@ -116,8 +119,12 @@ func Images(t testing.TB) map[string]Image {
 		if err != nil {
 			return nil, err
 		}
+		pause, err := ociarchive.PauseSpec(bin)
+		if err != nil {
+			return nil, err
+		}
 		images := map[string]Image{}
-		for file, spec := range map[string]ociarchive.Spec{"busybox.tar": bb, "workloads.tar": wl} {
+		for file, spec := range map[string]ociarchive.Spec{"busybox.tar": bb, "workloads.tar": wl, "pause.tar": pause} {
 			archive := filepath.Join(dir, file)
 			res, err := ociarchive.BuildFile(archive, spec)
 			if err != nil {
@@ -133,8 +140,8 @@ func Images(t testing.TB) map[string]Image {
 	return images
 }
 
-// Workload returns the host path of a built workload binary (counter, slowinit), for
-// tests that run it outside containerd, e.g. directly under runsc.
+// Workload returns the host path of a built workload binary (counter, slowinit, pause),
+// for tests that run it outside containerd, e.g. directly under runsc.
 func Workload(t testing.TB, name string) string {
 	t.Helper()
 	Images(t)

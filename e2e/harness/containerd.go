@@ -25,8 +25,8 @@ type ContainerdOptions struct {
 	ShimDir string
 	// Namespace used by Ctr and Client; default "test".
 	Namespace string
-	// EnableCRI keeps containerd's CRI plugins (they want CNI, which this machine lacks,
-	// so they are off by default).
+	// EnableCRI keeps containerd's CRI plugins (off by default: they want a CNI network)
+	// and makes Crictl available; see CRIConfig and NewCNINetwork for what they need.
 	EnableCRI bool
 	// ExtraConfig is TOML appended to the generated config (version 4, containerd 2.4's); it must not
 	// redefine a table the generated config defines (see config.toml in Dir).
@@ -54,14 +54,18 @@ type Containerd struct {
 	// Env is containerd's environment (PATH with the shim dir and _deps/bin first).
 	Env []string
 
-	ctr string
-	d   *labhost.Daemon
+	ctr    string
+	crictl string // with EnableCRI
+	cri    bool
+	d      *labhost.Daemon
 }
 
 // StartContainerd starts a private containerd (binary from DepsBin) and waits until its
 // socket answers. At cleanup it stops containerd (SIGTERM, then SIGKILL), reaps it, kills
 // and records any shim or runsc process of its own left behind (LeakCheck reports them),
-// unmounts what is still mounted below its directories and removes them. When the test
+// unmounts what is still mounted below its directories (with CRI: the pods' network
+// namespaces too), removes libcni's cached results of its pods, and removes the
+// directories. When the test
 // failed, containerd's log is written to the test log.
 func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	t.Helper()
@@ -91,11 +95,15 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 		LogPath:   filepath.Join(dir, "containerd.log"),
 		Namespace: opts.Namespace,
 		ctr:       ctr,
+		cri:       opts.EnableCRI,
+	}
+	if opts.EnableCRI {
+		c.crictl = Binary(t, "crictl", "")
 	}
 	addLeakMarker(t, dir)
 
 	// Plugins that cannot work here or would reach outside the test's directories; CRI
-	// wants CNI, which this machine lacks, so it is off unless asked for.
+	// wants a CNI network, so it is off unless asked for.
 	disabled := append([]string(nil), labhost.DisabledPlugins...)
 	if !opts.EnableCRI {
 		disabled = append(disabled, labhost.CRIPlugins...)
@@ -106,6 +114,11 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	}
 	if err := os.WriteFile(c.Config, []byte(config), 0o644); err != nil {
 		t.Fatalf("harness: write containerd config: %v", err)
+	}
+	if opts.EnableCRI {
+		if err := c.writeCrictlConfig(); err != nil {
+			t.Fatalf("harness: %v", err)
+		}
 	}
 
 	path := DepsBin(t) + string(os.PathListSeparator) + os.Getenv("PATH")
@@ -169,6 +182,11 @@ func (c *Containerd) stop(t testing.TB) {
 	if err := unmountBelow(c.Dir); err != nil {
 		t.Errorf("harness: %v", err)
 	}
+	if c.cri {
+		if err := removeCNIResults(c.Dir); err != nil {
+			t.Errorf("harness: %v", err)
+		}
+	}
 	if t.Failed() {
 		t.Logf("harness: containerd log (%s):\n%s", c.LogPath, c.Logs())
 	}
@@ -197,8 +215,9 @@ func (c *Containerd) Logs() string {
 // their own before it kills them.
 var ShutdownGrace = 5 * time.Second
 
-// CtrResult is the outcome of one ctr command.
+// CtrResult is the outcome of one ctr (or crictl) command.
 type CtrResult struct {
+	Tool     string // "crictl" for Crictl; empty for ctr
 	Args     []string
 	Stdout   string
 	Stderr   string
@@ -206,7 +225,11 @@ type CtrResult struct {
 }
 
 func (r CtrResult) String() string {
-	return fmt.Sprintf("ctr %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(r.Args, " "), r.ExitCode, r.Stdout, r.Stderr)
+	tool := r.Tool
+	if tool == "" {
+		tool = "ctr"
+	}
+	return fmt.Sprintf("%s %s: exit %d\nstdout:\n%s\nstderr:\n%s", tool, strings.Join(r.Args, " "), r.ExitCode, r.Stdout, r.Stderr)
 }
 
 // CtrTimeout bounds each Ctr call.
@@ -274,12 +297,12 @@ func ImportArgs(archive string) []string {
 }
 
 // ImportImage builds the test images once per test binary (see Images) and imports the
-// named one (BusyboxImage or WorkloadsImage) into this containerd.
+// named one (BusyboxImage, WorkloadsImage or PauseImage) into this containerd.
 func (c *Containerd) ImportImage(t testing.TB, name string) Image {
 	t.Helper()
 	img, ok := Images(t)[name]
 	if !ok {
-		t.Fatalf("harness: no test image %q (have %s, %s)", name, BusyboxImage, WorkloadsImage)
+		t.Fatalf("harness: no test image %q (have %s, %s, %s)", name, BusyboxImage, WorkloadsImage, PauseImage)
 	}
 	c.MustCtr(t, ImportArgs(img.Archive)...)
 	return img

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -53,14 +54,32 @@ func blob(t *testing.T, entries map[string][]byte, digest string) []byte {
 	return b
 }
 
-// TestImages checks the layout ctr import relies on: index.json with the name
-// annotations and the platform, a manifest, a config with the command, and a gzip layer
-// holding busybox, its applet links and the workloads.
-func TestImages(t *testing.T) {
+// imageView is what a test image archive holds, as ctr import reads it.
+type imageView struct {
+	Config struct {
+		Architecture string `json:"architecture"`
+		OS           string `json:"os"`
+		Config       struct {
+			Entrypoint, Cmd, Env []string
+			WorkingDir           string
+		} `json:"config"`
+		RootFS struct {
+			DiffIDs []string `json:"diff_ids"`
+		} `json:"rootfs"`
+	}
+	// Files are the headers of the single layer's entries by name ("bin/sh", "tmp/").
+	Files map[string]*tar.Header
+}
+
+// readImage reads the archive of test image name and checks the layout ctr import
+// relies on: oci-layout, index.json with one manifest carrying the name annotations and
+// the platform, a manifest with a config and one gzip layer.
+func readImage(t *testing.T, name string) imageView {
+	t.Helper()
 	images := Images(t)
-	img, ok := images[WorkloadsImage]
+	img, ok := images[name]
 	if !ok {
-		t.Fatalf("no %s in %v", WorkloadsImage, images)
+		t.Fatalf("no %s in %v", name, images)
 	}
 	entries := readArchive(t, img.Archive)
 	if string(entries["oci-layout"]) != `{"imageLayoutVersion":"1.0.0"}` {
@@ -82,8 +101,8 @@ func TestImages(t *testing.T) {
 	}
 	m := index.Manifests[0]
 	if m.Digest != img.Digest || m.Platform["os"] != "linux" || m.Platform["architecture"] != goarch() ||
-		m.Annotations[ociarchive.AnnotationImageName] != WorkloadsImage || m.Annotations[ociarchive.AnnotationRefName] != "latest" {
-		t.Errorf("index entry = %+v, want digest %s, linux/%s, names %s and latest", m, img.Digest, goarch(), WorkloadsImage)
+		m.Annotations[ociarchive.AnnotationImageName] != name || m.Annotations[ociarchive.AnnotationRefName] != "latest" {
+		t.Errorf("index entry = %+v, want digest %s, linux/%s, names %s and latest", m, img.Digest, goarch(), name)
 	}
 	var manifest struct {
 		Config struct{ Digest string } `json:"config"`
@@ -95,23 +114,13 @@ func TestImages(t *testing.T) {
 	if err := json.Unmarshal(blob(t, entries, m.Digest), &manifest); err != nil {
 		t.Fatalf("manifest: %v", err)
 	}
-	var config struct {
-		Architecture string `json:"architecture"`
-		OS           string `json:"os"`
-		Config       struct {
-			Cmd, Env   []string
-			WorkingDir string
-		} `json:"config"`
-		RootFS struct {
-			DiffIDs []string `json:"diff_ids"`
-		} `json:"rootfs"`
-	}
-	if err := json.Unmarshal(blob(t, entries, manifest.Config.Digest), &config); err != nil {
+	var v imageView
+	if err := json.Unmarshal(blob(t, entries, manifest.Config.Digest), &v.Config); err != nil {
 		t.Fatalf("config: %v", err)
 	}
-	if config.OS != "linux" || config.Architecture != goarch() || strings.Join(config.Config.Cmd, " ") != "/bin/counter" ||
-		config.Config.WorkingDir != "/" || len(config.Config.Env) == 0 || len(config.RootFS.DiffIDs) != 1 {
-		t.Errorf("config = %+v", config)
+	if v.Config.OS != "linux" || v.Config.Architecture != goarch() || v.Config.Config.WorkingDir != "/" ||
+		len(v.Config.Config.Env) == 0 || len(v.Config.RootFS.DiffIDs) != 1 {
+		t.Errorf("config = %+v", v.Config)
 	}
 	if len(manifest.Layers) != 1 || manifest.Layers[0].MediaType != ociarchive.MediaTypeLayerGzip {
 		t.Fatalf("layers = %+v", manifest.Layers)
@@ -120,7 +129,7 @@ func TestImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := map[string]*tar.Header{}
+	v.Files = map[string]*tar.Header{}
 	tr := tar.NewReader(zr)
 	for {
 		hdr, err := tr.Next()
@@ -130,24 +139,57 @@ func TestImages(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		files[hdr.Name] = hdr
+		v.Files[hdr.Name] = hdr
 	}
-	for name, want := range map[string]string{
-		"bin/busybox": "", "bin/counter": "", "bin/slowinit": "",
-		"bin/sh": "busybox", "bin/echo": "busybox", "bin/sleep": "busybox", "bin/wget": "busybox", "bin/nc": "busybox",
-	} {
+	return v
+}
+
+// checkFiles checks that the layer holds each file of want: "" for an executable
+// regular file, else a symbolic link to that target.
+func checkFiles(t *testing.T, files map[string]*tar.Header, want map[string]string) {
+	t.Helper()
+	for name, target := range want {
 		hdr, ok := files[name]
 		switch {
 		case !ok:
 			t.Errorf("layer lacks %s", name)
-		case want == "" && (hdr.Typeflag != tar.TypeReg || hdr.Mode&0o111 == 0):
+		case target == "" && (hdr.Typeflag != tar.TypeReg || hdr.Mode&0o111 == 0):
 			t.Errorf("%s: type %c mode %o, want an executable file", name, hdr.Typeflag, hdr.Mode)
-		case want != "" && (hdr.Typeflag != tar.TypeSymlink || hdr.Linkname != want):
-			t.Errorf("%s: type %c -> %q, want a link to %s", name, hdr.Typeflag, hdr.Linkname, want)
+		case target != "" && (hdr.Typeflag != tar.TypeSymlink || hdr.Linkname != target):
+			t.Errorf("%s: type %c -> %q, want a link to %s", name, hdr.Typeflag, hdr.Linkname, target)
 		}
 	}
 	if hdr := files["tmp/"]; hdr == nil || hdr.Mode != 0o1777 {
 		t.Errorf("tmp/ = %+v, want mode 1777", hdr)
+	}
+}
+
+// TestImages checks the workloads image: the layout ctr import relies on (readImage), a
+// config with the command, and a layer holding busybox, its applet links and the
+// workloads.
+func TestImages(t *testing.T) {
+	v := readImage(t, WorkloadsImage)
+	if strings.Join(v.Config.Config.Cmd, " ") != "/bin/counter" {
+		t.Errorf("command %q, want /bin/counter", v.Config.Config.Cmd)
+	}
+	checkFiles(t, v.Files, map[string]string{
+		"bin/busybox": "", "bin/counter": "", "bin/slowinit": "",
+		"bin/sh": "busybox", "bin/echo": "busybox", "bin/sleep": "busybox", "bin/wget": "busybox", "bin/nc": "busybox",
+	})
+}
+
+// TestPauseImage checks the CRI sandbox image: entrypoint /pause, and nothing of
+// busybox or the workloads beside it.
+func TestPauseImage(t *testing.T) {
+	v := readImage(t, PauseImage)
+	if strings.Join(v.Config.Config.Entrypoint, " ") != "/pause" || len(v.Config.Config.Cmd) != 0 {
+		t.Errorf("entrypoint %q, command %q: want /pause and none", v.Config.Config.Entrypoint, v.Config.Config.Cmd)
+	}
+	checkFiles(t, v.Files, map[string]string{"pause": ""})
+	for _, name := range []string{"bin/busybox", "bin/sh", "bin/counter"} {
+		if _, ok := v.Files[name]; ok {
+			t.Errorf("pause image holds %s", name)
+		}
 	}
 }
 
@@ -179,21 +221,27 @@ func TestBuildReproducible(t *testing.T) {
 	}
 }
 
-// TestImagebuildCommand runs the command-line tool as the docs show it.
+// TestImagebuildCommand runs the command-line tool as the docs show it, for the busybox
+// and pause presets.
 func TestImagebuildCommand(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "bb.tar")
-	cmd := exec.Command("go", "run", "./testdata/imagebuild", "-o", out, "-preset", "busybox", "-busybox", Busybox(t))
-	cmd.Dir = RepoRoot(t)
-	b, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v: %v\n%s", cmd, err, b)
-	}
-	if !strings.Contains(string(b), BusyboxImage) {
-		t.Errorf("output %q does not name %s", b, BusyboxImage)
-	}
-	// The busybox preset is deterministic too: the tool and the library agree.
-	if got, want := strings.Fields(string(b))[2], Images(t)[BusyboxImage].Digest; got != want {
-		t.Errorf("digest from the tool %s, from the library %s", got, want)
+	for preset, name := range map[string]string{"busybox": BusyboxImage, "pause": PauseImage} {
+		t.Run(preset, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), preset+".tar")
+			cmd := exec.Command("go", "run", "./testdata/imagebuild", "-o", out, "-preset", preset, "-busybox", Busybox(t))
+			cmd.Dir = RepoRoot(t)
+			b, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %v\n%s", cmd, err, b)
+			}
+			if !strings.Contains(string(b), name) {
+				t.Fatalf("output %q does not name %s", b, name)
+			}
+			// The presets are deterministic too (pause compiled with -trimpath): the tool
+			// and the library agree.
+			if got, want := strings.Fields(string(b))[2], Images(t)[name].Digest; got != want {
+				t.Errorf("digest from the tool %s, from the library %s", got, want)
+			}
+		})
 	}
 }
 
@@ -221,6 +269,35 @@ func TestWorkloadsOnHost(t *testing.T) {
 			t.Errorf("ready time %q (%v): want a timestamp about 1s after start %v", line, err, start)
 		}
 	})
+}
+
+// TestPauseOnHost runs the pause program outside any sandbox: it keeps running, and
+// SIGTERM makes it exit 0, as a sandbox container must for a clean StopPodSandbox.
+func TestPauseOnHost(t *testing.T) {
+	cmd := exec.Command(Workload(t, "pause"))
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		t.Fatalf("pause exited on its own: %v\n%s", err, stderr.String())
+	case <-time.After(500 * time.Millisecond):
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("pause after SIGTERM: %v, want exit 0\n%s", err, stderr.String())
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("pause did not exit within 10s of SIGTERM")
+	}
 }
 
 // runFor runs a command for d, then kills it, and returns its stdout.

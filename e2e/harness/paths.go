@@ -1,6 +1,7 @@
 // Package harness runs the e2e tests' moving parts: a private containerd with our shim on
 // its PATH, ctr, the test images, fake-gcs-server, and a check that no shim, runsc or
-// gofer process outlives its test.
+// gofer process outlives its test; for CRI tests also containerd's CRI plugins with a
+// private CNI network, and crictl.
 //
 // Everything it starts is private to one test (own directories, socket, port) and is
 // stopped and reaped at the test's cleanup, so tests may run in parallel. Tools come from

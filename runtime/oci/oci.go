@@ -24,6 +24,8 @@ const (
 	SandboxNamespaceAnnotation = "io.kubernetes.cri.sandbox-namespace"
 	// SandboxNameAnnotation is the pod's name.
 	SandboxNameAnnotation = "io.kubernetes.cri.sandbox-name"
+	// SandboxUIDAnnotation is the pod's UID (CRI), which kubelet's volume paths hold.
+	SandboxUIDAnnotation = "io.kubernetes.cri.sandbox-uid"
 	// ContainerNameAnnotation is the container's name in the pod spec.
 	ContainerNameAnnotation = "io.kubernetes.cri.container-name"
 	// ImageNameAnnotation is the container's image reference.

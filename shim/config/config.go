@@ -8,6 +8,8 @@
 //	policy_dir = "/etc/podsnapshot"       # PodSnapshotPolicy manifests
 //	cache_dir = ""                        # node cache of restored snapshots; "": <work_dir>/cache
 //	cache_max_bytes = 10737418240         # its size limit in bytes; 0 disables it
+//	restore_wait_seconds = 30             # how long a pod's deferred restore waits for a container
+//	kubelet_pods_dir = "/var/lib/kubelet/pods"  # where emptyDir volumes live (mount hints)
 //
 //	[runsc]
 //	path = "runsc"                        # binary, a path or a name in $PATH
@@ -23,6 +25,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 	"github.com/sirupsen/logrus"
@@ -43,7 +46,15 @@ type Config struct {
 	CacheDir string `toml:"cache_dir"`
 	// CacheMaxBytes bounds CacheDir, in bytes; 0 disables the cache.
 	CacheMaxBytes int64 `toml:"cache_max_bytes"`
-	Runsc         Runsc `toml:"runsc"`
+	// RestoreWaitSeconds bounds, in seconds, how long the deferred restore of a
+	// multi-container pod waits for the next container recorded in its snapshot (counted
+	// from the sandbox's start and from each arrival) before the pod starts cold.
+	RestoreWaitSeconds float64 `toml:"restore_wait_seconds"`
+	// KubeletPodsDir is the kubelet's pods directory (<dir>/<pod uid>/volumes/<plugin>/<name>):
+	// where the shim finds a pod volume named by a gVisor mount hint
+	// (dev.gvisor.spec.mount.<name>.type) that has no .source.
+	KubeletPodsDir string `toml:"kubelet_pods_dir"`
+	Runsc          Runsc  `toml:"runsc"`
 
 	// Path is the file this config was read from; empty for built-in defaults.
 	Path string `toml:"-"`
@@ -63,6 +74,10 @@ func Default() Config {
 		WorkDir:       "/var/lib/podsnapshot",
 		PolicyDir:     "/etc/podsnapshot",
 		CacheMaxBytes: 10 << 30,
+		// Kubelet creates a pod's containers one after another, pulling each image first;
+		// 30 s covers a pull of a cached image many times over.
+		RestoreWaitSeconds: 30,
+		KubeletPodsDir:     "/var/lib/kubelet/pods",
 		Runsc: Runsc{
 			Path: "runsc",
 			Root: "/run/containerd/runsc",
@@ -114,7 +129,7 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
 }
@@ -125,6 +140,11 @@ func (c Config) Cache() string {
 		return c.CacheDir
 	}
 	return filepath.Join(c.WorkDir, "cache")
+}
+
+// RestoreWait is RestoreWaitSeconds as a duration.
+func (c Config) RestoreWait() time.Duration {
+	return time.Duration(c.RestoreWaitSeconds * float64(time.Second))
 }
 
 // Validate checks values that TOML types cannot.
@@ -146,6 +166,12 @@ func (c Config) Validate() error {
 	}
 	if c.CacheMaxBytes < 0 {
 		return fmt.Errorf("key \"cache_max_bytes\": %d must not be negative", c.CacheMaxBytes)
+	}
+	if c.RestoreWaitSeconds <= 0 {
+		return fmt.Errorf("key \"restore_wait_seconds\": %v must be positive", c.RestoreWaitSeconds)
+	}
+	if c.KubeletPodsDir == "" || !strings.HasPrefix(c.KubeletPodsDir, "/") {
+		return fmt.Errorf("key \"kubelet_pods_dir\": %q must be an absolute path", c.KubeletPodsDir)
 	}
 	for k := range c.Runsc.Flags {
 		switch k {

@@ -5,12 +5,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseValid(t *testing.T) {
 	cfg, err := Parse([]byte(`
 log_level = "debug"
 work_dir = "/tmp/w"
+restore_wait_seconds = 2.5
+kubelet_pods_dir = "/tmp/pods"
 [runsc]
 path = "/usr/local/bin/runsc"
 root = "/run/r"
@@ -24,6 +27,9 @@ network = "none"
 	if cfg.LogLevel != "debug" || cfg.WorkDir != "/tmp/w" || cfg.Runsc.Path != "/usr/local/bin/runsc" ||
 		cfg.Runsc.Root != "/run/r" || cfg.Runsc.Flags["platform"] != "systrap" || cfg.Runsc.Flags["network"] != "none" {
 		t.Fatalf("unexpected config: %+v", cfg)
+	}
+	if cfg.RestoreWait() != 2500*time.Millisecond || cfg.KubeletPodsDir != "/tmp/pods" {
+		t.Fatalf("restore_wait_seconds/kubelet_pods_dir: %+v", cfg)
 	}
 	if cfg.PolicyDir != "/etc/podsnapshot" {
 		t.Fatalf("default policy_dir lost: %q", cfg.PolicyDir)
@@ -40,6 +46,8 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"reserved flag", "[runsc.flags]\nroot = \"/x\"", `key "runsc.flags.root"`},
 		{"dashed flag", "[runsc.flags]\n\"--debug\" = \"true\"", `without dashes`},
 		{"syntax", "log_level = ", `line 1`},
+		{"zero restore wait", "restore_wait_seconds = 0", `key "restore_wait_seconds"`},
+		{"relative pods dir", `kubelet_pods_dir = "pods"`, `key "kubelet_pods_dir"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.toml))

@@ -6,14 +6,16 @@
 //
 //	go run ./testdata/imagebuild -o busybox.tar -preset busybox
 //	go run ./testdata/imagebuild -o workloads.tar -preset workloads
+//	go run ./testdata/imagebuild -o pause.tar -preset pause
 //	go run ./testdata/imagebuild -o redis.tar -preset redis
 //	go run ./testdata/imagebuild -o x.tar -name podsnapshot.test/x:1 -preset none \
 //	    -add /bin/busybox=/bin/busybox -cmd '["/bin/busybox","sh"]'
 //
 // Presets: "busybox" (podsnapshot.test/busybox:latest, busybox and its applets),
 // "workloads" (podsnapshot.test/workloads:latest, the same plus /bin/counter and
-// /bin/slowinit compiled from testdata/workloads), "redis", "python" and "nginx"
-// (podsnapshot.test/NAME:latest: busybox plus the Debian program with its shared-library
+// /bin/slowinit compiled from testdata/workloads), "pause"
+// (podsnapshot.test/pause:latest, the CRI tests' sandbox image: only /pause from
+// testdata/workloads/pause), "redis", "python" and "nginx" (podsnapshot.test/NAME:latest: busybox plus the Debian program with its shared-library
 // closure and data directories, and a wrapper from testdata/workloads that checkpoints
 // the sandbox once the program is ready; the Debian packages must be installed) and
 // "none" (only -add files, the base directories and /etc/passwd). -name, -cmd, -entrypoint, -env and -workdir override the
@@ -54,7 +56,7 @@ func run() error {
 	var (
 		out          = flag.String("o", "", "output archive (required)")
 		name         = flag.String("name", "", "image name; default: the preset's")
-		preset       = flag.String("preset", "busybox", "busybox, workloads, redis, python, nginx or none")
+		preset       = flag.String("preset", "busybox", "busybox, workloads, pause, redis, python, nginx or none")
 		busybox      = flag.String("busybox", ociarchive.DefaultBusybox, "static busybox binary")
 		entrypoint   = flag.String("entrypoint", "", "entrypoint: a JSON array, or words split at spaces")
 		cmdFlag      = flag.String("cmd", "", "command: a JSON array, or words split at spaces")
@@ -77,6 +79,8 @@ func run() error {
 		spec, err = ociarchive.BusyboxSpec(*busybox)
 	case "workloads":
 		spec, err = workloadsSpec(*busybox)
+	case "pause":
+		spec, err = pauseSpec()
 	case "redis", "python", "nginx":
 		var root string
 		if root, err = repoRoot(); err == nil {
@@ -85,7 +89,7 @@ func run() error {
 	case "none":
 		spec = ociarchive.Spec{Files: ociarchive.BaseFiles(), Env: ociarchive.DefaultEnv, WorkingDir: "/"}
 	default:
-		return fmt.Errorf("-preset %q: want busybox, workloads, redis, python, nginx or none", *preset)
+		return fmt.Errorf("-preset %q: want busybox, workloads, pause, redis, python, nginx or none", *preset)
 	}
 	if err != nil {
 		return err
@@ -128,21 +132,41 @@ func run() error {
 // workloadsSpec compiles the workloads into a temporary directory; it must run inside
 // the repository (as `go run ./testdata/imagebuild` does).
 func workloadsSpec(busybox string) (ociarchive.Spec, error) {
-	root, err := repoRoot()
+	dir, err := buildPrograms(ociarchive.Workloads...)
 	if err != nil {
 		return ociarchive.Spec{}, err
 	}
+	return ociarchive.WorkloadsSpec(busybox, dir)
+}
+
+// pauseSpec compiles the pause program into a temporary directory; it must run inside
+// the repository, as workloadsSpec.
+func pauseSpec() (ociarchive.Spec, error) {
+	dir, err := buildPrograms(ociarchive.Pause)
+	if err != nil {
+		return ociarchive.Spec{}, err
+	}
+	return ociarchive.PauseSpec(dir)
+}
+
+// buildPrograms compiles the named programs of testdata/workloads into a temporary
+// directory and returns it.
+func buildPrograms(names ...string) (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
 	dir, err := os.MkdirTemp("", "imagebuild-")
 	if err != nil {
-		return ociarchive.Spec{}, fmt.Errorf("temporary directory: %w", err)
+		return "", fmt.Errorf("temporary directory: %w", err)
 	}
 	// The spec only names the binaries; they are read when the archive is written, which
 	// happens before the process exits. Remove the directory then.
 	cleanup = append(cleanup, func() { os.RemoveAll(dir) })
-	if err := ociarchive.BuildWorkloads(context.Background(), root, dir); err != nil {
-		return ociarchive.Spec{}, err
+	if err := ociarchive.BuildPrograms(context.Background(), root, dir, names...); err != nil {
+		return "", err
 	}
-	return ociarchive.WorkloadsSpec(busybox, dir)
+	return dir, nil
 }
 
 // cleanup holds what main removes after run, before it exits (os.Exit skips defers).
@@ -161,7 +185,7 @@ func repoRoot() (string, error) {
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("-preset workloads, redis, python and nginx must run inside the podsnapshot repository")
+			return "", errors.New("-preset workloads, pause, redis, python and nginx must run inside the podsnapshot repository")
 		}
 		dir = parent
 	}

@@ -311,7 +311,7 @@ func (l *Lab) startFakeGCS(ctx context.Context) error {
 }
 
 func (l *Lab) startContainerd(ctx context.Context) error {
-	// The lab never needs CRI (it wants CNI, which this machine lacks); the other
+	// The lab never needs CRI (it wants a CNI network); the other
 	// plugins labhost disables cannot work here or reach outside the lab's directory.
 	disabled := append(append([]string(nil), labhost.CRIPlugins...), labhost.DisabledPlugins...)
 	config := labhost.ContainerdConfig(filepath.Join(l.Dir, "root"), filepath.Join(l.Dir, "state"), l.Address, "info", disabled)

@@ -10,7 +10,7 @@ import (
 	"strings"
 )
 
-// The test images. Both are built from static binaries only, so they run anywhere.
+// The test images. They are built from static binaries only, so they run anywhere.
 const (
 	// BusyboxImage holds busybox (static) with a symlink per applet in /bin.
 	// Default command: sh.
@@ -18,6 +18,10 @@ const (
 	// WorkloadsImage is BusyboxImage plus /bin/counter and /bin/slowinit from
 	// testdata/workloads. Default command: /bin/counter.
 	WorkloadsImage = "podsnapshot.test/workloads:latest"
+	// PauseImage is the sandbox image of the CRI tests (containerd's pinned "sandbox"
+	// image): only /pause from testdata/workloads/pause, which waits for SIGTERM.
+	// Entrypoint: /pause.
+	PauseImage = "podsnapshot.test/pause:latest"
 )
 
 // DefaultBusybox is where Debian's busybox-static package installs its binary.
@@ -25,6 +29,9 @@ const DefaultBusybox = "/bin/busybox"
 
 // Workloads are the programs under testdata/workloads that WorkloadsImage carries in /bin.
 var Workloads = []string{"counter", "slowinit"}
+
+// Pause is the program under testdata/workloads that PauseImage carries as /pause.
+const Pause = "pause"
 
 // DefaultEnv is the environment of both test images.
 var DefaultEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -96,14 +103,38 @@ func WorkloadsSpec(busybox, binDir string) (Spec, error) {
 	return spec, nil
 }
 
-// BuildWorkloads compiles the workloads of the repository at repoRoot into outDir,
-// statically (CGO_ENABLED=0) and reproducibly (-trimpath, no VCS stamp), for linux.
+// PauseSpec is the spec of PauseImage; binDir holds the built pause program (see
+// BuildPrograms). Nothing else of busybox or the workloads goes in: a sandbox image only
+// has to hold the pod open.
+func PauseSpec(binDir string) (Spec, error) {
+	src := filepath.Join(binDir, Pause)
+	if _, err := os.Stat(src); err != nil {
+		return Spec{}, fmt.Errorf("pause program: %w", err)
+	}
+	return Spec{
+		Name:       PauseImage,
+		Files:      append(BaseFiles(), File{Path: "/" + Pause, Mode: 0o755, Source: src}),
+		Entrypoint: []string{"/" + Pause},
+		Env:        DefaultEnv,
+		WorkingDir: "/",
+	}, nil
+}
+
+// BuildWorkloads compiles the Workloads of the repository at repoRoot into outDir (see
+// BuildPrograms).
 func BuildWorkloads(ctx context.Context, repoRoot, outDir string) error {
+	return BuildPrograms(ctx, repoRoot, outDir, Workloads...)
+}
+
+// BuildPrograms compiles the named Go programs of testdata/workloads (Workloads, Pause)
+// of the repository at repoRoot into outDir, statically (CGO_ENABLED=0) and reproducibly
+// (-trimpath, no VCS stamp), for linux, in one go build.
+func BuildPrograms(ctx context.Context, repoRoot, outDir string, names ...string) error {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return fmt.Errorf("build workloads: %w", err)
 	}
 	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", outDir + string(os.PathSeparator)}
-	for _, w := range Workloads {
+	for _, w := range names {
 		args = append(args, "./testdata/workloads/"+w)
 	}
 	cmd := exec.CommandContext(ctx, "go", args...)
