@@ -188,6 +188,9 @@ func TestCRIPodSnapshotAndRestore(t *testing.T) {
 		harness.WaitForOutput(t, second.log("writer"), "checkpoint result: restore", time.Minute)
 		if line := e.logLine(second.id, "podsnapshot: restored"); !strings.Contains(line, m.UUID) || !strings.Contains(line, "with 3 containers") {
 			t.Fatalf("restore log line %q; want snapshot %s with 3 containers", line, m.UUID)
+		} else {
+			msg := line[strings.Index(line, "podsnapshot:"):]
+			t.Log(msg[:strings.IndexByte(msg+`"`, '"')])
 		}
 		// Both continue: the writer's counter after its saved 3, the server's after the
 		// value it had reached (not from 1: that would be a cold start).

@@ -119,7 +119,7 @@ func (s *Service) deferRestore(ctx context.Context, sb *container) bool {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	ps.deferred = d
+	ps.deferred.Store(d)
 	d.timer = time.AfterFunc(sb.cfg.RestoreWait(), func() { s.restoreTimedOut(sb) })
 	log.G(ctx).WithField("id", sb.id).Infof("podsnapshot: restore of snapshot %s/%s waits for containers %s",
 		ps.namespace, ps.restore.UUID, recordedNames(d.recorded))
@@ -131,7 +131,7 @@ func (s *Service) deferRestore(ctx context.Context, sb *container) bool {
 // reports true: runsc is not to create it now); any other container starts the pod cold
 // first (it reports false, as when nothing waits: c is created as usual).
 func (s *Service) joinDeferred(ctx context.Context, sb, c *container) bool {
-	d := sb.snap.deferred
+	d := sb.snap.deferred.Load()
 	if d == nil {
 		return false
 	}
@@ -178,11 +178,10 @@ func (d *deferredRestore) mismatch(c *container) string {
 // waiting for a restore (Start runs it as usual). Otherwise it records the Start and,
 // when that completes the pod, restores it (or starts it cold if the restore fails).
 func (s *Service) startDeferred(ctx context.Context, c *container) (bool, error) {
-	sb, err := s.get(c.sandboxID)
-	if err != nil || sb.snap == nil || sb.snap.deferred == nil {
+	sb, d := s.deferredOf(c)
+	if d == nil {
 		return false, nil
 	}
-	d := sb.snap.deferred
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.pendingIn(c) {
@@ -210,7 +209,7 @@ func (s *Service) startDeferred(ctx context.Context, c *container) (bool, error)
 // restorePod restores sandbox sb and every arrived container from the snapshot; on
 // failure it tears down what the restore began and starts the pod cold. d.mu is held.
 func (s *Service) restorePod(ctx context.Context, sb *container) {
-	ps, d := sb.snap, sb.snap.deferred
+	ps, d := sb.snap, sb.snap.deferred.Load()
 	t0 := time.Now()
 	var created []*container
 	err := func() error {
@@ -259,7 +258,7 @@ func (s *Service) restorePod(ctx context.Context, sb *container) {
 // then every arrived container (started if its Start came). d.mu is held. A container
 // that cannot be started is marked exited (255), as a failed Start would be.
 func (s *Service) startCold(ctx context.Context, sb *container, why string) {
-	ps, d := sb.snap, sb.snap.deferred
+	ps, d := sb.snap, sb.snap.deferred.Load()
 	decide(ctx, sb.id, "cold start", why)
 	ps.dropRestore()
 	// Calls waiting for the pod (exec, ps, ...) go on once its containers run.
@@ -308,7 +307,7 @@ func (s *Service) failPod(sb *container, arrived []*container) {
 // restoreTimedOut starts the pod of sandbox sb cold when recorded containers did not
 // arrive (or were not started) within restore_wait_seconds.
 func (s *Service) restoreTimedOut(sb *container) {
-	d := sb.snap.deferred
+	d := sb.snap.deferred.Load()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.state != deferWaiting {
@@ -335,11 +334,10 @@ func (s *Service) restoreTimedOut(sb *container) {
 // started, and every container that arrived for the restore ends with c. It reports
 // whether c was such a container (then it has exited, with 128+signal).
 func (s *Service) killDeferred(ctx context.Context, c *container, signal int) bool {
-	sb, err := s.get(c.sandboxID)
-	if err != nil || sb.snap == nil || sb.snap.deferred == nil {
+	sb, d := s.deferredOf(c)
+	if d == nil {
 		return false
 	}
-	d := sb.snap.deferred
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.pendingIn(c) {
@@ -367,11 +365,10 @@ func (s *Service) killDeferred(ctx context.Context, c *container, signal int) bo
 // restore still waiting is taken out of it, and the pod starts cold without it, since
 // the restore needs every recorded container.
 func (s *Service) leaveDeferred(ctx context.Context, c *container) {
-	sb, err := s.get(c.sandboxID)
-	if err != nil || c.sandbox || sb.snap == nil || sb.snap.deferred == nil {
+	sb, d := s.deferredOf(c)
+	if d == nil || c.sandbox {
 		return
 	}
-	d := sb.snap.deferred
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !d.pendingIn(c) {
@@ -389,16 +386,26 @@ func (s *Service) leaveDeferred(ctx context.Context, c *container) {
 // awaitResolved waits, for a call that needs container c running in runsc (exec, ps,
 // stats, pause, checkpoint), until its pod's deferred restore is resolved, or ctx ends.
 func (s *Service) awaitResolved(ctx context.Context, c *container) error {
-	sb, err := s.get(c.sandboxID)
-	if err != nil || sb.snap == nil || sb.snap.deferred == nil {
+	_, d := s.deferredOf(c)
+	if d == nil {
 		return nil
 	}
 	select {
-	case <-sb.snap.deferred.resolved:
+	case <-d.resolved:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("container %s waits for its pod's restore: %w", c.id, ctx.Err())
 	}
+}
+
+// deferredOf returns the sandbox of container c and its deferred restore; nil when the
+// pod has none.
+func (s *Service) deferredOf(c *container) (*container, *deferredRestore) {
+	sb, err := s.get(c.sandboxID)
+	if err != nil || sb.snap == nil {
+		return nil, nil
+	}
+	return sb, sb.snap.deferred.Load()
 }
 
 // recordedNames lists the recorded containers' names, sorted, for messages.

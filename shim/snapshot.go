@@ -77,8 +77,8 @@ type podSnap struct {
 	// removed with the sandbox.
 	ownRestoreDir bool
 	// deferred is the restore of a snapshot of several containers, set at the sandbox's
-	// Start (podrestore.go).
-	deferred *deferredRestore
+	// Start (podrestore.go) and read by the calls for its containers.
+	deferred atomic.Pointer[deferredRestore]
 
 	// membersMu guards members: the containers that joined the sandbox, in order, which
 	// a checkpoint records with the sandbox.
