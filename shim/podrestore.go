@@ -35,8 +35,9 @@ import (
 //   - Once every recorded container has arrived and been started, the pod is restored in
 //     one go, in arrival order.
 //   - A container that differs from the record or is not in it, a recorded container that
-//     has not arrived within restore_wait_seconds of the last arrival, or a restore that
-//     fails: the pod starts cold instead, transparently. The sandbox is created afresh
+//     has not arrived within restore_wait_seconds of the last arrival, a waiting
+//     container killed or deleted, or a restore that fails: the pod starts cold instead,
+//     transparently. The sandbox is created afresh
 //     (workload trigger enabled) and started, then every container that arrived is
 //     created, and started if its Start came. Nothing the restore began is left behind.
 //
@@ -69,8 +70,9 @@ type deferredRestore struct {
 	timer   *time.Timer
 	// resolved is closed when the wait ends, whichever way.
 	resolved chan struct{}
-	// waitingSince is when the sandbox's Start came, for the log.
-	waitingSince time.Time
+	// waitingSince is when the sandbox's Start came, for the log; lastArrival is when
+	// the wait last began again (the sandbox's Start, then each arrival or Start).
+	waitingSince, lastArrival time.Time
 }
 
 // pendingIn reports whether c is a container of a deferred restore that runsc has not
@@ -117,6 +119,7 @@ func (s *Service) deferRestore(ctx context.Context, sb *container) bool {
 		resolved:     make(chan struct{}),
 		waitingSince: time.Now(),
 	}
+	d.lastArrival = d.waitingSince
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	ps.deferred.Store(d)
@@ -145,6 +148,7 @@ func (s *Service) joinDeferred(ctx context.Context, sb, c *container) bool {
 		return false
 	}
 	d.arrived = append(d.arrived, c)
+	d.lastArrival = time.Now()
 	d.timer.Reset(sb.cfg.RestoreWait())
 	c.init.pid = sb.init.pid // a container's pid is its sandbox's
 	log.G(ctx).WithFields(log.Fields{"id": c.id, "container": c.name}).Infof(
@@ -188,6 +192,8 @@ func (s *Service) startDeferred(ctx context.Context, c *container) (bool, error)
 		return false, nil
 	}
 	d.started[c.id] = true
+	d.lastArrival = time.Now()
+	d.timer.Reset(sb.cfg.RestoreWait())
 	c.init.setStatus(task.Status_RUNNING)
 	// TaskStart goes out before the restore can make the container run (and exit).
 	s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(c.init.pid)})
@@ -199,7 +205,9 @@ func (s *Service) startDeferred(ctx context.Context, c *container) (bool, error)
 			return true, nil
 		}
 	}
-	s.restorePod(ctx, sb)
+	// The restore (or the cold start after it) is the pod's, not this call's: it
+	// finishes even if the caller gives up waiting.
+	s.restorePod(context.WithoutCancel(ctx), sb)
 	if c.init.exited() {
 		return true, fmt.Errorf("container %s could not be started after the pod's restore failed", c.id)
 	}
@@ -258,6 +266,7 @@ func (s *Service) restorePod(ctx context.Context, sb *container) {
 // then every arrived container (started if its Start came). d.mu is held. A container
 // that cannot be started is marked exited (255), as a failed Start would be.
 func (s *Service) startCold(ctx context.Context, sb *container, why string) {
+	ctx = context.WithoutCancel(ctx) // the pod's start, whoever's call brought it about
 	ps, d := sb.snap, sb.snap.deferred.Load()
 	decide(ctx, sb.id, "cold start", why)
 	ps.dropRestore()
@@ -313,6 +322,11 @@ func (s *Service) restoreTimedOut(sb *container) {
 	if d.state != deferWaiting {
 		return
 	}
+	if left := sb.cfg.RestoreWait() - time.Since(d.lastArrival); left > 0 {
+		// A container arrived while this timer fired: wait the rest of its time.
+		d.timer.Reset(left)
+		return
+	}
 	var missing []string
 	for _, r := range d.recorded {
 		found := false
@@ -330,9 +344,14 @@ func (s *Service) restoreTimedOut(sb *container) {
 }
 
 // killDeferred kills container c if runsc has not run it because its pod's restore
-// waits (or waited and was abandoned): the pod is going away, so nothing is restored or
-// started, and every container that arrived for the restore ends with c. It reports
-// whether c was such a container (then it has exited, with 128+signal).
+// waits (or, for the sandbox, waited and was abandoned). It reports whether c was such a
+// container; it has then exited, with 128+signal.
+//
+// Killing the sandbox abandons the restore: the pod is going away, so every container
+// that arrived ends with it and nothing is restored or started. Killing one arrived
+// container (kubelet does so when a probe fails or the container is replaced) takes it
+// out of the restore, which needs every recorded container, and starts the rest of the
+// pod cold, so the sandbox runs for the container kubelet creates next.
 func (s *Service) killDeferred(ctx context.Context, c *container, signal int) bool {
 	sb, d := s.deferredOf(c)
 	if d == nil {
@@ -343,22 +362,36 @@ func (s *Service) killDeferred(ctx context.Context, c *container, signal int) bo
 	if !d.pendingIn(c) {
 		return false
 	}
+	if !c.sandbox {
+		d.remove(c)
+		s.exitProcess(c, c.init, 128+signal)
+		s.startCold(ctx, sb, fmt.Sprintf("container %s was killed while the pod waited for its containers", c.name))
+		return true
+	}
 	if d.state == deferWaiting {
-		log.G(ctx).WithField("id", sb.id).Infof("podsnapshot: restore abandoned: container %s was killed while the pod waited for its containers", c.id)
+		log.G(ctx).WithField("id", sb.id).Infof("podsnapshot: restore abandoned: the sandbox was killed while the pod waited for its containers")
 		d.resolve(deferAbandoned)
 		sb.snap.dropRestore()
 		for _, a := range d.arrived {
 			s.exitProcess(a, a.init, 128+signal)
 		}
 	}
-	if c.sandbox {
-		// Created, never started: runsc ends the sandbox process; Delete removes it.
-		kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		_ = c.runsc.Kill(kctx, c.id, signal, true, 0)
-		cancel()
-	}
+	// Created, never started: runsc ends the sandbox process; Delete removes it.
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	_ = c.runsc.Kill(kctx, c.id, signal, true, 0)
+	cancel()
 	s.exitProcess(c, c.init, 128+signal)
 	return true
+}
+
+// remove takes c out of the arrived containers.
+func (d *deferredRestore) remove(c *container) {
+	for i, a := range d.arrived {
+		if a == c {
+			d.arrived = append(d.arrived[:i], d.arrived[i+1:]...)
+			return
+		}
+	}
 }
 
 // leaveDeferred is called at Delete of container c: a container that arrived for a
@@ -374,12 +407,7 @@ func (s *Service) leaveDeferred(ctx context.Context, c *container) {
 	if !d.pendingIn(c) {
 		return
 	}
-	for i, a := range d.arrived {
-		if a == c {
-			d.arrived = append(d.arrived[:i], d.arrived[i+1:]...)
-			break
-		}
-	}
+	d.remove(c)
 	s.startCold(ctx, sb, fmt.Sprintf("container %s was deleted before the pod's restore", c.name))
 }
 

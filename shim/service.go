@@ -200,6 +200,11 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	if dropped, err := dropInternalAnnotations(r.Bundle, spec); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	} else if len(dropped) > 0 {
+		log.G(ctx).WithField("id", r.ID).Warnf("podsnapshot: ignored annotations %v: only the shim sets gVisor's internal annotations", dropped)
+	}
 	c := &container{
 		id:        r.ID,
 		bundle:    r.Bundle,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
@@ -339,6 +341,29 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 	ps.ownRestoreDir = !cached
 	return fmt.Sprintf("snapshot %s/%s (policy %s) downloaded and verified in %d ms",
 		ps.namespace, m.UUID, ps.entry.ID(), ps.downloadTook.Milliseconds()), true
+}
+
+// dropInternalAnnotations removes gVisor's internal annotations (dev.gvisor.internal.*)
+// that came with a container's spec, and rewrites the spec in bundle when there were
+// any. CRI passes pod annotations matching the handler's pod_annotations (dev.gvisor.*)
+// to the shim, and these would let any pod author make runsc write a checkpoint of the
+// pod into any host directory (checkpoint.path); only the shim sets them. It returns
+// the names removed, sorted.
+func dropInternalAnnotations(bundle string, spec *specs.Spec) ([]string, error) {
+	var dropped []string
+	for k := range spec.Annotations {
+		if strings.HasPrefix(k, "dev.gvisor.internal.") {
+			dropped = append(dropped, k)
+		}
+	}
+	if len(dropped) == 0 {
+		return nil, nil
+	}
+	sort.Strings(dropped)
+	for _, k := range dropped {
+		delete(spec.Annotations, k)
+	}
+	return dropped, oci.WriteSpec(bundle, spec)
 }
 
 // enableWorkloadTrigger adds gVisor's checkpoint annotations to the bundle's spec so the
