@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -384,16 +385,12 @@ func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
 	probe.Close()
 	os.Remove(probe.Name())
 	ps.checkpointDir = dir
-	spec := *c.spec
-	spec.Annotations = map[string]string{}
-	for k, v := range c.spec.Annotations {
-		spec.Annotations[k] = v
-	}
-	spec.Annotations[annCheckpointPath] = ps.checkpointDir
-	spec.Annotations[annCheckpointEnable] = "true"
-	spec.Annotations[annCheckpointResume] = fmt.Sprint(!ps.stop)
-	spec.Annotations[annCheckpointCompression] = "none"
-	if err := oci.WriteSpec(c.bundle, &spec); err != nil {
+	if err := writeSpecWith(c, map[string]string{
+		annCheckpointPath:        ps.checkpointDir,
+		annCheckpointEnable:      "true",
+		annCheckpointResume:      fmt.Sprint(!ps.stop),
+		annCheckpointCompression: "none",
+	}); err != nil {
 		return err
 	}
 	ps.workloadTrigger = true
@@ -409,12 +406,18 @@ func enableMemberTrigger(sb, c *container) error {
 	if sb.snap == nil || !sb.snap.workloadTrigger || sb.snap.restore != nil {
 		return nil
 	}
+	return writeSpecWith(c, map[string]string{annCheckpointEnable: "true"})
+}
+
+// writeSpecWith writes c's spec plus the annotations add to its bundle, for runsc; c.spec,
+// which the snapshot key is computed from, stays as containerd gave it.
+func writeSpecWith(c *container, add map[string]string) error {
 	spec := *c.spec
-	spec.Annotations = map[string]string{}
-	for k, v := range c.spec.Annotations {
-		spec.Annotations[k] = v
+	spec.Annotations = maps.Clone(c.spec.Annotations)
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
 	}
-	spec.Annotations[annCheckpointEnable] = "true"
+	maps.Copy(spec.Annotations, add)
 	return oci.WriteSpec(c.bundle, &spec)
 }
 

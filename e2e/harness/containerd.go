@@ -249,18 +249,23 @@ func (c *Containerd) CtrCommand(ctx context.Context, args ...string) *exec.Cmd {
 // CtrContext runs ctr with args and returns its output and exit code. The error is only
 // for a ctr that could not run at all; a non-zero exit is in the result.
 func (c *Containerd) CtrContext(ctx context.Context, args ...string) (CtrResult, error) {
-	cmd := c.CtrCommand(ctx, args...)
+	return runTool(c.CtrCommand(ctx, args...), "", args)
+}
+
+// runTool runs cmd (ctr or crictl with args) and returns its output and exit code; the
+// error is only for a command that could not run at all.
+func runTool(cmd *exec.Cmd, tool string, args []string) (CtrResult, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
-	res := CtrResult{Args: args, Stdout: stdout.String(), Stderr: stderr.String()}
+	res := CtrResult{Tool: tool, Args: args, Stdout: stdout.String(), Stderr: stderr.String()}
 	var exitErr *exec.ExitError
 	switch {
 	case err == nil:
 	case errors.As(err, &exitErr):
 		res.ExitCode = exitErr.ExitCode() // -1 when killed by a signal
 	default:
-		return res, fmt.Errorf("run ctr %s: %w", strings.Join(args, " "), err)
+		return res, fmt.Errorf("run %s %s: %w", filepath.Base(cmd.Path), strings.Join(args, " "), err)
 	}
 	return res, nil
 }

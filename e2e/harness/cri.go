@@ -1,9 +1,7 @@
 package harness
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -118,19 +116,7 @@ func (c *Containerd) CrictlContext(ctx context.Context, args ...string) (CtrResu
 	cmd := exec.CommandContext(ctx, c.crictl, append([]string{"--config", c.crictlConfig()}, args...)...)
 	cmd.Env = c.Env
 	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	res := CtrResult{Tool: "crictl", Args: args, Stdout: stdout.String(), Stderr: stderr.String()}
-	var exitErr *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exitErr):
-		res.ExitCode = exitErr.ExitCode()
-	default:
-		return res, fmt.Errorf("run crictl %s: %w", strings.Join(args, " "), err)
-	}
-	return res, nil
+	return runTool(cmd, "crictl", args)
 }
 
 // Crictl runs crictl with args (at most CrictlTimeout) against this containerd, which
