@@ -14,6 +14,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
            -X github.com/podsnapshot/podsnapshot/version.Revision=$(REVISION)
+# disable_grpc_modules: cloud.google.com/go/storage without its gRPC directpath and xDS
+# modules, which the JSON API client we use never needs. containerd starts the shim
+# binary twice per pod; without them each start costs about 15 ms instead of 28 ms.
+GOTAGS := disable_grpc_modules
 TEST_TIMEOUT ?= 60m
 
 .PHONY: all deps build test unit e2e demo bench clean
@@ -24,7 +28,7 @@ deps:
 	./hack/deps.sh all
 
 build:
-	CGO_ENABLED=0 $(GO) build -ldflags '$(LDFLAGS)' -o $(OUT)/bin/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o $(OUT)/bin/ ./cmd/...
 
 # Unit tests need no daemon; the end-to-end packages start their own containerd,
 # runsc and fake-gcs-server from _deps/bin.

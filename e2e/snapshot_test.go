@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -139,7 +140,16 @@ func TestCorruptSnapshotStartsColdAndIsMarkedFailed(t *testing.T) {
 		m := e.committed("orig")
 		e.remove("orig")
 
-		pages := manifest.ObjectName(m.Namespace, m.Policy, m.UUID, manifest.PagesFile)
+		// The pages file: pages.img.zst, or pages.img where it did not compress.
+		pages := ""
+		for _, f := range m.Files {
+			if path.Base(f.Name) == manifest.PagesFile || path.Base(f.Name) == strings.TrimSuffix(manifest.PagesFile, ".zst") {
+				pages = f.Name
+			}
+		}
+		if pages == "" {
+			t.Fatalf("no pages file in snapshot %s: %+v", m.UUID, m.Files)
+		}
 		flipByte(t, e, pages)
 
 		log2 := e.start("again", myApp, slowinit...)
@@ -148,7 +158,7 @@ func TestCorruptSnapshotStartsColdAndIsMarkedFailed(t *testing.T) {
 			t.Fatalf("cold start after corruption:\n%s", out)
 		}
 		d := e.decision("again")
-		if !strings.Contains(d, "corrupt") || !strings.Contains(d, manifest.PagesFile) {
+		if !strings.Contains(d, "corrupt") || !strings.Contains(d, pages) {
 			t.Fatalf("decision after corruption does not name the object: %s", d)
 		}
 		back, err := e.repo.Get(context.Background(), m.Namespace, m.Policy, m.UUID)

@@ -13,7 +13,6 @@ import (
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/log"
 
-	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 )
@@ -218,6 +217,14 @@ func (s *Service) startDeferred(ctx context.Context, c *container) (bool, error)
 // failure it tears down what the restore began and starts the pod cold. d.mu is held.
 func (s *Service) restorePod(ctx context.Context, sb *container) {
 	ps, d := sb.snap, sb.snap.deferred.Load()
+	why, ok := ps.awaitDownload()
+	if !ok {
+		s.startCold(ctx, sb, why)
+		return
+	}
+	if ps.downloaded != nil {
+		decide(ctx, sb.id, "restore", why)
+	}
 	t0 := time.Now()
 	var created []*container
 	err := func() error {
@@ -249,17 +256,12 @@ func (s *Service) restorePod(ctx context.Context, sb *container) {
 		s.startCold(ctx, sb, why)
 		return
 	}
-	m := ps.restore
 	d.resolve(deferRestored)
 	s.running(sb)
 	for _, c := range d.arrived {
 		s.running(c)
 	}
-	log.G(ctx).WithFields(log.Fields{"id": sb.id, "decision": "restored", "reason": v1.EventReason}).Infof(
-		"podsnapshot: restored: Successfully restored the pod from PodSnapshot %s/%s with %d containers in %d ms (download %d ms, waited for containers %d ms, runsc restore %d ms)",
-		ps.namespace, m.UUID, len(d.arrived)+1, (ps.downloadTook + time.Since(t0)).Milliseconds(),
-		ps.downloadTook.Milliseconds(), t0.Sub(d.waitingSince).Milliseconds(), time.Since(t0).Milliseconds())
-	ps.touchLater(ctx)
+	ps.logRestored(ctx, sb.id, len(d.arrived)+1, t0.Sub(d.waitingSince), time.Since(t0))
 }
 
 // startCold gives up the restore of sandbox sb and starts the pod cold: a fresh sandbox,
@@ -452,6 +454,7 @@ func (ps *podSnap) dropRestore() {
 	if ps.restore == nil {
 		return
 	}
+	ps.stopDownload()
 	ps.restore = nil
 	if ps.ownRestoreDir {
 		os.RemoveAll(ps.restoreDir)

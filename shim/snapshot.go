@@ -54,6 +54,11 @@ const (
 // node) at about the same throughput on memory images, which are mostly copying.
 var uploadCodec = storage.Zstd{Concurrency: 1}
 
+// minUploadRatio is the zstd ratio on a sample of an image file below which the file is
+// stored uncompressed (repo.Repo.MinRatio): under 10% saved, compression costs about 3
+// CPU seconds per GB on upload and a decompression on restore for little less to store.
+const minUploadRatio = 1.1
+
 // lookupTimeout bounds how long an unreachable store can delay Create before the pod
 // starts cold (DESIGN.md: at most 5 s added).
 const lookupTimeout = 4 * time.Second
@@ -73,9 +78,18 @@ type podSnap struct {
 	workDir    string // <work_dir>/<namespace>/<sandbox id>: owned by this sandbox
 
 	// restore is the snapshot the sandbox restores from at Start; nil for a cold start.
-	restore      *manifest.Manifest
-	restoreDir   string // a node cache entry, or a private download when ownRestoreDir
-	downloadTook time.Duration
+	restore *manifest.Manifest
+	// lookupStart is when the snapshot lookup began, at the sandbox's Create.
+	lookupStart time.Time
+	// downloaded is closed once the download of restore, which runs alongside `runsc
+	// create`, is over; nil when there was nothing to download (node cache). The fields
+	// below it are written by the download before it closes and read after it.
+	downloaded     chan struct{}
+	cancelDownload context.CancelFunc
+	// downloadFailed says why the download failed ("" when it did not).
+	downloadFailed string
+	restoreDir     string // a node cache entry, or a private download when ownRestoreDir
+	downloadTook   time.Duration
 	// ownRestoreDir: restoreDir is this sandbox's alone (the cache is disabled) and is
 	// removed with the sandbox.
 	ownRestoreDir bool
@@ -236,7 +250,7 @@ func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 	}
 	ps := &podSnap{
 		entry:       entry,
-		repo:        &repo.Repo{Store: st, Codec: uploadCodec},
+		repo:        &repo.Repo{Store: st, Codec: uploadCodec, MinRatio: minUploadRatio},
 		namespace:   ns,
 		sandboxKey:  key,
 		sandbox:     sandbox,
@@ -260,7 +274,12 @@ func (s *Service) planSnapshot(ctx context.Context, c *container) *podSnap {
 
 	why, restored := s.findAndDownload(ctx, c, ps)
 	if restored {
-		decide(ctx, c.id, "restore", why)
+		if ps.downloaded == nil {
+			decide(ctx, c.id, "restore", why)
+		} else {
+			// The decision waits for the download: restoreOrStart or restorePod says it.
+			log.G(ctx).WithField("id", c.id).Infof("podsnapshot: %s", why)
+		}
 		return ps
 	}
 	if entry.Policy.Spec.TriggerConfig.Type == v1.TriggerWorkload {
@@ -283,10 +302,13 @@ func hasPolicyIn(set *policy.Set, namespace string) bool {
 	return false
 }
 
-// findAndDownload looks up the snapshot to restore and downloads it into the sandbox's
-// work dir. It returns the reason for the decision and whether the sandbox restores.
+// findAndDownload looks up the snapshot to restore. It returns the reason for the
+// decision and whether the sandbox restores. A snapshot in the node cache is ready at
+// once; any other is downloaded into the node cache in the background, alongside `runsc
+// create` and whatever containerd does before Start: awaitDownload waits for it.
 func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap) (string, bool) {
 	t0 := time.Now()
+	ps.lookupStart = t0
 	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	var (
@@ -328,20 +350,50 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 		return fmt.Sprintf("snapshot %s/%s (policy %s) found in the node cache %s",
 			ps.namespace, m.UUID, ps.entry.ID(), nodeCache.Dir), true
 	}
-	dir, cached, err := nodeCache.Fill(m.UUID, func(dir string) error { return ps.repo.Download(ctx, m, dir) })
-	if err != nil {
-		if errors.Is(err, storage.ErrCorrupt) {
-			if merr := ps.repo.MarkFailed(context.WithoutCancel(ctx), m, err.Error()); merr != nil {
-				log.G(ctx).WithError(merr).Warn("could not mark the corrupt snapshot failed")
+	// The download outlives Create's RPC; cleanup cancels it.
+	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	ps.restore, ps.downloaded, ps.cancelDownload = m, make(chan struct{}), cancel
+	go func() {
+		defer close(ps.downloaded)
+		defer cancel()
+		dir, cached, err := nodeCache.Fill(m.UUID, func(dir string) error { return ps.repo.Download(dctx, m, dir) })
+		ps.downloadTook = time.Since(t0)
+		switch {
+		case err == nil:
+			ps.restoreDir, ps.ownRestoreDir = dir, !cached
+		case errors.Is(err, storage.ErrCorrupt):
+			if merr := ps.repo.MarkFailed(context.WithoutCancel(dctx), m, err.Error()); merr != nil {
+				log.G(dctx).WithError(merr).Warn("could not mark the corrupt snapshot failed")
 			}
-			return fmt.Sprintf("snapshot %s/%s is corrupt (marked failed): %v", ps.namespace, m.UUID, err), false
+			ps.downloadFailed = fmt.Sprintf("snapshot %s/%s is corrupt (marked failed): %v", ps.namespace, m.UUID, err)
+		default:
+			ps.downloadFailed = fmt.Sprintf("download of snapshot %s/%s failed: %v", ps.namespace, m.UUID, err)
 		}
-		return fmt.Sprintf("download of snapshot %s/%s failed: %v", ps.namespace, m.UUID, err), false
+	}()
+	return fmt.Sprintf("snapshot %s/%s (policy %s) found in %d ms; downloading it while runsc creates the sandbox",
+		ps.namespace, m.UUID, ps.entry.ID(), time.Since(t0).Milliseconds()), true
+}
+
+// awaitDownload waits for the snapshot's download and says, for the decision line, how
+// it went: ok with its time, or why the pod starts cold.
+func (ps *podSnap) awaitDownload() (why string, ok bool) {
+	if ps.downloaded == nil {
+		return "", true
 	}
-	ps.restore, ps.restoreDir, ps.downloadTook = m, dir, time.Since(t0)
-	ps.ownRestoreDir = !cached
+	<-ps.downloaded
+	if ps.downloadFailed != "" {
+		return ps.downloadFailed, false
+	}
 	return fmt.Sprintf("snapshot %s/%s (policy %s) downloaded and verified in %d ms",
-		ps.namespace, m.UUID, ps.entry.ID(), ps.downloadTook.Milliseconds()), true
+		ps.namespace, ps.restore.UUID, ps.entry.ID(), ps.downloadTook.Milliseconds()), true
+}
+
+// stopDownload cancels a download still running and waits for it to end.
+func (ps *podSnap) stopDownload() {
+	if ps.downloaded != nil {
+		ps.cancelDownload()
+		<-ps.downloaded
+	}
 }
 
 // dropInternalAnnotations removes gVisor's internal annotations (dev.gvisor.internal.*)
@@ -429,17 +481,20 @@ func (s *Service) restoreOrStart(ctx context.Context, c *container) error {
 	if ps == nil || ps.restore == nil {
 		return s.launch(ctx, c, "")
 	}
-	t0 := time.Now()
-	err := s.launch(ctx, c, ps.restoreDir)
-	if err == nil {
-		m := ps.restore
-		log.G(ctx).WithFields(log.Fields{"id": c.id, "decision": "restored", "reason": v1.EventReason}).Infof(
-			"podsnapshot: restored: Successfully restored the pod from PodSnapshot %s/%s in %d ms (download %d ms, runsc restore %d ms)",
-			ps.namespace, m.UUID, (ps.downloadTook + time.Since(t0)).Milliseconds(), ps.downloadTook.Milliseconds(), time.Since(t0).Milliseconds())
-		ps.touchLater(ctx)
-		return nil
+	var err error
+	if why, ok := ps.awaitDownload(); !ok {
+		decide(ctx, c.id, "cold start", why)
+	} else {
+		if ps.downloaded != nil {
+			decide(ctx, c.id, "restore", why)
+		}
+		t0 := time.Now()
+		if err = s.launch(ctx, c, ps.restoreDir); err == nil {
+			ps.logRestored(ctx, c.id, 1, 0, time.Since(t0))
+			return nil
+		}
+		decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
 	}
-	decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
 	// The files may be what failed: the next restore downloads them afresh.
 	os.RemoveAll(ps.restoreDir)
 	ps.dropRestore()
@@ -447,6 +502,22 @@ func (s *Service) restoreOrStart(ctx context.Context, c *container) error {
 		return err
 	}
 	return s.launch(ctx, c, "")
+}
+
+// logRestored logs the event line of a restore of n containers: its time since the
+// lookup began (Create of the sandbox), of which the download (alongside runsc create),
+// the wait for the pod's containers (CRI) and runsc restore.
+func (ps *podSnap) logRestored(ctx context.Context, id string, n int, waited, restore time.Duration) {
+	pod, waitedPart := "", ""
+	if n > 1 {
+		pod = fmt.Sprintf(" with %d containers", n)
+		waitedPart = fmt.Sprintf(", waited for containers %d ms", waited.Milliseconds())
+	}
+	log.G(ctx).WithFields(log.Fields{"id": id, "decision": "restored", "reason": v1.EventReason}).Infof(
+		"podsnapshot: restored: Successfully restored the pod from PodSnapshot %s/%s%s in %d ms (download %d ms%s, runsc restore %d ms)",
+		ps.namespace, ps.restore.UUID, pod, time.Since(ps.lookupStart).Milliseconds(),
+		ps.downloadTook.Milliseconds(), waitedPart, restore.Milliseconds())
+	ps.touchLater(ctx)
 }
 
 // launch runs created container c: `runsc start`, or `runsc restore` from imageDir when
@@ -461,7 +532,10 @@ func (s *Service) launch(ctx context.Context, c *container, imageDir string) err
 	if imageDir == "" {
 		err = c.runsc.Start(ctx, c.id, io)
 	} else {
-		err = c.runsc.Restore(ctx, c.id, runsc.RestoreOpts{ImagePath: imageDir, IO: io})
+		// Background: the sandbox resumes once its kernel state is loaded and pulls the
+		// application's pages in behind it (gVisor allows it for uncompressed images,
+		// which the shim's always are); a page the workload touches first is loaded first.
+		err = c.runsc.Restore(ctx, c.id, runsc.RestoreOpts{ImagePath: imageDir, IO: io, Background: true})
 	}
 	if err != nil {
 		return err
@@ -825,6 +899,7 @@ func (ps *podSnap) waitCommits(timeout time.Duration) {
 // until here: nothing local is deleted before storage has it or the pod is gone).
 func (ps *podSnap) cleanup() {
 	if ps != nil {
+		ps.stopDownload()
 		os.RemoveAll(ps.workDir)
 		if ps.ownRestoreDir {
 			os.RemoveAll(ps.restoreDir)

@@ -6,6 +6,8 @@
 // Layout (DESIGN.md, "Storage layout"), relative to the store root:
 //
 //	<namespace>/<policy>/<uuid>/checkpoint.img.zst, pages_meta.img.zst, pages.img.zst
+//	                            (a file that does not compress, e.g. random memory, is
+//	                            stored as it is, without ".zst": Repo.MinRatio)
 //	<namespace>/<policy>/<uuid>/manifest.json          written last: the commit
 //	<namespace>/<policy>/keys/<key>/<nanos>-<uuid>     empty index marker, written before
 //	                                                   the manifest
@@ -48,6 +50,11 @@ type Repo struct {
 	Store storage.Store
 	// Codec compresses uploaded files; nil means zstd with default settings.
 	Codec storage.Codec
+	// MinRatio, when above 0, stores a file uncompressed (codec none, object name without
+	// ".zst") when Codec's ratio on a sample of it (storage.SampleRatio) is below
+	// MinRatio: compressing random or already-compressed memory costs CPU seconds per GB
+	// and saves nothing, and an uncompressed file restores without decompression.
+	MinRatio float64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -91,8 +98,13 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 		if err != nil {
 			return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
 		}
-		name := manifest.ObjectName(m.Namespace, m.Policy, m.UUID, f.Object)
-		info, err := storage.Upload(ctx, r.Store, name, src, r.codec())
+		codec, object, err := r.chooseCodec(src, f.Object)
+		if err != nil {
+			src.Close()
+			return fail(fmt.Errorf("commit snapshot %s: %s: %w", m.UUID, src.Name(), err))
+		}
+		name := manifest.ObjectName(m.Namespace, m.Policy, m.UUID, object)
+		info, err := storage.Upload(ctx, r.Store, name, src, codec)
 		src.Close()
 		if err != nil {
 			return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
@@ -114,6 +126,28 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 		return fail(fmt.Errorf("commit snapshot %s: manifest: %w", m.UUID, err))
 	}
 	return nil
+}
+
+// chooseCodec returns the codec for the image file f and the name of its object: object
+// (".zst") with r's codec, or object without ".zst" and codec none where MinRatio says
+// compression does not pay. It leaves f's offset at 0.
+func (r *Repo) chooseCodec(f *os.File, object string) (storage.Codec, string, error) {
+	codec := r.codec()
+	if r.MinRatio <= 0 || codec.Name() == storage.CodecNone {
+		return codec, object, nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, "", err
+	}
+	ratio, err := storage.SampleRatio(f, fi.Size(), codec)
+	if err != nil {
+		return nil, "", err
+	}
+	if ratio < r.MinRatio {
+		return storage.None{}, strings.TrimSuffix(object, ".zst"), nil
+	}
+	return codec, object, nil
 }
 
 // Get reads the manifest of snapshot uuid of a policy.
@@ -200,24 +234,18 @@ func (r *Repo) Download(ctx context.Context, m *manifest.Manifest, dir string) e
 			return fmt.Errorf("download snapshot %s: unexpected file %s", m.UUID, info.Name)
 		}
 		g.Go(func() error {
-			f, err := os.Create(filepath.Join(dir, local))
-			if err != nil {
-				return fmt.Errorf("download snapshot %s: %w", m.UUID, err)
-			}
-			if err := storage.Download(gctx, r.Store, info, f); err != nil {
-				f.Close()
-				return err
-			}
-			return f.Close()
+			return storage.DownloadFile(gctx, r.Store, info, filepath.Join(dir, local))
 		})
 	}
 	return g.Wait()
 }
 
+// localName maps an object name to the image file it holds: ".../pages.img.zst"
+// (zstd) and ".../pages.img" (stored uncompressed) are pages.img.
 func localName(object string) (string, bool) {
 	base := object[strings.LastIndex(object, "/")+1:]
 	for _, f := range ImageFiles {
-		if f.Object == base {
+		if f.Object == base || strings.TrimSuffix(f.Object, ".zst") == base {
 			return f.Local, true
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -238,4 +240,53 @@ func reread(t *testing.T, r *Repo, m *manifest.Manifest) *manifest.Manifest {
 		t.Fatal(err)
 	}
 	return g
+}
+
+// TestMinRatioStoresIncompressibleRaw: with MinRatio, a file of random bytes is stored
+// as it is (codec none, no ".zst") and a repetitive one with zstd; both download back.
+func TestMinRatioStoresIncompressibleRaw(t *testing.T) {
+	r := newRepo(t)
+	r.MinRatio = 1.1
+	ctx := context.Background()
+	dir := t.TempDir()
+	want := map[string][]byte{
+		"checkpoint.img": bytes.Repeat([]byte("kernel state "), 10_000),
+		"pages_meta.img": bytes.Repeat([]byte{1, 2, 3, 4}, 1000),
+		"pages.img":      randomBytes(12 << 20),
+	}
+	for name, data := range want {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := manifest.New("ns", "pol", strings.Repeat("c", 64), here, time.Now())
+	if err := r.Commit(ctx, m, dir); err != nil {
+		t.Fatal(err)
+	}
+	codecs := map[string]string{}
+	for _, f := range m.Files {
+		codecs[f.Name[strings.LastIndex(f.Name, "/")+1:]] = f.Codec
+	}
+	wantCodecs := map[string]string{"checkpoint.img.zst": "zstd", "pages_meta.img.zst": "zstd", "pages.img": "none"}
+	if !maps.Equal(codecs, wantCodecs) {
+		t.Fatalf("stored files %v, want %v", codecs, wantCodecs)
+	}
+	if err := m.Validate(); err != nil {
+		t.Fatalf("manifest: %v", err)
+	}
+	out := t.TempDir()
+	if err := r.Download(ctx, m, out); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range want {
+		if got, _ := os.ReadFile(filepath.Join(out, name)); !bytes.Equal(got, data) {
+			t.Errorf("%s differs after download", name)
+		}
+	}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.NewChaCha8([32]byte{7}).Read(b)
+	return b
 }

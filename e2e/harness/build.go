@@ -72,12 +72,16 @@ func BuildCLI(t testing.TB) string {
 	return path
 }
 
+// BuildTags are the build tags of `make build` (GOTAGS in the Makefile), so the tests run
+// the binaries as shipped.
+const BuildTags = "disable_grpc_modules"
+
 // goBuild runs go build in the repository, with a timeout so a wedged build fails the
 // test instead of hanging it.
 func goBuild(root, out string, pkgs ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	args := append([]string{"build", "-o", out}, pkgs...)
+	args := append([]string{"build", "-tags", BuildTags, "-o", out}, pkgs...)
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {

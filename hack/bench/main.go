@@ -246,11 +246,17 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 	if err != nil {
 		return err
 	}
-	logf("plain start: ctr run (shim) versus runsc run, %d runs each after one warm-up each", cfg.runs)
-	for r := 0; r <= cfg.runs; r++ {
+	// Plain starts are short and noisy: at least 10 of each, interleaved.
+	plainRuns := max(cfg.runs, 10)
+	logf("plain start: ctr run (our shim, containerd's runc shim with runsc) versus runsc run, %d runs each after one warm-up each", plainRuns)
+	for r := 0; r <= plainRuns; r++ {
 		shim, err := plainShim(ctx, l, r)
 		if err != nil {
 			return fmt.Errorf("plain start through the shim: %w", err)
+		}
+		runcShim, err := plainRuncShim(ctx, l, r)
+		if err != nil {
+			return fmt.Errorf("plain start through containerd's runc shim: %w", err)
 		}
 		direct, err := raw.plain(ctx, plainBundle)
 		if err != nil {
@@ -260,9 +266,11 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 			continue // warm-up
 		}
 		res.add("plain_shim", 0, shim.Seconds())
+		res.add("plain_runc_shim", 0, runcShim.Seconds())
 		res.add("plain_runsc", 0, direct.Seconds())
 		res.add("plain_overhead", 0, 100*(shim.Seconds()/direct.Seconds()-1))
-		logf("  shim %.3fs, runsc run %.3fs", shim.Seconds(), direct.Seconds())
+		res.add("plain_overhead_runc_shim", 0, 100*(shim.Seconds()/runcShim.Seconds()-1))
+		logf("  shim %.3fs, runc shim %.3fs, runsc run %.3fs", shim.Seconds(), runcShim.Seconds(), direct.Seconds())
 	}
 
 	for _, mib := range cfg.sizes {
@@ -275,13 +283,20 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 		res.add("raw_cold", mib, img.coldToReady.Seconds())
 		res.add("raw_image_mb", mib, float64(img.bytes)/1e6)
 		for r := 0; r < cfg.runs; r++ {
-			ready, memOK, err := raw.restore(ctx, mib, img)
-			if err != nil {
-				return fmt.Errorf("runsc floor, %d MiB: %w", mib, err)
+			// The floor with the shim's flags (--background), and without for reference.
+			for _, background := range []bool{true, false} {
+				ready, memOK, err := raw.restore(ctx, mib, img, background)
+				if err != nil {
+					return fmt.Errorf("runsc floor, %d MiB: %w", mib, err)
+				}
+				key := "raw_restore"
+				if !background {
+					key = "raw_restore_fg"
+				}
+				res.add(key, mib, ready.Seconds())
+				res.add(key+"_memok", mib, memOK.Seconds())
+				logf("  runsc create+restore (background %v) %.3fs (memory ok %.3fs)", background, ready.Seconds(), memOK.Seconds())
 			}
-			res.add("raw_restore", mib, ready.Seconds())
-			res.add("raw_restore_memok", mib, memOK.Seconds())
-			logf("  runsc create+restore %.3fs (memory ok %.3fs)", ready.Seconds(), memOK.Seconds())
 		}
 		rep.imageOf[mib] = img
 	}

@@ -210,10 +210,11 @@ func (r *rawRunsc) checkpoint(ctx context.Context, mib int, seconds float64, com
 	return &rawImage{dir: img, bytes: size, coldToReady: ready.Seen.Sub(t0), command: command}, nil
 }
 
-// restore times `runsc create` + `runsc restore --detach` (what the shim runs) from the
-// uncompressed image until the restored workload prints its restore line, and deletes
-// the container. It returns that time and the time to "memory ok".
-func (r *rawRunsc) restore(ctx context.Context, mib int, img *rawImage) (toReady, toMemOK time.Duration, err error) {
+// restore times `runsc create` + `runsc restore --detach` from the uncompressed image
+// until the restored workload prints its restore line, and deletes the container. With
+// background it passes --background, as the shim does. It returns that time and the
+// time to "memory ok".
+func (r *rawRunsc) restore(ctx context.Context, mib int, img *rawImage, background bool) (toReady, toMemOK time.Duration, err error) {
 	// A bundle without the checkpoint annotations, as the shim restores.
 	b, err := r.bundle(fmt.Sprintf("restore-%d", mib), nil, img.command...)
 	if err != nil {
@@ -237,7 +238,11 @@ func (r *rawRunsc) restore(ctx context.Context, mib int, img *rawImage) (toReady
 	if err := r.run(ctx, b, out, "create", "--bundle", b, id); err != nil {
 		return 0, 0, err
 	}
-	if err := r.run(ctx, b, out, "restore", "--image-path="+img.dir, "--detach", id); err != nil {
+	args := []string{"restore", "--image-path=" + img.dir, "--detach"}
+	if background {
+		args = append(args, "--background")
+	}
+	if err := r.run(ctx, b, out, append(args, id)...); err != nil {
 		return 0, 0, err
 	}
 	// The restored process writes at the offset its descriptor had when saved: the fresh

@@ -279,7 +279,7 @@ func printResults(w io.Writer, cfg config, m lab.Machine, storeURL string, r res
 	row("trigger -> committed", secs(r.triggerToCommitted), fmt.Sprintf("save + compress + upload + verify + manifest; %s; shim upload part %d ms", clock, r.uploadMs))
 	row("throughput", fmt.Sprintf("%.1f MB/s", throughput), "raw image bytes / (trigger -> committed)")
 	row("snapshot raw", mb(r.rawBytes), fmt.Sprintf("%d bytes, gVisor image", r.rawBytes))
-	row("snapshot stored", mb(r.storedBytes), fmt.Sprintf("%d bytes, zstd; ratio %.1fx", r.storedBytes, float64(r.rawBytes)/float64(r.storedBytes)))
+	row("snapshot stored", mb(r.storedBytes), fmt.Sprintf("%d bytes, zstd (files that do not compress are stored as they are); ratio %.1fx", r.storedBytes, float64(r.rawBytes)/float64(r.storedBytes)))
 	shim := ""
 	if r.shimRestore != "" {
 		shim = "; shim: restored " + r.shimRestore

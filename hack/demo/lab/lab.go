@@ -440,14 +440,28 @@ func (l *Lab) RunArgs(logURI, id string, labels []string, command ...string) []s
 // the workloads image, its output in a file that the returned Task follows. Close removes
 // the container if the caller has not (Remove).
 func (l *Lab) Run(ctx context.Context, id string, labels []string, command ...string) (*Task, error) {
-	t := &Task{ID: id, LogPath: filepath.Join(l.Dir, "out-"+id+".log")}
+	logPath := filepath.Join(l.Dir, "out-"+id+".log")
+	return l.run(ctx, id, logPath, l.RunArgs("file://"+logPath, id, labels, command...))
+}
+
+// RunWith is Run on another runtime: runtime are the `ctr run` options naming it (e.g.
+// "--runtime", "io.containerd.runc.v2", "--runc-binary", PATH) instead of our shim's.
+func (l *Lab) RunWith(ctx context.Context, id string, runtime []string, command ...string) (*Task, error) {
+	logPath := filepath.Join(l.Dir, "out-"+id+".log")
+	args := append([]string{"run", "-d", "--log-uri", "file://" + logPath}, runtime...)
+	args = append(append(args, l.Image, id), command...)
+	return l.run(ctx, id, logPath, args)
+}
+
+func (l *Lab) run(ctx context.Context, id, logPath string, args []string) (*Task, error) {
+	t := &Task{ID: id, LogPath: logPath}
 	t.Output = Follow(t.LogPath)
 	l.mu.Lock()
 	l.tails = append(l.tails, t.Output)
 	l.containers = append(l.containers, id) // before ctr runs: a half-created one counts
 	l.mu.Unlock()
 	t.Invoked = time.Now()
-	_, err := l.Ctr(ctx, l.RunArgs("file://"+t.LogPath, id, labels, command...)...)
+	_, err := l.Ctr(ctx, args...)
 	t.Returned = time.Now()
 	if err != nil {
 		return nil, err

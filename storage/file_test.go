@@ -1,0 +1,124 @@
+package storage_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/podsnapshot/podsnapshot/storage"
+	"github.com/podsnapshot/podsnapshot/storage/internal/storetest"
+	"github.com/podsnapshot/podsnapshot/storage/local"
+)
+
+func TestSampleRatio(t *testing.T) {
+	random := storetest.Random(20<<20, 3)
+	text := storetest.Text(20<<20, 3)
+	for _, tc := range []struct {
+		name     string
+		data     []byte
+		min, max float64
+	}{
+		{"random, sampled", random, 0.95, 1.05},
+		{"text, sampled", text, 2, 1e9},
+		{"random, small (whole)", random[:100_000], 0.95, 1.05},
+		{"text, small (whole)", text[:100_000], 2, 1e9},
+		{"empty", nil, 1, 1},
+	} {
+		got, err := storage.SampleRatio(bytes.NewReader(tc.data), int64(len(tc.data)), storage.Zstd{})
+		if err != nil || got < tc.min || got > tc.max {
+			t.Errorf("%s: SampleRatio = %.3f, %v; want %.2f..%.2f", tc.name, got, err, tc.min, tc.max)
+		}
+	}
+}
+
+// TestDownloadFileLinksUncompressed: from a local store an uncompressed object becomes a
+// hard link (same inode, nothing copied), still verified; a compressed one is copied.
+func TestDownloadFileLinksUncompressed(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, _ := local.New(root)
+	data := storetest.Text(3<<20, 4)
+	dir := t.TempDir()
+	for _, c := range []storage.Codec{storage.None{}, storage.Zstd{}} {
+		fi, err := storage.Upload(ctx, st, "f."+c.Name(), bytes.NewReader(data), c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, c.Name())
+		if err := storage.DownloadFile(ctx, st, fi, path); err != nil {
+			t.Fatalf("%s: %v", c.Name(), err)
+		}
+		if got, _ := os.ReadFile(path); !bytes.Equal(got, data) {
+			t.Fatalf("%s: downloaded bytes differ", c.Name())
+		}
+		linked := sameInode(t, path, filepath.Join(root, fi.Name))
+		if linked != (c.Name() == storage.CodecNone) {
+			t.Errorf("%s: hard-linked = %v", c.Name(), linked)
+		}
+	}
+}
+
+// TestDownloadFileCorruptLink: a linked object whose bytes changed is caught and the link
+// removed.
+func TestDownloadFileCorruptLink(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, _ := local.New(root)
+	fi, err := storage.Upload(ctx, st, "f", bytes.NewReader(storetest.Text(1<<20, 5)), storage.None{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Flip one byte in place, as a disk fault would (a Put would replace the file).
+	f, err := os.OpenFile(filepath.Join(root, "f"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{'#'}, 12345)
+	f.Close()
+	path := filepath.Join(t.TempDir(), "f")
+	err = storage.DownloadFile(ctx, st, fi, path)
+	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), st.URL("f")) {
+		t.Fatalf("DownloadFile of a changed object: %v; want ErrCorrupt naming it", err)
+	}
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Fatalf("the corrupt download is left at %s", path)
+	}
+}
+
+// TestDownloadFileCopiesWhenLinkFails: an existing file at the destination (as a link
+// to another filesystem fails) makes DownloadFile copy instead.
+func TestDownloadFileCopiesWhenLinkFails(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, _ := local.New(root)
+	data := storetest.Text(1<<20, 6)
+	fi, err := storage.Upload(ctx, st, "f", bytes.NewReader(data), storage.None{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := storage.DownloadFile(ctx, st, fi, path); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(path); !bytes.Equal(got, data) || sameInode(t, path, filepath.Join(root, "f")) {
+		t.Fatal("want a verified copy")
+	}
+}
+
+func sameInode(t *testing.T, a, b string) bool {
+	t.Helper()
+	fa, err1 := os.Stat(a)
+	fb, err2 := os.Stat(b)
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	return fa.Sys().(*syscall.Stat_t).Ino == fb.Sys().(*syscall.Stat_t).Ino
+}
