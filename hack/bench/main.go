@@ -194,6 +194,15 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				logf("  zstd alone: %.0f MB/s, %.2f CPU s/GB (%.1f MB -> %.1f MB)", float64(rawB)/1e6/took.Seconds(),
 					cpu.Seconds()/(float64(rawB)/1e9), float64(rawB)/1e6, float64(stored)/1e6)
 			}
+			if img := rep.imageOf[mib]; img != nil && st == lab.GCS {
+				up, down, err := emulatorCeiling(ctx, l, filepath.Join(img.dir, "pages.img"))
+				if err != nil {
+					return fmt.Errorf("fake-gcs-server alone, %d MiB: %w", mib, err)
+				}
+				res.add("emulator_up_mbps", mib, up)
+				res.add("emulator_down_mbps", mib, down)
+				logf("  fake-gcs-server alone: upload %.0f MB/s, download %.0f MB/s (one request each)", up, down)
+			}
 			logf("%s, %d MiB, run %d/%d: cold start, checkpoint, two restores", st, mib, r+1, cfg.runs)
 			c, err := shimCycle(ctx, l, mib, cfg.seconds, n)
 			if err != nil {
@@ -281,6 +290,8 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 			return fmt.Errorf("runsc floor, %d MiB: %w", mib, err)
 		}
 		res.add("raw_cold", mib, img.coldToReady.Seconds())
+		res.add("raw_save", mib, img.saveTook.Seconds())
+		res.add("raw_save_mbps", mib, float64(img.bytes)/1e6/img.saveTook.Seconds())
 		res.add("raw_image_mb", mib, float64(img.bytes)/1e6)
 		for r := 0; r < cfg.runs; r++ {
 			// The floor with the shim's flags (--background), and without for reference.

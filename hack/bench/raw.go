@@ -158,6 +158,7 @@ type rawImage struct {
 	dir         string
 	bytes       int64
 	coldToReady time.Duration // runsc run -> "ready" (no shim, no containerd)
+	saveTook    time.Duration // "ready" (the workload triggers right after) -> "checkpoint result: resume"
 	command     []string
 }
 
@@ -207,7 +208,7 @@ func (r *rawRunsc) checkpoint(ctx context.Context, mib int, seconds float64, com
 	if err != nil {
 		return nil, err
 	}
-	return &rawImage{dir: img, bytes: size, coldToReady: ready.Seen.Sub(t0), command: command}, nil
+	return &rawImage{dir: img, bytes: size, coldToReady: ready.Seen.Sub(t0), saveTook: res.Seen.Sub(ready.Seen), command: command}, nil
 }
 
 // restore times `runsc create` + `runsc restore --detach` from the uncompressed image

@@ -519,8 +519,13 @@ func (l *Lab) TaskStatus(ctx context.Context, id string) (string, error) {
 
 // Remove kills container id's task, deletes it and the container, and forgets it.
 func (l *Lab) Remove(ctx context.Context, id string) error {
-	// `task rm -f` SIGKILLs a running task and waits for it to exit before deleting it.
-	_, taskErr := l.Ctr(ctx, "task", "rm", "-f", id)
+	// `task rm` deletes a stopped task; `task rm -f` SIGKILLs a running one and waits for
+	// it to exit before deleting it. A stopped task is not forced: containerd's runc shim
+	// driving runsc (the bench's reference) fails the kill of a sandbox that is gone.
+	_, taskErr := l.Ctr(ctx, "task", "rm", id)
+	if taskErr != nil && !strings.Contains(taskErr.Error(), "not found") {
+		_, taskErr = l.Ctr(ctx, "task", "rm", "-f", id)
+	}
 	if taskErr != nil && strings.Contains(taskErr.Error(), "not found") {
 		taskErr = nil // never started, or already deleted
 	}
