@@ -112,6 +112,17 @@ func (s *Service) deferRestore(ctx context.Context, sb *container) bool {
 	if ps == nil || ps.restore == nil || len(ps.restore.Containers) == 0 {
 		return false
 	}
+	// The download has run alongside runsc create; the sandbox's Start waits for the
+	// rest of it here, so that the restore of the pod (under d.mu, which Kill and Delete
+	// of its containers take) never waits for storage. A failed download is a cold
+	// start at once (restoreOrStart).
+	why, ok := ps.awaitDownload(ctx)
+	if !ok {
+		return false
+	}
+	if ps.downloaded != nil {
+		decide(ctx, sb.id, "restore", why)
+	}
 	d := &deferredRestore{
 		recorded:     ps.restore.Containers,
 		started:      map[string]bool{},
@@ -217,14 +228,6 @@ func (s *Service) startDeferred(ctx context.Context, c *container) (bool, error)
 // failure it tears down what the restore began and starts the pod cold. d.mu is held.
 func (s *Service) restorePod(ctx context.Context, sb *container) {
 	ps, d := sb.snap, sb.snap.deferred.Load()
-	why, ok := ps.awaitDownload()
-	if !ok {
-		s.startCold(ctx, sb, why)
-		return
-	}
-	if ps.downloaded != nil {
-		decide(ctx, sb.id, "restore", why)
-	}
 	t0 := time.Now()
 	var created []*container
 	err := func() error {
@@ -454,9 +457,9 @@ func (ps *podSnap) dropRestore() {
 	if ps.restore == nil {
 		return
 	}
-	ps.stopDownload()
+	done := ps.stopDownload()
 	ps.restore = nil
-	if ps.ownRestoreDir {
+	if done && ps.ownRestoreDir {
 		os.RemoveAll(ps.restoreDir)
 		ps.ownRestoreDir = false
 	}

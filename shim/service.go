@@ -666,7 +666,8 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 	}
 	if status == task.Status_CREATED && r.ExecID == "" {
 		// A container that never started has no process to signal; after the kill it
-		// can never run, so it is done.
+		// can never run, so it is done, and the snapshot it was to restore is not needed.
+		c.snap.abortDownload()
 		_ = c.runsc.Kill(kctx, c.id, int(r.Signal), true, 0)
 		s.exitProcess(c, p, 128+int(r.Signal))
 		return &ptypes.Empty{}, nil

@@ -350,13 +350,20 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 		return fmt.Sprintf("snapshot %s/%s (policy %s) found in the node cache %s",
 			ps.namespace, m.UUID, ps.entry.ID(), nodeCache.Dir), true
 	}
-	// The download outlives Create's RPC; cleanup cancels it.
-	dctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	ps.restore, ps.downloaded, ps.cancelDownload = m, make(chan struct{}), cancel
+	// The download outlives Create's RPC; Kill, Delete and a Start that gives up cancel it.
+	dctx, dcancel := context.WithCancel(context.WithoutCancel(ctx))
+	ps.restore, ps.downloaded, ps.cancelDownload = m, make(chan struct{}), dcancel
 	go func() {
 		defer close(ps.downloaded)
-		defer cancel()
+		defer dcancel()
 		dir, cached, err := nodeCache.Fill(m.UUID, func(dir string) error { return ps.repo.Download(dctx, m, dir) })
+		if err == nil && dctx.Err() != nil {
+			// Cancelled as it finished: nobody will use or remove a private copy.
+			if !cached {
+				os.RemoveAll(dir)
+			}
+			err = dctx.Err()
+		}
 		ps.downloadTook = time.Since(t0)
 		switch {
 		case err == nil:
@@ -374,13 +381,19 @@ func (s *Service) findAndDownload(ctx context.Context, c *container, ps *podSnap
 		ps.namespace, m.UUID, ps.entry.ID(), time.Since(t0).Milliseconds()), true
 }
 
-// awaitDownload waits for the snapshot's download and says, for the decision line, how
-// it went: ok with its time, or why the pod starts cold.
-func (ps *podSnap) awaitDownload() (why string, ok bool) {
+// awaitDownload waits for the snapshot's download, or for ctx to end (the download is
+// then cancelled), and says, for the decision line, how it went: ok with its time, or
+// why the pod starts cold.
+func (ps *podSnap) awaitDownload(ctx context.Context) (why string, ok bool) {
 	if ps.downloaded == nil {
 		return "", true
 	}
-	<-ps.downloaded
+	select {
+	case <-ps.downloaded:
+	case <-ctx.Done():
+		ps.stopDownload()
+		return fmt.Sprintf("gave up waiting for the download of snapshot %s/%s: %v", ps.namespace, ps.restore.UUID, ctx.Err()), false
+	}
 	if ps.downloadFailed != "" {
 		return ps.downloadFailed, false
 	}
@@ -388,13 +401,33 @@ func (ps *podSnap) awaitDownload() (why string, ok bool) {
 		ps.namespace, ps.restore.UUID, ps.entry.ID(), ps.downloadTook.Milliseconds()), true
 }
 
-// stopDownload cancels a download still running and waits for it to end.
-func (ps *podSnap) stopDownload() {
-	if ps.downloaded != nil {
+// abortDownload cancels a download still running, without waiting for it.
+func (ps *podSnap) abortDownload() {
+	if ps != nil && ps.downloaded != nil {
 		ps.cancelDownload()
-		<-ps.downloaded
 	}
 }
+
+// stopDownload cancels a download still running and waits up to downloadStopTimeout for
+// it to end. It reports whether the download is over; one that is not yet cleans up
+// after itself (a cancelled download keeps no files).
+func (ps *podSnap) stopDownload() bool {
+	if ps.downloaded == nil {
+		return true
+	}
+	ps.cancelDownload()
+	select {
+	case <-ps.downloaded:
+		return true
+	case <-time.After(downloadStopTimeout):
+		log.L.Warnf("podsnapshot: the cancelled download of snapshot %s/%s has not ended after %s; leaving it",
+			ps.namespace, ps.restore.UUID, downloadStopTimeout)
+		return false
+	}
+}
+
+// downloadStopTimeout bounds how long Delete waits for a cancelled download to end.
+const downloadStopTimeout = 10 * time.Second
 
 // dropInternalAnnotations removes gVisor's internal annotations (dev.gvisor.internal.*)
 // that came with a container's spec, and rewrites the spec in bundle when there were
@@ -481,20 +514,33 @@ func (s *Service) restoreOrStart(ctx context.Context, c *container) error {
 	if ps == nil || ps.restore == nil {
 		return s.launch(ctx, c, "")
 	}
-	var err error
-	if why, ok := ps.awaitDownload(); !ok {
+	why, ok := ps.awaitDownload(ctx)
+	if !ok {
+		if c.init.exited() {
+			return fmt.Errorf("container %s was killed while its snapshot downloaded", c.id)
+		}
 		decide(ctx, c.id, "cold start", why)
-	} else {
-		if ps.downloaded != nil {
-			decide(ctx, c.id, "restore", why)
+		ps.dropRestore()
+		if ps.entry.Policy.Spec.TriggerConfig.Type != v1.TriggerWorkload {
+			// Nothing has run in the sandbox, and it is what a cold start of this policy
+			// creates (only a workload trigger changes the spec): start it.
+			return s.launch(ctx, c, "")
 		}
-		t0 := time.Now()
-		if err = s.launch(ctx, c, ps.restoreDir); err == nil {
-			ps.logRestored(ctx, c.id, 1, 0, time.Since(t0))
-			return nil
+		if err := s.recreate(ctx, c); err != nil {
+			return err
 		}
-		decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
+		return s.launch(ctx, c, "")
 	}
+	if ps.downloaded != nil {
+		decide(ctx, c.id, "restore", why)
+	}
+	t0 := time.Now()
+	err := s.launch(ctx, c, ps.restoreDir)
+	if err == nil {
+		ps.logRestored(ctx, c.id, 1, 0, time.Since(t0))
+		return nil
+	}
+	decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
 	// The files may be what failed: the next restore downloads them afresh.
 	os.RemoveAll(ps.restoreDir)
 	ps.dropRestore()
@@ -899,9 +945,9 @@ func (ps *podSnap) waitCommits(timeout time.Duration) {
 // until here: nothing local is deleted before storage has it or the pod is gone).
 func (ps *podSnap) cleanup() {
 	if ps != nil {
-		ps.stopDownload()
+		done := ps.stopDownload()
 		os.RemoveAll(ps.workDir)
-		if ps.ownRestoreDir {
+		if done && ps.ownRestoreDir {
 			os.RemoveAll(ps.restoreDir)
 		}
 	}

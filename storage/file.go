@@ -87,7 +87,7 @@ func hashMapped(ctx context.Context, f *os.File, size int64) (sum []byte, err er
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			sum, err = nil, fmt.Errorf("read fault (the file changed size while verified): %v", r)
+			sum, err = nil, fmt.Errorf("read fault (an I/O error, or the file shrank while verified): %v", r)
 		}
 	}()
 	for off := int64(0); off < size; off += verifyWindow {

@@ -12,8 +12,9 @@ import (
 // returns an error instead of the process dying, as it would if the file shrank while
 // it was verified.
 func TestHashMappedFault(t *testing.T) {
+	page := os.Getpagesize()
 	path := filepath.Join(t.TempDir(), "f")
-	if err := os.WriteFile(path, make([]byte, 4096), 0o600); err != nil {
+	if err := os.WriteFile(path, make([]byte, page), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Open(path)
@@ -21,11 +22,11 @@ func TestHashMappedFault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	_, err = hashMapped(context.Background(), f, 3*4096) // two pages past the end
+	_, err = hashMapped(context.Background(), f, int64(3*page)) // two pages past the end
 	if err == nil || !strings.Contains(err.Error(), "read fault") {
 		t.Fatalf("hashMapped past the end of the file: %v; want a read fault error", err)
 	}
-	if _, err := hashMapped(context.Background(), f, 4096); err != nil {
+	if _, err := hashMapped(context.Background(), f, int64(page)); err != nil {
 		t.Fatalf("hashMapped of the whole file: %v", err)
 	}
 }

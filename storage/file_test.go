@@ -27,6 +27,8 @@ func TestSampleRatio(t *testing.T) {
 		{"text, sampled", text, 2, 1e9},
 		{"random, small (whole)", random[:100_000], 0.95, 1.05},
 		{"text, small (whole)", text[:100_000], 2, 1e9},
+		{"random, 8 MiB (whole)", random[:8<<20], 0.95, 1.05},
+		{"random, 8 MiB + 1 (sampled)", random[:8<<20+1], 0.95, 1.05},
 		{"empty", nil, 1, 1},
 	} {
 		got, err := storage.SampleRatio(bytes.NewReader(tc.data), int64(len(tc.data)), storage.Zstd{})
@@ -82,8 +84,9 @@ func TestDownloadFileCorruptLink(t *testing.T) {
 	f.Close()
 	path := filepath.Join(t.TempDir(), "f")
 	err = storage.DownloadFile(ctx, st, fi, path)
-	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), st.URL("f")) {
-		t.Fatalf("DownloadFile of a changed object: %v; want ErrCorrupt naming it", err)
+	// "xxh64": the linked file's check (a copy would fail the store's crc32c first).
+	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), st.URL("f")) || !strings.Contains(err.Error(), "xxh64 mismatch") {
+		t.Fatalf("DownloadFile of a changed object: %v; want an xxh64 ErrCorrupt naming it", err)
 	}
 	if _, err := os.Lstat(path); !os.IsNotExist(err) {
 		t.Fatalf("the corrupt download is left at %s", path)
@@ -121,4 +124,23 @@ func sameInode(t *testing.T, a, b string) bool {
 		t.Fatal(err1, err2)
 	}
 	return fa.Sys().(*syscall.Stat_t).Ino == fb.Sys().(*syscall.Stat_t).Ino
+}
+
+// TestDownloadFileTruncatedLink: a linked object cut short is caught by its size.
+func TestDownloadFileTruncatedLink(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, _ := local.New(root)
+	fi, err := storage.Upload(ctx, st, "f", bytes.NewReader(storetest.Text(1<<20, 7)), storage.None{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(root, "f"), 1000); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	err = storage.DownloadFile(ctx, st, fi, path)
+	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), "size mismatch") {
+		t.Fatalf("DownloadFile of a truncated object: %v; want a size ErrCorrupt", err)
+	}
 }

@@ -15,7 +15,9 @@ import (
 // emulatorCeiling measures fake-gcs-server by itself, with none of our code: one
 // single-request upload (JSON API, uploadType=media) of the file at path, then one
 // download of it (alt=media) into io.Discard. It returns both rates in MB/s; the object
-// is deleted afterwards. What the shim reaches against the emulator is bounded by these.
+// is deleted afterwards. It is a scale for the shim's figures, not a bound: the shim
+// uploads parts in parallel and composes them (the emulator copies them again), and
+// reads ranges in parallel.
 func emulatorCeiling(ctx context.Context, l *lab.Lab, path string) (upMBps, downMBps float64, err error) {
 	f, err := os.Open(path)
 	if err != nil {

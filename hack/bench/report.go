@@ -38,8 +38,8 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 	r.define("raw_cold", "raw `runsc run` cold start to ready (no shim; one run)", "s", "")
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
-		r.define("restore_first_download_"+s, "  shim: lookup + download + verify + decompress, "+name, "s", "the shim's own log line, first restore")
-		r.define("restore_first_runsc_"+s, "  shim: runsc restore, "+name+", first", "s", "the shim's own log line")
+		r.define("restore_first_download_"+s, "  shim: lookup + download + verify + decompress, "+name, "s", "the shim's own log line, first restore; it runs alongside runsc create, so the parts do not add up to the total")
+		r.define("restore_first_runsc_"+s, "  shim: runsc restore, "+name+", first", "s", "the shim's own log line: `runsc restore --background` until it returns")
 		r.define("restore_cached_runsc_"+s, "  shim: runsc restore, "+name+", cached", "s", "the shim's own log line")
 	}
 	for _, st := range stores {
@@ -59,12 +59,12 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("commit_mbps_"+s, "trigger -> committed throughput, "+name, "MB/s", "raw image bytes / (trigger -> committed)")
 		r.define("upload_mbps_"+s, "  shim upload part throughput, "+name, "MB/s", "raw image bytes / upload_ms")
 	}
-	r.define("raw_save", "raw runsc save of the image, no shim (gVisor's part of trigger -> committed)", "s",
-		"runsc run directly with the shim's checkpoint annotations: the workload's `ready` -> its `checkpoint result: resume` line; runsc writes the uncompressed image into the page cache")
-	r.define("raw_save_mbps", "  raw runsc save throughput", "MB/s", "raw image bytes / raw runsc save")
+	r.define("raw_save", "raw runsc checkpoint, no shim: trigger, save, resume (gVisor's part of trigger -> committed)", "s",
+		"runsc run directly with the shim's checkpoint annotations: the workload's `ready` line (it triggers right after) -> its `checkpoint result: resume` line; runsc writes the uncompressed image into the page cache")
+	r.define("raw_save_mbps", "  raw runsc checkpoint throughput", "MB/s", "raw image bytes / raw runsc checkpoint")
 	if slices.Contains(stores, lab.GCS) {
 		r.define("emulator_up_mbps", "fake-gcs-server alone: one upload request of the pages file", "MB/s",
-			"HTTP POST uploadType=media of the floor's pages.img from the page cache, none of our code: the emulator's own ceiling")
+			"HTTP POST uploadType=media of the floor's pages.img from the page cache, none of our code: the emulator's own speed for one request, a scale (the shim uploads parts in parallel and composes them)")
 		r.define("emulator_down_mbps", "fake-gcs-server alone: one download request of it", "MB/s", "HTTP GET alt=media into io.Discard")
 	}
 	r.define("zstd_mbps", "standalone zstd compressor (storage.Zstd defaults)", "MB/s",
@@ -249,7 +249,7 @@ func evaluateTargets(rep *report) []target {
 				if u, oku := median(r, "upload_mbps_"+string(st), mib); oku {
 					p += fmt.Sprintf(" (upload part alone %.0f%%", 100*u/z)
 					if sv, oks := median(r, "raw_save_mbps", mib); oks {
-						p += fmt.Sprintf("; gVisor's save alone %.0f MB/s", sv)
+						p += fmt.Sprintf("; gVisor's checkpoint alone %.0f MB/s", sv)
 					}
 					if st == lab.GCS {
 						if e, oke := median(r, "emulator_up_mbps", mib); oke {

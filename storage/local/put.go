@@ -200,6 +200,7 @@ type crcFileWriter struct {
 	crc     uint32
 	n       int64 // bytes written
 	flushed int64 // bytes handed to writeback
+	noSFR   bool  // the filesystem does not take sync_file_range: leave it all to fsync
 }
 
 const (
@@ -211,21 +212,30 @@ func (w *crcFileWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
 	w.crc = crc32.Update(w.crc, storage.Castagnoli, p[:n])
 	w.n += int64(n)
-	for w.n-w.flushed >= writebackChunk {
-		w.writeback(w.flushed)
+	for err == nil && !w.noSFR && w.n-w.flushed >= writebackChunk {
+		err = w.writeback(w.flushed)
 		w.flushed += writebackChunk
 	}
 	return n, err
 }
 
 // writeback starts writing the chunk at off to disk and waits for the one writebackAhead
-// chunks before it. Errors are left to the final fsync, which reports them.
-func (w *crcFileWriter) writeback(off int64) {
-	_ = unix.SyncFileRange(w.fd, off, writebackChunk, unix.SYNC_FILE_RANGE_WRITE)
-	if back := off - writebackAhead*writebackChunk; back >= 0 {
-		_ = unix.SyncFileRange(w.fd, back, writebackChunk,
+// chunks before it. A write error of that chunk is returned here: waiting on it clears
+// it from the file, so the final fsync would not report it.
+func (w *crcFileWriter) writeback(off int64) error {
+	err := unix.SyncFileRange(w.fd, off, writebackChunk, unix.SYNC_FILE_RANGE_WRITE)
+	if back := off - writebackAhead*writebackChunk; err == nil && back >= 0 {
+		err = unix.SyncFileRange(w.fd, back, writebackChunk,
 			unix.SYNC_FILE_RANGE_WAIT_BEFORE|unix.SYNC_FILE_RANGE_WRITE|unix.SYNC_FILE_RANGE_WAIT_AFTER)
 	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.ESPIPE), errors.Is(err, unix.EOPNOTSUPP):
+		w.noSFR = true
+		return nil
+	}
+	return fmt.Errorf("writeback: %w", err)
 }
 
 // ctxReader fails reads once ctx has ended.
