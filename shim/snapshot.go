@@ -19,6 +19,7 @@ import (
 
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
@@ -47,6 +48,7 @@ const (
 	annCheckpointEnable      = annCheckpointPrefix + "enable"
 	annCheckpointResume      = annCheckpointPrefix + "resume"
 	annCheckpointCompression = annCheckpointPrefix + "compression"
+	annCheckpointDirect      = annCheckpointPrefix + "direct"
 )
 
 // uploadCodec compresses snapshots on their way to storage. One encoder goroutine keeps
@@ -475,11 +477,37 @@ func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
 		annCheckpointEnable:      "true",
 		annCheckpointResume:      fmt.Sprint(!ps.stop),
 		annCheckpointCompression: "none",
+		annCheckpointDirect:      fmt.Sprint(takesODirect(dir)),
 	}); err != nil {
 		return err
 	}
 	ps.workloadTrigger = true
 	return nil
+}
+
+// takesODirect reports whether files in dir can be opened with O_DIRECT (tmpfs, for
+// one, refuses it). runsc opens the checkpoint's pages file at create, with O_DIRECT
+// when the direct annotation says so, and fails the pod where it cannot: the shim asks
+// for it only where a probe file opens that way.
+//
+// Why O_DIRECT: the workload is paused while gVisor saves it. Through the page cache a
+// 2 GiB save took 2.8-4.9 s on the 2-core development VM, with O_DIRECT 1.3-1.6 s; it
+// also leaves no gigabytes of dirty pages on the node. The upload then reads the image
+// from disk rather than from memory, which the workload does not wait for.
+func takesODirect(dir string) bool {
+	f, err := os.CreateTemp(dir, ".probe-direct-*")
+	if err != nil {
+		return false
+	}
+	name := f.Name()
+	f.Close()
+	defer os.Remove(name)
+	fd, err := unix.Open(name, unix.O_RDWR|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
 }
 
 // enableMemberTrigger lets container c, joining a sandbox that may checkpoint itself,

@@ -84,13 +84,22 @@ func Upload(ctx context.Context, st Store, name string, src io.Reader, codec Cod
 // pipeBufSize is the size in bytes of the writes Upload makes to the store's Put.
 const pipeBufSize = 1 << 20
 
-// compress copies src through a codec writer into dst and closes the codec writer.
+// copyBufSize is the size in bytes of the reads compress makes from its source.
+const copyBufSize = 1 << 20
+
+// onlyWriter hides any ReadFrom of w, so io.CopyBuffer uses its buffer.
+type onlyWriter struct{ w io.Writer }
+
+func (o onlyWriter) Write(p []byte) (int, error) { return o.w.Write(p) }
+
+// compress copies src through a codec writer into dst and closes the codec writer. It
+// reads in pieces of copyBufSize: a snapshot file read from disk wants large reads.
 func compress(dst io.Writer, src io.Reader, codec Codec) error {
 	enc, err := codec.NewWriter(dst)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(enc, src); err != nil {
+	if _, err := io.CopyBuffer(onlyWriter{enc}, src, make([]byte, copyBufSize)); err != nil {
 		enc.Close()
 		return err
 	}

@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
@@ -98,6 +99,9 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 		if err != nil {
 			return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
 		}
+		// The image may come from disk (runsc saves the pages with O_DIRECT): ask for
+		// a larger read-ahead.
+		_ = unix.Fadvise(int(src.Fd()), 0, 0, unix.FADV_SEQUENTIAL)
 		codec, object, err := r.chooseCodec(src, f.Object)
 		if err != nil {
 			src.Close()
