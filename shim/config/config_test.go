@@ -14,6 +14,7 @@ log_level = "debug"
 work_dir = "/tmp/w"
 restore_wait_seconds = 2.5
 kubelet_pods_dir = "/tmp/pods"
+save_direct = true
 [runsc]
 path = "/usr/local/bin/runsc"
 root = "/run/r"
@@ -28,8 +29,11 @@ network = "none"
 		cfg.Runsc.Root != "/run/r" || cfg.Runsc.Flags["platform"] != "systrap" || cfg.Runsc.Flags["network"] != "none" {
 		t.Fatalf("unexpected config: %+v", cfg)
 	}
-	if cfg.RestoreWait() != 2500*time.Millisecond || cfg.KubeletPodsDir != "/tmp/pods" {
-		t.Fatalf("restore_wait_seconds/kubelet_pods_dir: %+v", cfg)
+	if cfg.RestoreWait() != 2500*time.Millisecond || cfg.KubeletPodsDir != "/tmp/pods" || !cfg.SaveDirect {
+		t.Fatalf("restore_wait_seconds/kubelet_pods_dir/save_direct: %+v", cfg)
+	}
+	if Default().SaveDirect {
+		t.Fatal("save_direct is on by default")
 	}
 	if cfg.PolicyDir != "/etc/podsnapshot" {
 		t.Fatalf("default policy_dir lost: %q", cfg.PolicyDir)
