@@ -317,3 +317,19 @@ func forStores(t *testing.T, test func(t *testing.T, kind storeKind)) {
 		t.Run(string(kind), func(t *testing.T) { test(t, kind) })
 	}
 }
+
+// uploadAllOrNothing checks the store after what (a delete of the pod) interrupted an
+// upload: either the upload was abandoned and left no object, or it committed first and
+// left one whole snapshot.
+func (e *env) uploadAllOrNothing(what string) {
+	e.t.Helper()
+	all, ms := e.allObjects(), e.snapshots()
+	switch {
+	case len(ms) == 0 && len(all) == 0:
+		e.t.Log("upload abandoned cleanly")
+	case len(ms) == 1 && len(all) == 5: // 3 image files, manifest, index marker
+		e.t.Logf("upload committed before the %s", what)
+	default:
+		e.t.Fatalf("after %s during upload: %d manifests, objects %v", what, len(ms), all)
+	}
+}

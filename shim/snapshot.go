@@ -470,6 +470,7 @@ func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
 		return fmt.Errorf("checkpoint directory not writable: %w", err)
 	}
 	probe.Close()
+	direct := c.cfg.SaveDirect && opensODirect(probe.Name())
 	os.Remove(probe.Name())
 	ps.checkpointDir = dir
 	if err := writeSpecWith(c, map[string]string{
@@ -477,7 +478,7 @@ func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
 		annCheckpointEnable:      "true",
 		annCheckpointResume:      fmt.Sprint(!ps.stop),
 		annCheckpointCompression: "none",
-		annCheckpointDirect:      fmt.Sprint(c.cfg.SaveDirect && takesODirect(dir)),
+		annCheckpointDirect:      fmt.Sprint(direct),
 	}); err != nil {
 		return err
 	}
@@ -485,24 +486,17 @@ func (s *Service) enableWorkloadTrigger(c *container, ps *podSnap) error {
 	return nil
 }
 
-// takesODirect reports whether files in dir can be opened with O_DIRECT (tmpfs, for
-// one, refuses it). runsc opens the checkpoint's pages file at create, with O_DIRECT
-// when the direct annotation says so, and fails the pod where it cannot: the shim asks
-// for it (config save_direct) only where a probe file opens that way.
+// opensODirect reports whether the file at path opens with O_DIRECT, which its
+// filesystem may refuse (tmpfs does). runsc opens the checkpoint's pages file at create,
+// with O_DIRECT when the direct annotation says so, and fails the pod where it cannot:
+// the shim asks for it (config save_direct) only where its probe file opens that way.
 //
 // The trade, measured on the 2-core development VM (the workload is paused during the
 // save): through the page cache 64 MiB saved in 0.07 s, 512 MiB in 0.32 s, 2 GiB in
 // 2.8-4.9 s; with O_DIRECT 0.15 s, 0.6 s and 1.3-1.6 s, and the upload then reads the
 // image from disk rather than from memory. Hence off by default.
-func takesODirect(dir string) bool {
-	f, err := os.CreateTemp(dir, ".probe-direct-*")
-	if err != nil {
-		return false
-	}
-	name := f.Name()
-	f.Close()
-	defer os.Remove(name)
-	fd, err := unix.Open(name, unix.O_RDWR|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+func opensODirect(path string) bool {
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return false
 	}
@@ -542,36 +536,30 @@ func (s *Service) restoreOrStart(ctx context.Context, c *container) error {
 	if ps == nil || ps.restore == nil {
 		return s.launch(ctx, c, "")
 	}
-	why, ok := ps.awaitDownload(ctx)
-	if !ok {
-		if c.init.exited() {
-			return fmt.Errorf("container %s was killed while its snapshot downloaded", c.id)
+	why, downloaded := ps.awaitDownload(ctx)
+	if downloaded {
+		if ps.downloaded != nil {
+			decide(ctx, c.id, "restore", why)
 		}
-		decide(ctx, c.id, "cold start", why)
-		ps.dropRestore()
-		if ps.entry.Policy.Spec.TriggerConfig.Type != v1.TriggerWorkload {
-			// Nothing has run in the sandbox, and it is what a cold start of this policy
-			// creates (only a workload trigger changes the spec): start it.
-			return s.launch(ctx, c, "")
+		t0 := time.Now()
+		err := s.launch(ctx, c, ps.restoreDir)
+		if err == nil {
+			ps.logRestored(ctx, c.id, 1, 0, time.Since(t0))
+			return nil
 		}
-		if err := s.recreate(ctx, c); err != nil {
-			return err
-		}
+		why = fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err)
+		// The files may be what failed: the next restore downloads them afresh.
+		os.RemoveAll(ps.restoreDir)
+	} else if c.init.exited() {
+		return fmt.Errorf("container %s was killed while its snapshot downloaded", c.id)
+	}
+	decide(ctx, c.id, "cold start", why)
+	ps.dropRestore()
+	// After a failed download nothing has run in the sandbox, and it is what a cold start
+	// of a manual policy creates (only a workload trigger changes the spec): start it.
+	if !downloaded && ps.entry.Policy.Spec.TriggerConfig.Type != v1.TriggerWorkload {
 		return s.launch(ctx, c, "")
 	}
-	if ps.downloaded != nil {
-		decide(ctx, c.id, "restore", why)
-	}
-	t0 := time.Now()
-	err := s.launch(ctx, c, ps.restoreDir)
-	if err == nil {
-		ps.logRestored(ctx, c.id, 1, 0, time.Since(t0))
-		return nil
-	}
-	decide(ctx, c.id, "cold start", fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", ps.namespace, ps.restore.UUID, err))
-	// The files may be what failed: the next restore downloads them afresh.
-	os.RemoveAll(ps.restoreDir)
-	ps.dropRestore()
 	if err := s.recreate(ctx, c); err != nil {
 		return err
 	}

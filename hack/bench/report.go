@@ -144,6 +144,20 @@ func median(r *Results, key string, mib int) (float64, bool) {
 	return st.Median, ok
 }
 
+// restoreHolds says whether a restore target holds: for first and cached restores,
+// for cached ones only, or not at all; any is false when nothing was measured.
+func restoreHolds(any, firstOK, cachedOK bool) string {
+	switch {
+	case !any:
+		return "not measured"
+	case firstOK:
+		return "yes"
+	case cachedOK:
+		return "only for cached restores"
+	}
+	return "no"
+}
+
 func evaluateTargets(rep *report) []target {
 	r, cfg := rep.res, rep.cfg
 	var out []target
@@ -172,16 +186,7 @@ func evaluateTargets(rep *report) []target {
 			cachedOK = cachedOK && cached/floor <= limit
 		}
 		t.Measured = strings.Join(parts, "; ")
-		switch {
-		case !any:
-			t.Holds = "not measured"
-		case firstOK:
-			t.Holds = "yes"
-		case cachedOK:
-			t.Holds = "only for cached restores"
-		default:
-			t.Holds = "no"
-		}
+		t.Holds = restoreHolds(any, firstOK, cachedOK)
 		return t
 	}
 	for _, st := range cfg.stores {
@@ -216,16 +221,7 @@ func evaluateTargets(rep *report) []target {
 			parts = append(parts, sizeName(mib)+": "+strings.Join(ps, ", "))
 		}
 		t.Measured = strings.Join(parts, "; ")
-		switch {
-		case !any:
-			t.Holds = "not measured"
-		case firstOK:
-			t.Holds = "yes"
-		case cachedOK:
-			t.Holds = "only for cached restores"
-		default:
-			t.Holds = "no"
-		}
+		t.Holds = restoreHolds(any, firstOK, cachedOK)
 		out = append(out, t)
 	}
 

@@ -182,25 +182,11 @@ func measure(ctx context.Context, l *lab.Lab, cfg config, res *result) error {
 
 	// 3. Remove the pod, then run the same spec again: the shim finds the snapshot by
 	// its key and restores it where a cold start would run.
-	logf("removing %s", coldID)
-	if err := l.Remove(ctx, coldID); err != nil {
-		return err
-	}
-	logf("second run with the same spec: %s", warmID)
-	warm, err := l.Run(ctx, warmID, labels, command...)
-	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	res.restoreCtrRun = warm.Returned.Sub(warm.Invoked)
 	// The restored copy's pending read of /proc/gvisor/checkpoint returns "restore"; it
 	// then verifies its memory. Both seen: the restored pod is ready.
-	back, err := l.WaitOutput(ctx, warm, 2*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
+	warm, _, err := runAgain(ctx, l, res, coldID, warmID, labels, command...)
 	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	if !strings.HasSuffix(back.Text, ": restore") {
-		_, decision, _ := l.ShimLine(ctx, time.Second, warmID, "decision=")
-		return fmt.Errorf("restore: the second run read %q, so it started cold; the shim said: %s", back.Text, decision.Msg)
+		return err
 	}
 	memOK, err := l.WaitOutput(ctx, warm, time.Minute, "memory check", func(s string) bool { return strings.HasPrefix(s, "memory ") })
 	if err != nil {
@@ -234,6 +220,31 @@ func measure(ctx context.Context, l *lab.Lab, cfg config, res *result) error {
 		return err
 	}
 	return l.Remove(ctx, warmID)
+}
+
+// runAgain removes the cold pod coldID and runs the same spec as warmID; it records
+// how long `ctr run` took and returns the task and its "checkpoint result" line, which
+// must say restore: otherwise the pod started cold and the error says why.
+func runAgain(ctx context.Context, l *lab.Lab, res *result, coldID, warmID string, labels []string, command ...string) (*lab.Task, lab.Line, error) {
+	logf("removing %s", coldID)
+	if err := l.Remove(ctx, coldID); err != nil {
+		return nil, lab.Line{}, err
+	}
+	logf("second run with the same spec: %s", warmID)
+	warm, err := l.Run(ctx, warmID, labels, command...)
+	if err != nil {
+		return nil, lab.Line{}, fmt.Errorf("restore: %w", err)
+	}
+	res.restoreCtrRun = warm.Returned.Sub(warm.Invoked)
+	back, err := l.WaitOutput(ctx, warm, 2*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
+	if err != nil {
+		return nil, lab.Line{}, fmt.Errorf("restore: %w", err)
+	}
+	if !strings.HasSuffix(back.Text, ": restore") {
+		_, decision, _ := l.ShimLine(ctx, time.Second, warmID, "decision=")
+		return nil, lab.Line{}, fmt.Errorf("restore: the second run read %q, so it started cold; the shim said: %s", back.Text, decision.Msg)
+	}
+	return warm, back, nil
 }
 
 // dumpDiagnostics writes the tasks' output and the shim's lines to stderr.

@@ -124,23 +124,9 @@ func measureApp(ctx context.Context, l *lab.Lab, cfg config, res *result) error 
 	res.triggerToCommitted = committed.Seen.Sub(ready.Seen)
 	logf("snapshot %s committed %v after the ready line", res.snapshot, res.triggerToCommitted.Round(time.Millisecond))
 
-	logf("removing %s", coldID)
-	if err := l.Remove(ctx, coldID); err != nil {
+	warm, back, err := runAgain(ctx, l, res, coldID, warmID, labels)
+	if err != nil {
 		return err
-	}
-	logf("second run with the same spec: %s", warmID)
-	warm, err := l.Run(ctx, warmID, labels)
-	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	res.restoreCtrRun = warm.Returned.Sub(warm.Invoked)
-	back, err := l.WaitOutput(ctx, warm, 2*time.Minute, `"checkpoint result" line`, contains("checkpoint result: "))
-	if err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	if !strings.HasSuffix(back.Text, ": restore") {
-		_, decision, _ := l.ShimLine(ctx, time.Second, warmID, "decision=")
-		return fmt.Errorf("restore: the second run read %q, so it started cold; the shim said: %s", back.Text, decision.Msg)
 	}
 	res.restoreToReady = back.Seen.Sub(warm.Invoked)
 	logf("restored and ready after %v", res.restoreToReady.Round(time.Millisecond))

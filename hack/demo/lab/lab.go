@@ -425,36 +425,23 @@ type Task struct {
 	Invoked, Returned time.Time
 }
 
-// RunArgs are the `ctr run` arguments Run uses: detached, output to logURI, our runtime
-// with the lab's shim config, the labels, the workloads image, then id and the command.
-func (l *Lab) RunArgs(logURI, id string, labels []string, command ...string) []string {
-	args := []string{"run", "-d", "--log-uri", logURI, "--runtime", RuntimeType, "--runtime-config-path", l.ShimConfig}
-	for _, lb := range labels {
-		args = append(args, "--label", lb)
-	}
-	args = append(args, l.Image, id)
-	return append(args, command...)
-}
-
 // Run starts command (e.g. "slowinit", "-mib", "64") in a new detached container id of
 // the workloads image, its output in a file that the returned Task follows. Close removes
 // the container if the caller has not (Remove).
 func (l *Lab) Run(ctx context.Context, id string, labels []string, command ...string) (*Task, error) {
-	logPath := filepath.Join(l.Dir, "out-"+id+".log")
-	return l.run(ctx, id, logPath, l.RunArgs("file://"+logPath, id, labels, command...))
+	runtime := []string{"--runtime", RuntimeType, "--runtime-config-path", l.ShimConfig}
+	for _, lb := range labels {
+		runtime = append(runtime, "--label", lb)
+	}
+	return l.RunWith(ctx, id, runtime, command...)
 }
 
-// RunWith is Run on another runtime: runtime are the `ctr run` options naming it (e.g.
-// "--runtime", "io.containerd.runc.v2", "--runc-binary", PATH) instead of our shim's.
-func (l *Lab) RunWith(ctx context.Context, id string, runtime []string, command ...string) (*Task, error) {
-	logPath := filepath.Join(l.Dir, "out-"+id+".log")
-	args := append([]string{"run", "-d", "--log-uri", "file://" + logPath}, runtime...)
+// RunWith is Run with other `ctr run` options than our runtime and the labels: for
+// instance "--runtime", "io.containerd.runc.v2", "--runc-binary", PATH.
+func (l *Lab) RunWith(ctx context.Context, id string, options []string, command ...string) (*Task, error) {
+	t := &Task{ID: id, LogPath: filepath.Join(l.Dir, "out-"+id+".log")}
+	args := append([]string{"run", "-d", "--log-uri", "file://" + t.LogPath}, options...)
 	args = append(append(args, l.Image, id), command...)
-	return l.run(ctx, id, logPath, args)
-}
-
-func (l *Lab) run(ctx context.Context, id, logPath string, args []string) (*Task, error) {
-	t := &Task{ID: id, LogPath: logPath}
 	t.Output = Follow(t.LogPath)
 	l.mu.Lock()
 	l.tails = append(l.tails, t.Output)
