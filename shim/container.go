@@ -9,7 +9,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
-	"github.com/podsnapshot/podsnapshot/shim/config"
+	"github.com/podsnapshot/podsnapshot/internal/config"
 )
 
 // container is one containerd container served by this shim: a sandbox (a pod's pause

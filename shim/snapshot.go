@@ -32,8 +32,6 @@ import (
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 	"github.com/podsnapshot/podsnapshot/storage"
-	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// stores
-	_ "github.com/podsnapshot/podsnapshot/storage/local" // file:// stores
 )
 
 // Annotations this project reads or sets.

@@ -12,6 +12,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/shim"
 
 	podshim "github.com/podsnapshot/podsnapshot/shim"
+	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// stores
+	_ "github.com/podsnapshot/podsnapshot/storage/local" // file:// stores
 	"github.com/podsnapshot/podsnapshot/version"
 )
 

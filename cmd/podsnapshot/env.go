@@ -11,7 +11,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
-	"github.com/podsnapshot/podsnapshot/shim/config"
+	"github.com/podsnapshot/podsnapshot/internal/config"
 	"github.com/podsnapshot/podsnapshot/storage"
 	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// stores
 	_ "github.com/podsnapshot/podsnapshot/storage/local" // file:// stores

@@ -30,7 +30,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/podsnapshot/podsnapshot/shim/config"
+	"github.com/podsnapshot/podsnapshot/internal/config"
 )
 
 func main() {

@@ -1,4 +1,4 @@
-// Package config reads the shim's TOML configuration: the file named by the ConfigPath
+// Package config reads the node configuration (TOML) shared by the shim, the CLI and the node agent: the file named by the ConfigPath
 // runtime option, else /etc/containerd/podsnapshot.toml. The CLI reads the same file.
 //
 // Example (every key optional):
