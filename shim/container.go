@@ -8,8 +8,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
-	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 	"github.com/podsnapshot/podsnapshot/internal/config"
+	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 )
 
 // container is one containerd container served by this shim: a sandbox (a pod's pause

@@ -34,9 +34,9 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
+	"github.com/podsnapshot/podsnapshot/internal/config"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
-	"github.com/podsnapshot/podsnapshot/internal/config"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
 

@@ -1,5 +1,6 @@
-// Package config reads the node configuration (TOML) shared by the shim, the CLI and the node agent: the file named by the ConfigPath
-// runtime option, else /etc/containerd/podsnapshot.toml. The CLI reads the same file.
+// Package config reads the node configuration (TOML) that the shim, the CLI and the node
+// agent share: the file named by the shim's ConfigPath runtime option, else
+// /etc/containerd/podsnapshot.toml.
 //
 // Example (every key optional):
 //
