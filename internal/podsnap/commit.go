@@ -1,0 +1,242 @@
+package podsnap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/log"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/snapkey"
+)
+
+// errAbandoned is the commit result of a snapshot given up because its task was killed
+// or deleted.
+var errAbandoned = errors.New("snapshot abandoned: the task was killed or deleted")
+
+// watchCheckpoints waits for the workload's checkpoint of the sandbox and commits it.
+//
+// runsc opens the image files once, when the sandbox is created, and every checkpoint of
+// the sandbox writes into those same files. So the lifecycle commits the first
+// successful checkpoint straight from the checkpoint directory and then stops watching.
+// A failed save (`runsc wait --checkpoint` returns its error while the sandbox keeps
+// running; the workload reads "error") is logged, uploads nothing, and the watch goes on.
+func (p *Pod) watchCheckpoints() {
+	dir, _ := p.checkpointTarget()
+	for {
+		err := p.sb.WaitCheckpoint(context.Background())
+		if err != nil && !p.savedBeforeStop() {
+			// The wait also fails when the sandbox goes away; its exit follows shortly.
+			select {
+			case <-p.sandboxGone:
+				return
+			case <-time.After(time.Second):
+			}
+			log.L.WithError(err).WithFields(log.Fields{"id": p.sb.ID(), "reason": v1.EventReason}).
+				Warn("podsnapshot: checkpoint failed: the workload read \"error\" and keeps running; nothing uploaded")
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		p.busy.Lock()
+		if p.stop {
+			p.tookCheckpoint.Store(true)
+		}
+		_, err = p.commit(dir)
+		p.busy.Unlock()
+		if p.stop {
+			p.result <- err
+		}
+		return
+	}
+}
+
+// savedBeforeStop tells, after `runsc wait --checkpoint` failed, whether it failed only
+// because a postCheckpoint: stop checkpoint succeeded and the sandbox then exited before
+// the wait could be answered: the sandbox is gone within a few seconds and the image is
+// not empty. A failed save leaves the sandbox running.
+func (p *Pod) savedBeforeStop() bool {
+	if !p.stop {
+		return false
+	}
+	select {
+	case <-p.sandboxGone:
+	case <-time.After(3 * time.Second):
+		return false
+	}
+	return p.imageWritten()
+}
+
+// imageWritten reports whether the workload-trigger image holds a saved checkpoint.
+func (p *Pod) imageWritten() bool {
+	dir, _ := p.checkpointTarget()
+	if dir == "" {
+		return false
+	}
+	fi, err := os.Stat(filepath.Join(dir, "checkpoint.img"))
+	return err == nil && fi.Size() > 0
+}
+
+// Checkpoint takes a snapshot of the pod on request (containerd's Checkpoint call,
+// `podsnapshot checkpoint`): `runsc checkpoint` of the sandbox, then the commit. It
+// returns the committed manifest; at most one checkpoint of a pod runs at a time.
+func (p *Pod) Checkpoint(ctx context.Context) (*manifest.Manifest, error) {
+	if !p.busy.TryLock() {
+		return nil, fmt.Errorf("a checkpoint of sandbox %s is already in progress", p.sb.ID())
+	}
+	defer p.busy.Unlock()
+	dir := filepath.Join(p.workDir, "manual-"+time.Now().UTC().Format("20060102T150405.000000000"))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if p.stop {
+		p.tookCheckpoint.Store(true)
+	}
+	if err := p.sb.Checkpoint(ctx, dir, !p.stop); err != nil {
+		p.tookCheckpoint.Store(false)
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	m, err := p.commit(dir)
+	if p.stop {
+		p.result <- err
+	}
+	return m, err
+}
+
+// commit uploads a checkpoint image directory as a new snapshot of the pod, then applies
+// the policy's retention; the directory is removed only after the manifest is stored.
+func (p *Pod) commit(dir string) (*manifest.Manifest, error) {
+	id := p.sb.ID()
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancelMu.Lock()
+	if p.abandoned != 0 {
+		p.cancelMu.Unlock()
+		cancel()
+		log.L.WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Warn("podsnapshot: checkpoint not committed: the task was killed or deleted")
+		return nil, errAbandoned
+	}
+	p.cancel = cancel
+	p.commits.Add(1)
+	p.cancelMu.Unlock()
+	defer p.commits.Done()
+	defer func() {
+		p.cancelMu.Lock()
+		p.cancel = nil
+		p.cancelMu.Unlock()
+		cancel()
+	}()
+	t0 := time.Now()
+	key, members, infos, err := p.podKey()
+	if err != nil {
+		log.L.WithError(err).WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
+		return nil, err
+	}
+	m := manifest.New(p.namespace, p.policyName(), key, p.tuple, t0)
+	if len(members) > 0 {
+		m.SandboxKey = p.sandboxKey
+		m.Containers = members
+	}
+	m.Labels = p.labels
+	m.GroupLabels = snapkey.GroupValues(p.entry.Policy.GroupLabels(), p.labels)
+	m.Source = p.source
+	m.Source.Containers = append(m.Source.Containers[:1:1], infos...)
+	if err := p.repo.Commit(ctx, m, dir); err != nil {
+		log.L.WithError(err).WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
+		return nil, err
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		log.L.WithError(err).Warn("remove uploaded checkpoint image")
+	}
+	raw, stored := m.Sizes()
+	log.L.WithFields(log.Fields{"id": id, "reason": v1.EventReason, "snapshot": m.UUID,
+		"raw_bytes": raw, "stored_bytes": stored, "upload_ms": time.Since(t0).Milliseconds()}).
+		Infof("podsnapshot: committed: Successfully checkpointed the pod to PodSnapshot %s/%s", m.Namespace, m.UUID)
+	p.applyRetention(ctx)
+	return m, nil
+}
+
+// applyRetention deletes the policy's snapshots beyond its maxSnapshotCountPerGroup and
+// those unused for longer than its lastAccessTimeout (repo.ApplyRetention, as
+// `podsnapshot gc` does).
+func (p *Pod) applyRetention(ctx context.Context) {
+	rules, err := p.entry.Policy.RetentionRules()
+	if err != nil {
+		return
+	}
+	deleted, err := p.repo.ApplyRetention(ctx, p.namespace, p.policyName(), rules, time.Now())
+	for _, d := range deleted {
+		log.L.Infof("podsnapshot: retention: deleted snapshot %s/%s: %s", p.namespace, d.ID, d.Reason)
+	}
+	if err != nil {
+		log.L.WithError(err).Warn("podsnapshot: retention")
+	}
+}
+
+// SandboxExited is called when the sandbox's init has exited with status. When a
+// checkpoint with postCheckpoint: stop ended it, it waits for that snapshot's commit and
+// returns the task's exit status: 0 once committed, 1 if the commit failed, 128+signal if
+// the task was killed meanwhile. Otherwise it returns status.
+func (p *Pod) SandboxExited(status int) int {
+	if p == nil {
+		return status
+	}
+	p.sandboxGoneOnce.Do(func() { close(p.sandboxGone) })
+	if !p.stop || (!p.tookCheckpoint.Load() && !p.imageWritten()) {
+		return status
+	}
+	// Either a commit is under way (result follows), or the watcher is about to decide
+	// that the image it finds was saved before the stop.
+	var err error
+	select {
+	case err = <-p.result:
+	case <-time.After(10 * time.Second):
+		if !p.tookCheckpoint.Load() {
+			return status
+		}
+		err = <-p.result
+	}
+	if sig := p.abandonedBy(); sig != 0 {
+		return 128 + sig // killed while it saved or uploaded: as any killed task
+	}
+	if err != nil {
+		return 1
+	}
+	return 0
+}
+
+// abandon cancels the commit in progress, if any, and any commit not yet started;
+// signal is what ended the task (recorded for a stop-mode task's exit status).
+func (p *Pod) abandon(signal int) {
+	p.cancelMu.Lock()
+	defer p.cancelMu.Unlock()
+	if p.abandoned == 0 {
+		p.abandoned = signal
+	}
+	if p.cancel != nil {
+		p.cancel()
+	}
+}
+
+// abandonedBy returns the signal that abandoned the snapshot, 0 if none did.
+func (p *Pod) abandonedBy() int {
+	p.cancelMu.Lock()
+	defer p.cancelMu.Unlock()
+	return p.abandoned
+}
+
+// waitCommits waits up to timeout for aborted commits to finish deleting what they had
+// uploaded, so that a deleted sandbox leaves no orphaned objects in storage.
+func (p *Pod) waitCommits(timeout time.Duration) {
+	done := make(chan struct{})
+	go func() { p.commits.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		log.L.Warnf("podsnapshot: an aborted upload is still cleaning up after %s; leaving it", timeout)
+	}
+}

@@ -1,0 +1,174 @@
+package podsnap
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+)
+
+// fetch brings the snapshot a pod restores from onto the node: at once from the node
+// cache, or by a download that runs alongside `runsc create` and whatever containerd does
+// before Start.
+type fetch struct {
+	m      *manifest.Manifest
+	cached bool // found in the node cache at Create: done is closed already
+	// done is closed once the fetch is over. The fields below it are written before
+	// done is closed and read only after.
+	done   chan struct{}
+	cancel context.CancelFunc
+	// failed says why the fetch failed ("" when it did not).
+	failed string
+	dir    string // a node cache entry, or a private download when private
+	// private: dir is this pod's alone (the cache is disabled) and is removed with it.
+	private bool
+	took    time.Duration
+}
+
+// downloadStopTimeout bounds how long Delete waits for a cancelled download to end.
+const downloadStopTimeout = 10 * time.Second
+
+// find looks up the snapshot to restore: the one named by the ps-name annotation
+// (psName), else the newest compatible one for the sandbox key. It returns the reason for
+// the decision and whether the pod restores; when it does, p.restore and p.fetch are set
+// and the download, if any, runs in the background.
+func (p *Pod) find(ctx context.Context, psName string) (string, bool) {
+	t0 := time.Now()
+	p.lookupStart = t0
+	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
+	defer cancel()
+	var (
+		m   *manifest.Manifest
+		why string
+		err error
+	)
+	if psName != "" {
+		m, why, err = p.repo.FindNamed(lctx, p.namespace, p.policyName(), psName, p.sandboxKey, p.tuple)
+		if why != "" {
+			why = fmt.Sprintf("%s (annotation %s)", why, PSNameAnnotation)
+		}
+	} else {
+		m, why, err = p.repo.Find(lctx, p.namespace, p.policyName(), p.sandboxKey, p.tuple)
+	}
+	url := p.repo.Store.URL("")
+	if err != nil {
+		if lctx.Err() != nil {
+			return fmt.Sprintf("storage %s unreachable after %.1f s: %v", url, time.Since(t0).Seconds(), err), false
+		}
+		return fmt.Sprintf("snapshot lookup in %s failed: %v", url, err), false
+	}
+	if m == nil {
+		return why, false
+	}
+	f := &fetch{m: m, done: make(chan struct{})}
+	p.restore, p.fetch = m, f
+	if dir, ok := p.repo.Cached(p.nodeCache, m); ok {
+		f.cached, f.dir, f.took = true, dir, time.Since(t0)
+		close(f.done)
+		return fmt.Sprintf("snapshot %s/%s (policy %s) found in the node cache %s",
+			p.namespace, m.UUID, p.entry.ID(), p.nodeCache.Dir), true
+	}
+	// The download outlives Create's RPC; Kill, Delete and a Start that gives up cancel it.
+	dctx, dcancel := context.WithCancel(context.WithoutCancel(ctx))
+	f.cancel = dcancel
+	go func() {
+		defer close(f.done)
+		defer dcancel()
+		dir, private, err := p.repo.Fetch(dctx, p.nodeCache, m)
+		f.took = time.Since(t0)
+		if err != nil {
+			// Fetch says which: corrupt (and marked failed), or the download failed.
+			f.failed = err.Error()
+			return
+		}
+		f.dir, f.private = dir, private
+	}()
+	return fmt.Sprintf("snapshot %s/%s (policy %s) found in %d ms; downloading it while runsc creates the sandbox",
+		p.namespace, m.UUID, p.entry.ID(), time.Since(t0).Milliseconds()), true
+}
+
+// await waits for the fetch, or for ctx to end (the download is then cancelled), and
+// says, for the decision line, how it went: ok with its time, or why the pod starts cold.
+func (f *fetch) await(ctx context.Context, namespace, policyID string) (why string, ok bool) {
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		f.stop()
+		return fmt.Sprintf("gave up waiting for the download of snapshot %s/%s: %v", namespace, f.m.UUID, ctx.Err()), false
+	}
+	if f.failed != "" {
+		return f.failed, false
+	}
+	return fmt.Sprintf("snapshot %s/%s (policy %s) downloaded and verified in %d ms",
+		namespace, f.m.UUID, policyID, f.took.Milliseconds()), true
+}
+
+// abort cancels a download still running, without waiting for it.
+func (f *fetch) abort() {
+	if f != nil && f.cancel != nil {
+		f.cancel()
+	}
+}
+
+// stop cancels a download still running and waits up to downloadStopTimeout for it to
+// end. It reports whether the fetch is over; one that is not yet cleans up after itself
+// (a cancelled download keeps no files).
+func (f *fetch) stop() bool {
+	if f == nil {
+		return true
+	}
+	f.abort()
+	select {
+	case <-f.done:
+		return true
+	case <-time.After(downloadStopTimeout):
+		log.L.Warnf("podsnapshot: the cancelled download of snapshot %s has not ended after %s; leaving it",
+			f.m.UUID, downloadStopTimeout)
+		return false
+	}
+}
+
+// release stops the fetch and removes a private download. It reports whether the fetch
+// is over (its fields may be read).
+func (f *fetch) release() bool {
+	if !f.stop() {
+		return false
+	}
+	if f.private {
+		os.RemoveAll(f.dir)
+	}
+	return true
+}
+
+// dropRestore forgets the snapshot the pod was to restore from (it starts cold); a
+// private download is removed. When discard is set, the fetched files are removed even
+// from the node cache: a restore from them failed, and they may be what failed.
+func (p *Pod) dropRestore(discard bool) {
+	p.mu.Lock()
+	f := p.fetch
+	p.restore, p.fetch = nil, nil
+	p.mu.Unlock()
+	if f == nil {
+		return
+	}
+	if f.release() && discard && f.dir != "" {
+		os.RemoveAll(f.dir)
+	}
+}
+
+// cleanup removes the pod's work dir and its private download: checkpoint images not
+// committed are kept until here (nothing local is deleted before storage has it or the
+// pod is gone).
+func (p *Pod) cleanup() {
+	p.mu.Lock()
+	f := p.fetch
+	p.mu.Unlock()
+	if f != nil {
+		f.release()
+	}
+	os.RemoveAll(p.workDir)
+}
