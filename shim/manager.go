@@ -30,7 +30,7 @@ import (
 )
 
 // RuntimeName is the containerd runtime type served by this shim.
-const RuntimeName = "io.containerd.podsnapshot.v1"
+const RuntimeName = oci.RuntimeType
 
 // Register registers the task service as the shim's ttrpc plugin; call it before
 // shim.RunShim.
@@ -166,7 +166,7 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 		r := &runsc.Runsc{Path: st.RunscPath, Root: st.RunscRoot, Flags: st.RunscFlags}
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
-		if err := r.Delete(dctx, id, true); err != nil && !runsc.IsNotExist(err) {
+		if err := r.Delete(dctx, id, runsc.DeleteOpts{Force: true}); err != nil && !runsc.IsNotExist(err) {
 			log.G(ctx).WithError(err).Warn("runsc delete of an orphaned container failed")
 		}
 	}

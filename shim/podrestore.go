@@ -248,7 +248,7 @@ func (s *Service) restorePod(ctx context.Context, sb *container) {
 	if err != nil {
 		for i := len(created) - 1; i >= 0; i-- {
 			c := created[i]
-			if derr := c.runsc.Delete(context.WithoutCancel(ctx), c.id, true); derr != nil && !runsc.IsNotExist(derr) {
+			if derr := c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true}); derr != nil && !runsc.IsNotExist(derr) {
 				log.G(ctx).WithError(derr).WithField("id", c.id).Warn("tear down container after a failed restore")
 			}
 			c.init.io.close()
@@ -383,7 +383,7 @@ func (s *Service) killDeferred(ctx context.Context, c *container, signal int) bo
 	}
 	// Created, never started: runsc ends the sandbox process; Delete removes it.
 	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	_ = c.runsc.Kill(kctx, c.id, signal, true, 0)
+	_ = c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: signal, All: true})
 	cancel()
 	s.exitProcess(c, c.init, 128+signal)
 	return true

@@ -330,13 +330,13 @@ func (s *Service) runscCreate(ctx context.Context, c *container) (retErr error) 
 	}
 	if c.sandbox || pio.consoleSocket() != "" {
 		if err := pio.afterStart(ctx); err != nil {
-			_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, true)
+			_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true})
 			return err
 		}
 	}
 	pid, err := runc.ReadPidFile(pidFile)
 	if err != nil {
-		_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, true)
+		_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true})
 		return fmt.Errorf("read pid file of %s: %w", c.id, err)
 	}
 	c.init.mu.Lock()
@@ -393,7 +393,7 @@ func (s *Service) waitInit(c *container) {
 	if c.sandbox {
 		sandboxExit = s.awaitPid(p.pid)
 	}
-	status, err := c.runsc.Wait(context.Background(), c.id)
+	status, err := c.runsc.Wait(context.Background(), c.id, runsc.WaitOpts{})
 	if err != nil {
 		log.G(s.ctx).WithError(err).WithField("id", c.id).Warn("runsc wait failed; using the sandbox's exit status")
 		status = 255
@@ -462,7 +462,7 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	// Delete and Kill finish in bounded time whatever runsc does.
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := c.runsc.Delete(dctx, c.id, true); err != nil && !runsc.IsNotExist(err) {
+	if err := c.runsc.Delete(dctx, c.id, runsc.DeleteOpts{Force: true}); err != nil && !runsc.IsNotExist(err) {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runsc delete failed")
 	}
 	p.setExited(int(128 + 9)) // no-op when it exited already; a created container never ran.
@@ -618,7 +618,7 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	if err := s.awaitResolved(ctx, c); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := c.runsc.Pause(ctx, c.id); err != nil {
+	if err := c.runsc.Pause(ctx, c.id, runsc.PauseOpts{}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	c.init.setStatus(task.Status_PAUSED)
@@ -635,7 +635,7 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 	if err := s.awaitResolved(ctx, c); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := c.runsc.Resume(ctx, c.id); err != nil {
+	if err := c.runsc.Resume(ctx, c.id, runsc.ResumeOpts{}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	c.init.setStatus(task.Status_RUNNING)
@@ -668,7 +668,7 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		// A container that never started has no process to signal; after the kill it
 		// can never run, so it is done, and the snapshot it was to restore is not needed.
 		c.snap.abortDownload()
-		_ = c.runsc.Kill(kctx, c.id, int(r.Signal), true, 0)
+		_ = c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: int(r.Signal), All: true})
 		s.exitProcess(c, p, 128+int(r.Signal))
 		return &ptypes.Empty{}, nil
 	}
@@ -679,9 +679,9 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 		if internalPid == 0 {
 			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %s has not started", r.ExecID)
 		}
-		err = c.runsc.Kill(kctx, c.id, int(r.Signal), false, internalPid)
+		err = c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: int(r.Signal), Pid: internalPid})
 	} else {
-		err = c.runsc.Kill(kctx, c.id, int(r.Signal), r.All, 0)
+		err = c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: int(r.Signal), All: r.All})
 	}
 	if err != nil {
 		if r.ExecID == "" && c.snap != nil && c.snap.stop && c.snap.tookCheckpoint.Load() {
@@ -710,7 +710,7 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if err := s.awaitResolved(ctx, c); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	pids, err := c.runsc.Ps(ctx, c.id)
+	pids, err := c.runsc.Ps(ctx, c.id, runsc.PsOpts{})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -764,12 +764,12 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		// containerd's client pauses a task before checkpointing it and resumes it after;
 		// runsc checkpoints a running sandbox, so it runs for the checkpoint and is
 		// paused again afterwards.
-		if err := sb.runsc.Resume(ctx, sb.id); err != nil {
+		if err := sb.runsc.Resume(ctx, sb.id, runsc.ResumeOpts{}); err != nil {
 			return nil, errgrpc.ToGRPC(err)
 		}
 		defer func() {
 			if !sb.init.exited() {
-				_ = sb.runsc.Pause(context.WithoutCancel(ctx), sb.id)
+				_ = sb.runsc.Pause(context.WithoutCancel(ctx), sb.id, runsc.PauseOpts{})
 			}
 		}()
 	}
@@ -778,6 +778,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 		return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint of pod %s: %w", sb.id, err))
 	}
 	log.G(ctx).WithField("snapshot", m.UUID).Infof("manual checkpoint of %s committed", r.ID)
+	s.send(&eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: m.UUID})
 	return &ptypes.Empty{}, nil
 }
 
@@ -794,7 +795,7 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	if err := typeurl.UnmarshalTo(r.Resources, &res); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: resources: %w", errdefs.ErrInvalidArgument, err))
 	}
-	if err := c.runsc.Update(ctx, c.id, &res); err != nil {
+	if err := c.runsc.Update(ctx, c.id, runsc.UpdateOpts{Resources: &res}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &ptypes.Empty{}, nil
@@ -825,7 +826,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err := s.awaitResolved(ctx, c); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	st, err := c.runsc.Stats(ctx, c.id)
+	st, err := c.runsc.Stats(ctx, c.id, runsc.StatsOpts{})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}

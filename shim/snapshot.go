@@ -590,7 +590,7 @@ func (s *Service) launch(ctx context.Context, c *container, imageDir string) err
 	}
 	var err error
 	if imageDir == "" {
-		err = c.runsc.Start(ctx, c.id, io)
+		err = c.runsc.Start(ctx, c.id, runsc.StartOpts{IO: io})
 	} else {
 		// Background: the sandbox resumes once its kernel state is loaded and pulls the
 		// application's pages in behind it (gVisor allows it for uncompressed images,
@@ -610,6 +610,7 @@ func (s *Service) launch(ctx context.Context, c *container, imageDir string) err
 // sandbox that may checkpoint, the workload's checkpoints.
 func (s *Service) running(c *container) {
 	go s.waitInit(c)
+	go s.watchOOM(c)
 	if c.snap != nil && c.snap.workloadTrigger && c.snap.restore == nil {
 		go s.watchCheckpoints(c)
 	}
@@ -630,7 +631,7 @@ func (ps *podSnap) touchLater(ctx context.Context) {
 // recreate replaces a created (or half-restored) sandbox with a fresh `runsc create`
 // from the same bundle, for a cold start.
 func (s *Service) recreate(ctx context.Context, c *container) error {
-	if err := c.runsc.Delete(context.WithoutCancel(ctx), c.id, true); err != nil && !runsc.IsNotExist(err) {
+	if err := c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true}); err != nil && !runsc.IsNotExist(err) {
 		return fmt.Errorf("tear down sandbox %s after a failed restore: %w", c.id, err)
 	}
 	if c.snap != nil && c.snap.entry.Policy.Spec.TriggerConfig.Type == v1.TriggerWorkload {
@@ -653,7 +654,7 @@ func (s *Service) recreate(ctx context.Context, c *container) error {
 func (s *Service) watchCheckpoints(c *container) {
 	ps := c.snap
 	for {
-		err := c.runsc.WaitCheckpoint(context.Background(), c.id)
+		_, err := c.runsc.Wait(context.Background(), c.id, runsc.WaitOpts{Checkpoint: true})
 		if err != nil && !ps.savedBeforeStop(c) {
 			// The wait also fails when the sandbox goes away; its exit follows shortly.
 			select {
