@@ -30,19 +30,24 @@ deps:
 build:
 	CGO_ENABLED=0 $(GO) build -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o $(OUT)/bin/ ./cmd/...
 
-# Unit tests need no daemon; the end-to-end packages start their own containerd,
-# runsc and fake-gcs-server from _deps/bin.
+# Unit tests need no daemon and run with the race detector (it needs cgo: without a C
+# compiler go reports CGO_ENABLED=0, and they run without it). The end-to-end packages
+# (./e2e/...) start their own containerd, runsc and fake-gcs-server from _deps/bin and
+# spend their time waiting on them, so they run without -race.
+RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race)
+TEST_ENV := PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin
+UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e$$\|/e2e/')
+
 test: deps build
-	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./... ./testdata/imagebuild/... ./testdata/workloads/...
+	$(TEST_ENV) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(UNIT_PKGS)
+	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
 
 # Only the packages that need no daemon (everything but e2e).
 unit:
-	$(GO) test -count=1 $$($(GO) list ./... ./testdata/imagebuild/... ./testdata/workloads/... | grep -v /e2e)
+	$(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(UNIT_PKGS)
 
 e2e: deps build
-	PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
+	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
 
 # Snapshot and restore demo on a private containerd (needs root): STORAGE=local|gcs,
 # WORKLOAD=slowinit|redis|python|nginx (default slowinit), MIB and SECONDS size the

@@ -22,7 +22,7 @@ import (
 func TestMain(m *testing.M) { harness.Main(m) }
 
 // runtime is the containerd runtime type under test.
-const runtime = "io.containerd.podsnapshot.v1"
+const runtime = harness.RuntimeType
 
 // env is one test's world: a private containerd with our shim, the test images, a shim
 // config, a policy directory and a snapshot store (a local directory or a bucket on

@@ -12,11 +12,11 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
 // Real programs from Debian (redis-server, python3, nginx), packaged by
-// testdata/imagebuild with their shared libraries, snapshotted by their own wrapper once
+// internal/testenv/ociarchive with their shared libraries, snapshotted by their own wrapper once
 // ready and restored into a new container with the same spec. Each case logs
 // cold-start-to-ready and restore-to-ready, measured from outside: from `ctr run` to the
 // wrapper's "ready" line, and from `ctr run` to the restored copy's

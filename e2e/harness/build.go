@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
-// Image names of the test images (see testdata/imagebuild).
+// Image names of the test images (see internal/testenv/ociarchive).
 const (
 	BusyboxImage   = ociarchive.BusyboxImage
 	WorkloadsImage = ociarchive.WorkloadsImage
@@ -91,14 +91,7 @@ func goBuild(root, out string, pkgs ...string) error {
 }
 
 // Image is a test image archive built by the harness.
-type Image struct {
-	// Name is the image reference, as ctr lists it.
-	Name string
-	// Archive is the OCI archive to import.
-	Archive string
-	// Digest is the manifest digest containerd reports for the image.
-	Digest string
-}
+type Image = ociarchive.Built
 
 var imagesBuild once[map[string]Image]
 
@@ -109,34 +102,8 @@ func Images(t testing.TB) map[string]Image {
 	t.Helper()
 	root, cache, busybox := RepoRoot(t), binaryCache(t), Busybox(t)
 	images, err := imagesBuild.get(func() (map[string]Image, error) {
-		dir := filepath.Join(cache, "images")
-		bin := filepath.Join(dir, "bin")
-		programs := append(append([]string(nil), ociarchive.Workloads...), ociarchive.Pause)
-		if err := ociarchive.BuildPrograms(context.Background(), root, bin, programs...); err != nil {
-			return nil, err
-		}
-		bb, err := ociarchive.BusyboxSpec(busybox)
-		if err != nil {
-			return nil, err
-		}
-		wl, err := ociarchive.WorkloadsSpec(busybox, bin)
-		if err != nil {
-			return nil, err
-		}
-		pause, err := ociarchive.PauseSpec(bin)
-		if err != nil {
-			return nil, err
-		}
-		images := map[string]Image{}
-		for file, spec := range map[string]ociarchive.Spec{"busybox.tar": bb, "workloads.tar": wl, "pause.tar": pause} {
-			archive := filepath.Join(dir, file)
-			res, err := ociarchive.BuildFile(archive, spec)
-			if err != nil {
-				return nil, fmt.Errorf("build %s: %w", spec.Name, err)
-			}
-			images[res.Name] = Image{Name: res.Name, Archive: archive, Digest: res.ManifestDigest}
-		}
-		return images, nil
+		return ociarchive.BuildImages(context.Background(), root, busybox, filepath.Join(cache, "images"),
+			BusyboxImage, WorkloadsImage, PauseImage)
 	})
 	if err != nil {
 		t.Fatalf("harness: build test images: %v", err)

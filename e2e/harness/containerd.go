@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/containerd"
 )
 
 // ContainerdOptions configure StartContainerd. The zero value is a containerd with
@@ -57,7 +57,7 @@ type Containerd struct {
 	ctr    string
 	crictl string // with EnableCRI
 	cri    bool
-	d      *labhost.Daemon
+	d      *containerd.Daemon
 }
 
 // StartContainerd starts a private containerd (binary from DepsBin) and waits until its
@@ -65,13 +65,16 @@ type Containerd struct {
 // and records any shim or runsc process of its own left behind (LeakCheck reports them),
 // unmounts what is still mounted below its directories (with CRI: the pods' network
 // namespaces too), removes libcni's cached results of its pods, and removes the
-// directories. When the test
-// failed, containerd's log is written to the test log.
+// directories. When the test failed, containerd's log is written to the test log.
 func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	t.Helper()
 	bin := Binary(t, "containerd", "")
 	ctr := Binary(t, "ctr", "")
 	Binary(t, "runsc", "") // the shim needs it; fail early and clearly
+	crictl := ""
+	if opts.EnableCRI {
+		crictl = Binary(t, "crictl", "")
+	}
 	if opts.Namespace == "" {
 		opts.Namespace = "test"
 	}
@@ -86,64 +89,43 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 	if err != nil {
 		t.Fatalf("harness: containerd directory: %v", err)
 	}
-	c := &Containerd{
-		Dir:       dir,
-		Root:      filepath.Join(dir, "root"),
-		State:     filepath.Join(dir, "state"),
-		Address:   filepath.Join(dir, "containerd.sock"),
-		Config:    filepath.Join(dir, "config.toml"),
-		LogPath:   filepath.Join(dir, "containerd.log"),
-		Namespace: opts.Namespace,
-		ctr:       ctr,
-		cri:       opts.EnableCRI,
+	path := DepsBin(t) + string(os.PathListSeparator) + os.Getenv("PATH")
+	if opts.ShimDir != "" {
+		path = opts.ShimDir + string(os.PathListSeparator) + path
 	}
-	if opts.EnableCRI {
-		c.crictl = Binary(t, "crictl", "")
-	}
+	env := append(append(withoutVar(os.Environ(), "PATH"), "PATH="+path), opts.Env...)
 	addLeakMarker(t, dir)
+	// Own process group: a ^C to the test run reaches the test binary, whose cleanup
+	// stops containerd in order, rather than killing containerd under it.
+	d, err := containerd.Start(containerd.Options{
+		Binary: bin, Dir: dir, LogLevel: opts.LogLevel, CRI: opts.EnableCRI,
+		ExtraConfig: opts.ExtraConfig, Env: env,
+	})
+	if err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("harness: %v", err)
+	}
+	c := &Containerd{
+		Dir:       d.Dir,
+		Root:      d.Root,
+		State:     d.State,
+		Address:   d.Address,
+		Config:    d.Config,
+		LogPath:   d.LogPath,
+		Namespace: opts.Namespace,
+		Env:       env,
+		ctr:       ctr,
+		crictl:    crictl,
+		cri:       opts.EnableCRI,
+		d:         d,
+	}
+	t.Cleanup(func() { c.stop(t) })
 
-	// Plugins that cannot work here or would reach outside the test's directories; CRI
-	// wants a CNI network, so it is off unless asked for.
-	disabled := append([]string(nil), labhost.DisabledPlugins...)
-	if !opts.EnableCRI {
-		disabled = append(disabled, labhost.CRIPlugins...)
-	}
-	config := labhost.ContainerdConfig(c.Root, c.State, c.Address, opts.LogLevel, disabled)
-	if opts.ExtraConfig != "" {
-		config += "\n" + opts.ExtraConfig + "\n"
-	}
-	if err := os.WriteFile(c.Config, []byte(config), 0o644); err != nil {
-		t.Fatalf("harness: write containerd config: %v", err)
-	}
 	if opts.EnableCRI {
 		if err := c.writeCrictlConfig(); err != nil {
 			t.Fatalf("harness: %v", err)
 		}
 	}
-
-	path := DepsBin(t) + string(os.PathListSeparator) + os.Getenv("PATH")
-	if opts.ShimDir != "" {
-		path = opts.ShimDir + string(os.PathListSeparator) + path
-	}
-	c.Env = append(withoutVar(os.Environ(), "PATH"), "PATH="+path)
-	c.Env = append(c.Env, opts.Env...)
-
-	logFile, err := os.Create(c.LogPath)
-	if err != nil {
-		t.Fatalf("harness: containerd log: %v", err)
-	}
-	cmd := exec.Command(bin, "--config", c.Config)
-	cmd.Env = c.Env
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// Own process group: a ^C to the test run reaches the test binary, whose cleanup
-	// stops containerd in order, rather than killing containerd under it.
-	c.d, err = labhost.StartDaemon(cmd)
-	logFile.Close() // the child has its own copy
-	if err != nil {
-		t.Fatalf("harness: start containerd: %v", err)
-	}
-	t.Cleanup(func() { c.stop(t) })
-
 	if err := c.waitReady(opts.StartTimeout); err != nil {
 		t.Fatalf("harness: containerd did not start: %v\n%s", err, c.Logs())
 	}
@@ -152,7 +134,7 @@ func StartContainerd(t testing.TB, opts ContainerdOptions) *Containerd {
 
 // waitReady waits until the socket accepts connections and `ctr version` answers.
 func (c *Containerd) waitReady(timeout time.Duration) error {
-	return labhost.WaitContainerd(context.Background(), c.d, c.Address, timeout, func(ctx context.Context) error {
+	return c.d.Wait(context.Background(), timeout, func(ctx context.Context) error {
 		res, err := c.CtrContext(ctx, "version")
 		if err == nil && res.ExitCode != 0 {
 			err = errors.New(res.String())
@@ -293,7 +275,7 @@ func (c *Containerd) MustCtr(t testing.TB, args ...string) string {
 	return res.Stdout
 }
 
-// ImportArgs are the ctr arguments that import an archive built by testdata/imagebuild:
+// ImportArgs are the ctr arguments that import an archive built by internal/testenv/ociarchive:
 // `ctr images import --platform linux/<arch> ARCHIVE`. The image takes its name from the
 // archive's io.containerd.image.name annotation and is unpacked into the default
 // snapshotter, ready for `ctr run`.

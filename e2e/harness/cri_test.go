@@ -10,7 +10,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/containerd"
 )
 
 // TestCRIConfig has containerd itself (`containerd config dump`, which starts nothing)
@@ -20,8 +20,8 @@ func TestCRIConfig(t *testing.T) {
 	dir := t.TempDir()
 	n := &CNINetwork{BinDir: "/cni/bin", ConfDir: "/cni/net.d"}
 	extra := CRIConfig(t, CRIOptions{ShimConfig: "/etc/shim.toml", Network: n})
-	config := labhost.ContainerdConfig(filepath.Join(dir, "root"), filepath.Join(dir, "state"),
-		filepath.Join(dir, "c.sock"), "info", labhost.DisabledPlugins) + "\n" + extra
+	config := containerd.Config(filepath.Join(dir, "root"), filepath.Join(dir, "state"),
+		filepath.Join(dir, "c.sock"), "info", containerd.DisabledPlugins) + "\n" + extra
 	path := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)

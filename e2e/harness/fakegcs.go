@@ -2,14 +2,11 @@ package harness
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
-	"net/url"
 	"os"
 	"testing"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/fakegcs"
 )
 
 // FakeGCS is a fake-gcs-server started by StartFakeGCS.
@@ -23,7 +20,7 @@ type FakeGCS struct {
 	Dir     string
 	LogPath string
 
-	fake *labhost.FakeGCS
+	srv *fakegcs.Server
 }
 
 // Env returns STORAGE_EMULATOR_HOST=Host, for ContainerdOptions.Env (the shim inherits
@@ -35,16 +32,17 @@ func (f *FakeGCS) Env() string { return "STORAGE_EMULATOR_HOST=" + f.Host }
 // cleanup; its log is shown if the test failed.
 func StartFakeGCS(t testing.TB) *FakeGCS {
 	t.Helper()
-	bin := Binary(t, "fake-gcs-server", "FAKE_GCS_SERVER")
+	bin := Binary(t, "fake-gcs-server", fakegcs.EnvBinary)
 	dir := t.TempDir()
 	addLeakMarker(t, dir)
-	// labhost tries a few free ports: another process can take one before the server
-	// binds it. Same server and layout as hack/demo/lab's.
-	started, err := labhost.StartFakeGCS(context.Background(), bin, dir)
+	// The same launcher as the demo's and the storage tests' (internal/testenv/fakegcs);
+	// it tries a few free ports, as another process can take one before the server
+	// binds it.
+	srv, err := fakegcs.Start(context.Background(), fakegcs.Options{Binary: bin, Dir: dir})
 	if err != nil {
 		t.Fatalf("harness: start fake-gcs-server: %v", err)
 	}
-	f := &FakeGCS{Host: started.Host, URL: started.URL, Dir: started.Dir, LogPath: started.LogPath, fake: started}
+	f := &FakeGCS{Host: srv.Host, URL: srv.URL, Dir: srv.Dir, LogPath: srv.LogPath, srv: srv}
 	t.Cleanup(func() {
 		f.Stop(t)
 		if t.Failed() {
@@ -59,13 +57,13 @@ func StartFakeGCS(t testing.TB) *FakeGCS {
 // storage being down. Cleanup calls it too; a second call is a no-op.
 func (f *FakeGCS) Stop(t testing.TB) {
 	t.Helper()
-	f.fake.Stop(5 * time.Second)
+	f.srv.Stop(5 * time.Second)
 }
 
 // CreateBucket creates a bucket through the JSON API.
 func (f *FakeGCS) CreateBucket(t testing.TB, name string) {
 	t.Helper()
-	if err := f.fake.CreateBucket(context.Background(), "test", name); err != nil {
+	if err := f.srv.CreateBucket(context.Background(), "test", name); err != nil {
 		t.Fatalf("harness: %v", err)
 	}
 }
@@ -73,34 +71,9 @@ func (f *FakeGCS) CreateBucket(t testing.TB, name string) {
 // Objects lists the names of the objects in bucket (all pages).
 func (f *FakeGCS) Objects(t testing.TB, bucket string) []string {
 	t.Helper()
-	var names []string
-	token := ""
-	for {
-		u := f.URL + "/storage/v1/b/" + url.PathEscape(bucket) + "/o?maxResults=1000"
-		if token != "" {
-			u += "&pageToken=" + url.QueryEscape(token)
-		}
-		resp, err := http.Get(u)
-		if err != nil {
-			t.Fatalf("harness: list bucket %s: %v", bucket, err)
-		}
-		var page struct {
-			Items []struct {
-				Name string `json:"name"`
-			} `json:"items"`
-			NextPageToken string `json:"nextPageToken"`
-		}
-		err = json.NewDecoder(resp.Body).Decode(&page)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || err != nil {
-			t.Fatalf("harness: list bucket %s: %s (%v)", bucket, resp.Status, err)
-		}
-		for _, it := range page.Items {
-			names = append(names, it.Name)
-		}
-		if page.NextPageToken == "" {
-			return names
-		}
-		token = page.NextPageToken
+	names, err := f.srv.Objects(context.Background(), bucket)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
 	}
+	return names
 }

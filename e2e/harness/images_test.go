@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
 func TestMain(m *testing.M) { Main(m) }
@@ -227,7 +227,7 @@ func TestImagebuildCommand(t *testing.T) {
 	for preset, name := range map[string]string{"busybox": BusyboxImage, "pause": PauseImage} {
 		t.Run(preset, func(t *testing.T) {
 			out := filepath.Join(t.TempDir(), preset+".tar")
-			cmd := exec.Command("go", "run", "./testdata/imagebuild", "-o", out, "-preset", preset, "-busybox", Busybox(t))
+			cmd := exec.Command("go", "run", "./internal/testenv/imagebuild", "-o", out, "-preset", preset, "-busybox", Busybox(t))
 			cmd.Dir = RepoRoot(t)
 			b, err := cmd.CombinedOutput()
 			if err != nil {

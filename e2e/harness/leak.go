@@ -8,18 +8,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/hostproc"
 )
 
-// Process is a host process the leak check watches; labhost reads it from /proc for
-// both this harness and hack/demo/lab.
-type Process = labhost.Process
+// Process is a host process the leak check watches, as hostproc reads it from /proc.
+type Process = hostproc.Process
 
 // watchedPrefixes name the processes that must not outlive a test, matched against comm
 // and the base name of argv[0]: containerd-shim-podsnapshot-v1 (whose comm is cut to
 // "containerd-shim"), containerd-shim-runc-v2, runsc and the runsc-gofer and
-// runsc-sandbox it re-executes itself as, and fake-gcs-server. hack/demo/lab also
-// watches containerd itself; the harness never did (StartContainerd's cleanup stops and
+// runsc-sandbox it re-executes itself as, and fake-gcs-server. internal/testenv/lab
+// also watches containerd itself; the harness never did (StartContainerd's cleanup stops and
 // reaps its containerds), so the list stays as it was.
 var watchedPrefixes = []string{"containerd-shim", "runsc", "fake-gcs-server"}
 
@@ -28,7 +27,7 @@ var watchedPrefixes = []string{"containerd-shim", "runsc", "fake-gcs-server"}
 // directory: a shim's -address, a sandbox's bundle path), plus their watched
 // descendants (runsc commands the shim runs, which name only runsc's root).
 func FindProcesses(markers []string) ([]Process, error) {
-	return labhost.FindProcesses(watchedPrefixes, markers)
+	return hostproc.FindProcesses(watchedPrefixes, markers)
 }
 
 // reapLeftovers waits up to grace for the watched processes matching markers to exit,
@@ -42,7 +41,7 @@ func reapLeftovers(markers []string, grace time.Duration) []Process {
 
 // waitThenKill gives the killed processes up to 1s to go before the caller unmounts.
 func waitThenKill(find func() []Process, grace time.Duration) []Process {
-	return labhost.WaitThenKill(find, grace, time.Second)
+	return hostproc.WaitThenKill(find, grace, time.Second)
 }
 
 // Per-test bookkeeping: the markers the harness registered for a test (the directories
@@ -86,7 +85,7 @@ var LeakGrace = 10 * time.Second
 func LeakCheck(t testing.TB) {
 	t.Helper()
 	before := map[[2]uint64]bool{}
-	if all, err := labhost.AllProcesses(); err == nil {
+	if all, err := hostproc.AllProcesses(); err == nil {
 		for _, p := range all {
 			before[p.ID()] = true
 		}
@@ -109,7 +108,7 @@ func LeakCheck(t testing.TB) {
 			// Without markers, only this test binary's own descendants: other test
 			// binaries run in parallel (go test runs packages at once), and their
 			// shims and sandboxes are not this test's leaks.
-			all, _ := labhost.AllProcesses()
+			all, _ := hostproc.AllProcesses()
 			byPID := make(map[int]Process, len(all))
 			for _, p := range all {
 				byPID[p.PID] = p
@@ -117,7 +116,7 @@ func LeakCheck(t testing.TB) {
 			self := os.Getpid()
 			var out []Process
 			for _, p := range all {
-				if labhost.Watched(p, watchedPrefixes) && !before[p.ID()] && descendsFrom(p, self, byPID) {
+				if hostproc.Watched(p, watchedPrefixes) && !before[p.ID()] && hostproc.DescendsFrom(p, self, byPID) {
 					out = append(out, p)
 				}
 			}
@@ -141,21 +140,6 @@ func formatProcs(ps []Process) string {
 // unmountBelow detaches every mount at or below dir, deepest first: containerd's
 // snapshots and task root filesystems stay mounted when a test ends early, and the
 // directory could not be removed otherwise.
-func unmountBelow(dir string) error { return labhost.UnmountBelow(dir) }
+func unmountBelow(dir string) error { return hostproc.UnmountBelow(dir) }
 
 func goarch() string { return runtime.GOARCH }
-
-// descendsFrom reports whether p is a descendant of the process ancestor.
-func descendsFrom(p Process, ancestor int, byPID map[int]Process) bool {
-	for depth := 0; depth < 64 && p.PPID > 1; depth++ {
-		if p.PPID == ancestor {
-			return true
-		}
-		parent, ok := byPID[p.PPID]
-		if !ok {
-			return false
-		}
-		p = parent
-	}
-	return false
-}

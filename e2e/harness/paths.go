@@ -15,66 +15,43 @@
 package harness
 
 import (
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
 )
 
-// Fixed names from DESIGN.md.
+// Fixed names (docs/architecture.md), defined once elsewhere.
 const (
-	RuntimeType = "io.containerd.podsnapshot.v1"
-	ShimBinary  = "containerd-shim-podsnapshot-v1"
-	modulePath  = "github.com/podsnapshot/podsnapshot"
+	RuntimeType = oci.RuntimeType
+	ShimBinary  = testenv.ShimBinary
 )
 
-var (
-	rootOnce sync.Once
-	rootDir  string
-	rootErr  error
-)
-
-// RepoRoot returns the repository's root: the directory of the go.mod declaring this
-// module, found by walking up from the working directory (a test runs in its package's
-// directory).
+// RepoRoot returns the repository's root (testenv.RepoRoot): the directory of the
+// go.mod declaring this module, above the working directory (a test runs in its
+// package's directory).
 func RepoRoot(t testing.TB) string {
 	t.Helper()
-	rootOnce.Do(func() { rootDir, rootErr = findRepoRoot() })
-	if rootErr != nil {
-		t.Fatalf("harness: %v", rootErr)
-	}
-	return rootDir
-}
-
-func findRepoRoot() (string, error) {
-	dir, err := os.Getwd()
+	root, err := testenv.RepoRoot()
 	if err != nil {
-		return "", fmt.Errorf("working directory: %w", err)
+		t.Fatalf("harness: %v", err)
 	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(b), "module "+modulePath+"\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod of " + modulePath + " above the working directory")
-		}
-		dir = parent
-	}
+	return root
 }
 
 // DepsBin returns the folder `make deps` installs tools into: $DEPS_DIR/bin when DEPS_DIR
 // is set (as for hack/deps.sh), else _deps/bin in the repository.
 func DepsBin(t testing.TB) string {
 	t.Helper()
-	if d := os.Getenv("DEPS_DIR"); d != "" {
-		return filepath.Join(d, "bin")
+	bin, err := testenv.DepsBin()
+	if err != nil {
+		t.Fatalf("harness: %v", err)
 	}
-	return filepath.Join(RepoRoot(t), "_deps", "bin")
+	return bin
 }
 
 // Binary returns the path of tool name in DepsBin, or, when envVar is not empty and set,
@@ -82,15 +59,9 @@ func DepsBin(t testing.TB) string {
 // never skip for want of a tool.
 func Binary(t testing.TB, name, envVar string) string {
 	t.Helper()
-	p := filepath.Join(DepsBin(t), name)
-	if envVar != "" {
-		if v := os.Getenv(envVar); v != "" {
-			p = v
-		}
-	}
-	st, err := os.Stat(p)
-	if err != nil || st.IsDir() || st.Mode().Perm()&0o111 == 0 {
-		t.Fatalf("harness: %s not found at %s (%v): run `make deps`", name, p, err)
+	p, err := testenv.Tool(name, envVar)
+	if err != nil {
+		t.Fatalf("harness: %v", err)
 	}
 	return p
 }
@@ -99,7 +70,7 @@ func Binary(t testing.TB, name, envVar string) string {
 // or $BUSYBOX).
 func Busybox(t testing.TB) string {
 	t.Helper()
-	p := "/bin/busybox"
+	p := ociarchive.DefaultBusybox
 	if v := os.Getenv("BUSYBOX"); v != "" {
 		p = v
 	}

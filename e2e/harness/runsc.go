@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
 // RunscBundle makes an OCI bundle in a fresh directory, without containerd: the root

@@ -9,7 +9,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 )
 
 // emulatorCeiling measures fake-gcs-server by itself, with none of our code: one

@@ -18,7 +18,7 @@
 //
 //	go run ./hack/bench [-sizes 64,512,2048] [-runs 3] [-stores local,gcs] [-seconds 10]
 //
-// It needs root, `make deps` and `make build`; it reuses ./hack/demo/lab and removes
+// It needs root, `make deps` and `make build`; it runs on internal/testenv/lab, as the demo does, and removes
 // everything it started, also on error or Ctrl-C.
 package main
 
@@ -33,7 +33,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 )
 
 type config struct {
@@ -114,7 +115,7 @@ type report struct {
 }
 
 func run(ctx context.Context, cfg config) error {
-	repo, err := lab.FindRepoRoot()
+	repo, err := testenv.RepoRoot()
 	if err != nil {
 		return err
 	}

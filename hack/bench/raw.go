@@ -13,9 +13,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 	"github.com/podsnapshot/podsnapshot/storage"
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
 )
 
 // rawRunsc runs the same runsc binary directly, without containerd or the shim, from

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 )
 
 func storeName(s lab.Storage) string {

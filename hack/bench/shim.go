@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 )
 
 // cycle is one pass through the shim: a cold start that checkpoints itself, then two

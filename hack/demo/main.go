@@ -12,7 +12,7 @@
 // and -seconds size slowinit only.
 //
 // It needs root, `make deps` and `make build`. The setup and teardown live in
-// ./hack/demo/lab, for other tools (benchmarks) to reuse.
+// internal/testenv/lab, which the benchmarks (hack/bench) use too.
 package main
 
 import (
@@ -29,8 +29,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
 func main() {

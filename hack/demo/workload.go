@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab"
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
 // app is a real program of testdata/workloads (-workload redis|python|nginx): its image

@@ -12,9 +12,9 @@ import (
 	"testing"
 
 	gcs "cloud.google.com/go/storage"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/fakegcs"
 	"github.com/podsnapshot/podsnapshot/storage"
 	gcsstore "github.com/podsnapshot/podsnapshot/storage/gcs"
-	"github.com/podsnapshot/podsnapshot/storage/internal/fakegcs"
 	"github.com/podsnapshot/podsnapshot/storage/internal/storetest"
 	"google.golang.org/api/iterator"
 )
@@ -30,7 +30,7 @@ var (
 // at it through STORAGE_EMULATOR_HOST, as the store does in production with the emulator.
 func TestMain(m *testing.M) {
 	ctx := context.Background()
-	srv, err := fakegcs.Start(ctx, "", os.Stderr)
+	srv, err := fakegcs.Start(ctx, fakegcs.Options{Log: os.Stderr})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "FAIL: storage/gcs tests need fake-gcs-server: %v\n", err)
 		os.Exit(1)
@@ -47,7 +47,7 @@ func TestMain(m *testing.M) {
 		code = m.Run()
 		client.Close()
 	}
-	srv.Stop()
+	srv.Kill()
 	os.Exit(code)
 }
 

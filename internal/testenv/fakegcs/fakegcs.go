@@ -1,138 +1,205 @@
-// Package fakegcs runs fake-gcs-server (github.com/fsouza/fake-gcs-server) as a real HTTP
-// server on 127.0.0.1 for tests and benchmarks of storage/gcs.
+// Package fakegcs runs fake-gcs-server (github.com/fsouza/fake-gcs-server), the GCS
+// emulator, as a real HTTP server on 127.0.0.1: the one launcher of the storage tests and
+// benchmarks, the e2e tests, the demo and the benchmarks. It knows nothing of containers.
 package fakegcs
 
 import (
+	"bytes"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
+	"strconv"
 	"time"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/hostproc"
 )
 
 // EnvBinary names the environment variable that may point at the fake-gcs-server binary.
 const EnvBinary = "FAKE_GCS_SERVER"
 
-// Server is a running fake-gcs-server.
+// Binary finds fake-gcs-server: $FAKE_GCS_SERVER, else fake-gcs-server in the folder
+// `make deps` fills (testenv.DepsBin).
+func Binary() (string, error) { return testenv.Tool("fake-gcs-server", EnvBinary) }
+
+// Options configure Start.
+type Options struct {
+	// Binary is the fake-gcs-server to run; default: Binary().
+	Binary string
+	// Dir, when set, holds the objects (in Dir/data: the filesystem backend, so a large
+	// snapshot stays out of the server's memory and the objects survive a new server on
+	// the same Dir) and the server's log (Dir/fake-gcs-server.log). Empty: the memory
+	// backend, the output going to Log.
+	Dir string
+	// Log receives the server's output when Dir is empty; nil discards it.
+	Log io.Writer
+}
+
+// Server is a running fake-gcs-server. Stop (SIGTERM, then SIGKILL) or Kill it; both
+// reap it.
 type Server struct {
-	// Host is "127.0.0.1:port", the value for STORAGE_EMULATOR_HOST.
+	*hostproc.Daemon
+	// Host is "127.0.0.1:PORT", the value for STORAGE_EMULATOR_HOST.
 	Host string
-	cmd  *exec.Cmd
-	done chan error
+	// URL is "http://127.0.0.1:PORT".
+	URL string
+	// Dir and LogPath are Options.Dir and the log file in it (empty without a Dir).
+	Dir     string
+	LogPath string
 }
 
-// Binary finds fake-gcs-server: $FAKE_GCS_SERVER, else <repo>/_deps/bin/fake-gcs-server
-// where <repo> is the nearest directory above the working directory holding go.mod.
-func Binary() (string, error) {
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			return "", fmt.Errorf("fake-gcs-server: $%s: %w (run `make deps`, or point $%s at the binary)", EnvBinary, err, EnvBinary)
+// Start runs fake-gcs-server on a free port of 127.0.0.1, over plain HTTP, and waits
+// until it answers. The free port is found by binding and releasing it, so another
+// process may take it first: it tries a few. The server runs in its own process group
+// and dies with this process (hostproc.StartDaemon).
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	if opts.Binary == "" {
+		bin, err := Binary()
+		if err != nil {
+			return nil, err
 		}
-		return p, nil
+		opts.Binary = bin
 	}
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, "_deps", "bin", "fake-gcs-server")
-			if _, err := os.Stat(p); err != nil {
-				return "", fmt.Errorf("fake-gcs-server not found at %s (run `make deps`, or set $%s)", p, EnvBinary)
-			}
-			return p, nil
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		s, err := start(ctx, opts)
+		if err == nil {
+			return s, nil
 		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("fake-gcs-server: no go.mod above the working directory (run `make deps`, or set $%s)", EnvBinary)
+		lastErr = err
+		if ctx.Err() != nil {
+			break
 		}
-		dir = parent
 	}
+	return nil, lastErr
 }
 
-// Start runs fake-gcs-server on a free port of 127.0.0.1 with the memory backend, or the
-// filesystem backend under fsRoot when fsRoot is not empty, and waits until it answers.
-// Its output goes to logFile when not nil.
-func Start(ctx context.Context, fsRoot string, logFile *os.File) (*Server, error) {
-	bin, err := Binary()
+func start(ctx context.Context, opts Options) (*Server, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("find a free port: %w", err)
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	host := fmt.Sprintf("127.0.0.1:%d", port)
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	host := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	s := &Server{Host: host, URL: "http://" + host, Dir: opts.Dir}
 	// -public-host must be the address clients use: the Go client reads objects through
 	// the XML API (GET /bucket/object), which the emulator only routes for its public
-	// host; otherwise it takes the Host header for a bucket name and answers 404.
-	args := []string{"-scheme", "http", "-host", "127.0.0.1", "-port", fmt.Sprint(port),
-		"-public-host", host, "-log-level", "warn"}
-	if fsRoot != "" {
-		args = append(args, "-backend", "filesystem", "-filesystem-root", fsRoot)
+	// host. Downloads and resumable uploads use URLs built from -external-url; both must
+	// point back at this server, not at storage.googleapis.com.
+	args := []string{"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
+		"-public-host", host, "-external-url", s.URL, "-log-level", "warn"}
+	cmd := exec.Command(opts.Binary)
+	if opts.Dir != "" {
+		s.LogPath = filepath.Join(opts.Dir, "fake-gcs-server.log")
+		logFile, err := os.OpenFile(s.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			return nil, fmt.Errorf("fake-gcs-server log: %w", err)
+		}
+		defer logFile.Close() // the child has its own copy
+		cmd.Stdout, cmd.Stderr = logFile, logFile
+		args = append(args, "-backend", "filesystem", "-filesystem-root", filepath.Join(opts.Dir, "data"))
 	} else {
+		cmd.Stdout, cmd.Stderr = opts.Log, opts.Log
 		args = append(args, "-backend", "memory")
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive us
-	if logFile != nil {
-		cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Args = append(cmd.Args, args...)
+	if s.Daemon, err = hostproc.StartDaemon(cmd); err != nil {
+		return nil, fmt.Errorf("start %s: %w", opts.Binary, err)
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	s := &Server{Host: host, cmd: cmd, done: make(chan error, 1)}
-	go func() { s.done <- cmd.Wait() }()
-	if err := s.wait(ctx); err != nil {
-		s.Stop()
-		return nil, err
-	}
-	return s, nil
-}
-
-// wait polls the bucket list until the server answers.
-func (s *Server) wait(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	url := "http://" + s.Host + "/storage/v1/b"
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get(url)
+		if s.Exited() {
+			return nil, fmt.Errorf("fake-gcs-server on %s exited: %v%s", host, cmd.ProcessState, s.logTail())
+		}
+		resp, err := client.Get(s.URL + "/storage/v1/b")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return nil
+				return s, nil
 			}
 		}
-		select {
-		case err := <-s.done:
-			s.done <- err
-			return fmt.Errorf("fake-gcs-server exited at start: %v", err)
-		case <-ctx.Done():
-			return errors.New("fake-gcs-server did not answer within 30s")
-		case <-time.After(50 * time.Millisecond):
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			s.Kill()
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("start fake-gcs-server: %w", context.Cause(ctx))
+			}
+			return nil, fmt.Errorf("fake-gcs-server on %s not ready after 20s (last: %v)", host, err)
 		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-// Stop kills the server and reaps it.
-func (s *Server) Stop() {
-	s.cmd.Process.Kill()
-	<-s.done
+// logTail is the server's log for an error message, when it has one.
+func (s *Server) logTail() string {
+	if s.LogPath == "" {
+		return ""
+	}
+	b, _ := os.ReadFile(s.LogPath)
+	return "\n" + string(b)
 }
 
-// Pid is the server's process id.
-func (s *Server) Pid() int { return s.cmd.Process.Pid }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+// CreateBucket creates bucket name in project through the JSON API.
+func (s *Server) CreateBucket(ctx context.Context, project, name string) error {
+	body, _ := json.Marshal(map[string]string{"name": name})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL+"/storage/v1/b?project="+url.QueryEscape(project), bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return fmt.Errorf("create bucket %s: %w", name, err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("create bucket %s: %w", name, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("create bucket %s: %s", name, resp.Status)
+	}
+	return nil
+}
+
+// Objects lists the names of the objects in bucket (all pages) through the JSON API.
+func (s *Server) Objects(ctx context.Context, bucket string) ([]string, error) {
+	var names []string
+	token := ""
+	for {
+		u := s.URL + "/storage/v1/b/" + url.PathEscape(bucket) + "/o?maxResults=1000"
+		if token != "" {
+			u += "&pageToken=" + url.QueryEscape(token)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return nil, fmt.Errorf("list bucket %s: %w", bucket, err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, fmt.Errorf("list bucket %s: %w", bucket, err)
+		}
+		var page struct {
+			Items []struct {
+				Name string `json:"name"`
+			} `json:"items"`
+			NextPageToken string `json:"nextPageToken"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || err != nil {
+			return nil, fmt.Errorf("list bucket %s: %s (%v)", bucket, resp.Status, err)
+		}
+		for _, it := range page.Items {
+			names = append(names, it.Name)
+		}
+		if page.NextPageToken == "" {
+			return names, nil
+		}
+		token = page.NextPageToken
+	}
 }

@@ -1,10 +1,10 @@
-// Package labhost is the host-side machinery that e2e/harness (for tests, with
-// testing.TB) and hack/demo/lab (for the demo and bench programs, with errors) share:
-// reading /proc for the processes of a private containerd and killing those left behind,
-// undoing its mounts, starting its daemons so they die with us, generating its config and
-// starting fake-gcs-server. It reports through return values only and needs nothing but
-// the standard library, so both can import it.
-package labhost
+// Package hostproc is the host side of a test environment: it reads /proc for the
+// processes a private containerd, runsc or fake-gcs-server left behind and kills them,
+// undoes the mounts below a directory, and starts daemons that die with their parent.
+// It reports through return values only (no testing.TB) and needs nothing but the
+// standard library, so the e2e harness, the lab and the fake-gcs-server launcher all
+// build on it.
+package hostproc
 
 import (
 	"bytes"
@@ -198,4 +198,20 @@ func WaitThenKill(find func() []Process, grace, settle time.Duration) []Process 
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// DescendsFrom reports whether p is a descendant of the process ancestor; byPID holds
+// the processes by PID (as AllProcesses read them).
+func DescendsFrom(p Process, ancestor int, byPID map[int]Process) bool {
+	for depth := 0; depth < 64 && p.PPID > 1; depth++ {
+		if p.PPID == ancestor {
+			return true
+		}
+		parent, ok := byPID[p.PPID]
+		if !ok {
+			return false
+		}
+		p = parent
+	}
+	return false
 }

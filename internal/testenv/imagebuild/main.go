@@ -4,22 +4,24 @@
 //
 // Examples, from the repository root:
 //
-//	go run ./testdata/imagebuild -o busybox.tar -preset busybox
-//	go run ./testdata/imagebuild -o workloads.tar -preset workloads
-//	go run ./testdata/imagebuild -o pause.tar -preset pause
-//	go run ./testdata/imagebuild -o redis.tar -preset redis
-//	go run ./testdata/imagebuild -o x.tar -name podsnapshot.test/x:1 -preset none \
+//	go run ./internal/testenv/imagebuild -o busybox.tar -preset busybox
+//	go run ./internal/testenv/imagebuild -o workloads.tar -preset workloads
+//	go run ./internal/testenv/imagebuild -o pause.tar -preset pause
+//	go run ./internal/testenv/imagebuild -o redis.tar -preset redis
+//	go run ./internal/testenv/imagebuild -o x.tar -name podsnapshot.test/x:1 -preset none \
 //	    -add /bin/busybox=/bin/busybox -cmd '["/bin/busybox","sh"]'
 //
 // Presets: "busybox" (podsnapshot.test/busybox:latest, busybox and its applets),
 // "workloads" (podsnapshot.test/workloads:latest, the same plus /bin/counter and
-// /bin/slowinit compiled from testdata/workloads), "pause"
+// /bin/slowinit compiled from internal/testenv/workloads), "pause"
 // (podsnapshot.test/pause:latest, the CRI tests' sandbox image: only /pause from
-// testdata/workloads/pause), "redis", "python" and "nginx" (podsnapshot.test/NAME:latest: busybox plus the Debian program with its shared-library
-// closure and data directories, and a wrapper from testdata/workloads that checkpoints
-// the sandbox once the program is ready; the Debian packages must be installed) and
-// "none" (only -add files, the base directories and /etc/passwd). -name, -cmd, -entrypoint, -env and -workdir override the
-// preset. The library behind it is ./testdata/imagebuild/ociarchive.
+// internal/testenv/workloads/pause), "redis", "python" and "nginx"
+// (podsnapshot.test/NAME:latest: busybox plus the Debian program with its shared-library
+// closure and data directories, and a wrapper script from testdata/workloads that
+// checkpoints the sandbox once the program is ready; the Debian packages must be
+// installed) and "none" (only -add files, the base directories and /etc/passwd). -name,
+// -cmd, -entrypoint, -env and -workdir override the preset. The library behind it is
+// ./internal/testenv/ociarchive.
 package main
 
 import (
@@ -29,10 +31,10 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
 // listFlag collects a repeatable flag.
@@ -130,7 +132,7 @@ func run() error {
 }
 
 // workloadsSpec compiles the workloads into a temporary directory; it must run inside
-// the repository (as `go run ./testdata/imagebuild` does).
+// the repository (as `go run ./internal/testenv/imagebuild` does).
 func workloadsSpec(busybox string) (ociarchive.Spec, error) {
 	dir, err := buildPrograms(ociarchive.Workloads...)
 	if err != nil {
@@ -149,7 +151,7 @@ func pauseSpec() (ociarchive.Spec, error) {
 	return ociarchive.PauseSpec(dir)
 }
 
-// buildPrograms compiles the named programs of testdata/workloads into a temporary
+// buildPrograms compiles the named programs of internal/testenv/workloads into a temporary
 // directory and returns it.
 func buildPrograms(names ...string) (string, error) {
 	root, err := repoRoot()
@@ -172,23 +174,14 @@ func buildPrograms(names ...string) (string, error) {
 // cleanup holds what main removes after run, before it exits (os.Exit skips defers).
 var cleanup []func()
 
-// repoRoot walks up from the working directory to the go.mod of this module.
+// repoRoot is the repository (testenv.RepoRoot); the presets that compile programs or
+// read testdata need it.
 func repoRoot() (string, error) {
-	dir, err := os.Getwd()
+	root, err := testenv.RepoRoot()
 	if err != nil {
-		return "", fmt.Errorf("working directory: %w", err)
+		return "", fmt.Errorf("-preset workloads, pause, redis, python and nginx must run inside the repository: %w", err)
 	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(b), "module github.com/podsnapshot/podsnapshot\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("-preset workloads, pause, redis, python and nginx must run inside the podsnapshot repository")
-		}
-		dir = parent
-	}
+	return root, nil
 }
 
 // words parses a JSON array or space-separated words; empty keeps def.

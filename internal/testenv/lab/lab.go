@@ -1,7 +1,7 @@
 // Package lab sets up, on this machine, everything a pod snapshot needs and tears it all
 // down again: a private containerd whose PATH holds our shim, the workloads test image, a
 // shim config, a snapshot policy and a store (a local directory, or a bucket on
-// fake-gcs-server). `make demo` (hack/demo) drives it; benchmarks can reuse it.
+// fake-gcs-server). `make demo` (hack/demo) and `make bench` (hack/bench) drive it.
 //
 // Unlike e2e/harness it needs no testing.TB: every step returns an error, and Close
 // undoes whatever Start got as far as. Everything lives under one short directory in
@@ -11,26 +11,28 @@
 package lab
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
-	"github.com/podsnapshot/podsnapshot/testdata/imagebuild/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/containerd"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/fakegcs"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
 )
 
-// Fixed names (DESIGN.md) and the policy the lab installs.
+// Fixed names (docs/architecture.md), defined once elsewhere, and the policy the lab
+// installs.
 const (
-	RuntimeType = "io.containerd.podsnapshot.v1"
-	ShimBinary  = "containerd-shim-podsnapshot-v1"
-	CLIBinary   = "podsnapshot"
+	RuntimeType = oci.RuntimeType
+	ShimBinary  = testenv.ShimBinary
+	CLIBinary   = testenv.CLIBinary
 	// AppLabel selects the lab's workload-triggered policy: `ctr run --label AppLabel`.
 	AppLabel = "app=my-app"
 	// PolicyName is the PodSnapshotPolicy AppLabel selects.
@@ -83,8 +85,8 @@ type Lab struct {
 
 	logf       func(string, ...any)
 	env        []string // containerd's environment, also used for ctr and the CLI
-	containerd *labhost.Daemon
-	gcs        *labhost.FakeGCS
+	containerd *containerd.Daemon
+	gcs        *fakegcs.Server
 	log        *Tail
 
 	mu         sync.Mutex
@@ -102,19 +104,20 @@ func Preflight(repoRoot string, storage Storage) (string, error) {
 	}
 	if repoRoot == "" {
 		var err error
-		if repoRoot, err = FindRepoRoot(); err != nil {
+		if repoRoot, err = testenv.RepoRoot(); err != nil {
 			return "", err
 		}
 	}
+	deps := depsBin(repoRoot)
 	need := []string{
-		filepath.Join(repoRoot, "_deps", "bin", "containerd"),
-		filepath.Join(repoRoot, "_deps", "bin", "ctr"),
-		filepath.Join(repoRoot, "_deps", "bin", "runsc"),
+		filepath.Join(deps, "containerd"),
+		filepath.Join(deps, "ctr"),
+		filepath.Join(deps, "runsc"),
 		filepath.Join(repoRoot, "_out", "bin", ShimBinary),
 		filepath.Join(repoRoot, "_out", "bin", CLIBinary),
 	}
 	if storage == GCS {
-		need = append(need, filepath.Join(repoRoot, "_deps", "bin", "fake-gcs-server"))
+		need = append(need, filepath.Join(deps, "fake-gcs-server"))
 	}
 	var missing []string
 	for _, p := range need {
@@ -131,24 +134,8 @@ func Preflight(repoRoot string, storage Storage) (string, error) {
 	return repoRoot, nil
 }
 
-// FindRepoRoot walks up from the working directory to the go.mod of this module.
-func FindRepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("working directory: %w", err)
-	}
-	for {
-		b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.Contains(string(b), "module github.com/podsnapshot/podsnapshot\n") {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the podsnapshot repository (no go.mod of github.com/podsnapshot/podsnapshot above the working directory)")
-		}
-		dir = parent
-	}
-}
+// depsBin is the folder `make deps` fills in the repository at repoRoot.
+func depsBin(repoRoot string) string { return filepath.Join(repoRoot, "_deps", "bin") }
 
 // Start checks the machine (Preflight), then brings the lab up: directory, store
 // (fake-gcs-server and its bucket for GCS), policy, shim config, containerd, image. On
@@ -175,7 +162,7 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		Storage:    opts.Storage,
 		Namespace:  opts.Namespace,
 		Repo:       repo,
-		DepsBin:    filepath.Join(repo, "_deps", "bin"),
+		DepsBin:    depsBin(repo),
 		OutBin:     filepath.Join(repo, "_out", "bin"),
 		Dir:        dir,
 		Address:    filepath.Join(dir, "containerd.sock"),
@@ -297,8 +284,8 @@ func (l *Lab) startFakeGCS(ctx context.Context) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("fake-gcs-server directory: %w", err)
 	}
-	// The same server and layout as e2e/harness's; labhost tries a few free ports.
-	gcs, err := labhost.StartFakeGCS(ctx, filepath.Join(l.DepsBin, "fake-gcs-server"), dir)
+	// The same launcher and layout as the e2e tests'; it tries a few free ports.
+	gcs, err := fakegcs.Start(ctx, fakegcs.Options{Binary: filepath.Join(l.DepsBin, "fake-gcs-server"), Dir: dir})
 	if err != nil {
 		return err
 	}
@@ -310,30 +297,18 @@ func (l *Lab) startFakeGCS(ctx context.Context) error {
 	return nil
 }
 
+// startContainerd starts the lab's containerd, without CRI (it wants a CNI network the
+// lab never needs), in the lab directory.
 func (l *Lab) startContainerd(ctx context.Context) error {
-	// The lab never needs CRI (it wants a CNI network); the other
-	// plugins labhost disables cannot work here or reach outside the lab's directory.
-	disabled := append(append([]string(nil), labhost.CRIPlugins...), labhost.DisabledPlugins...)
-	config := labhost.ContainerdConfig(filepath.Join(l.Dir, "root"), filepath.Join(l.Dir, "state"), l.Address, "info", disabled)
-	configPath := filepath.Join(l.Dir, "containerd.toml")
-	if err := os.WriteFile(configPath, []byte(config), 0o644); err != nil {
-		return fmt.Errorf("write containerd config: %w", err)
-	}
-	logFile, err := os.Create(l.LogPath)
+	d, err := containerd.Start(containerd.Options{Binary: filepath.Join(l.DepsBin, "containerd"), Dir: l.Dir, Env: l.env})
 	if err != nil {
-		return fmt.Errorf("containerd log: %w", err)
+		return err
 	}
-	defer logFile.Close() // the child has its own copy
-	cmd := exec.Command(filepath.Join(l.DepsBin, "containerd"), "--config", configPath)
-	cmd.Env = l.env
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if l.containerd, err = labhost.StartDaemon(cmd); err != nil {
-		return fmt.Errorf("start containerd: %w", err)
-	}
+	l.containerd, l.Address, l.LogPath = d, d.Address, d.LogPath
 	l.log = Follow(l.LogPath)
 
 	// Ready when the socket answers `ctr version`.
-	err = labhost.WaitContainerd(ctx, l.containerd, l.Address, 30*time.Second, func(ctx context.Context) error {
+	err = d.Wait(ctx, 30*time.Second, func(ctx context.Context) error {
 		_, err := l.Ctr(ctx, "version")
 		return err
 	})
@@ -350,20 +325,12 @@ func (l *Lab) startContainerd(ctx context.Context) error {
 // importImage builds the workloads image (static counter and slowinit on busybox) from
 // this checkout and imports it.
 func (l *Lab) importImage(ctx context.Context) error {
-	dir := filepath.Join(l.Dir, "image")
-	bin := filepath.Join(dir, "bin")
 	l.logf("building image %s", l.Image)
-	if err := ociarchive.BuildWorkloads(ctx, l.Repo, bin); err != nil {
-		return fmt.Errorf("build workloads: %w", err)
-	}
-	spec, err := ociarchive.WorkloadsSpec(ociarchive.DefaultBusybox, bin)
+	images, err := ociarchive.BuildImages(ctx, l.Repo, ociarchive.DefaultBusybox, filepath.Join(l.Dir, "image"), l.Image)
 	if err != nil {
-		return fmt.Errorf("image spec: %w", err)
+		return fmt.Errorf("build image %s: %w", l.Image, err)
 	}
-	archive := filepath.Join(dir, "workloads.tar")
-	if _, err := ociarchive.BuildFile(archive, spec); err != nil {
-		return fmt.Errorf("build image %s: %w", spec.Name, err)
-	}
+	archive := images[l.Image].Archive
 	// The archive names the image (io.containerd.image.name); import unpacks it into the
 	// default snapshotter, so ctr run can use it at once.
 	if _, err := l.Ctr(ctx, "images", "import", "--platform", "linux/amd64", archive); err != nil {
@@ -371,282 +338,6 @@ func (l *Lab) importImage(ctx context.Context) error {
 	}
 	l.ImageArchive = archive
 	return nil
-}
-
-// CtrTimeout bounds every ctr call, so a wedged containerd fails the run rather than
-// hanging it.
-var CtrTimeout = 2 * time.Minute
-
-// Ctr runs `ctr --address SOCK --namespace NS args...` and returns its stdout; a
-// non-zero exit is an error carrying stderr.
-func (l *Lab) Ctr(ctx context.Context, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, CtrTimeout)
-	defer cancel()
-	all := append([]string{"--address", l.Address, "--namespace", l.Namespace}, args...)
-	cmd := exec.CommandContext(ctx, filepath.Join(l.DepsBin, "ctr"), all...)
-	cmd.Env = l.env
-	// Own process group: a Ctrl-C reaches only us; we cancel ctx, which kills ctr.
-	cmd.SysProcAttr = ownGroup()
-	cmd.WaitDelay = 5 * time.Second // a killed ctr's children may hold its pipes
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		if cause := context.Cause(ctx); cause != nil {
-			err = fmt.Errorf("%w (%w)", err, cause)
-		}
-		return stdout.String(), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
-	}
-	return stdout.String(), nil
-}
-
-// CLI runs the podsnapshot CLI against the lab's shim config and store; stdout and
-// stderr are returned together.
-func (l *Lab) CLI(ctx context.Context, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, CtrTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(l.OutBin, CLIBinary), append([]string{"--config", l.ShimConfig}, args...)...)
-	cmd.Env = l.env
-	cmd.SysProcAttr = ownGroup()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("podsnapshot %s: %w\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
-// Task is a detached container started by Run.
-type Task struct {
-	ID      string
-	LogPath string // the task's stdout and stderr
-	// Output follows LogPath; lines carry the moment they appeared.
-	Output *Tail
-	// Invoked is when `ctr run` was started, Returned when it came back (Create and Start,
-	// restore included, are over then).
-	Invoked, Returned time.Time
-}
-
-// Run starts command (e.g. "slowinit", "-mib", "64") in a new detached container id of
-// the workloads image, its output in a file that the returned Task follows. Close removes
-// the container if the caller has not (Remove).
-func (l *Lab) Run(ctx context.Context, id string, labels []string, command ...string) (*Task, error) {
-	runtime := []string{"--runtime", RuntimeType, "--runtime-config-path", l.ShimConfig}
-	for _, lb := range labels {
-		runtime = append(runtime, "--label", lb)
-	}
-	return l.RunWith(ctx, id, runtime, command...)
-}
-
-// RunWith is Run with other `ctr run` options than our runtime and the labels: for
-// instance "--runtime", "io.containerd.runc.v2", "--runc-binary", PATH.
-func (l *Lab) RunWith(ctx context.Context, id string, options []string, command ...string) (*Task, error) {
-	t := &Task{ID: id, LogPath: filepath.Join(l.Dir, "out-"+id+".log")}
-	args := append([]string{"run", "-d", "--log-uri", "file://" + t.LogPath}, options...)
-	args = append(append(args, l.Image, id), command...)
-	t.Output = Follow(t.LogPath)
-	l.mu.Lock()
-	l.tails = append(l.tails, t.Output)
-	l.containers = append(l.containers, id) // before ctr runs: a half-created one counts
-	l.mu.Unlock()
-	t.Invoked = time.Now()
-	_, err := l.Ctr(ctx, args...)
-	t.Returned = time.Now()
-	if err != nil {
-		return nil, err
-	}
-	return t, nil
-}
-
-// WaitOutput waits, like t.Output.Wait, for a line of the task's output that satisfies
-// match, but gives up as soon as the task is no longer running: a workload that crashed
-// fails the wait at once instead of at the timeout.
-func (l *Lab) WaitOutput(ctx context.Context, t *Task, timeout time.Duration, what string, match func(string) bool) (Line, error) {
-	wctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go func() {
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-wctx.Done():
-				return
-			case <-tick.C:
-			}
-			if status, err := l.TaskStatus(wctx, t.ID); err == nil && status != "RUNNING" && status != "PAUSED" {
-				// Let the last lines it wrote reach the Tail before giving up.
-				time.Sleep(10 * tailPoll)
-				cancel(fmt.Errorf("task %s is no longer running (status %s)", t.ID, status))
-				return
-			}
-		}
-	}()
-	line, err := t.Output.Wait(wctx, timeout, what, match)
-	if err != nil && ctx.Err() == nil && wctx.Err() != nil {
-		// The task stopped; the line may still have arrived just before.
-		if l2, err2 := t.Output.Wait(ctx, 0, what, match); err2 == nil {
-			return l2, nil
-		}
-	}
-	return line, err
-}
-
-// TaskStatus returns the status `ctr task ls` shows for id (RUNNING, STOPPED, ...), or
-// "absent" when there is no such task.
-func (l *Lab) TaskStatus(ctx context.Context, id string) (string, error) {
-	out, err := l.Ctr(ctx, "task", "ls")
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(out, "\n") {
-		if f := strings.Fields(line); len(f) >= 3 && f[0] == id {
-			return f[2], nil
-		}
-	}
-	return "absent", nil
-}
-
-// Remove kills container id's task, deletes it and the container, and forgets it.
-func (l *Lab) Remove(ctx context.Context, id string) error {
-	// `task rm` deletes a stopped task; `task rm -f` SIGKILLs a running one and waits for
-	// it to exit before deleting it. A stopped task is not forced: containerd's runc shim
-	// driving runsc (the bench's reference) fails the kill of a sandbox that is gone.
-	_, taskErr := l.Ctr(ctx, "task", "rm", id)
-	if taskErr != nil && !strings.Contains(taskErr.Error(), "not found") {
-		_, taskErr = l.Ctr(ctx, "task", "rm", "-f", id)
-	}
-	if taskErr != nil && strings.Contains(taskErr.Error(), "not found") {
-		taskErr = nil // never started, or already deleted
-	}
-	_, cErr := l.Ctr(ctx, "container", "rm", id)
-	if cErr != nil && strings.Contains(cErr.Error(), "not found") {
-		cErr = nil
-	}
-	if err := errors.Join(taskErr, cErr); err != nil {
-		return fmt.Errorf("remove container %s: %w", id, err)
-	}
-	l.mu.Lock()
-	for i, c := range l.containers {
-		if c == id {
-			l.containers = append(l.containers[:i], l.containers[i+1:]...)
-			break
-		}
-	}
-	l.mu.Unlock()
-	return nil
-}
-
-// Log follows containerd's log, which carries the shim's lines.
-func (l *Lab) Log() *Tail { return l.log }
-
-// ShimLine waits for the shim's log line about container id that contains want (for
-// example "podsnapshot: committed") and returns it, parsed.
-func (l *Lab) ShimLine(ctx context.Context, timeout time.Duration, id, want string) (Line, LogEntry, error) {
-	line, err := l.log.Wait(ctx, timeout, fmt.Sprintf("%q for container %s", want, id), func(s string) bool {
-		return strings.Contains(s, want) && strings.Contains(s, " id="+id+" ")
-	})
-	if err != nil {
-		return Line{}, LogEntry{}, err
-	}
-	return line, ParseLogEntry(line.Text), nil
-}
-
-// CleanupReport says what Close did beyond the orderly shutdown.
-type CleanupReport struct {
-	// Killed are processes of the lab that had to be SIGKILLed after containerd stopped.
-	Killed []Process
-	// Left are processes of the lab still running at the very end: should be none.
-	Left []Process
-	// Errs are steps that failed (a container not removed, a mount that stayed busy).
-	Errs []error
-}
-
-// Clean tells whether nothing of the lab was left running and no step failed.
-func (r CleanupReport) Clean() bool { return len(r.Left) == 0 && len(r.Errs) == 0 }
-
-func (r CleanupReport) String() string {
-	var b strings.Builder
-	if len(r.Left) == 0 {
-		b.WriteString("no shim, runsc, gofer, sandbox, containerd or fake-gcs-server process left")
-	} else {
-		fmt.Fprintf(&b, "%d process(es) LEFT RUNNING:", len(r.Left))
-		for _, p := range r.Left {
-			b.WriteString("\n  " + p.String())
-		}
-	}
-	if len(r.Killed) > 0 {
-		fmt.Fprintf(&b, "; %d process(es) had to be killed:", len(r.Killed))
-		for _, p := range r.Killed {
-			b.WriteString("\n  " + p.String())
-		}
-	}
-	for _, e := range r.Errs {
-		b.WriteString("\n  cleanup error: " + e.Error())
-	}
-	return b.String()
-}
-
-// Close undoes Start and Run, each step bounded in time and independent of how the run
-// ended: it removes the containers still there, stops containerd, kills what of the lab
-// outlived it (shims and sandboxes survive a containerd by design), stops
-// fake-gcs-server, unmounts everything below the lab directory and removes it. Finally it
-// scans /proc for any process of the lab. A second call returns an empty report.
-func (l *Lab) Close() CleanupReport {
-	var rep CleanupReport
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		return rep
-	}
-	l.closed = true
-	containers := append([]string(nil), l.containers...)
-	tails := l.tails
-	l.mu.Unlock()
-
-	// A fresh context: Close also runs after Ctrl-C has cancelled the caller's.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	if l.containerd != nil && !l.containerd.Exited() {
-		for _, id := range containers {
-			l.logf("removing container %s", id)
-			if err := l.Remove(ctx, id); err != nil {
-				rep.Errs = append(rep.Errs, err)
-			}
-		}
-	}
-	for _, t := range tails {
-		t.Close()
-	}
-	if l.log != nil {
-		l.log.Close()
-	}
-	if l.containerd != nil {
-		l.logf("stopping containerd")
-		l.containerd.Stop(10 * time.Second)
-	}
-	// Shims and sandboxes survive their containerd by design; here they are leftovers.
-	// fake-gcs-server is not one: it is stopped in order just below, after anything
-	// that might still talk to it.
-	markers := []string{l.Dir}
-	skip := map[int]bool{}
-	if l.gcs != nil && !l.gcs.Exited() {
-		skip[l.gcs.Cmd.Process.Pid] = true
-	}
-	rep.Killed = reapProcesses(markers, 5*time.Second, skip)
-	if l.gcs != nil {
-		l.logf("stopping fake-gcs-server")
-		l.gcs.Stop(5 * time.Second)
-	}
-	if err := labhost.UnmountBelow(l.Dir); err != nil {
-		rep.Errs = append(rep.Errs, err)
-	}
-	if err := os.RemoveAll(l.Dir); err != nil {
-		rep.Errs = append(rep.Errs, fmt.Errorf("remove %s: %w", l.Dir, err))
-	}
-	left, err := FindProcesses(markers)
-	if err != nil {
-		rep.Errs = append(rep.Errs, err)
-	}
-	rep.Left = left
-	return rep
 }
 
 func withoutVar(env []string, names ...string) []string {

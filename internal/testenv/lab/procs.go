@@ -4,12 +4,12 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/hack/demo/lab/labhost"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/hostproc"
 )
 
-// Process is a host process as /proc shows it; labhost reads it for both this lab and
-// e2e/harness.
-type Process = labhost.Process
+// Process is a host process as /proc shows it (hostproc reads it for the lab and for
+// the e2e harness).
+type Process = hostproc.Process
 
 // watchedPrefixes name the processes a lab must not leave behind, matched against comm
 // and the base name of argv[0]: our shim (its comm is cut to "containerd-shim"), runsc and
@@ -19,14 +19,14 @@ type Process = labhost.Process
 var watchedPrefixes = []string{"containerd-shim", "containerd", "runsc", "fake-gcs-server"}
 
 // processes reads every process in /proc but zombies.
-func processes() ([]Process, error) { return labhost.AllProcesses() }
+func processes() ([]Process, error) { return hostproc.AllProcesses() }
 
 // FindProcesses returns the watched processes (shims, runsc, gofers, sandboxes,
 // fake-gcs-server, containerd) whose command line mentions one of markers, such as a
 // lab's directory (a shim's -address, runsc's --root, fake-gcs-server's data folder), or
 // that descend from such a process (runsc commands the shim runs).
 func FindProcesses(markers []string) ([]Process, error) {
-	return labhost.FindProcesses(watchedPrefixes, markers)
+	return hostproc.FindProcesses(watchedPrefixes, markers)
 }
 
 // reapProcesses gives the processes matching markers, but for those in skip (daemons
@@ -44,7 +44,7 @@ func reapProcesses(markers []string, grace time.Duration, skip map[int]bool) []P
 		}
 		return out
 	}
-	return labhost.WaitThenKill(find, grace, 2*time.Second)
+	return hostproc.WaitThenKill(find, grace, 2*time.Second)
 }
 
 // ownGroup puts a short-lived child (ctr, the CLI) in its own process group: a Ctrl-C

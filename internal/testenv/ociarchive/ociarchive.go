@@ -184,7 +184,7 @@ func Build(w io.Writer, spec Spec) (Result, error) {
 			Labels:     spec.Labels,
 		},
 		RootFS:  rootFS{Type: "layers", DiffIDs: []string{diffID}},
-		History: []history{{Created: Epoch.Format(time.RFC3339), CreatedBy: "podsnapshot testdata/imagebuild"}},
+		History: []history{{Created: Epoch.Format(time.RFC3339), CreatedBy: "podsnapshot internal/testenv/imagebuild"}},
 	}
 	configJSON, err := json.Marshal(config)
 	if err != nil {

@@ -16,10 +16,10 @@ const (
 	// Default command: sh.
 	BusyboxImage = "podsnapshot.test/busybox:latest"
 	// WorkloadsImage is BusyboxImage plus /bin/counter and /bin/slowinit from
-	// testdata/workloads. Default command: /bin/counter.
+	// internal/testenv/workloads. Default command: /bin/counter.
 	WorkloadsImage = "podsnapshot.test/workloads:latest"
 	// PauseImage is the sandbox image of the CRI tests (containerd's pinned "sandbox"
-	// image): only /pause from testdata/workloads/pause, which waits for SIGTERM.
+	// image): only /pause from internal/testenv/workloads/pause, which waits for SIGTERM.
 	// Entrypoint: /pause.
 	PauseImage = "podsnapshot.test/pause:latest"
 )
@@ -27,10 +27,10 @@ const (
 // DefaultBusybox is where Debian's busybox-static package installs its binary.
 const DefaultBusybox = "/bin/busybox"
 
-// Workloads are the programs under testdata/workloads that WorkloadsImage carries in /bin.
+// Workloads are the programs under internal/testenv/workloads that WorkloadsImage carries in /bin.
 var Workloads = []string{"counter", "slowinit"}
 
-// Pause is the program under testdata/workloads that PauseImage carries as /pause.
+// Pause is the program under internal/testenv/workloads that PauseImage carries as /pause.
 const Pause = "pause"
 
 // DefaultEnv is the environment of both test images.
@@ -85,7 +85,7 @@ func BusyboxSpec(busybox string) (Spec, error) {
 }
 
 // WorkloadsSpec is the spec of WorkloadsImage; binDir holds the built workloads (see
-// BuildWorkloads).
+// BuildPrograms).
 func WorkloadsSpec(busybox, binDir string) (Spec, error) {
 	spec, err := BusyboxSpec(busybox)
 	if err != nil {
@@ -120,13 +120,70 @@ func PauseSpec(binDir string) (Spec, error) {
 	}, nil
 }
 
-// BuildWorkloads compiles the Workloads of the repository at repoRoot into outDir (see
-// BuildPrograms).
-func BuildWorkloads(ctx context.Context, repoRoot, outDir string) error {
-	return BuildPrograms(ctx, repoRoot, outDir, Workloads...)
+// Built is a test image archive written by BuildImages.
+type Built struct {
+	// Name is the image reference, as ctr lists it after the import.
+	Name string
+	// Archive is the OCI archive to import.
+	Archive string
+	// Digest is the manifest digest containerd reports for the image.
+	Digest string
 }
 
-// BuildPrograms compiles the named Go programs of testdata/workloads (Workloads, Pause)
+// BuildImages builds the named test images (BusyboxImage, WorkloadsImage, PauseImage) of
+// the repository at repoRoot into dir: the programs they carry compiled into dir/bin,
+// each image written to dir/NAME.tar (busybox.tar, workloads.tar, pause.tar). It returns
+// them by image name.
+func BuildImages(ctx context.Context, repoRoot, busybox, dir string, names ...string) (map[string]Built, error) {
+	bin := filepath.Join(dir, "bin")
+	var programs []string
+	for _, n := range names {
+		switch n {
+		case WorkloadsImage:
+			programs = append(programs, Workloads...)
+		case PauseImage:
+			programs = append(programs, Pause)
+		case BusyboxImage:
+		default:
+			return nil, fmt.Errorf("no test image %q (have %s, %s, %s)", n, BusyboxImage, WorkloadsImage, PauseImage)
+		}
+	}
+	if len(programs) > 0 {
+		if err := BuildPrograms(ctx, repoRoot, bin, programs...); err != nil {
+			return nil, err
+		}
+	}
+	images := map[string]Built{}
+	for _, n := range names {
+		var spec Spec
+		var err error
+		var file string
+		switch n {
+		case BusyboxImage:
+			file = "busybox.tar"
+			spec, err = BusyboxSpec(busybox)
+		case WorkloadsImage:
+			file = "workloads.tar"
+			spec, err = WorkloadsSpec(busybox, bin)
+		case PauseImage:
+			file = "pause.tar"
+			spec, err = PauseSpec(bin)
+		}
+		if err != nil {
+			return nil, err
+		}
+		archive := filepath.Join(dir, file)
+		res, err := BuildFile(archive, spec)
+		if err != nil {
+			return nil, fmt.Errorf("build %s: %w", spec.Name, err)
+		}
+		images[res.Name] = Built{Name: res.Name, Archive: archive, Digest: res.ManifestDigest}
+	}
+	return images, nil
+}
+
+// BuildPrograms compiles the named Go programs of internal/testenv/workloads (Workloads,
+// Pause)
 // of the repository at repoRoot into outDir, statically (CGO_ENABLED=0) and reproducibly
 // (-trimpath, no VCS stamp), for linux, in one go build.
 func BuildPrograms(ctx context.Context, repoRoot, outDir string, names ...string) error {
@@ -135,7 +192,7 @@ func BuildPrograms(ctx context.Context, repoRoot, outDir string, names ...string
 	}
 	args := []string{"build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", outDir + string(os.PathSeparator)}
 	for _, w := range names {
-		args = append(args, "./testdata/workloads/"+w)
+		args = append(args, "./internal/testenv/workloads/"+w)
 	}
 	cmd := exec.CommandContext(ctx, "go", args...)
 	cmd.Dir = repoRoot

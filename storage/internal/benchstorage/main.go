@@ -14,10 +14,10 @@ import (
 	"strings"
 
 	gcs "cloud.google.com/go/storage"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/fakegcs"
 	"github.com/podsnapshot/podsnapshot/storage"
 	_ "github.com/podsnapshot/podsnapshot/storage/gcs"
 	"github.com/podsnapshot/podsnapshot/storage/internal/bench"
-	"github.com/podsnapshot/podsnapshot/storage/internal/fakegcs"
 	_ "github.com/podsnapshot/podsnapshot/storage/local"
 )
 
@@ -80,7 +80,7 @@ func openStore(ctx context.Context, kind string, opts []storage.Option) (storage
 		check(err)
 		return st, func() { os.RemoveAll(dir) }
 	case "gcs":
-		srv, err := fakegcs.Start(ctx, "", nil)
+		srv, err := fakegcs.Start(ctx, fakegcs.Options{})
 		check(err)
 		os.Setenv("STORAGE_EMULATOR_HOST", srv.Host)
 		c, err := gcs.NewClient(ctx)
@@ -89,7 +89,7 @@ func openStore(ctx context.Context, kind string, opts []storage.Option) (storage
 		c.Close()
 		st, err := storage.Open(ctx, "gs://bench/snapshots", opts...)
 		check(err)
-		return st, srv.Stop
+		return st, srv.Kill
 	}
 	check(fmt.Errorf("unknown store %q", kind))
 	return nil, nil
