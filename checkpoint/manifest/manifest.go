@@ -107,6 +107,29 @@ func (m *Manifest) IndexKey() string {
 	return m.Key
 }
 
+// ShortKeyLen is how many hex digits of a snapshot key ShortKey keeps: 64 bits, enough
+// to tell the keys of one store apart in messages and tables.
+const ShortKeyLen = 16
+
+// ShortKey is key cut to its first ShortKeyLen characters, for messages and the KEY
+// column of `podsnapshot ls -o wide`; a shorter key is returned as it is.
+func ShortKey(key string) string {
+	if len(key) > ShortKeyLen {
+		return key[:ShortKeyLen]
+	}
+	return key
+}
+
+// Sizes returns the bytes of m's files before compression (raw) and as stored, summed
+// over m.Files; both are 0 for a manifest without files.
+func (m *Manifest) Sizes() (raw, stored int64) {
+	for _, f := range m.Files {
+		raw += f.RawSize
+		stored += f.StoredSize
+	}
+	return raw, stored
+}
+
 // ContainerInfo is one source container.
 type ContainerInfo struct {
 	Name        string `json:"name"`

@@ -190,50 +190,6 @@ func TestPodSnapshotView(t *testing.T) {
 	}
 }
 
-func TestTable(t *testing.T) {
-	a := committed()
-	b := committed()
-	b.UUID, b.Policy, b.State, b.Reason = "11111111-2222-4333-8444-555555555555", "inference", StateFailed, "x"
-	b.CreatedAt = created.Add(-3 * 24 * time.Hour)
-	now := created.Add(5 * time.Minute)
-	var buf bytes.Buffer
-	if err := WriteTable(&buf, []Row{a.Row(now), b.Row(now)}, false); err != nil {
-		t.Fatal(err)
-	}
-	want := "" +
-		"NAME                                   STATUS                  POLICY      AGE\n" +
-		"0b6c5c8e-4f0e-4a5d-9d4e-2c1f7a9b3e10   AllSnapshotsAvailable   my-app      5m\n" +
-		"11111111-2222-4333-8444-555555555555   Failed                  inference   3d\n"
-	if buf.String() != want {
-		t.Errorf("table:\n%s\nwant:\n%s", buf.String(), want)
-	}
-	buf.Reset()
-	_ = WriteTable(&buf, []Row{a.Row(now)}, true)
-	if !strings.HasPrefix(buf.String(), "NAMESPACE   NAME") || !strings.Contains(buf.String(), "default     0b6c5c8e") {
-		t.Errorf("with namespace:\n%s", buf.String())
-	}
-}
-
-func TestAge(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		45 * time.Second:             "45s",
-		5 * time.Minute:              "5m",
-		3*time.Hour + 5*time.Minute:  "3h5m",
-		3 * time.Hour:                "3h",
-		2 * 24 * time.Hour:           "2d",
-		2*24*time.Hour + 5*time.Hour: "2d5h",
-		400 * 24 * time.Hour:         "400d",
-		3 * 365 * 24 * time.Hour:     "3y",
-	} {
-		if got := Age(created, created.Add(d)); got != want {
-			t.Errorf("Age(%v) = %q; want %q", d, got, want)
-		}
-	}
-	if got := Age(time.Time{}, created); got != "<unknown>" {
-		t.Errorf("zero: %q", got)
-	}
-}
-
 func TestLayout(t *testing.T) {
 	if got := ObjectName("ns", "pol", testUUID, PagesFile); got != "ns/pol/"+testUUID+"/pages.img.zst" {
 		t.Errorf("ObjectName = %q", got)
@@ -257,5 +213,22 @@ func TestLayout(t *testing.T) {
 			t.Fatalf("NewUUID = %q", u)
 		}
 		seen[u] = true
+	}
+}
+
+func TestSizesAndShortKey(t *testing.T) {
+	m := committed()
+	if raw, stored := m.Sizes(); raw != 300 || stored != 120 {
+		t.Errorf("Sizes = %d, %d; want 300, 120", raw, stored)
+	}
+	m.Files = nil
+	if raw, stored := m.Sizes(); raw != 0 || stored != 0 {
+		t.Errorf("Sizes without files = %d, %d", raw, stored)
+	}
+	if got := ShortKey(strings.Repeat("ab", 32)); got != "abababababababab" {
+		t.Errorf("ShortKey = %q", got)
+	}
+	if got := ShortKey("abc"); got != "abc" {
+		t.Errorf("ShortKey of a short key = %q", got)
 	}
 }

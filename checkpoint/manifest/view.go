@@ -1,14 +1,9 @@
 package manifest
 
 import (
-	"fmt"
-	"io"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/duration"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 )
@@ -76,43 +71,4 @@ func (m *Manifest) PodSnapshot(storeURL string) *v1.PodSnapshot {
 		}
 	}
 	return ps
-}
-
-// Row is one line of `podsnapshot ls`.
-type Row struct {
-	Namespace, Name, Status, Policy, Age string
-}
-
-// Row renders m at now. Age is kubectl's: "45s", "5m", "3h", "2d", "3h5m", ...;
-// "<unknown>" without a creation time.
-func (m *Manifest) Row(now time.Time) Row {
-	return Row{Namespace: m.Namespace, Name: m.UUID, Status: m.Status(), Policy: m.Policy, Age: Age(m.CreatedAt, now)}
-}
-
-// Age formats now - t as kubectl's AGE column does; "<unknown>" for a zero t.
-func Age(t, now time.Time) string {
-	if t.IsZero() {
-		return "<unknown>"
-	}
-	return duration.HumanDuration(now.Sub(t))
-}
-
-// WriteTable prints rows as kubectl does: a header NAME STATUS POLICY AGE (preceded by
-// NAMESPACE when withNamespace), columns padded with spaces, 3 between columns. It returns
-// the writer's error.
-func WriteTable(w io.Writer, rows []Row, withNamespace bool) error {
-	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
-	header := "NAME\tSTATUS\tPOLICY\tAGE"
-	if withNamespace {
-		header = "NAMESPACE\t" + header
-	}
-	fmt.Fprintln(tw, header)
-	for _, r := range rows {
-		line := fmt.Sprintf("%s\t%s\t%s\t%s", r.Name, r.Status, r.Policy, r.Age)
-		if withNamespace {
-			line = r.Namespace + "\t" + line
-		}
-		fmt.Fprintln(tw, line)
-	}
-	return tw.Flush()
 }

@@ -1,9 +1,11 @@
 // Package repo keeps pod snapshots in an object store: it commits a checkpoint image
 // directory as a snapshot (files first, manifest last), finds the newest committed and
-// compatible snapshot for a key, downloads and verifies one, and lists, marks and deletes
-// them.
+// compatible snapshot for a key (Find) or the one a pod names (FindNamed), downloads and
+// verifies one into the node cache (Fetch), applies a policy's retention rules
+// (PlanRetention, ApplyRetention), and lists, marks and deletes them. The shim and
+// `podsnapshot` both use these; neither repeats them.
 //
-// Layout (DESIGN.md, "Storage layout"), relative to the store root:
+// Layout (README.md, "Storage layout"), relative to the store root:
 //
 //	<namespace>/<policy>/<uuid>/checkpoint.img.zst, pages_meta.img.zst, pages.img.zst
 //	                            (a file that does not compress, e.g. random memory, is
@@ -176,10 +178,10 @@ func (r *Repo) read(ctx context.Context, name string) (*manifest.Manifest, error
 	return m, nil
 }
 
-// Find returns the newest committed snapshot of (namespace, policy, key) whose
-// compatibility tuple matches here. When there is none it returns nil and the reason in
-// words: "no snapshot for key K", or the incompatibility of the newest candidate.
-// Store errors are returned as errors.
+// Find returns the newest committed snapshot of (namespace, policy) indexed by key (its
+// IndexKey) whose compatibility tuple matches here. When there is none it returns nil and
+// the reason in words: "no snapshot for key K" (K shortened by manifest.ShortKey), or the
+// incompatibility of the newest candidate. Store errors are returned as errors.
 func (r *Repo) Find(ctx context.Context, namespace, policy, key string, here compat.Tuple) (*manifest.Manifest, string, error) {
 	markers, err := r.Store.List(ctx, keyPrefix(namespace, policy, key))
 	if err != nil {
@@ -201,11 +203,11 @@ func (r *Repo) Find(ctx context.Context, namespace, policy, key string, here com
 			return nil, "", err
 		}
 		if m.State != manifest.StateCommitted || m.IndexKey() != key {
-			continue
+			continue // not a candidate: only an incompatibility is worth reporting
 		}
-		if why := compat.Incompatible(m.Compat, here); why != "" {
+		if why := unusable(m, key, here); why != "" {
 			if firstReason == "" {
-				firstReason = fmt.Sprintf("incompatible snapshot %s/%s: %s", namespace, m.UUID, why)
+				firstReason = why
 			}
 			continue
 		}
@@ -214,14 +216,47 @@ func (r *Repo) Find(ctx context.Context, namespace, policy, key string, here com
 	if firstReason != "" {
 		return nil, firstReason, nil
 	}
-	return nil, fmt.Sprintf("no snapshot for key %s", shortKey(key)), nil
+	return nil, fmt.Sprintf("no snapshot for key %s", manifest.ShortKey(key)), nil
 }
 
-func shortKey(key string) string {
-	if len(key) > 16 {
-		return key[:16]
+// FindNamed returns snapshot uuid of (namespace, policy), the one a pod names to restore
+// from (annotation podsnapshot.gke.io/ps-name), when a pod whose sandbox key is
+// sandboxKey can restore from it under here: committed, IndexKey equal to sandboxKey and
+// a compatible tuple. Otherwise it returns nil and the reason in words, without the
+// annotation (the caller adds it): "no snapshot named U in <store> for policy ns/p",
+// "snapshot ns/U is Failed", "snapshot ns/U was taken from another pod spec",
+// "incompatible snapshot ns/U: <reason>". Store errors are returned as errors.
+func (r *Repo) FindNamed(ctx context.Context, namespace, policy, uuid, sandboxKey string, here compat.Tuple) (*manifest.Manifest, string, error) {
+	if !manifest.IsUUID(uuid) {
+		return nil, fmt.Sprintf("snapshot name %q is not a UUID", uuid), nil
 	}
-	return key
+	m, err := r.Get(ctx, namespace, policy, uuid)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, fmt.Sprintf("no snapshot named %s in %s for policy %s/%s", uuid, r.Store.URL(""), namespace, policy), nil
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("snapshot %s/%s: %w", namespace, uuid, err)
+	}
+	if why := unusable(m, sandboxKey, here); why != "" {
+		return nil, why, nil
+	}
+	return m, "", nil
+}
+
+// unusable says why a pod whose sandbox key is key cannot restore from m under here, ""
+// when it can.
+func unusable(m *manifest.Manifest, key string, here compat.Tuple) string {
+	id := m.Namespace + "/" + m.UUID
+	switch {
+	case m.State != manifest.StateCommitted:
+		return fmt.Sprintf("snapshot %s is %s", id, m.State)
+	case m.IndexKey() != key:
+		return fmt.Sprintf("snapshot %s was taken from another pod spec", id)
+	}
+	if why := compat.Incompatible(m.Compat, here); why != "" {
+		return fmt.Sprintf("incompatible snapshot %s: %s", id, why)
+	}
+	return ""
 }
 
 // Download fetches every file of m into dir under its local image name (checkpoint.img,

@@ -115,17 +115,8 @@ func TestCorruptObjectDetectedAndMarkedFailed(t *testing.T) {
 	ctx := context.Background()
 	key := strings.Repeat("e", 64)
 	m := commit(t, r, key, here, time.Now(), 3)
-	// Flip one byte of the stored pages object.
-	pages := strings.TrimPrefix(r.Store.URL(manifest.ObjectName("ns", "pol", m.UUID, manifest.PagesFile)), "file://")
-	data, err := os.ReadFile(pages)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[len(data)/2] ^= 0xff
-	if err := os.WriteFile(pages, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	err = r.Download(ctx, m, t.TempDir())
+	corruptPages(t, r, m)
+	err := r.Download(ctx, m, t.TempDir())
 	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), manifest.PagesFile) {
 		t.Fatalf("Download error = %v, want ErrCorrupt naming %s", err, manifest.PagesFile)
 	}
@@ -138,6 +129,20 @@ func TestCorruptObjectDetectedAndMarkedFailed(t *testing.T) {
 	back, err := r.Get(ctx, "ns", "pol", m.UUID)
 	if err != nil || back.State != manifest.StateFailed || !strings.Contains(back.Reason, "pages") {
 		t.Fatalf("manifest after MarkFailed = %+v, %v", back, err)
+	}
+}
+
+// corruptPages flips one byte of m's stored pages object (a local store's file).
+func corruptPages(t *testing.T, r *Repo, m *manifest.Manifest) {
+	t.Helper()
+	pages := strings.TrimPrefix(r.Store.URL(manifest.ObjectName(m.Namespace, m.Policy, m.UUID, manifest.PagesFile)), "file://")
+	data, err := os.ReadFile(pages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	if err := os.WriteFile(pages, data, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
 

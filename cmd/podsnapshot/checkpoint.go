@@ -110,7 +110,7 @@ func (c *cli) showNewSnapshot(ctx context.Context, id string, start time.Time) {
 	if newest == nil {
 		return
 	}
-	_, stored := sizes(newest.Manifest)
+	_, stored := newest.Sizes()
 	fmt.Fprintf(c.stdout, "PodSnapshot %s (policy %s): %d files, %s stored in %s\n",
 		newest.ID(), newest.Policy, len(newest.Files), humanBytes(stored), newest.PodSnapshot(newest.store.url).Status.StoragePath)
 }

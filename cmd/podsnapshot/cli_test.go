@@ -53,8 +53,8 @@ func TestLsTable(t *testing.T) {
 	if !reflect.DeepEqual(lines[0], []string{"NAME", "STATUS", "POLICY", "AGE", "KEY", "SIZE", "STORE"}) {
 		t.Errorf("wide header %q", lines[0])
 	}
-	_, stored := sizes(old)
-	wantRow := []string{old.UUID, "AllSnapshotsAvailable", "web", "2d2h", old.Key[:12], humanBytes(stored), "file://" + f.store}
+	_, stored := old.Sizes()
+	wantRow := []string{old.UUID, "AllSnapshotsAvailable", "web", "2d2h", old.Key[:16], humanBytes(stored), "file://" + f.store}
 	if len(lines) != 3 || !reflect.DeepEqual(lines[1], wantRow) {
 		t.Errorf("wide rows %q\nwant first %q", lines, wantRow)
 	}
@@ -137,7 +137,7 @@ func TestInspect(t *testing.T) {
 			len(got.Files) != 3 || got.Files[0].XXH64 != m.Files[0].XXH64 || got.Files[0].Codec != "zstd" {
 			t.Errorf("manifest document differs: %+v", got)
 		}
-		raw, stored := sizes(m)
+		raw, stored := m.Sizes()
 		for _, want := range []string{"# manifest file://" + f.store + "/" + m.ObjectName(),
 			"# 3 files: " + humanBytes(raw) + " raw, " + humanBytes(stored) + " stored", "reason: AllSnapshotsAvailable", "crc32c:"} {
 			if !strings.Contains(r.stdout, want) {

@@ -181,15 +181,6 @@ func notFound(name, namespace string) error {
 	return fmt.Errorf("PodSnapshot %q not found in any namespace", name)
 }
 
-// sizes returns the raw and stored bytes of m's files.
-func sizes(m *manifest.Manifest) (raw, stored int64) {
-	for _, f := range m.Files {
-		raw += f.RawSize
-		stored += f.StoredSize
-	}
-	return raw, stored
-}
-
 // humanBytes formats n in IEC units with one decimal: "512B", "97.7KiB", "1.2GiB".
 func humanBytes(n int64) string {
 	const unit = 1024
@@ -202,12 +193,4 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
-// shortKey is the first 12 hex digits of a snapshot key.
-func shortKey(key string) string {
-	if len(key) > 12 {
-		return key[:12]
-	}
-	return key
 }

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
-	"github.com/podsnapshot/podsnapshot/checkpoint/retention"
+	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
 )
 
 var gcCommand = &command{
@@ -86,14 +86,14 @@ func runGC(ctx context.Context, c *cli, args []string) error {
 		}
 		st := e.storeFor(p.StoreURL)
 		byID := map[string]snapshot{}
-		var owned []retention.Snapshot
+		var ms []*manifest.Manifest
 		for _, s := range snaps {
-			if s.store == st && s.Namespace == p.Policy.Namespace && s.Policy == p.Policy.Name && s.State == manifest.StateCommitted {
+			if s.store == st {
 				byID[s.UUID] = s
-				owned = append(owned, s.RetentionSnapshot())
+				ms = append(ms, s.Manifest)
 			}
 		}
-		for _, d := range retention.Plan(owned, rules, now) {
+		for _, d := range repo.PlanRetention(ms, p.Policy.Namespace, p.Policy.Name, rules, now) {
 			plan = append(plan, deletion{byID[d.ID], fmt.Sprintf("policy %s: %s", p.ID(), d.Reason)})
 		}
 	}

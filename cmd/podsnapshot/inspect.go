@@ -67,7 +67,7 @@ func writeInspect(w io.Writer, s snapshot) error {
 	if err != nil {
 		return err
 	}
-	raw, stored := sizes(s.Manifest)
+	raw, stored := s.Sizes()
 	ratio := 0.0
 	if raw > 0 {
 		ratio = 100 * float64(stored) / float64(raw)

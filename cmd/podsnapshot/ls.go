@@ -5,12 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"text/tabwriter"
 
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
-	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 )
 
 var lsCommand = &command{
@@ -83,7 +81,7 @@ func runLs(ctx context.Context, c *cli, args []string) error {
 			}
 			break
 		}
-		err = writeTable(c.stdout, snaps, all, output == "wide", c)
+		err = writeTable(c.stdout, snaps, all, output == "wide", c.now())
 	}
 	if err != nil {
 		return err
@@ -111,31 +109,4 @@ func writeList(w io.Writer, snaps []snapshot, format string) error {
 	}
 	_, err = w.Write(data)
 	return err
-}
-
-// writeTable prints the NAME STATUS POLICY AGE table (manifest.WriteTable), or with wide
-// the same columns followed by KEY, SIZE and STORE.
-func writeTable(w io.Writer, snaps []snapshot, withNamespace, wide bool, c *cli) error {
-	now := c.now()
-	if !wide {
-		rows := make([]manifest.Row, len(snaps))
-		for i, s := range snaps {
-			rows[i] = s.Row(now)
-		}
-		return manifest.WriteTable(w, rows, withNamespace)
-	}
-	tw := tabwriter.NewWriter(w, 6, 4, 3, ' ', 0)
-	if withNamespace {
-		fmt.Fprint(tw, "NAMESPACE\t")
-	}
-	fmt.Fprintln(tw, "NAME\tSTATUS\tPOLICY\tAGE\tKEY\tSIZE\tSTORE")
-	for _, s := range snaps {
-		r := s.Row(now)
-		if withNamespace {
-			fmt.Fprint(tw, r.Namespace+"\t")
-		}
-		_, stored := sizes(s.Manifest)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Status, r.Policy, r.Age, shortKey(s.Key), humanBytes(stored), s.store.url)
-	}
-	return tw.Flush()
 }

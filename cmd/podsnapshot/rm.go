@@ -48,7 +48,7 @@ func runRm(ctx context.Context, c *cli, args []string) error {
 				errs = append(errs, fmt.Errorf("delete PodSnapshot %s: %w", s.ID(), err))
 				continue
 			}
-			_, stored := sizes(s.Manifest)
+			_, stored := s.Sizes()
 			fmt.Fprintf(c.stdout, "podsnapshot %q deleted from %s (policy %s, %d files, %s)\n",
 				s.ID(), s.store.url, s.Policy, len(s.Files), humanBytes(stored))
 		}

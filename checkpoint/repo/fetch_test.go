@@ -1,0 +1,198 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+func TestFindNamed(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	key := strings.Repeat("a", 64)
+	m := commit(t, r, key, here, time.Now(), 1)
+
+	got, why, err := r.FindNamed(ctx, "ns", "pol", m.UUID, key, here)
+	if err != nil || got == nil || got.UUID != m.UUID || why != "" {
+		t.Fatalf("FindNamed = %v, %q, %v; want %s", got, why, err, m.UUID)
+	}
+
+	other := here
+	other.RunscVersion = "runsc-B"
+	failed := commit(t, r, key, here, time.Now(), 2)
+	if err := r.MarkFailed(ctx, failed, "corrupt"); err != nil {
+		t.Fatal(err)
+	}
+	missing := manifest.NewUUID()
+	for _, tc := range []struct {
+		name, uuid, key, want string
+	}{
+		{name: "missing", uuid: missing, key: key, want: "no snapshot named " + missing + " in file://"},
+		{name: "missing names the policy", uuid: missing, key: key, want: "for policy ns/pol"},
+		{name: "not a UUID", uuid: "../x", key: key, want: `snapshot name "../x" is not a UUID`},
+		{name: "failed", uuid: failed.UUID, key: key, want: "snapshot ns/" + failed.UUID + " is Failed"},
+		{name: "other spec", uuid: m.UUID, key: strings.Repeat("b", 64), want: "snapshot ns/" + m.UUID + " was taken from another pod spec"},
+	} {
+		got, why, err := r.FindNamed(ctx, "ns", "pol", tc.uuid, tc.key, here)
+		if got != nil || err != nil || !strings.Contains(why, tc.want) {
+			t.Errorf("%s: FindNamed = %v, %q, %v; want a reason containing %q", tc.name, got, why, err, tc.want)
+		}
+	}
+	got, why, err = r.FindNamed(ctx, "ns", "pol", m.UUID, key, other)
+	if got != nil || err != nil || !strings.HasPrefix(why, "incompatible snapshot ns/"+m.UUID+": ") || !strings.Contains(why, "runsc-B") {
+		t.Errorf("incompatible: FindNamed = %v, %q, %v", got, why, err)
+	}
+
+	// A storage failure is an error, not a reason.
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	broken := &Repo{Store: failingStore{r.Store}}
+	if got, why, err := broken.FindNamed(cctx, "ns", "pol", m.UUID, key, here); got != nil || why != "" || err == nil || !strings.Contains(err.Error(), m.UUID) {
+		t.Errorf("store failure: FindNamed = %v, %q, %v", got, why, err)
+	}
+}
+
+// failingStore fails every Get.
+type failingStore struct{ storage.Store }
+
+func (failingStore) Get(context.Context, string) (io.ReadCloser, error) {
+	return nil, errors.New("store down")
+}
+
+func TestFetchIntoCache(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	m := commit(t, r, strings.Repeat("a", 64), here, time.Now(), 4)
+	c := &cache.Cache{Dir: t.TempDir(), MaxBytes: 1 << 30}
+	if _, ok := r.Cached(c, m); ok {
+		t.Fatal("Cached before Fetch")
+	}
+	dir, private, err := r.Fetch(ctx, c, m)
+	if err != nil || private || dir != filepath.Join(c.Dir, m.UUID) {
+		t.Fatalf("Fetch = %q, %v, %v; want the cache entry", dir, private, err)
+	}
+	checkImage(t, dir, 4)
+	if got, ok := r.Cached(c, m); !ok || got != dir {
+		t.Fatalf("Cached = %q, %v; want %q", got, ok, dir)
+	}
+}
+
+func TestFetchPrivate(t *testing.T) {
+	r := newRepo(t)
+	m := commit(t, r, strings.Repeat("a", 64), here, time.Now(), 5)
+	for _, c := range []*cache.Cache{{Dir: t.TempDir()}, nil} {
+		dir, private, err := r.Fetch(context.Background(), c, m)
+		if err != nil || !private {
+			t.Fatalf("Fetch with cache %+v = %q, %v, %v; want a private directory", c, dir, private, err)
+		}
+		checkImage(t, dir, 5)
+		if _, ok := r.Cached(c, m); ok {
+			t.Fatal("a disabled cache holds an entry")
+		}
+		os.RemoveAll(dir)
+	}
+}
+
+// A fetch cancelled before it starts, or as it completes, leaves no files.
+func TestFetchCancelled(t *testing.T) {
+	r := newRepo(t)
+	m := commit(t, r, strings.Repeat("a", 64), here, time.Now(), 6)
+	c := &cache.Cache{Dir: t.TempDir()}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := r.Fetch(ctx, c, m); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled Fetch: %v", err)
+	}
+	expectEmpty(t, c.Dir)
+
+	// The race: the context ends once every file is read in full, as Download returns.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	var closed atomic.Int32
+	late := &Repo{Store: onClose{r.Store, func() {
+		if int(closed.Add(1)) == len(m.Files) {
+			cancel()
+		}
+	}}}
+	if _, _, err := late.Fetch(ctx, c, m); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Fetch cancelled at its end: %v", err)
+	}
+	expectEmpty(t, c.Dir)
+	if back := reread(t, r, m); back.State != manifest.StateCommitted {
+		t.Fatalf("a cancelled fetch changed the snapshot: %s", back.State)
+	}
+}
+
+// onClose calls hook after a downloaded object was read and closed.
+type onClose struct {
+	storage.Store
+	hook func()
+}
+
+func (s onClose) Get(ctx context.Context, name string) (io.ReadCloser, error) {
+	rc, err := s.Store.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return closeHook{rc, s.hook}, nil
+}
+
+type closeHook struct {
+	io.ReadCloser
+	hook func()
+}
+
+func (c closeHook) Close() error {
+	err := c.ReadCloser.Close()
+	c.hook()
+	return err
+}
+
+func TestFetchCorruptMarksFailed(t *testing.T) {
+	r := newRepo(t)
+	key := strings.Repeat("e", 64)
+	m := commit(t, r, key, here, time.Now(), 3)
+	corruptPages(t, r, m)
+	c := &cache.Cache{Dir: t.TempDir(), MaxBytes: 1 << 30}
+	_, _, err := r.Fetch(context.Background(), c, reread(t, r, m))
+	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), "marked failed") {
+		t.Fatalf("Fetch of a corrupt snapshot: %v", err)
+	}
+	expectEmpty(t, c.Dir)
+	back := reread(t, r, m)
+	if back.State != manifest.StateFailed || !strings.Contains(back.Reason, "pages") {
+		t.Fatalf("manifest after the corrupt fetch: %s %q", back.State, back.Reason)
+	}
+	if got, _, _ := r.Find(context.Background(), "ns", "pol", key, here); got != nil {
+		t.Fatal("a snapshot marked failed was found again")
+	}
+}
+
+func checkImage(t *testing.T, dir string, fill byte) {
+	t.Helper()
+	for i, f := range ImageFiles {
+		got, err := os.ReadFile(filepath.Join(dir, f.Local))
+		if err != nil || !bytes.Equal(got, bytes.Repeat([]byte{fill + byte(i)}, 100_000+i)) {
+			t.Fatalf("%s in %s: wrong content (%v)", f.Local, dir, err)
+		}
+	}
+}
+
+func expectEmpty(t *testing.T, dir string) {
+	t.Helper()
+	if left, _ := os.ReadDir(dir); len(left) != 0 {
+		t.Fatalf("files left in %s: %v", dir, left)
+	}
+}
