@@ -11,22 +11,15 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-)
 
-// containerRecord is what the shim needs from containerd's metadata about a container:
-// its labels (CRI copies pod labels onto the sandbox container; `ctr run --label` sets
-// them) and its image reference and manifest digest.
-type containerRecord struct {
-	Labels      map[string]string
-	Image       string
-	ImageDigest string
-}
+	"github.com/podsnapshot/podsnapshot/internal/podsnap"
+)
 
 // lookupContainer asks containerd (at its gRPC address) for a container's record. The
 // image digest is empty when the container has no image (ctr --rootfs) or the image is
 // gone.
-func lookupContainer(ctx context.Context, address, namespace, id string) (containerRecord, error) {
-	var rec containerRecord
+func lookupContainer(ctx context.Context, address, namespace, id string) (podsnap.Record, error) {
+	var rec podsnap.Record
 	if address == "" {
 		return rec, fmt.Errorf("containerd address unknown")
 	}

@@ -35,7 +35,7 @@ func (s *Service) watchOOM(c *container) {
 	if !c.sandbox {
 		return
 	}
-	pid, _, _, _ := c.init.snapshot()
+	pid := c.init.getPid()
 	logger := log.G(s.ctx).WithField("id", c.id)
 	dir, err := memcgOfPid(pid)
 	if err != nil {

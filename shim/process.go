@@ -4,7 +4,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containerd/containerd/api/types/task"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -19,13 +18,13 @@ type process struct {
 
 	// mu guards the fields below it.
 	mu sync.Mutex
-	// pid is the host pid containerd sees: the sandbox process for a sandbox's init, the
-	// detached `runsc exec` process (alive exactly as long as the exec'd process) for an
-	// exec.
+	// pid is the host pid containerd sees: the sandbox process for a sandbox's init (also
+	// for its containers), the detached `runsc exec` process (alive exactly as long as the
+	// exec'd process) for an exec.
 	pid int
 	// internalPid is the exec'd process's pid inside the sandbox, for `runsc kill --pid`.
 	internalPid int
-	status      task.Status
+	state       state
 	exitStatus  uint32
 	exitedAt    time.Time
 	io          *processIO
@@ -40,38 +39,69 @@ func newProcess(containerID, execID string, s stdio, spec *specs.Process) *proce
 		execID:      execID,
 		stdio:       s,
 		spec:        spec,
-		status:      task.Status_CREATED,
+		state:       stateCreated,
 		done:        make(chan struct{}),
 	}
 }
 
-// setExited records the exit once; later calls are ignored (runsc wait and the reaper can
-// both report the same exit). It reports whether this call recorded it.
+// transition moves the process to next if its state allows it, and reports whether it
+// did.
+func (p *process) transition(next state) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.state.can(next) {
+		return false
+	}
+	p.state = next
+	return true
+}
+
+// setExited records the exit once (the process moves to stopped); later calls are
+// ignored (runsc wait and the reaper can both report the same exit). It reports whether
+// this call recorded it.
 func (p *process) setExited(status int) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.status == task.Status_STOPPED {
+	if !p.state.can(stateStopped) {
 		return false
 	}
-	p.status = task.Status_STOPPED
+	p.state = stateStopped
 	p.exitStatus = uint32(status)
 	p.exitedAt = time.Now()
 	close(p.done)
 	return true
 }
 
-func (p *process) snapshot() (pid int, status task.Status, exitStatus uint32, exitedAt time.Time) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.pid, p.status, p.exitStatus, p.exitedAt
+// info is a consistent view of the process for the task API.
+type info struct {
+	pid        int
+	state      state
+	exitStatus uint32
+	exitedAt   time.Time
 }
 
-func (p *process) setStatus(s task.Status) {
+func (p *process) info() info {
 	p.mu.Lock()
-	if p.status != task.Status_STOPPED {
-		p.status = s
-	}
+	defer p.mu.Unlock()
+	return info{pid: p.pid, state: p.state, exitStatus: p.exitStatus, exitedAt: p.exitedAt}
+}
+
+func (p *process) getPid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pid
+}
+
+func (p *process) setPid(pid int) {
+	p.mu.Lock()
+	p.pid = pid
 	p.mu.Unlock()
+}
+
+func (p *process) getIO() *processIO {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.io
 }
 
 func (p *process) exited() bool {

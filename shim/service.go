@@ -1,6 +1,9 @@
 // Package shim is containerd's task service for podsnapshot: it serves the task API over
 // ttrpc for every container of one pod, runs them under one runsc sandbox, reaps children,
-// connects stdio, and publishes task events.
+// connects stdio, and publishes task events. Each RPC finds its container or process,
+// calls one method of it and publishes one event, as containerd's runc shim does; the
+// snapshot lifecycle of the pod lives in internal/podsnap, behind the hooks those methods
+// call (docs/architecture.md).
 package shim
 
 import (
@@ -8,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -32,12 +34,10 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
-	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
-	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
 	"github.com/podsnapshot/podsnapshot/internal/config"
+	"github.com/podsnapshot/podsnapshot/internal/podsnap"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
-	"github.com/podsnapshot/podsnapshot/storage"
 )
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -47,10 +47,10 @@ var _ taskAPI.TTRPCTaskService = (*Service)(nil)
 type Service struct {
 	ctx       context.Context
 	namespace string
-	// address is containerd's gRPC address, for reading container labels.
-	address string
-	sd      shutdown.Service
-	events  chan any
+	sd        shutdown.Service
+	events    chan any
+	// node is what the pods' snapshot lifecycles share (policies, stores, tuples).
+	node *podsnap.Node
 
 	// mu guards containers, every container's execs, and the pid bookkeeping below.
 	// It is never held while a runsc command runs.
@@ -61,16 +61,11 @@ type Service struct {
 	// unclaimed holds exits of pids nobody waited for yet: a detached `runsc exec` can
 	// exit before its pid file is read.
 	unclaimed map[int]runc.Exit
-
-	// cacheMu guards the caches below, which live as long as the shim.
-	cacheMu sync.Mutex
-	loaders map[string]*policy.Loader
-	stores  map[string]storage.Store
-	tuples  map[string]compat.Tuple
 }
 
 // NewService returns the task service. It reaps through containerd's reaper (the shim is
-// a subreaper) and publishes events through publisher.
+// a subreaper), reads container records from containerd at address, and publishes events
+// through publisher.
 func NewService(ctx context.Context, address string, publisher shim.Publisher, sd shutdown.Service) (*Service, error) {
 	ns, err := namespaces.NamespaceRequired(ctx)
 	if err != nil {
@@ -79,15 +74,18 @@ func NewService(ctx context.Context, address string, publisher shim.Publisher, s
 	s := &Service{
 		ctx:        ctx,
 		namespace:  ns,
-		address:    address,
 		sd:         sd,
 		events:     make(chan any, 128),
 		containers: map[string]*container{},
 		pidWaiters: map[int]chan int{},
 		unclaimed:  map[int]runc.Exit{},
-		loaders:    map[string]*policy.Loader{},
-		stores:     map[string]storage.Store{},
-		tuples:     map[string]compat.Tuple{},
+		node: &podsnap.Node{
+			Namespace: ns,
+			Lookup: func(ctx context.Context, id string) (podsnap.Record, error) {
+				return lookupContainer(ctx, address, ns, id)
+			},
+			Monitor: reaper.Default,
+		},
 	}
 	go s.reapExits(reaper.Default.Subscribe())
 	go s.forward(publisher)
@@ -102,40 +100,6 @@ func NewService(ctx context.Context, address string, publisher shim.Publisher, s
 func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, s)
 	return nil
-}
-
-// reapExits hands every reaped child's exit to whoever waits for that pid, or keeps it
-// for a minute for a waiter that has not registered yet.
-func (s *Service) reapExits(exits chan runc.Exit) {
-	for e := range exits {
-		s.mu.Lock()
-		if ch, ok := s.pidWaiters[e.Pid]; ok {
-			delete(s.pidWaiters, e.Pid)
-			ch <- e.Status
-		} else {
-			s.unclaimed[e.Pid] = e
-			for pid, old := range s.unclaimed {
-				if time.Since(old.Timestamp) > time.Minute {
-					delete(s.unclaimed, pid)
-				}
-			}
-		}
-		s.mu.Unlock()
-	}
-}
-
-// awaitPid returns a channel that receives pid's exit status once it is reaped.
-func (s *Service) awaitPid(pid int) <-chan int {
-	ch := make(chan int, 1)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e, ok := s.unclaimed[pid]; ok {
-		delete(s.unclaimed, pid)
-		ch <- e.Status
-		return ch
-	}
-	s.pidWaiters[pid] = ch
-	return ch
 }
 
 func (s *Service) send(evt any) {
@@ -170,7 +134,7 @@ func (s *Service) getProcess(id, execID string) (*container, *process, error) {
 	return c, p, nil
 }
 
-// loadConfig reads the shim config named by the task's runtime options (ConfigPath, in
+// loadConfig reads the node config named by the task's runtime options (ConfigPath, in
 // containerd's runtimeoptions.v1.Options as CRI and `ctr --runtime-config-path` send it),
 // else the default file.
 func loadConfig(opts *ptypes.Any) (config.Config, error) {
@@ -189,68 +153,21 @@ func loadConfig(opts *ptypes.Any) (config.Config, error) {
 // container starts a new runsc sandbox; a container carrying the CRI sandbox-id
 // annotation joins its pod's sandbox.
 func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *taskAPI.CreateTaskResponse, retErr error) {
-	cfg, err := loadConfig(r.Options)
-	if err != nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrInvalidArgument, "%s", err.Error())
-	}
-	if lvl, err := logrus.ParseLevel(cfg.LogLevel); err == nil && !logrus.IsLevelEnabled(logrus.DebugLevel) {
-		logrus.SetLevel(lvl)
-	}
-	spec, err := oci.ReadSpec(r.Bundle)
+	c, sb, err := s.newContainer(ctx, r)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if dropped, err := dropInternalAnnotations(r.Bundle, spec); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	} else if len(dropped) > 0 {
-		log.G(ctx).WithField("id", r.ID).Warnf("podsnapshot: ignored annotations %v: only the shim sets gVisor's internal annotations", dropped)
-	}
-	c := &container{
-		id:        r.ID,
-		bundle:    r.Bundle,
-		namespace: s.namespace,
-		sandboxID: oci.SandboxID(r.ID, spec.Annotations),
-		sandbox:   oci.IsSandbox(spec.Annotations),
-		spec:      spec,
-		cfg:       cfg,
-		execs:     map[string]*process{},
-		init: newProcess(r.ID, "", stdio{
-			stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
-		}, nil),
-	}
-	c.runsc = &runsc.Runsc{
-		Path:    cfg.Runsc.Path,
-		Root:    runsc.DefaultRoot(cfg.Runsc.Root, s.namespace),
-		LogPath: filepath.Join(r.Bundle, "runsc.log"),
-		Flags:   cfg.Runsc.Flags,
-		Monitor: reaper.Default,
-	}
-	var sb *container // the sandbox c joins
-	if !c.sandbox {
-		s.mu.Lock()
-		sb = s.containers[c.sandboxID]
-		s.mu.Unlock()
-		if sb == nil {
-			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition,
-				"container %s: sandbox %s (annotation %s) is not served by this shim", r.ID, c.sandboxID, oci.SandboxIDAnnotation)
-		}
-	}
-
 	if len(r.Rootfs) > 0 {
-		c.rootfs = filepath.Join(r.Bundle, "rootfs")
-		if err := os.MkdirAll(c.rootfs, 0o711); err != nil {
-			return nil, errgrpc.ToGRPC(err)
-		}
 		mounts := make([]mount.Mount, 0, len(r.Rootfs))
 		for _, m := range r.Rootfs {
 			mounts = append(mounts, mount.Mount{Type: m.Type, Source: m.Source, Target: m.Target, Options: m.Options})
 		}
-		if err := mount.All(mounts, c.rootfs); err != nil {
+		if err := mountRootfs(mounts, c.rootfs); err != nil {
 			return nil, errgrpc.ToGRPC(fmt.Errorf("mount rootfs of %s: %w", r.ID, err))
 		}
 		defer func() {
 			if retErr != nil {
-				_ = mount.UnmountRecursive(c.rootfs, 0)
+				_ = unmountRootfs(c.rootfs)
 			}
 		}()
 	}
@@ -259,34 +176,10 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-
-	deferred := false
-	if c.sandbox {
-		if err := fillVolumeSources(ctx, c.bundle, c.spec, cfg.KubeletPodsDir); err != nil {
-			log.G(ctx).WithError(err).WithField("id", r.ID).Warn("gVisor mount hints left as they are")
-		}
-		c.snap = s.planSnapshot(ctx, c)
-	} else if sb.snap != nil {
-		s.describeMember(ctx, c)
-		// A container of a pod whose restore waits for its containers is recorded, not
-		// created in runsc (podrestore.go).
-		deferred = s.joinDeferred(ctx, sb, c)
+	if err := c.create(ctx, sb); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
-	if !deferred {
-		if sb != nil {
-			if err := enableMemberTrigger(sb, c); err != nil {
-				log.G(ctx).WithError(err).WithField("id", r.ID).Warn("the container cannot trigger the pod's checkpoint")
-			}
-		}
-		if err := s.runscCreate(ctx, c); err != nil {
-			c.snap.cleanup()
-			return nil, errgrpc.ToGRPC(err)
-		}
-	}
-	if sb != nil && sb.snap != nil {
-		sb.snap.addMember(c)
-	}
-	pid := c.init.pid
+	pid := c.init.getPid()
 	s.mu.Lock()
 	s.containers[r.ID] = c
 	s.mu.Unlock()
@@ -302,137 +195,103 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	return &taskAPI.CreateTaskResponse{Pid: uint32(pid)}, nil
 }
 
-// runscCreate runs `runsc create` for c with fresh stdio and records the init pid. On
-// error nothing is left in runsc and the stdio is closed.
-func (s *Service) runscCreate(ctx context.Context, c *container) (retErr error) {
-	pio, err := newProcessIO(c.init.stdio)
+// newContainer makes the record of the container a Create request describes: its node
+// config, spec (without annotations only the lifecycle may set), runsc and, for a
+// container joining a pod, the pod's sandbox.
+func (s *Service) newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest) (*container, *container, error) {
+	cfg, err := loadConfig(r.Options)
 	if err != nil {
-		return err
+		return nil, nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
-	c.init.io = pio
-	defer func() {
-		if retErr != nil {
-			pio.close()
-		}
-	}()
-	pidFile := filepath.Join(c.bundle, "init.pid")
-	opts := runsc.CreateOpts{PidFile: pidFile, ConsoleSocket: pio.consoleSocket()}
+	if lvl, err := logrus.ParseLevel(cfg.LogLevel); err == nil && !logrus.IsLevelEnabled(logrus.DebugLevel) {
+		logrus.SetLevel(lvl)
+	}
+	spec, err := oci.ReadSpec(r.Bundle)
+	if err != nil {
+		return nil, nil, err
+	}
+	if dropped, err := podsnap.DropInternalAnnotations(r.Bundle, spec); err != nil {
+		return nil, nil, err
+	} else if len(dropped) > 0 {
+		log.G(ctx).WithField("id", r.ID).Warnf("podsnapshot: ignored annotations %v: only the shim sets gVisor's internal annotations", dropped)
+	}
+	c := &container{
+		s:         s,
+		id:        r.ID,
+		bundle:    r.Bundle,
+		namespace: s.namespace,
+		sandboxID: oci.SandboxID(r.ID, spec.Annotations),
+		sandbox:   oci.IsSandbox(spec.Annotations),
+		spec:      spec,
+		cfg:       cfg,
+		execs:     map[string]*process{},
+		init: newProcess(r.ID, "", stdio{
+			stdin: r.Stdin, stdout: r.Stdout, stderr: r.Stderr, terminal: r.Terminal,
+		}, nil),
+		runsc: &runsc.Runsc{
+			Path:    cfg.Runsc.Path,
+			Root:    runsc.DefaultRoot(cfg.Runsc.Root, s.namespace),
+			LogPath: filepath.Join(r.Bundle, "runsc.log"),
+			Flags:   cfg.Runsc.Flags,
+			Monitor: reaper.Default,
+		},
+	}
+	if len(r.Rootfs) > 0 {
+		c.rootfs = filepath.Join(r.Bundle, "rootfs")
+	}
 	if c.sandbox {
-		// The sandbox process keeps the stdio it was created with as the container's.
-		opts.IO = pio.runscIO()
-		opts.UserLog = filepath.Join(c.bundle, "user.log")
+		return c, nil, nil
 	}
-	if err := c.runsc.Create(ctx, c.id, c.bundle, opts); err != nil {
-		if strings.Contains(err.Error(), "flag provided but not defined") {
-			return fmt.Errorf("create container %s: %w (check runsc.flags in shim config %s)", c.id, err, c.cfg.Path)
-		}
-		return fmt.Errorf("create container %s: %w", c.id, err)
+	s.mu.Lock()
+	sb := s.containers[c.sandboxID]
+	s.mu.Unlock()
+	if sb == nil {
+		return nil, nil, fmt.Errorf("%w: container %s: sandbox %s (annotation %s) is not served by this shim",
+			errdefs.ErrFailedPrecondition, r.ID, c.sandboxID, oci.SandboxIDAnnotation)
 	}
-	if c.sandbox || pio.consoleSocket() != "" {
-		if err := pio.afterStart(ctx); err != nil {
-			_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true})
-			return err
-		}
-	}
-	pid, err := runc.ReadPidFile(pidFile)
-	if err != nil {
-		_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true})
-		return fmt.Errorf("read pid file of %s: %w", c.id, err)
-	}
-	c.init.mu.Lock()
-	c.init.pid = pid
-	c.init.mu.Unlock()
-	return nil
+	return c, sb, nil
 }
 
-// Start starts a created container (`runsc start`) or an exec'd process (`runsc exec`).
+// Start starts a created container (`runsc start`, or its restore) or an exec'd process
+// (`runsc exec`).
 func (s *Service) Start(ctx context.Context, r *taskAPI.StartRequest) (*taskAPI.StartResponse, error) {
 	c, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
 	if r.ExecID != "" {
-		return s.startExec(ctx, c, p)
-	}
-	if _, status, _, _ := p.snapshot(); status != task.Status_CREATED {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "container %s is %s, not created", r.ID, status)
-	}
-	if handled, err := s.startDeferred(ctx, c); handled {
-		// A container of a pod whose restore waits: recorded; the last one restores
-		// the pod (podrestore.go).
-		if err != nil {
-			return nil, errgrpc.ToGRPC(fmt.Errorf("start container %s: %w", c.id, err))
+		if err := s.startExec(ctx, c, p); err != nil {
+			return nil, errgrpc.ToGRPC(err)
 		}
-		return &taskAPI.StartResponse{Pid: uint32(c.init.pid)}, nil
+		return &taskAPI.StartResponse{Pid: uint32(p.getPid())}, nil
 	}
-	if c.sandbox && s.deferRestore(ctx, c) {
-		// The sandbox waits for its containers before it restores.
-		p.setStatus(task.Status_RUNNING)
-		s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
-		return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
+	if err := c.start(ctx); err != nil {
+		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := s.restoreOrStart(ctx, c); err != nil {
-		// A container that failed to start is done: its waiters get 255 at once, as
-		// they would from a process that could not be executed.
-		s.exitProcess(c, p, 255)
-		return nil, errgrpc.ToGRPC(fmt.Errorf("start container %s: %w", c.id, err))
-	}
-	p.setStatus(task.Status_RUNNING)
-	s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(p.pid)})
-	s.running(c)
-	return &taskAPI.StartResponse{Pid: uint32(p.pid)}, nil
-}
-
-// waitInit waits for a started container's init to exit and publishes TaskExit.
-// `runsc wait` is authoritative; when the sandbox died before it could be asked, the
-// sandbox process's own exit status (reaped by this subreaper) stands in, as it does in
-// runsc itself.
-func (s *Service) waitInit(c *container) {
-	p := c.init
-	var sandboxExit <-chan int
-	if c.sandbox {
-		sandboxExit = s.awaitPid(p.pid)
-	}
-	status, err := c.runsc.Wait(context.Background(), c.id, runsc.WaitOpts{})
-	if err != nil {
-		log.G(s.ctx).WithError(err).WithField("id", c.id).Warn("runsc wait failed; using the sandbox's exit status")
-		status = 255
-		if sandboxExit != nil {
-			select {
-			case st := <-sandboxExit:
-				status = st
-			case <-time.After(10 * time.Second):
-			}
-		}
-	}
-	if code, ok := c.snap.stoppedByCheckpoint(c); ok {
-		// postCheckpoint: stop ended the sandbox: the task's status is the snapshot's.
-		status = code
-	}
-	s.exitProcess(c, p, status)
+	return &taskAPI.StartResponse{Pid: uint32(p.getPid())}, nil
 }
 
 // exitProcess records a process's exit, lets its output drain, and publishes TaskExit.
 func (s *Service) exitProcess(c *container, p *process, status int) {
-	if p.io != nil {
+	if pio := p.getIO(); pio != nil {
 		// Output written just before exit must reach containerd before TaskExit does.
-		p.io.drain(2 * time.Second)
+		pio.drain(2 * time.Second)
 	}
 	if !p.setExited(status) {
 		return
 	}
-	_, _, exitStatus, exitedAt := p.snapshot()
+	in := p.info()
 	id := p.execID
 	if id == "" {
 		id = c.id
 	}
-	log.G(s.ctx).WithFields(log.Fields{"id": c.id, "exec": p.execID, "status": exitStatus}).Info("process exited")
+	log.G(s.ctx).WithFields(log.Fields{"id": c.id, "exec": p.execID, "status": in.exitStatus}).Info("process exited")
 	s.send(&eventstypes.TaskExit{
 		ContainerID: c.id,
 		ID:          id,
-		Pid:         uint32(p.pid),
-		ExitStatus:  exitStatus,
-		ExitedAt:    protobuf.ToTimestamp(exitedAt),
+		Pid:         uint32(in.pid),
+		ExitStatus:  in.exitStatus,
+		ExitedAt:    protobuf.ToTimestamp(in.exitedAt),
 	})
 }
 
@@ -443,61 +302,28 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	if err != nil {
 		return nil, err
 	}
-	pid, status, _, _ := p.snapshot()
-	if status == task.Status_RUNNING || status == task.Status_PAUSED {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "process %s of container %s is %s; kill it first", r.ExecID, r.ID, status)
-	}
 	if r.ExecID != "" {
-		if p.io != nil {
-			p.io.close()
+		if err := s.deleteExec(c, p); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	} else {
+		if err := c.delete(ctx); err != nil {
+			return nil, errgrpc.ToGRPC(err)
 		}
 		s.mu.Lock()
-		delete(c.execs, r.ExecID)
+		delete(s.containers, c.id)
 		s.mu.Unlock()
-		_, _, exitStatus, exitedAt := p.snapshot()
-		return &taskAPI.DeleteResponse{Pid: uint32(pid), ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt)}, nil
 	}
-
-	s.leaveDeferred(ctx, c)
-	// Delete and Kill finish in bounded time whatever runsc does.
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	if err := c.runsc.Delete(dctx, c.id, runsc.DeleteOpts{Force: true}); err != nil && !runsc.IsNotExist(err) {
-		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runsc delete failed")
+	in := p.info()
+	if r.ExecID == "" {
+		s.send(&eventstypes.TaskDelete{
+			ContainerID: c.id,
+			Pid:         uint32(in.pid),
+			ExitStatus:  in.exitStatus,
+			ExitedAt:    protobuf.ToTimestamp(in.exitedAt),
+		})
 	}
-	p.setExited(int(128 + 9)) // no-op when it exited already; a created container never ran.
-	if c.snap != nil {
-		// An upload still running is abandoned (no manifest is written) and given a
-		// few seconds to delete what it uploaded, so Delete finishes in bounded time.
-		c.snap.abandon(9)
-		c.snap.waitCommits(10 * time.Second)
-		c.snap.cleanup()
-	}
-	if p.io != nil {
-		p.io.drain(time.Second)
-		p.io.close()
-	}
-	if c.rootfs != "" {
-		if err := mount.UnmountRecursive(c.rootfs, 0); err != nil {
-			log.G(ctx).WithError(err).WithField("id", c.id).Warn("unmount rootfs failed")
-		}
-	}
-	if !c.sandbox {
-		if sb, err := s.get(c.sandboxID); err == nil && sb.snap != nil {
-			sb.snap.removeMember(c)
-		}
-	}
-	s.mu.Lock()
-	delete(s.containers, c.id)
-	s.mu.Unlock()
-	_, _, exitStatus, exitedAt := p.snapshot()
-	s.send(&eventstypes.TaskDelete{
-		ContainerID: c.id,
-		Pid:         uint32(pid),
-		ExitStatus:  exitStatus,
-		ExitedAt:    protobuf.ToTimestamp(exitedAt),
-	})
-	return &taskAPI.DeleteResponse{Pid: uint32(pid), ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt)}, nil
+	return &taskAPI.DeleteResponse{Pid: uint32(in.pid), ExitStatus: in.exitStatus, ExitedAt: protobuf.ToTimestamp(in.exitedAt)}, nil
 }
 
 // Exec records a process to run in a container; Start runs it.
@@ -525,59 +351,13 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*pty
 	return &ptypes.Empty{}, nil
 }
 
-func (s *Service) startExec(ctx context.Context, c *container, p *process) (*taskAPI.StartResponse, error) {
-	if _, status, _, _ := p.snapshot(); status != task.Status_CREATED {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %s is %s, not created", p.execID, status)
-	}
-	if err := s.awaitResolved(ctx, c); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	pio, err := newProcessIO(p.stdio)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	p.mu.Lock()
-	p.io = pio
-	p.mu.Unlock()
-	pidFile := filepath.Join(c.bundle, p.execID+".pid")
-	internalPidFile := filepath.Join(c.bundle, p.execID+"-internal.pid")
-	defer os.Remove(pidFile)
-	defer os.Remove(internalPidFile)
-	err = c.runsc.Exec(ctx, c.id, *p.spec, c.bundle, runsc.ExecOpts{
-		IO: pio.runscIO(), PidFile: pidFile, InternalPidFile: internalPidFile, ConsoleSocket: pio.consoleSocket(),
-	})
-	if err != nil {
-		pio.close()
-		p.setExited(255)
-		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %s in %s: %w", p.execID, c.id, err))
-	}
-	if err := pio.afterStart(ctx); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	pid, err := runc.ReadPidFile(pidFile)
-	if err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("exec %s: read pid file: %w", p.execID, err))
-	}
-	internalPid, _ := runc.ReadPidFile(internalPidFile)
-	p.mu.Lock()
-	p.pid, p.internalPid = pid, internalPid
-	p.mu.Unlock()
-	exit := s.awaitPid(pid)
-	p.setStatus(task.Status_RUNNING)
-	s.send(&eventstypes.TaskExecStarted{ContainerID: c.id, ExecID: p.execID, Pid: uint32(pid)})
-	go func() { s.exitProcess(c, p, <-exit) }()
-	return &taskAPI.StartResponse{Pid: uint32(pid)}, nil
-}
-
 // ResizePty resizes a process's terminal.
 func (s *Service) ResizePty(ctx context.Context, r *taskAPI.ResizePtyRequest) (*ptypes.Empty, error) {
 	_, p, err := s.getProcess(r.ID, r.ExecID)
 	if err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
-	pio := p.io
-	p.mu.Unlock()
+	pio := p.getIO()
 	if pio == nil {
 		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "process has no io yet")
 	}
@@ -593,19 +373,19 @@ func (s *Service) State(ctx context.Context, r *taskAPI.StateRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
-	pid, status, exitStatus, exitedAt := p.snapshot()
+	in := p.info()
 	return &taskAPI.StateResponse{
 		ID:         p.containerID,
 		ExecID:     p.execID,
 		Bundle:     c.bundle,
-		Pid:        uint32(pid),
-		Status:     status,
+		Pid:        uint32(in.pid),
+		Status:     in.state.status(),
 		Stdin:      p.stdio.stdin,
 		Stdout:     p.stdio.stdout,
 		Stderr:     p.stdio.stderr,
 		Terminal:   p.stdio.terminal,
-		ExitStatus: exitStatus,
-		ExitedAt:   protobuf.ToTimestamp(exitedAt),
+		ExitStatus: in.exitStatus,
+		ExitedAt:   protobuf.ToTimestamp(in.exitedAt),
 	}, nil
 }
 
@@ -615,13 +395,9 @@ func (s *Service) Pause(ctx context.Context, r *taskAPI.PauseRequest) (*ptypes.E
 	if err != nil {
 		return nil, err
 	}
-	if err := s.awaitResolved(ctx, c); err != nil {
+	if err := c.pause(ctx); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := c.runsc.Pause(ctx, c.id, runsc.PauseOpts{}); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	c.init.setStatus(task.Status_PAUSED)
 	s.send(&eventstypes.TaskPaused{ContainerID: c.id})
 	return &ptypes.Empty{}, nil
 }
@@ -632,13 +408,9 @@ func (s *Service) Resume(ctx context.Context, r *taskAPI.ResumeRequest) (*ptypes
 	if err != nil {
 		return nil, err
 	}
-	if err := s.awaitResolved(ctx, c); err != nil {
+	if err := c.resume(ctx); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	if err := c.runsc.Resume(ctx, c.id, runsc.ResumeOpts{}); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	c.init.setStatus(task.Status_RUNNING)
 	s.send(&eventstypes.TaskResumed{ContainerID: c.id})
 	return &ptypes.Empty{}, nil
 }
@@ -650,52 +422,12 @@ func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*ptypes.Emp
 	if err != nil {
 		return nil, err
 	}
-	_, status, _, _ := p.snapshot()
-	if status == task.Status_STOPPED {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
-	}
-	if r.ExecID == "" && s.killDeferred(ctx, c, int(r.Signal)) {
-		return &ptypes.Empty{}, nil // runsc never ran it: it ended without runsc
-	}
-	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if r.ExecID == "" && c.snap != nil && c.snap.stop {
-		// A stop-mode sandbox killed while it saves or uploads its snapshot ends now,
-		// as a killed task: the snapshot is abandoned.
-		c.snap.abandon(int(r.Signal))
-	}
-	if status == task.Status_CREATED && r.ExecID == "" {
-		// A container that never started has no process to signal; after the kill it
-		// can never run, so it is done, and the snapshot it was to restore is not needed.
-		c.snap.abortDownload()
-		_ = c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: int(r.Signal), All: true})
-		s.exitProcess(c, p, 128+int(r.Signal))
-		return &ptypes.Empty{}, nil
-	}
 	if r.ExecID != "" {
-		p.mu.Lock()
-		internalPid := p.internalPid
-		p.mu.Unlock()
-		if internalPid == 0 {
-			return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "exec %s has not started", r.ExecID)
-		}
-		err = c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: int(r.Signal), Pid: internalPid})
+		err = s.killExec(ctx, c, p, int(r.Signal))
 	} else {
-		err = c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: int(r.Signal), All: r.All})
+		err = c.kill(ctx, int(r.Signal), r.All)
 	}
 	if err != nil {
-		if r.ExecID == "" && c.snap != nil && c.snap.stop && c.snap.tookCheckpoint.Load() {
-			// The sandbox is gone, stopped by its checkpoint; the task ends as soon
-			// as the abandoned upload has stopped: the kill did its job.
-			return &ptypes.Empty{}, nil
-		}
-		// runsc cannot signal a process that has just exited; give its exit a moment to
-		// be recorded, so the caller gets NotFound rather than runsc's error.
-		select {
-		case <-p.done:
-			return nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process already finished")
-		case <-time.After(2 * time.Second):
-		}
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &ptypes.Empty{}, nil
@@ -707,10 +439,11 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if err != nil {
 		return nil, err
 	}
-	if err := s.awaitResolved(ctx, c); err != nil {
+	rs, err := c.ready(ctx)
+	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	pids, err := c.runsc.Ps(ctx, c.id, runsc.PsOpts{})
+	pids, err := rs.Ps(ctx, c.id, runsc.PsOpts{})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -727,10 +460,7 @@ func (s *Service) CloseIO(ctx context.Context, r *taskAPI.CloseIORequest) (*ptyp
 	if err != nil {
 		return nil, err
 	}
-	p.mu.Lock()
-	pio := p.io
-	p.mu.Unlock()
-	if pio != nil && r.Stdin {
+	if pio := p.getIO(); pio != nil && r.Stdin {
 		pio.closeStdin()
 	}
 	return &ptypes.Empty{}, nil
@@ -745,40 +475,16 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if err != nil {
 		return nil, err
 	}
-	if err := s.awaitResolved(ctx, c); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
 	sb, err := s.get(c.sandboxID)
 	if err != nil {
 		return nil, err
 	}
-	if sb.snap == nil {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition,
-			"pod of container %s is not matched by any PodSnapshotPolicy: nothing to checkpoint to", r.ID)
-	}
-	_, status, _, _ := sb.init.snapshot()
-	if status != task.Status_RUNNING && status != task.Status_PAUSED {
-		return nil, errgrpc.ToGRPCf(errdefs.ErrFailedPrecondition, "sandbox %s is %s, not running", sb.id, status)
-	}
-	if status == task.Status_PAUSED {
-		// containerd's client pauses a task before checkpointing it and resumes it after;
-		// runsc checkpoints a running sandbox, so it runs for the checkpoint and is
-		// paused again afterwards.
-		if err := sb.runsc.Resume(ctx, sb.id, runsc.ResumeOpts{}); err != nil {
-			return nil, errgrpc.ToGRPC(err)
-		}
-		defer func() {
-			if !sb.init.exited() {
-				_ = sb.runsc.Pause(context.WithoutCancel(ctx), sb.id, runsc.PauseOpts{})
-			}
-		}()
-	}
-	m, err := s.checkpointNow(ctx, sb)
+	uuid, err := sb.checkpoint(ctx)
 	if err != nil {
-		return nil, errgrpc.ToGRPC(fmt.Errorf("checkpoint of pod %s: %w", sb.id, err))
+		return nil, errgrpc.ToGRPC(err)
 	}
-	log.G(ctx).WithField("snapshot", m.UUID).Infof("manual checkpoint of %s committed", r.ID)
-	s.send(&eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: m.UUID})
+	log.G(ctx).WithField("snapshot", uuid).Infof("manual checkpoint of %s committed", r.ID)
+	s.send(&eventstypes.TaskCheckpointed{ContainerID: r.ID, Checkpoint: uuid})
 	return &ptypes.Empty{}, nil
 }
 
@@ -788,14 +494,15 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	if err != nil {
 		return nil, err
 	}
-	if err := s.awaitResolved(ctx, c); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
 	var res specs.LinuxResources
 	if err := typeurl.UnmarshalTo(r.Resources, &res); err != nil {
 		return nil, errgrpc.ToGRPC(fmt.Errorf("%w: resources: %w", errdefs.ErrInvalidArgument, err))
 	}
-	if err := c.runsc.Update(ctx, c.id, runsc.UpdateOpts{Resources: &res}); err != nil {
+	rs, err := c.ready(ctx)
+	if err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	if err := rs.Update(ctx, c.id, runsc.UpdateOpts{Resources: &res}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
 	return &ptypes.Empty{}, nil
@@ -812,8 +519,8 @@ func (s *Service) Wait(ctx context.Context, r *taskAPI.WaitRequest) (*taskAPI.Wa
 	case <-ctx.Done():
 		return nil, errgrpc.ToGRPC(ctx.Err())
 	}
-	_, _, exitStatus, exitedAt := p.snapshot()
-	return &taskAPI.WaitResponse{ExitStatus: exitStatus, ExitedAt: protobuf.ToTimestamp(exitedAt)}, nil
+	in := p.info()
+	return &taskAPI.WaitResponse{ExitStatus: in.exitStatus, ExitedAt: protobuf.ToTimestamp(in.exitedAt)}, nil
 }
 
 // Stats returns the container's resource usage as cgroup v1 metrics, from
@@ -823,10 +530,11 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, err
 	}
-	if err := s.awaitResolved(ctx, c); err != nil {
+	rs, err := c.ready(ctx)
+	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
-	st, err := c.runsc.Stats(ctx, c.id, runsc.StatsOpts{})
+	st, err := rs.Stats(ctx, c.id, runsc.StatsOpts{})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -841,7 +549,7 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 func (s *Service) Connect(ctx context.Context, r *taskAPI.ConnectRequest) (*taskAPI.ConnectResponse, error) {
 	resp := &taskAPI.ConnectResponse{ShimPid: uint32(os.Getpid())}
 	if c, err := s.get(r.ID); err == nil {
-		resp.TaskPid = uint32(c.init.pid)
+		resp.TaskPid = uint32(c.init.getPid())
 	}
 	return resp, nil
 }

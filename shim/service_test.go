@@ -18,8 +18,6 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
-
-	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 )
 
 func TestLoadConfigFromRuntimeOptions(t *testing.T) {
@@ -161,37 +159,5 @@ func TestFileURIOutput(t *testing.T) {
 	}
 	if _, err := p.openOutput(context.Background(), "binary:///usr/bin/logger"); err == nil {
 		t.Fatal("binary:// URIs are not supported and must say so")
-	}
-}
-
-func TestRunscIdentityIsCached(t *testing.T) {
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "runsc")
-	counter := filepath.Join(dir, "calls")
-	script := "#!/bin/sh\necho x >> " + counter + "\necho 'runsc version VERSION_MISSING'\n"
-	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	r := &runsc.Runsc{Path: bin, Root: dir}
-	cacheFile := filepath.Join(dir, "work", "runsc-identity")
-	first, err := runscIdentity(context.Background(), r, cacheFile)
-	if err != nil || !strings.HasPrefix(first, "runsc version VERSION_MISSING+sha256:") {
-		t.Fatalf("identity = %q, %v", first, err)
-	}
-	second, err := runscIdentity(context.Background(), r, cacheFile)
-	if err != nil || second != first {
-		t.Fatalf("cached identity = %q, %v; want %q", second, err, first)
-	}
-	if calls, _ := os.ReadFile(counter); strings.Count(string(calls), "x") != 1 {
-		t.Fatalf("runsc --version ran %d times, want once", strings.Count(string(calls), "x"))
-	}
-	// Another build (same path, new content) gets a new identity.
-	time.Sleep(10 * time.Millisecond)
-	if err := os.WriteFile(bin, []byte(script+"# rebuilt\n"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	third, err := runscIdentity(context.Background(), r, cacheFile)
-	if err != nil || third == first {
-		t.Fatalf("identity after rebuild = %q, %v; want a new one", third, err)
 	}
 }

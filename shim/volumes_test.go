@@ -65,34 +65,3 @@ func TestFillVolumeSources(t *testing.T) {
 		t.Fatalf("no uid: %v", err)
 	}
 }
-
-func TestDropInternalAnnotations(t *testing.T) {
-	bundle := t.TempDir()
-	spec := &specs.Spec{Version: "1.2.0", Annotations: map[string]string{
-		"dev.gvisor.internal.checkpoint.path":   "/etc",
-		"dev.gvisor.internal.checkpoint.enable": "true",
-		"dev.gvisor.spec.mount.data.type":       "tmpfs",
-	}}
-	must := func(err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(oci.WriteSpec(bundle, spec))
-	dropped, err := dropInternalAnnotations(bundle, spec)
-	must(err)
-	if strings.Join(dropped, ",") != "dev.gvisor.internal.checkpoint.enable,dev.gvisor.internal.checkpoint.path" {
-		t.Fatalf("dropped %v", dropped)
-	}
-	onDisk, err := oci.ReadSpec(bundle)
-	must(err)
-	for _, s := range []*specs.Spec{spec, onDisk} {
-		if len(s.Annotations) != 1 || s.Annotations["dev.gvisor.spec.mount.data.type"] != "tmpfs" {
-			t.Fatalf("annotations left: %v", s.Annotations)
-		}
-	}
-	if dropped, err := dropInternalAnnotations(t.TempDir(), onDisk); err != nil || dropped != nil {
-		t.Fatalf("nothing to drop: %v, %v", dropped, err)
-	}
-}

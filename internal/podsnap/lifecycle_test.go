@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
 )
 
 // checkpointWorkload cold-starts a pod under the workload policy, lets its workload
@@ -319,20 +322,31 @@ func TestAwaitGivesUpWithItsCaller(t *testing.T) {
 
 func TestDropInternalAnnotations(t *testing.T) {
 	bundle := t.TempDir()
-	spec := sandboxSpec("pod")
-	spec.Annotations[annCheckpointPath] = "/etc"
-	spec.Annotations["dev.gvisor.spec.mount.data.type"] = "tmpfs"
+	spec := &specs.Spec{Version: "1.2.0", Annotations: map[string]string{
+		"dev.gvisor.internal.checkpoint.path":   "/etc",
+		"dev.gvisor.internal.checkpoint.enable": "true",
+		"dev.gvisor.spec.mount.data.type":       "tmpfs",
+	}}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(oci.WriteSpec(bundle, spec))
 	dropped, err := DropInternalAnnotations(bundle, spec)
-	must(t, err)
-	if len(dropped) != 1 || dropped[0] != annCheckpointPath || spec.Annotations["dev.gvisor.spec.mount.data.type"] != "tmpfs" {
-		t.Fatalf("dropped %v, left %v", dropped, spec.Annotations)
+	must(err)
+	if strings.Join(dropped, ",") != "dev.gvisor.internal.checkpoint.enable,dev.gvisor.internal.checkpoint.path" {
+		t.Fatalf("dropped %v", dropped)
 	}
-	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
-	must(t, err)
-	if strings.Contains(string(data), annCheckpointPath) {
-		t.Fatal("the bundle's spec keeps the internal annotation")
+	onDisk, err := oci.ReadSpec(bundle)
+	must(err)
+	for _, s := range []*specs.Spec{spec, onDisk} {
+		if len(s.Annotations) != 1 || s.Annotations["dev.gvisor.spec.mount.data.type"] != "tmpfs" {
+			t.Fatalf("annotations left: %v", s.Annotations)
+		}
 	}
-	if dropped, err := DropInternalAnnotations(bundle, spec); err != nil || dropped != nil {
+	if dropped, err := DropInternalAnnotations(t.TempDir(), onDisk); err != nil || dropped != nil {
 		t.Fatalf("nothing to drop: %v, %v", dropped, err)
 	}
 }

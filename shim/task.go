@@ -1,0 +1,154 @@
+package shim
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"path/filepath"
+	"strings"
+
+	eventstypes "github.com/containerd/containerd/api/events"
+	runc "github.com/containerd/go-runc"
+
+	"github.com/podsnapshot/podsnapshot/internal/podsnap"
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
+	"github.com/podsnapshot/podsnapshot/runtime/runsc"
+)
+
+// The container as the snapshot lifecycle drives it (podsnap.Task): each method is one
+// runsc command or one report to containerd.
+var _ podsnap.Task = (*container)(nil)
+
+// ID is the containerd container ID.
+func (c *container) ID() string { return c.id }
+
+// Create runs `runsc create` for c with fresh stdio and records the init pid. On error
+// nothing is left in runsc and the stdio is closed.
+func (c *container) Create(ctx context.Context) (retErr error) {
+	pio, err := newProcessIO(c.init.stdio)
+	if err != nil {
+		return err
+	}
+	c.init.mu.Lock()
+	c.init.io = pio
+	c.init.mu.Unlock()
+	defer func() {
+		if retErr != nil {
+			pio.close()
+		}
+	}()
+	pidFile := filepath.Join(c.bundle, "init.pid")
+	opts := runsc.CreateOpts{PidFile: pidFile, ConsoleSocket: pio.consoleSocket()}
+	if c.sandbox {
+		// The sandbox process keeps the stdio it was created with as the container's.
+		opts.IO = pio.runscIO()
+		opts.UserLog = filepath.Join(c.bundle, "user.log")
+	}
+	if err := c.runsc.Create(ctx, c.id, c.bundle, opts); err != nil {
+		if strings.Contains(err.Error(), "flag provided but not defined") {
+			return fmt.Errorf("create container %s: %w (check runsc.flags in shim config %s)", c.id, err, c.cfg.Path)
+		}
+		return fmt.Errorf("create container %s: %w", c.id, err)
+	}
+	if c.sandbox || pio.consoleSocket() != "" {
+		if err := pio.afterStart(ctx); err != nil {
+			_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true})
+			return err
+		}
+	}
+	pid, err := runc.ReadPidFile(pidFile)
+	if err != nil {
+		_ = c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true})
+		return fmt.Errorf("read pid file of %s: %w", c.id, err)
+	}
+	c.init.setPid(pid)
+	return nil
+}
+
+// Launch runs created c: `runsc start`, or `runsc restore --background` from imageDir
+// when it is set. With --background the sandbox resumes once its kernel state is loaded
+// and pulls the application's pages in behind it (gVisor allows it for uncompressed
+// images, which the lifecycle's always are); a page the workload touches first is loaded
+// first. A container joining a sandbox gets its stdio from the runsc command, which is
+// connected to containerd's afterwards.
+func (c *container) Launch(ctx context.Context, imageDir string) error {
+	pio := c.init.getIO()
+	var io runsc.IO
+	if !c.sandbox {
+		io = pio.runscIO()
+	}
+	var err error
+	if imageDir == "" {
+		err = c.runsc.Start(ctx, c.id, runsc.StartOpts{IO: io})
+	} else {
+		err = c.runsc.Restore(ctx, c.id, runsc.RestoreOpts{ImagePath: imageDir, IO: io, Background: true})
+	}
+	if err != nil {
+		return err
+	}
+	if !c.sandbox && pio.consoleSocket() == "" {
+		return pio.afterStart(ctx)
+	}
+	return nil
+}
+
+// Destroy removes c from runsc (`runsc delete --force`) and closes its stdio.
+func (c *container) Destroy(ctx context.Context) error {
+	if err := c.runsc.Delete(context.WithoutCancel(ctx), c.id, runsc.DeleteOpts{Force: true}); err != nil && !runsc.IsNotExist(err) {
+		return err
+	}
+	if pio := c.init.getIO(); pio != nil {
+		pio.close()
+	}
+	return nil
+}
+
+// Kill signals every process of c (`runsc kill --all`).
+func (c *container) Kill(ctx context.Context, signal int) error {
+	return c.runsc.Kill(ctx, c.id, runsc.KillOpts{Signal: signal, All: true})
+}
+
+// WriteSpec writes c's spec plus the annotations add to its bundle, for runsc; c.spec,
+// which the snapshot key is computed from, stays as containerd gave it.
+func (c *container) WriteSpec(add map[string]string) error {
+	spec := *c.spec
+	spec.Annotations = maps.Clone(c.spec.Annotations)
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
+	}
+	maps.Copy(spec.Annotations, add)
+	return oci.WriteSpec(c.bundle, &spec)
+}
+
+// Started moves c to running and publishes TaskStart, once.
+func (c *container) Started() {
+	if c.init.transition(stateRunning) {
+		c.s.send(&eventstypes.TaskStart{ContainerID: c.id, Pid: uint32(c.init.getPid())})
+	}
+}
+
+// Watch waits for c's exit (and, for a sandbox, its OOMs) in the background.
+func (c *container) Watch() {
+	go c.waitInit()
+	if c.sandbox {
+		go c.s.watchOOM(c)
+	}
+}
+
+// Exit ends c with status and publishes TaskExit.
+func (c *container) Exit(status int) { c.s.exitProcess(c, c.init, status) }
+
+// Exited reports whether c's init has exited.
+func (c *container) Exited() bool { return c.init.exited() }
+
+// WaitCheckpoint blocks until the workload's next checkpoint is over.
+func (c *container) WaitCheckpoint(ctx context.Context) error {
+	_, err := c.runsc.Wait(ctx, c.id, runsc.WaitOpts{Checkpoint: true})
+	return err
+}
+
+// Checkpoint saves the sandbox into dir, uncompressed (the lifecycle compresses it on
+// the way to storage).
+func (c *container) Checkpoint(ctx context.Context, dir string, leaveRunning bool) error {
+	return c.runsc.Checkpoint(ctx, c.id, runsc.CheckpointOpts{ImagePath: dir, LeaveRunning: leaveRunning, Compression: "none"})
+}
