@@ -60,7 +60,7 @@ func (c *container) create(ctx context.Context, sb *container) error {
 		}
 		c.pod = c.s.node.Plan(ctx, podsnap.Sandbox{Task: c, Spec: c.spec, Config: c.cfg})
 		if c.pod.Restores() {
-			c.init.state = stateCreatedForRestore
+			c.init.markForRestore()
 		}
 		if err := c.Create(ctx); err != nil {
 			c.pod.Delete(ctx, c)
@@ -69,11 +69,11 @@ func (c *container) create(ctx context.Context, sb *container) error {
 		return nil
 	}
 	c.pod = sb.pod
+	// A container's pid is its sandbox's until runsc creates it (and, for one that waits
+	// for its pod's restore, after: the restore creates it).
+	c.init.setPid(sb.init.getPid())
 	if c.pod.Join(ctx, c, c.spec) {
-		// Recorded for the pod's restore, which creates it in runsc; a container's
-		// pid is its sandbox's.
-		c.init.state = stateCreatedForRestore
-		c.init.setPid(sb.init.getPid())
+		c.init.markForRestore()
 		return nil
 	}
 	if err := c.Create(ctx); err != nil {

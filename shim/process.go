@@ -56,6 +56,16 @@ func (p *process) transition(next state) bool {
 	return true
 }
 
+// markForRestore moves a created process to createdForRestore: its Start restores it.
+// A process that moved on meanwhile (its pod started cold and ran or ended it) stays.
+func (p *process) markForRestore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state == stateCreated {
+		p.state = stateCreatedForRestore
+	}
+}
+
 // setExited records the exit once (the process moves to stopped); later calls are
 // ignored (runsc wait and the reaper can both report the same exit). It reports whether
 // this call recorded it.

@@ -23,7 +23,8 @@ import (
 // createdForRestore is a container whose Start restores it from a snapshot (a sandbox
 // whose pod restores, or a container that arrived for its pod's deferred restore):
 // runsc may not have created it yet, and the lifecycle (package podsnap) decides at
-// Start whether it restores or starts cold. A restore is a Start with a restore config.
+// Start whether it restores or starts cold; a created process is marked so at Create
+// (process.markForRestore). A restore is a Start with a restore config.
 // A created container can also go straight to stopped: killed before it ran, or its
 // Start failed. Delete is allowed from created and stopped only.
 type state int
