@@ -30,11 +30,12 @@ deps:
 build:
 	CGO_ENABLED=0 $(GO) build -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o $(OUT)/bin/ ./cmd/...
 
-# Unit tests need no daemon and run with the race detector (it needs cgo: without a C
-# compiler go reports CGO_ENABLED=0, and they run without it). The end-to-end packages
+# Unit tests need no daemon and run with the race detector (it needs cgo: `make deps`
+# installs gcc; without a C compiler go reports CGO_ENABLED=0, and they run without it;
+# RACE is read when the recipe runs, after deps). The end-to-end packages
 # (./e2e/...) start their own containerd, runsc and fake-gcs-server from _deps/bin and
 # spend their time waiting on them, so they run without -race.
-RACE := $(if $(filter 1,$(shell $(GO) env CGO_ENABLED 2>/dev/null)),-race)
+RACE = $$([ "$$($(GO) env CGO_ENABLED)" = 1 ] && echo -race)
 TEST_ENV := PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e$$\|/e2e/')
 
