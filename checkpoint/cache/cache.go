@@ -1,11 +1,28 @@
-// Package cache keeps decompressed, verified snapshots on the node, keyed by snapshot
-// UUID, so that the second and later restores of one snapshot skip the download and
-// decompression and cost what a plain `runsc restore` from local files costs.
+// Package cache keeps decompressed, verified snapshots on the node, so that the second
+// and later restores of one snapshot skip the download and decompression and cost what a
+// plain `runsc restore` from local files costs.
 //
-// An entry is a directory <Dir>/<uuid> holding the image files; it appears by rename
-// once complete, so a reader never sees half an entry. Its modification time is its last
-// use. When the entries exceed MaxBytes, the least recently used are removed, except
-// those used within the last InUseGrace (a restore may still be reading them).
+// An entry is a directory <Dir>/<key> holding the image files and a marker file
+// (EntryMarker) whose content is the key; key is 64 lowercase hex digits (the caller's
+// hash of what identifies the snapshot's bytes, see repo.Fetch). An entry appears by
+// rename once complete, so a reader never sees half an entry. Its modification time is
+// its last use.
+//
+// The cache touches only what it made: entries (the name is a key and the marker holds
+// it), its fill temporaries ".fill-<key>-<bytes>-*", directories it is removing
+// (".evict-<key>-*") and its lock file (LockFile). Anything else in Dir (a sandbox's
+// checkpoint image when Dir was misconfigured, a file an operator left) is neither
+// counted nor evicted nor served.
+//
+// The limit: after any Fill the entries and the fills in progress hold at most MaxBytes
+// (file bytes, as declared before the fill). A fill first reserves its declared size:
+// larger than MaxBytes is ErrTooLarge; otherwise the least recently used entries are
+// evicted until it fits, except entries used within InUseGrace (a restore may still be
+// reading them) and fills in progress; when those alone leave no room the fill is
+// refused with ErrNoRoom rather than exceeding the limit. The shims of one node share
+// Dir: reservations, eviction and the renames are serialized by an flock on LockFile, and
+// a fill in progress holds an flock on its temporary directory, so that a crashed fill's
+// leftovers (unlocked) are removed at the next fill and a live one is never touched.
 package cache
 
 import (
@@ -13,13 +30,24 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 	"time"
 )
 
 // InUseGrace is how long after its last use an entry is never evicted.
 const InUseGrace = 10 * time.Minute
+
+// EntryMarker is the file in every entry that marks it as the cache's; it holds the key.
+const EntryMarker = ".podsnapshot-cache-entry"
+
+// LockFile is the file in Dir whose flock serializes the shims' reservations and evictions.
+const LockFile = ".podsnapshot-cache.lock"
+
+// ErrTooLarge is wrapped by Fill's error for a snapshot larger than MaxBytes.
+var ErrTooLarge = errors.New("larger than the node cache limit")
+
+// ErrNoRoom is wrapped by Fill's error when the entries in use and the fills in progress
+// leave no room for a snapshot under MaxBytes.
+var ErrNoRoom = errors.New("no room in the node cache")
 
 // Cache is a directory of snapshot images. The zero MaxBytes disables caching: Fill
 // still works (into a private directory the caller removes), but nothing is kept.
@@ -40,13 +68,37 @@ func (c *Cache) now() time.Time {
 // Enabled reports whether entries are kept.
 func (c *Cache) Enabled() bool { return c != nil && c.MaxBytes > 0 && c.Dir != "" }
 
-// Get returns the entry of uuid and marks it used; ok is false when there is none.
-func (c *Cache) Get(uuid string) (dir string, ok bool) {
-	if !c.Enabled() {
+// ValidKey reports whether key can name an entry: 64 lowercase hex digits.
+func ValidKey(key string) bool {
+	if len(key) != 64 {
+		return false
+	}
+	for _, r := range key {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Get returns the entry of key and marks it used; ok is false when there is none, the
+// cache is disabled, or key is not ValidKey.
+func (c *Cache) Get(key string) (dir string, ok bool) {
+	if !c.Enabled() || !ValidKey(key) {
 		return "", false
 	}
-	dir = filepath.Join(c.Dir, uuid)
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+	if fi, err := os.Stat(c.Dir); err != nil || !fi.IsDir() {
+		return "", false
+	}
+	// Under the lock, so that an eviction that saw the entry unused does not remove it
+	// after it was handed out.
+	unlock, err := c.lock()
+	if err != nil {
+		return "", false
+	}
+	defer unlock()
+	dir = filepath.Join(c.Dir, key)
+	if !isEntry(dir, key) {
 		return "", false
 	}
 	now := c.now()
@@ -54,15 +106,118 @@ func (c *Cache) Get(uuid string) (dir string, ok bool) {
 	return dir, true
 }
 
-// Fill makes the entry of uuid by calling fetch on an empty temporary directory and, if
-// fetch succeeds, renaming it into place; then it evicts entries over MaxBytes. It
-// returns the entry's directory and whether it is cached (false: caching is disabled
-// and the caller owns and removes dir). On error nothing is left behind.
-func (c *Cache) Fill(uuid string, fetch func(dir string) error) (dir string, cached bool, err error) {
+// Fill makes the entry of key by calling fetch on an empty temporary directory and, if
+// fetch succeeds, renaming it into place. size is the bytes fetch will write (the sum of
+// the files' raw sizes): room for it is made before fetch runs (see the package doc), and
+// a fetch that wrote more is an error. It returns the entry's directory and whether it
+// is cached (false: caching is disabled and the caller owns and removes dir). An entry
+// of key made meanwhile by another fill is returned without calling fetch. Errors:
+// an invalid key or negative size; ErrTooLarge or ErrNoRoom (wrapped, before fetch
+// runs); fetch's error as it is; file system errors naming Dir. On error nothing is left
+// behind.
+func (c *Cache) Fill(key string, size int64, fetch func(dir string) error) (dir string, cached bool, err error) {
+	if !ValidKey(key) {
+		return "", false, fmt.Errorf("snapshot cache %s: invalid entry key %q", c.Dir, key)
+	}
+	if size < 0 {
+		return "", false, fmt.Errorf("snapshot cache %s: negative size %d", c.Dir, size)
+	}
+	if !c.Enabled() {
+		return c.fillPrivate(key, fetch)
+	}
+	// The marker is written besides the files.
+	reserve := size + int64(len(key))
+	if reserve > c.MaxBytes {
+		return "", false, fmt.Errorf("snapshot cache %s: snapshot of %d bytes is %w of %d bytes", c.Dir, size, ErrTooLarge, c.MaxBytes)
+	}
 	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
 		return "", false, fmt.Errorf("snapshot cache: %w", err)
 	}
-	tmp, err := os.MkdirTemp(c.Dir, ".fill-"+uuid+"-")
+	final := filepath.Join(c.Dir, key)
+	tmp, release, done, err := c.reserve(key, reserve)
+	if err != nil {
+		return "", false, err
+	}
+	if done {
+		return final, true, nil
+	}
+	defer release()
+	if err := fetch(tmp); err != nil {
+		os.RemoveAll(tmp)
+		return "", false, err
+	}
+	if got := dirSize(tmp); got > size {
+		os.RemoveAll(tmp)
+		return "", false, fmt.Errorf("snapshot cache %s: the fetch wrote %d bytes, %d were declared", c.Dir, got, size)
+	}
+	if err := os.WriteFile(filepath.Join(tmp, EntryMarker), []byte(key), 0o600); err != nil {
+		os.RemoveAll(tmp)
+		return "", false, fmt.Errorf("snapshot cache: %w", err)
+	}
+	if err := c.publish(tmp, final, key); err != nil {
+		return "", false, err
+	}
+	return final, true, nil
+}
+
+// reserve makes room for reserve bytes and creates the fill's locked temporary directory,
+// all under the cache lock. done is true (and tmp empty) when the entry of key already
+// exists: it was marked used. release unlocks the temporary directory.
+func (c *Cache) reserve(key string, reserve int64) (tmp string, release func(), done bool, err error) {
+	unlock, err := c.lock()
+	if err != nil {
+		return "", nil, false, err
+	}
+	defer unlock()
+	final := filepath.Join(c.Dir, key)
+	if isEntry(final, key) {
+		now := c.now()
+		_ = os.Chtimes(final, now, now)
+		return "", nil, true, nil
+	}
+	if err := c.makeRoom(reserve); err != nil {
+		return "", nil, false, err
+	}
+	tmp, err = os.MkdirTemp(c.Dir, fmt.Sprintf("%s%s-%d-", fillPrefix, key, reserve))
+	if err != nil {
+		return "", nil, false, fmt.Errorf("snapshot cache: %w", err)
+	}
+	release, err = lockDir(tmp)
+	if err != nil {
+		os.RemoveAll(tmp)
+		return "", nil, false, err
+	}
+	return tmp, release, false, nil
+}
+
+// publish renames the complete tmp to final under the cache lock, so that the entry and
+// its reservation are never both missing from a count. When final appeared meanwhile (a
+// concurrent fill of the same key) that entry is kept and tmp removed.
+func (c *Cache) publish(tmp, final, key string) error {
+	unlock, err := c.lock()
+	if err != nil {
+		os.RemoveAll(tmp)
+		return err
+	}
+	defer unlock()
+	if err := os.Rename(tmp, final); err != nil {
+		os.RemoveAll(tmp)
+		if !isEntry(final, key) {
+			return fmt.Errorf("snapshot cache: %w", err)
+		}
+	}
+	now := c.now()
+	_ = os.Chtimes(final, now, now)
+	return nil
+}
+
+// fillPrivate fetches into a private directory of a disabled cache. Its prefix is not
+// one an enabled cache sharing Dir removes: the caller owns it until it removes it.
+func (c *Cache) fillPrivate(key string, fetch func(dir string) error) (string, bool, error) {
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return "", false, fmt.Errorf("snapshot cache: %w", err)
+	}
+	tmp, err := os.MkdirTemp(c.Dir, ".private-"+key+"-")
 	if err != nil {
 		return "", false, fmt.Errorf("snapshot cache: %w", err)
 	}
@@ -70,80 +225,21 @@ func (c *Cache) Fill(uuid string, fetch func(dir string) error) (dir string, cac
 		os.RemoveAll(tmp)
 		return "", false, err
 	}
-	if !c.Enabled() {
-		return tmp, false, nil
-	}
-	final := filepath.Join(c.Dir, uuid)
-	if err := os.Rename(tmp, final); err != nil {
-		// Another restore of the same snapshot filled it first: use that one.
-		os.RemoveAll(tmp)
-		if _, ok := c.Get(uuid); !ok {
-			return "", false, fmt.Errorf("snapshot cache: %w", err)
-		}
-	}
-	now := c.now()
-	_ = os.Chtimes(final, now, now)
-	c.evict(uuid)
-	return final, true, nil
+	return tmp, false, nil
 }
 
-type entry struct {
-	path string
-	size int64
-	used time.Time
-}
-
-// evict removes the least recently used entries until the cache fits MaxBytes, never
-// keep's entry nor one used within InUseGrace. Leftover temporary directories older than
-// InUseGrace (a crashed fill) go too.
-func (c *Cache) evict(keep string) {
-	names, err := os.ReadDir(c.Dir)
-	if err != nil {
-		return
+// isEntry reports whether path is a directory (not a link) holding EntryMarker (a
+// regular file) whose content is key.
+func isEntry(path, key string) bool {
+	fi, err := os.Lstat(path)
+	if err != nil || !fi.IsDir() {
+		return false
 	}
-	var entries []entry
-	var total int64
-	for _, n := range names {
-		path := filepath.Join(c.Dir, n.Name())
-		info, err := n.Info()
-		if err != nil {
-			continue
-		}
-		if strings.HasPrefix(n.Name(), ".fill-") {
-			if c.now().Sub(info.ModTime()) > InUseGrace {
-				os.RemoveAll(path)
-			}
-			continue
-		}
-		size := dirSize(path)
-		total += size
-		if n.Name() != keep {
-			entries = append(entries, entry{path, size, info.ModTime()})
-		}
+	marker := filepath.Join(path, EntryMarker)
+	mi, err := os.Lstat(marker)
+	if err != nil || !mi.Mode().IsRegular() || mi.Size() != int64(len(key)) {
+		return false
 	}
-	sort.Slice(entries, func(i, j int) bool { return entries[i].used.Before(entries[j].used) })
-	for _, e := range entries {
-		if total <= c.MaxBytes {
-			return
-		}
-		if c.now().Sub(e.used) < InUseGrace {
-			continue
-		}
-		if err := os.RemoveAll(e.path); err == nil || errors.Is(err, os.ErrNotExist) {
-			total -= e.size
-		}
-	}
-}
-
-func dirSize(dir string) int64 {
-	var n int64
-	_ = filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	return n
+	got, err := os.ReadFile(marker)
+	return err == nil && string(got) == key
 }

@@ -2,6 +2,9 @@ package repo
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,16 +21,49 @@ const markFailedTimeout = time.Minute
 
 // Cached returns m's entry in the node cache c and marks it used; ok is false when c
 // holds none or is disabled (nil, or MaxBytes 0). The entry is the cache's: the caller
-// only reads it.
+// only reads it. Entries are keyed by CacheKey: a manifest of another store, namespace or
+// policy, or with other files, reusing m's UUID never gets m's entry.
 func (r *Repo) Cached(c *cache.Cache, m *manifest.Manifest) (dir string, ok bool) {
-	return c.Get(m.UUID)
+	return c.Get(CacheKey(r.Store.URL(""), m))
+}
+
+// CacheKey is the node cache key of m read from the store at storeURL: the sha256 (64
+// lowercase hex digits) of the store URL, m's namespace, policy and UUID, and each
+// file's name, raw size, codec and checksums, so that equal keys mean the same bytes
+// from the same place.
+func CacheKey(storeURL string, m *manifest.Manifest) string {
+	type file struct {
+		Name   string
+		Raw    int64
+		Codec  string
+		XXH64  string
+		CRC32C uint32
+	}
+	id := struct {
+		Store, Namespace, Policy, UUID string
+		Files                          []file
+	}{Store: storeURL, Namespace: m.Namespace, Policy: m.Policy, UUID: m.UUID}
+	for _, f := range m.Files {
+		id.Files = append(id.Files, file{f.Name, f.RawSize, f.Codec, f.XXH64, f.CRC32C})
+	}
+	// JSON quotes every string: no two identities encode alike.
+	b, err := json.Marshal(id)
+	if err != nil {
+		panic(err) // strings and numbers always marshal
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 // Fetch downloads and verifies m's files (Download) into the node cache c and returns
 // the directory holding the image files (checkpoint.img, ...). private is false for a
-// cache entry, which the cache owns; it is true when caching is disabled (c.MaxBytes 0),
-// and the caller then owns dir and removes it. A nil c, or one without Dir, is a
-// disabled cache under os.TempDir().
+// cache entry (key CacheKey), which the cache owns; it is true when caching is disabled
+// (c.MaxBytes 0), and the caller then owns dir and removes it. A nil c, or one without
+// Dir, is a disabled cache under os.TempDir().
+//
+// The cache's limit holds: a snapshot whose raw size (m.Sizes) exceeds c.MaxBytes is an
+// error wrapping cache.ErrTooLarge, and one that does not fit beside the entries in use
+// an error wrapping cache.ErrNoRoom, both before anything is downloaded.
 //
 // On error nothing is left behind but a cache entry that was complete before ctx ended
 // (another restore may be reading it). A ctx that ends at any point, even as the
@@ -40,7 +76,8 @@ func (r *Repo) Fetch(ctx context.Context, c *cache.Cache, m *manifest.Manifest) 
 		c = &cache.Cache{Dir: os.TempDir()}
 	}
 	id := m.Namespace + "/" + m.UUID
-	dir, cached, err := c.Fill(m.UUID, func(tmp string) error { return r.Download(ctx, m, tmp) })
+	raw, _ := m.Sizes()
+	dir, cached, err := c.Fill(CacheKey(r.Store.URL(""), m), raw, func(tmp string) error { return r.Download(ctx, m, tmp) })
 	if err == nil && ctx.Err() != nil {
 		// Cancelled as the download completed: nobody would use or remove a private copy.
 		if !cached {
@@ -51,6 +88,8 @@ func (r *Repo) Fetch(ctx context.Context, c *cache.Cache, m *manifest.Manifest) 
 	switch {
 	case err == nil:
 		return dir, !cached, nil
+	case errors.Is(err, cache.ErrTooLarge), errors.Is(err, cache.ErrNoRoom):
+		return "", false, fmt.Errorf("snapshot %s not downloaded: %w", id, err)
 	case errors.Is(err, storage.ErrCorrupt):
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markFailedTimeout)
 		defer cancel()

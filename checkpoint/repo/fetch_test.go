@@ -79,12 +79,77 @@ func TestFetchIntoCache(t *testing.T) {
 		t.Fatal("Cached before Fetch")
 	}
 	dir, private, err := r.Fetch(ctx, c, m)
-	if err != nil || private || dir != filepath.Join(c.Dir, m.UUID) {
+	if err != nil || private || dir != filepath.Join(c.Dir, CacheKey(r.Store.URL(""), m)) {
 		t.Fatalf("Fetch = %q, %v, %v; want the cache entry", dir, private, err)
 	}
 	checkImage(t, dir, 4)
 	if got, ok := r.Cached(c, m); !ok || got != dir {
 		t.Fatalf("Cached = %q, %v; want %q", got, ok, dir)
+	}
+}
+
+// Issue 14 item 1: the node cache was keyed by UUID alone, so a manifest of another store
+// reusing a UUID was served the first one's files without a download.
+func TestCacheKeyedByStoreAndFiles(t *testing.T) {
+	ctx := context.Background()
+	a, b := newRepo(t), newRepo(t)
+	c := &cache.Cache{Dir: t.TempDir(), MaxBytes: 1 << 30}
+	ma := commit(t, a, strings.Repeat("a", 64), here, time.Now(), 4)
+	if _, _, err := a.Fetch(ctx, c, ma); err != nil {
+		t.Fatal(err)
+	}
+	mb := manifest.New("ns", "pol", strings.Repeat("a", 64), here, time.Now())
+	mb.UUID = ma.UUID
+	if err := b.Commit(ctx, mb, imageDir(t, 9)); err != nil {
+		t.Fatal(err)
+	}
+	if dir, ok := b.Cached(c, mb); ok {
+		t.Fatalf("a manifest of another store reusing UUID %s got the cache entry %s", ma.UUID, dir)
+	}
+	dir, _, err := b.Fetch(ctx, c, mb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkImage(t, dir, 9)
+
+	// Every part of the identity changes the key.
+	base := CacheKey("file:///s", ma)
+	for name, change := range map[string]func(m *manifest.Manifest) string{
+		"store":     func(m *manifest.Manifest) string { return CacheKey("file:///t", m) },
+		"namespace": func(m *manifest.Manifest) string { m.Namespace = "other"; return CacheKey("file:///s", m) },
+		"policy":    func(m *manifest.Manifest) string { m.Policy = "other"; return CacheKey("file:///s", m) },
+		"uuid":      func(m *manifest.Manifest) string { m.UUID = manifest.NewUUID(); return CacheKey("file:///s", m) },
+		"checksum":  func(m *manifest.Manifest) string { m.Files[0].XXH64 = "0000000000000000"; return CacheKey("file:///s", m) },
+		"crc":       func(m *manifest.Manifest) string { m.Files[0].CRC32C++; return CacheKey("file:///s", m) },
+		"size":      func(m *manifest.Manifest) string { m.Files[0].RawSize++; return CacheKey("file:///s", m) },
+	} {
+		m := reread(t, a, ma)
+		if got := change(m); got == base || !cache.ValidKey(got) {
+			t.Errorf("%s: key %s (base %s)", name, got, base)
+		}
+	}
+	if again := CacheKey("file:///s", reread(t, a, ma)); again != base {
+		t.Errorf("key not stable: %s, %s", again, base)
+	}
+}
+
+// Issue 14 items 2 and 4: a snapshot larger than the cache limit is refused before
+// anything is downloaded (the store below fails every Get) and is not marked failed.
+func TestFetchRefusesSnapshotLargerThanCache(t *testing.T) {
+	r := newRepo(t)
+	m := commit(t, r, strings.Repeat("a", 64), here, time.Now(), 4)
+	raw, _ := m.Sizes()
+	c := &cache.Cache{Dir: t.TempDir(), MaxBytes: raw - 1}
+	broken := &Repo{Store: failingStore{r.Store}}
+	_, _, err := broken.Fetch(context.Background(), c, m)
+	if !errors.Is(err, cache.ErrTooLarge) || !strings.Contains(err.Error(), m.UUID) {
+		t.Fatalf("Fetch of a snapshot over the cache limit: %v", err)
+	}
+	if back := reread(t, r, m); back.State != manifest.StateCommitted {
+		t.Fatalf("a refused fetch changed the snapshot: %s", back.State)
+	}
+	if left, _ := os.ReadDir(c.Dir); len(left) != 0 {
+		t.Fatalf("files left in %s: %v", c.Dir, left)
 	}
 }
 
@@ -190,9 +255,14 @@ func checkImage(t *testing.T, dir string, fill byte) {
 	}
 }
 
+// expectEmpty fails unless dir holds nothing but the cache's lock file.
 func expectEmpty(t *testing.T, dir string) {
 	t.Helper()
-	if left, _ := os.ReadDir(dir); len(left) != 0 {
+	left, _ := os.ReadDir(dir)
+	if len(left) == 1 && left[0].Name() == cache.LockFile {
+		return
+	}
+	if len(left) != 0 {
 		t.Fatalf("files left in %s: %v", dir, left)
 	}
 }
