@@ -119,9 +119,12 @@ func TestCacheKeyedByStoreAndFiles(t *testing.T) {
 		"namespace": func(m *manifest.Manifest) string { m.Namespace = "other"; return CacheKey("file:///s", m) },
 		"policy":    func(m *manifest.Manifest) string { m.Policy = "other"; return CacheKey("file:///s", m) },
 		"uuid":      func(m *manifest.Manifest) string { m.UUID = manifest.NewUUID(); return CacheKey("file:///s", m) },
-		"checksum":  func(m *manifest.Manifest) string { m.Files[0].XXH64 = "0000000000000000"; return CacheKey("file:///s", m) },
-		"crc":       func(m *manifest.Manifest) string { m.Files[0].CRC32C++; return CacheKey("file:///s", m) },
-		"size":      func(m *manifest.Manifest) string { m.Files[0].RawSize++; return CacheKey("file:///s", m) },
+		"checksum": func(m *manifest.Manifest) string {
+			m.Files[0].XXH64 = "0000000000000000"
+			return CacheKey("file:///s", m)
+		},
+		"crc":  func(m *manifest.Manifest) string { m.Files[0].CRC32C++; return CacheKey("file:///s", m) },
+		"size": func(m *manifest.Manifest) string { m.Files[0].RawSize++; return CacheKey("file:///s", m) },
 	} {
 		m := reread(t, a, ma)
 		if got := change(m); got == base || !cache.ValidKey(got) {
