@@ -5,11 +5,14 @@
 // Example (every key optional):
 //
 //	log_level = "info"                    # panic|fatal|error|warn|info|debug|trace
-//	work_dir = "/var/lib/podsnapshot"     # checkpoint images and downloads
-//	policy_dir = "/etc/podsnapshot"       # PodSnapshotPolicy manifests
-//	cache_dir = ""                        # node cache of restored snapshots; "": <work_dir>/cache
+//	work_dir = "/var/lib/podsnapshot"     # checkpoint images and downloads; absolute, not "/"
+//	policy_dir = "/etc/podsnapshot"       # PodSnapshotPolicy manifests; absolute
+//	cache_dir = ""                        # node cache of restored snapshots; "": <work_dir>/cache;
+//	                                      # absolute, not "/", not work_dir, not above it, and
+//	                                      # inside it only <work_dir>/cache
 //	cache_max_bytes = 10737418240         # its size limit in bytes; 0 disables it
-//	restore_wait_seconds = 30             # how long a pod's deferred restore waits for a container
+//	restore_wait_seconds = 30             # how long a pod's deferred restore waits for a
+//	                                      # container; above 0, at most 3600
 //	kubelet_pods_dir = "/var/lib/kubelet/pods"  # where emptyDir volumes live (mount hints)
 //
 //	[runsc]
@@ -146,7 +149,37 @@ func (c Config) Cache() string {
 	if c.CacheDir != "" {
 		return c.CacheDir
 	}
-	return filepath.Join(c.WorkDir, "cache")
+	return filepath.Join(c.WorkDir, cacheName)
+}
+
+// validateCacheDir keeps the work dir and the cache dir apart (see Validate); both are
+// absolute.
+func (c Config) validateCacheDir() error {
+	work := filepath.Clean(c.WorkDir)
+	if work == "/" {
+		return errors.New(`key "work_dir": "/" is the root directory; use a directory of the shim's own`)
+	}
+	if c.CacheDir == "" {
+		return nil // <work_dir>/cache
+	}
+	cache := filepath.Clean(c.CacheDir)
+	switch {
+	case cache == "/":
+		return errors.New(`key "cache_dir": "/" is the root directory; use a directory of the cache's own`)
+	case cache == work:
+		return fmt.Errorf("key \"cache_dir\": %q is work_dir; the cache evicts from its directory: use a directory of its own, or leave it unset for <work_dir>/cache", c.CacheDir)
+	case within(work, cache):
+		return fmt.Errorf("key \"cache_dir\": %q contains work_dir %q; use a directory of its own, or leave it unset for <work_dir>/cache", c.CacheDir, c.WorkDir)
+	case within(cache, work) && cache != filepath.Join(work, cacheName):
+		return fmt.Errorf("key \"cache_dir\": %q lies inside work_dir %q, where pods' checkpoint images live; use a directory outside it, or leave it unset for <work_dir>/cache", c.CacheDir, c.WorkDir)
+	}
+	return nil
+}
+
+// within reports whether the clean absolute path p lies strictly inside dir.
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // RestoreWait is RestoreWaitSeconds as a duration.
@@ -154,7 +187,21 @@ func (c Config) RestoreWait() time.Duration {
 	return time.Duration(c.RestoreWaitSeconds * float64(time.Second))
 }
 
-// Validate checks values that TOML types cannot.
+// MaxRestoreWaitSeconds bounds restore_wait_seconds: a deferred restore that waits longer
+// for a container is a pod that is not coming.
+const MaxRestoreWaitSeconds = 3600
+
+// cacheName is the cache's directory in the work dir by default: <work_dir>/cache.
+const cacheName = "cache"
+
+// Validate checks values that TOML types cannot. Errors are one line naming the key.
+//
+// Directories (work_dir, policy_dir, cache_dir when set, kubelet_pods_dir, runsc.root)
+// must be absolute paths. The node cache evicts from its directory, so the work dir and
+// the cache dir are kept apart: neither may be "/", the cache dir may not be the work dir
+// nor contain it, and inside the work dir only <work_dir>/cache (the default) may be the
+// cache dir; any other subdirectory of the work dir may be a pod's (<work_dir>/<containerd
+// namespace>/<sandbox id>). The cache itself also evicts only entries it made.
 func (c Config) Validate() error {
 	if _, err := logrus.ParseLevel(c.LogLevel); err != nil {
 		return fmt.Errorf("key \"log_level\": %q is not a log level (panic, fatal, error, warn, info, debug, trace)", c.LogLevel)
@@ -162,23 +209,28 @@ func (c Config) Validate() error {
 	if c.Runsc.Path == "" {
 		return errors.New(`key "runsc.path": must not be empty`)
 	}
-	if c.Runsc.Root == "" || !strings.HasPrefix(c.Runsc.Root, "/") {
-		return fmt.Errorf("key \"runsc.root\": %q must be an absolute path", c.Runsc.Root)
+	for _, d := range []struct{ key, path string }{
+		{"runsc.root", c.Runsc.Root},
+		{"work_dir", c.WorkDir},
+		{"policy_dir", c.PolicyDir},
+		{"kubelet_pods_dir", c.KubeletPodsDir},
+	} {
+		if !filepath.IsAbs(d.path) {
+			return fmt.Errorf("key %q: %q must be an absolute path", d.key, d.path)
+		}
 	}
-	if c.WorkDir == "" || !strings.HasPrefix(c.WorkDir, "/") {
-		return fmt.Errorf("key \"work_dir\": %q must be an absolute path", c.WorkDir)
-	}
-	if c.CacheDir != "" && !strings.HasPrefix(c.CacheDir, "/") {
+	if c.CacheDir != "" && !filepath.IsAbs(c.CacheDir) {
 		return fmt.Errorf("key \"cache_dir\": %q must be an absolute path", c.CacheDir)
+	}
+	if err := c.validateCacheDir(); err != nil {
+		return err
 	}
 	if c.CacheMaxBytes < 0 {
 		return fmt.Errorf("key \"cache_max_bytes\": %d must not be negative", c.CacheMaxBytes)
 	}
-	if c.RestoreWaitSeconds <= 0 {
-		return fmt.Errorf("key \"restore_wait_seconds\": %v must be positive", c.RestoreWaitSeconds)
-	}
-	if c.KubeletPodsDir == "" || !strings.HasPrefix(c.KubeletPodsDir, "/") {
-		return fmt.Errorf("key \"kubelet_pods_dir\": %q must be an absolute path", c.KubeletPodsDir)
+	// Written so that NaN fails too.
+	if !(c.RestoreWaitSeconds > 0 && c.RestoreWaitSeconds <= MaxRestoreWaitSeconds) {
+		return fmt.Errorf("key \"restore_wait_seconds\": %v must be a number of seconds above 0 and at most %d", c.RestoreWaitSeconds, MaxRestoreWaitSeconds)
 	}
 	for k := range c.Runsc.Flags {
 		switch k {

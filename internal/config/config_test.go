@@ -52,6 +52,29 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"syntax", "log_level = ", `line 1`},
 		{"zero restore wait", "restore_wait_seconds = 0", `key "restore_wait_seconds"`},
 		{"relative pods dir", `kubelet_pods_dir = "pods"`, `key "kubelet_pods_dir"`},
+		// Issue 14 item 5: these were accepted; a non-finite or huge wait timed every
+		// deferred restore out at once.
+		{"nan restore wait", "restore_wait_seconds = nan", `key "restore_wait_seconds": NaN must be a number of seconds`},
+		{"inf restore wait", "restore_wait_seconds = inf", `key "restore_wait_seconds": +Inf`},
+		{"-inf restore wait", "restore_wait_seconds = -inf", `key "restore_wait_seconds"`},
+		{"huge restore wait", "restore_wait_seconds = 1e300", `key "restore_wait_seconds": 1e+300`},
+		{"restore wait over an hour", "restore_wait_seconds = 3600.5", `at most 3600`},
+		{"empty policy dir", `policy_dir = ""`, `key "policy_dir": "" must be an absolute path`},
+		{"relative policy dir", `policy_dir = "etc/ps"`, `key "policy_dir": "etc/ps" must be an absolute path`},
+		{"empty work dir", `work_dir = ""`, `key "work_dir"`},
+		{"relative work dir", `work_dir = "./w"`, `key "work_dir"`},
+		{"relative cache dir", `cache_dir = "c"`, `key "cache_dir"`},
+		{"empty pods dir", `kubelet_pods_dir = ""`, `key "kubelet_pods_dir"`},
+		{"empty runsc root", "[runsc]\nroot = \"\"", `key "runsc.root"`},
+		// Issue 14 item 3: eviction from a cache dir that was the work dir deleted a
+		// live sandbox's image.
+		{"root work dir", `work_dir = "/"`, `key "work_dir": "/" is the root directory`},
+		{"root cache dir", `cache_dir = "/"`, `key "cache_dir": "/" is the root directory`},
+		{"cache dir is work dir", "work_dir = \"/w\"\ncache_dir = \"/w\"", `key "cache_dir": "/w" is work_dir`},
+		{"cache dir is work dir, unclean", "work_dir = \"/w\"\ncache_dir = \"/w/\"", `key "cache_dir": "/w/" is work_dir`},
+		{"cache dir contains work dir", "work_dir = \"/var/lib/ps\"\ncache_dir = \"/var\"", `key "cache_dir": "/var" contains work_dir "/var/lib/ps"`},
+		{"cache dir in a namespace's dir", "work_dir = \"/w\"\ncache_dir = \"/w/k8s.io\"", `key "cache_dir": "/w/k8s.io" lies inside work_dir "/w"`},
+		{"cache dir below the default", "work_dir = \"/w\"\ncache_dir = \"/w/cache/x\"", `lies inside work_dir`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.toml))
@@ -59,6 +82,22 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 				t.Fatalf("Parse(%q) = %v, want error containing %q", tc.toml, err, tc.want)
 			}
 		})
+	}
+}
+
+func TestCacheDirAccepted(t *testing.T) {
+	for _, tc := range []struct{ toml, want string }{
+		{``, "/var/lib/podsnapshot/cache"},
+		{`work_dir = "/w"`, "/w/cache"},
+		{"work_dir = \"/w\"\ncache_dir = \"/w/cache\"", "/w/cache"},
+		{"work_dir = \"/w\"\ncache_dir = \"/var/cache/ps\"", "/var/cache/ps"},
+		{"work_dir = \"/w\"\ncache_dir = \"/w2\"", "/w2"},
+		{"restore_wait_seconds = 3600", "/var/lib/podsnapshot/cache"},
+	} {
+		cfg, err := Parse([]byte(tc.toml))
+		if err != nil || cfg.Cache() != tc.want {
+			t.Errorf("Parse(%q) = cache %q, %v; want %q", tc.toml, cfg.Cache(), err, tc.want)
+		}
 	}
 }
 
