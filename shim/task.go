@@ -6,9 +6,11 @@ import (
 	"maps"
 	"path/filepath"
 	"strings"
+	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
 
 	"github.com/podsnapshot/podsnapshot/internal/podsnap"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
@@ -141,10 +143,26 @@ func (c *container) Exit(status int) { c.s.exitProcess(c, c.init, status) }
 // Exited reports whether c's init has exited.
 func (c *container) Exited() bool { return c.init.exited() }
 
-// WaitCheckpoint blocks until the workload's next checkpoint is over.
-func (c *container) WaitCheckpoint(ctx context.Context) error {
-	_, err := c.runsc.Wait(ctx, c.id, runsc.WaitOpts{Checkpoint: true})
-	return err
+// WatchCheckpoint starts `runsc wait --checkpoint` and returns once the wait has reached
+// the sandbox (or after registrationBound); the channel receives its result. gVisor
+// waits for the checkpoint after the one current when the request arrives, so a watch
+// that arrived after the workload's save would miss it: the lifecycle arms the watch
+// before `runsc start` and waits here for it to be registered.
+func (c *container) WatchCheckpoint(ctx context.Context) <-chan error {
+	result := make(chan error, 1)
+	started := make(chan int, 1)
+	go func() {
+		_, err := c.runsc.Wait(ctx, c.id, runsc.WaitOpts{Checkpoint: true, Started: func(pid int) { started <- pid }})
+		result <- err
+	}()
+	select {
+	case pid := <-started:
+		if !awaitControlConnection(pid, registrationBound) {
+			log.G(c.s.ctx).WithField("id", c.id).Warnf("runsc wait --checkpoint did not reach the sandbox within %s", registrationBound)
+		}
+	case <-time.After(registrationBound):
+	}
+	return result
 }
 
 // Checkpoint saves the sandbox into dir, uncompressed (the lifecycle compresses it on

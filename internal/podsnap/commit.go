@@ -19,17 +19,20 @@ import (
 // or deleted.
 var errAbandoned = errors.New("snapshot abandoned: the task was killed or deleted")
 
-// watchCheckpoints waits for the workload's checkpoint of the sandbox and commits it.
+// watchCheckpoints waits for the workload's checkpoint of the sandbox, on the watch
+// armed before the sandbox started, and commits it; cancel ends the watch's `runsc wait`.
 //
 // runsc opens the image files once, when the sandbox is created, and every checkpoint of
 // the sandbox writes into those same files. So the lifecycle commits the first
-// successful checkpoint straight from the checkpoint directory and then stops watching.
-// A failed save (`runsc wait --checkpoint` returns its error while the sandbox keeps
-// running; the workload reads "error") is logged, uploads nothing, and the watch goes on.
-func (p *Pod) watchCheckpoints() {
+// successful checkpoint straight from the checkpoint directory and then stops watching;
+// runsc refuses later triggers (the workload's write fails and it reads "error"). A
+// failed save (the wait returns its error while the sandbox keeps running; the workload
+// reads "error") is logged, uploads nothing, and a new watch is armed.
+func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
+	defer func() { cancel() }() // the watch armed last
 	dir, _ := p.checkpointTarget()
 	for {
-		err := p.sb.WaitCheckpoint(context.Background())
+		err := <-watch
 		if err != nil && !p.savedBeforeStop() {
 			// The wait also fails when the sandbox goes away; its exit follows shortly.
 			select {
@@ -40,6 +43,8 @@ func (p *Pod) watchCheckpoints() {
 			log.L.WithError(err).WithFields(log.Fields{"id": p.sb.ID(), "reason": v1.EventReason}).
 				Warn("podsnapshot: checkpoint failed: the workload read \"error\" and keeps running; nothing uploaded")
 			time.Sleep(100 * time.Millisecond)
+			cancel()
+			watch, cancel = p.armWatch()
 			continue
 		}
 		p.busy.Lock()

@@ -325,11 +325,10 @@ func (p *Pod) startCold(ctx context.Context, d *deferredRestore, why string) {
 		p.failPod(ctx, d, err)
 		return
 	}
-	if err := p.sb.Launch(ctx, ""); err != nil {
+	if err := p.launch(ctx, p.sb); err != nil {
 		p.failPod(ctx, d, err)
 		return
 	}
-	p.running(p.sb)
 	for _, a := range d.arrived {
 		if err := p.enableMemberTrigger(a.t); err != nil {
 			log.G(ctx).WithError(err).WithField("id", a.t.ID()).Warn("the container cannot trigger the pod's checkpoint")

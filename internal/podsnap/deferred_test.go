@@ -120,7 +120,7 @@ func TestDeferredRestoreFallsBackCold(t *testing.T) {
 		if deferred {
 			t.Fatal("a differing server waits for the restore")
 		}
-		if got := pd.sb.callLog(); got != "destroy, writespec, create, start" {
+		if got := pd.sb.callLog(); got != "destroy, writespec, create, watch, start" {
 			t.Fatalf("sandbox calls %q, want a cold re-create", got)
 		}
 		if got := w.callLog(); got != "writespec, create, start" {
@@ -138,7 +138,7 @@ func TestDeferredRestoreFallsBackCold(t *testing.T) {
 		w, _ := pd.join("writer", "/bin/writer")
 		must(t, pd.p.Start(context.Background(), w))
 		must(t, pd.p.AwaitResolved(context.Background(), w))
-		if got := pd.sb.callLog(); got != "destroy, writespec, create, start" {
+		if got := pd.sb.callLog(); got != "destroy, writespec, create, watch, start" {
 			t.Fatalf("sandbox calls %q after the wait ran out", got)
 		}
 		if got := w.callLog(); got != "writespec, create, start" {
@@ -169,7 +169,7 @@ func TestDeferredRestoreFallsBackCold(t *testing.T) {
 		pd := createPod(t, e, "deleted")
 		w, _ := pd.join("writer", "/bin/writer")
 		pd.p.Delete(context.Background(), w)
-		if got := pd.sb.callLog(); got != "destroy, writespec, create, start" {
+		if got := pd.sb.callLog(); got != "destroy, writespec, create, watch, start" {
 			t.Fatalf("sandbox calls %q", got)
 		}
 		if pd.p.memberOf(w) != nil {
@@ -187,7 +187,7 @@ func TestDeferredRestoreFallsBackCold(t *testing.T) {
 		if got := s.callLog(); got != "create, restore, destroy, writespec, create, start" {
 			t.Fatalf("server calls %q", got)
 		}
-		if got := pd.sb.callLog(); got != "restore, destroy, writespec, create, start" {
+		if got := pd.sb.callLog(); got != "restore, destroy, writespec, create, watch, start" {
 			t.Fatalf("sandbox calls %q", got)
 		}
 	})

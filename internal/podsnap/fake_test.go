@@ -138,19 +138,26 @@ func (f *fakeTask) Exited() bool {
 	return f.exited
 }
 
-func (f *fakeTask) WaitCheckpoint(ctx context.Context) error {
-	select {
-	case err := <-f.checkpoints:
-		if err == nil {
-			f.mu.Lock()
-			dir := f.annots[annCheckpointPath]
-			f.mu.Unlock()
-			writeImage(dir, 1<<20)
+func (f *fakeTask) WatchCheckpoint(ctx context.Context) <-chan error {
+	f.record("watch")
+	ch := make(chan error, 1)
+	go func() {
+		select {
+		case err := <-f.checkpoints:
+			if err == nil {
+				f.mu.Lock()
+				dir := f.annots[annCheckpointPath]
+				f.mu.Unlock()
+				writeImage(dir, 1<<20)
+			}
+			ch <- err
+		case <-f.done:
+			ch <- errors.New("fake: sandbox gone")
+		case <-ctx.Done():
+			ch <- ctx.Err()
 		}
-		return err
-	case <-f.done:
-		return errors.New("fake: sandbox gone")
-	}
+	}()
+	return ch
 }
 
 func (f *fakeTask) Checkpoint(ctx context.Context, dir string, leaveRunning bool) error {

@@ -28,8 +28,8 @@ func checkpointWorkload(t *testing.T, e *env, id string) *manifest.Manifest {
 		t.Fatalf("workload trigger annotations = %v", sb.annots)
 	}
 	must(t, p.Start(context.Background(), sb))
-	if got := sb.callLog(); got != "writespec, start" {
-		t.Fatalf("calls = %q, want a plain start", got)
+	if got := sb.callLog(); got != "writespec, watch, start" {
+		t.Fatalf("calls = %q, want the checkpoint watch armed, then a plain start", got)
 	}
 	before := len(e.committed())
 	sb.checkpoints <- nil // the workload writes 1 to /proc/gvisor/checkpoint
@@ -117,7 +117,7 @@ func TestFailedRestoreStartsCold(t *testing.T) {
 	p, sb := e.plan("sb2", "pod-sb2")
 	sb.fail["restore"] = errors.New("runsc restore: boom")
 	must(t, p.Start(context.Background(), sb))
-	if got := sb.callLog(); got != "restore, destroy, writespec, create, start" {
+	if got := sb.callLog(); got != "restore, destroy, writespec, create, watch, start" {
 		t.Fatalf("calls = %q, want restore then a cold re-create", got)
 	}
 	if p.Restores() {
@@ -146,7 +146,7 @@ func TestCorruptSnapshotStartsColdAndIsMarkedFailed(t *testing.T) {
 
 	p, sb := e.plan("sb2", "pod-sb2")
 	must(t, p.Start(context.Background(), sb))
-	if got := sb.callLog(); got != "destroy, writespec, create, start" {
+	if got := sb.callLog(); got != "destroy, writespec, create, watch, start" {
 		t.Fatalf("calls = %q, want a cold re-create with the trigger", got)
 	}
 	got, err := e.repo().Get(context.Background(), "default", "my-app", m.UUID)

@@ -84,23 +84,37 @@ func (p *Pod) restoreOrStart(ctx context.Context) error {
 	return p.launch(ctx, p.sb)
 }
 
-// launch starts a task of the pod and watches it (p.running).
+// launch starts a task of the pod (`runsc start`) and watches it. For a sandbox whose
+// workload may checkpoint itself, the checkpoint watch is armed first: a workload that
+// triggers the moment it runs is then never missed.
 func (p *Pod) launch(ctx context.Context, t Task) error {
+	var watch <-chan error
+	cancel := func() {}
+	if _, ok := p.checkpointTarget(); ok && t == p.sb {
+		watch, cancel = p.armWatch()
+	}
 	if err := t.Launch(ctx, ""); err != nil {
+		cancel()
 		return err
 	}
 	p.running(t)
+	if watch != nil {
+		go p.watchCheckpoints(watch, cancel)
+	}
 	return nil
 }
 
-// running reports task t running and watches it: its exit, and for a sandbox whose
-// workload may checkpoint, the workload's checkpoints.
+// armWatch starts a watch for the workload's next checkpoint of the sandbox; cancel
+// ends it.
+func (p *Pod) armWatch() (<-chan error, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	return p.sb.WatchCheckpoint(ctx), cancel
+}
+
+// running reports task t running and watches its exit.
 func (p *Pod) running(t Task) {
 	t.Started()
 	t.Watch()
-	if _, ok := p.checkpointTarget(); ok && t == p.sb {
-		go p.watchCheckpoints()
-	}
 }
 
 // recreate replaces a created (or half-restored) sandbox with a fresh `runsc create` from

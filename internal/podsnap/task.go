@@ -45,9 +45,12 @@ type Task interface {
 
 	// Sandbox tasks only: the root container of the runsc sandbox.
 
-	// WaitCheckpoint blocks until the workload's next checkpoint of the sandbox is over
-	// (`runsc wait --checkpoint`); an error is a failed save, or the sandbox gone.
-	WaitCheckpoint(ctx context.Context) error
+	// WatchCheckpoint starts waiting for the workload's next checkpoint of the sandbox
+	// (`runsc wait --checkpoint`) and returns once gVisor has registered the wait; the
+	// channel then receives nil for a completed save, or an error for a failed save or
+	// the sandbox gone. gVisor waits for the checkpoint after the current one, so a watch
+	// must be armed before the workload can trigger: before `runsc start`.
+	WatchCheckpoint(ctx context.Context) <-chan error
 	// Checkpoint saves the sandbox into dir (`runsc checkpoint`, uncompressed);
 	// leaveRunning keeps it running afterwards (postCheckpoint resume).
 	Checkpoint(ctx context.Context, dir string, leaveRunning bool) error

@@ -23,7 +23,7 @@ func (r *Runsc) do(ctx context.Context, name string, sub []string, io IO) ([]byt
 	if io != nil {
 		io.Set(cmd)
 	}
-	return r.run(cmd, name)
+	return r.run(cmd, name, nil)
 }
 
 // Create runs `runsc create` for the container id from the OCI bundle directory.
@@ -63,7 +63,7 @@ type WaitResult struct {
 // then not parsed: runsc reports the event, not an exit).
 func (r *Runsc) Wait(ctx context.Context, id string, o WaitOpts) (int, error) {
 	sub := o.args(id)
-	out, err := r.do(ctx, strings.Join(sub, " "), sub, nil) // e.g. "wait --checkpoint c1"
+	out, err := r.run(r.command(ctx, sub), strings.Join(sub, " "), o.Started) // e.g. "wait --checkpoint c1"
 	if err != nil {
 		return -1, err
 	}
@@ -179,7 +179,7 @@ func (r *Runsc) Update(ctx context.Context, id string, o UpdateOpts) error {
 	}
 	cmd := r.command(ctx, o.args(id))
 	cmd.Stdin = bytes.NewReader(data)
-	_, err = r.run(cmd, "update "+id)
+	_, err = r.run(cmd, "update "+id, nil)
 	return err
 }
 

@@ -107,6 +107,10 @@ type WaitOpts struct {
 	Checkpoint bool
 	// Restore waits for the sandbox's restore to complete instead.
 	Restore bool
+	// Started, when set, is called with the pid of the `runsc wait` process once it
+	// runs: a caller that must know when the wait reaches the sandbox (gVisor waits for
+	// the checkpoint after the one current when the request arrives) watches it.
+	Started func(pid int)
 }
 
 func (o WaitOpts) args(id string) []string {

@@ -85,7 +85,8 @@ func (r *Runsc) monitor() runc.ProcessMonitor {
 // run starts cmd, waits for it through the monitor and, when it fails, returns an error
 // naming the subcommand and the last error runsc logged. If cmd has no Stdout or Stderr
 // of its own, they are captured: stdout is returned, stderr feeds the error message.
-func (r *Runsc) run(cmd *exec.Cmd, name string) ([]byte, error) {
+// started, when set, gets the child's pid once it runs.
+func (r *Runsc) run(cmd *exec.Cmd, name string, started func(pid int)) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	if cmd.Stdout == nil {
 		cmd.Stdout = &stdout
@@ -97,6 +98,9 @@ func (r *Runsc) run(cmd *exec.Cmd, name string) ([]byte, error) {
 	ec, err := r.monitor().Start(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("runsc %s: start %s: %w", name, r.Path, err)
+	}
+	if started != nil {
+		started(cmd.Process.Pid)
 	}
 	status, err := r.monitor().Wait(cmd, ec)
 	if err == nil && status != 0 {
