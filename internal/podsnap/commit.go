@@ -42,6 +42,9 @@ func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 			}
 			log.L.WithError(err).WithFields(log.Fields{"id": p.sb.ID(), "reason": v1.EventReason}).
 				Warn("podsnapshot: checkpoint failed: the workload read \"error\" and keeps running; nothing uploaded")
+			// What the failed save wrote is of no use; runsc keeps the files open for the
+			// next save, so they are emptied, not removed, and a full disk is full no more.
+			discardImage(dir, true)
 			time.Sleep(100 * time.Millisecond)
 			cancel()
 			watch, cancel = p.armWatch()
@@ -74,6 +77,21 @@ func (p *Pod) savedBeforeStop() bool {
 		return false
 	}
 	return p.imageWritten()
+}
+
+// discardImage frees the disk a checkpoint image in dir holds: its files are emptied
+// (runsc may hold them open, and emptying frees their blocks where removing would not)
+// and, unless keep is set, removed with dir.
+func discardImage(dir string, keep bool) {
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Type().IsRegular() {
+			_ = os.Truncate(filepath.Join(dir, e.Name()), 0)
+		}
+	}
+	if !keep {
+		os.RemoveAll(dir)
+	}
 }
 
 // imageWritten reports whether the workload-trigger image holds a saved checkpoint.
@@ -139,6 +157,7 @@ func (p *Pod) commit(dir string) (*manifest.Manifest, error) {
 	key, members, infos, err := p.podKey()
 	if err != nil {
 		log.L.WithError(err).WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
+		discardImage(dir, false)
 		return nil, err
 	}
 	m := manifest.New(p.namespace, p.policyName(), key, p.tuple, t0)
@@ -152,6 +171,9 @@ func (p *Pod) commit(dir string) (*manifest.Manifest, error) {
 	m.Source.Containers = append(m.Source.Containers[:1:1], infos...)
 	if err := p.repo.Commit(ctx, m, dir); err != nil {
 		log.L.WithError(err).WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
+		// A snapshot that cannot be stored is lost either way (no other upload of it
+		// follows): its image must not keep the node's disk full until the pod goes.
+		discardImage(dir, false)
 		return nil, err
 	}
 	if err := os.RemoveAll(dir); err != nil {

@@ -350,3 +350,44 @@ func TestDropInternalAnnotations(t *testing.T) {
 		t.Fatalf("nothing to drop: %v, %v", dropped, err)
 	}
 }
+
+// A failed save frees the disk its partial image held at once (the files stay, emptied,
+// for runsc's next save), and a later save is still committed.
+func TestFailedSaveEmptiesItsImage(t *testing.T) {
+	e := newEnv(t, "workload", "resume")
+	p, sb := e.plan("sb1", "pod")
+	must(t, p.Start(context.Background(), sb))
+	dir, _ := p.checkpointTarget()
+	writeImage(dir, 4<<20) // what the failed save wrote before it failed
+	sb.checkpoints <- errors.New("no space left on device")
+	eventually(t, "the partial image emptied", func() bool {
+		fi, err := os.Stat(filepath.Join(dir, "pages.img"))
+		return err == nil && fi.Size() == 0
+	})
+	sb.checkpoints <- nil
+	eventually(t, "the next save's commit", func() bool { return len(e.committed()) == 1 })
+}
+
+// A checkpoint whose commit fails does not keep its image on the node until the pod goes.
+func TestFailedCommitRemovesItsImage(t *testing.T) {
+	e := newEnv(t, "manual", "resume")
+	p, sb := e.plan("sb1", "pod")
+	must(t, p.Start(context.Background(), sb))
+	lookup := e.node.Lookup
+	e.node.Lookup = func(ctx context.Context, id string) (Record, error) {
+		return Record{}, errors.New("containerd is gone")
+	}
+	if p.Join(context.Background(), newFakeTask("c1"), containerSpec("c1", "/bin/c1")) {
+		t.Fatal("a container waits in a pod that does not restore")
+	}
+	e.node.Lookup = lookup
+	if _, err := p.Checkpoint(context.Background()); err == nil || !strings.Contains(err.Error(), "containerd is gone") {
+		t.Fatalf("commit of a pod whose container has no key: %v", err)
+	}
+	entries, _ := os.ReadDir(p.workDir)
+	for _, en := range entries {
+		if strings.HasPrefix(en.Name(), "manual-") {
+			t.Fatalf("the failed checkpoint's image %s is still on the node", en.Name())
+		}
+	}
+}
