@@ -375,3 +375,52 @@ func TestConcurrentLookups(t *testing.T) {
 		<-done
 	}
 }
+
+// Issue 14 item 8: a 400 MB policy file took 118 s and 3 GiB at every reload. A file over
+// MaxFileSize is skipped unread, with an error naming it and its size; the others load.
+func TestOversizedFileSkipped(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "a.yaml"), storeDoc+policyDoc("ns", "p", "{}", ""))
+	huge := filepath.Join(dir, "huge.yaml")
+	writeFile(t, huge, policyDoc("ns", "q", "{}", ""))
+	if err := os.Truncate(huge, 400<<20); err != nil { // sparse: no disk, but 400 MB to read
+		t.Fatal(err)
+	}
+	// Exactly MaxFileSize bytes is still read.
+	edge := strings.Replace(storeDoc, "name: store", "name: store2", 1) + policyDoc("edge", "p", "{}", "") + "#"
+	edge += strings.Repeat("x", MaxFileSize-len(edge)-1) + "\n"
+	writeFile(t, filepath.Join(dir, "edge.yaml"), edge)
+
+	t0 := time.Now()
+	set := Load(dir)
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("Load took %v", d)
+	}
+	if len(set.Errors) != 1 || !strings.Contains(set.Errors[0].Error(), huge+": 419430400 bytes, over the 1048576-byte limit") {
+		t.Fatalf("errors = %v", set.Errors)
+	}
+	if got := policyIDs(set); !reflect.DeepEqual(got, []string{"edge/p", "ns/p"}) {
+		t.Fatalf("policies = %v", got)
+	}
+}
+
+// Issue 14 item 8: the error of a bad document echoed the whole value. Values are quoted
+// up to v1.MaxQuotedValue bytes.
+func TestErrorsQuoteShortValues(t *testing.T) {
+	big := strings.Repeat("x", 200_000) // four of them fit a policy file
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "p.yaml"), storeDoc+
+		strings.Replace(policyDoc("ns", "p", "{}", ""), "type: workload", "type: "+big, 1)+
+		policyDoc("ns", big, "{}", "")+
+		policyDoc(big, "p", "{}", "")+
+		policyDoc("ns", "r", "{}", "")+"  retentionConfig: {lastAccessTimeout: "+big+"}\n")
+	set := Load(dir)
+	if len(set.Errors) != 4 {
+		t.Fatalf("errors = %d, want 4: %.2000v", len(set.Errors), set.Errors)
+	}
+	for _, err := range set.Errors {
+		if msg := err.Error(); len(msg) > 1024 || !strings.Contains(msg, strings.Repeat("x", v1.MaxQuotedValue)+"…") {
+			t.Errorf("%d bytes: %.1100s", len(msg), msg)
+		}
+	}
+}

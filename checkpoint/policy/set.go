@@ -2,15 +2,17 @@
 // PodSnapshotPolicies.
 //
 // Every *.yaml and *.yml file directly in the directory (not in subdirectories, not hidden
-// files) is read, in name order, as a stream of documents. A bad document is skipped and
+// files) of at most MaxFileSize bytes is read, in name order, as a stream of documents. A bad document is skipped and
 // recorded as an error naming file, document, object and field; everything else keeps
 // working. A Loader notices changed, added and removed files at lookup time, without a
 // restart.
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -25,6 +27,10 @@ import (
 
 // DefaultDir is the policy directory when none is configured.
 const DefaultDir = "/etc/podsnapshot"
+
+// MaxFileSize is the largest policy file read, in bytes: a ConfigMap's limit. A larger
+// file is skipped with an error, without reading it.
+const MaxFileSize = 1 << 20
 
 // Entry is one usable policy: valid, with an existing storage config.
 type Entry struct {
@@ -71,8 +77,9 @@ type located struct {
 // directory or file, and every bad document, is an entry of Set.Errors. Besides the errors
 // of v1.Decode, these documents are skipped with an error: a kind other than
 // PodSnapshotPolicy and PodSnapshotStorageConfig, a second object of the same kind and
-// name, and a policy whose storageConfigName names no valid storage config
-// (`spec.storageConfigName: Not found: "x"`).
+// name, a policy whose storageConfigName names no valid storage config
+// (`spec.storageConfigName: Not found: "x"`), and every document of a file larger than
+// MaxFileSize (`p.yaml: 419430400 bytes, over the 1048576-byte limit of a policy file`).
 func Load(dir string) *Set {
 	s := &Set{Dir: dir, StorageConfigs: map[string]*v1.PodSnapshotStorageConfig{}}
 	files, fileErrs, err := policyFiles(dir)
@@ -87,7 +94,7 @@ func Load(dir string) *Set {
 	configOrigin := map[string]located{}
 	policyOrigin := map[string]located{}
 	for _, f := range files {
-		docs, errs := v1.DecodeFile(f.path)
+		docs, errs := decodeFile(f)
 		s.Errors = append(s.Errors, errs...)
 		for _, d := range docs {
 			l := located{obj: d.Object, file: d.File, document: d.Index}
@@ -155,7 +162,7 @@ func docError(l located, fe *field.Error) error {
 	return &v1.DocumentError{
 		File: l.file, Index: l.document,
 		Kind: l.obj.GetObjectKind().GroupVersionKind().Kind, Namespace: l.obj.GetNamespace(), Name: l.obj.GetName(),
-		Err: field.ErrorList{fe}.ToAggregate(),
+		Err: v1.ShortenFieldErrors(field.ErrorList{fe}).ToAggregate(),
 	}
 }
 
@@ -182,6 +189,36 @@ func sortErrors(errs []error) {
 		}
 		return di < dj
 	})
+}
+
+// decodeFile decodes f with v1.DecodeAll, unless it holds more than MaxFileSize bytes
+// (when listed, or when read: it may have grown since): then it is one error naming it and
+// its size, and at most MaxFileSize+1 bytes of it were read.
+func decodeFile(f policyFile) ([]v1.Document, []error) {
+	tooLarge := func(size int64) []error {
+		return []error{&v1.DocumentError{File: f.path,
+			Err: fmt.Errorf("%d bytes, over the %d-byte limit of a policy file (a ConfigMap's); skipped", size, MaxFileSize)}}
+	}
+	if f.info.Size() > MaxFileSize {
+		return nil, tooLarge(f.info.Size())
+	}
+	file, err := os.Open(f.path)
+	if err != nil {
+		return nil, []error{&v1.DocumentError{File: f.path, Err: err}}
+	}
+	defer file.Close()
+	data, err := io.ReadAll(io.LimitReader(file, MaxFileSize+1))
+	if err != nil {
+		return nil, []error{&v1.DocumentError{File: f.path, Err: err}}
+	}
+	if len(data) > MaxFileSize {
+		size := int64(len(data))
+		if fi, err := file.Stat(); err == nil {
+			size = fi.Size()
+		}
+		return nil, tooLarge(size)
+	}
+	return v1.DecodeAll(f.path, bytes.NewReader(data))
 }
 
 type policyFile struct {

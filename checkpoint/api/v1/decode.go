@@ -35,6 +35,9 @@ type DocumentError struct {
 	Err error
 }
 
+// Error is the text shown above. Kind, namespace and name are quoted up to
+// MaxQuotedValue bytes each and the cause up to 4 KiB (see Truncate): a document's
+// values never make the text long.
 func (e *DocumentError) Error() string {
 	var b strings.Builder
 	if e.File != "" {
@@ -44,16 +47,16 @@ func (e *DocumentError) Error() string {
 		fmt.Fprintf(&b, "document %d: ", e.Index)
 	}
 	if e.Kind != "" {
-		b.WriteString(e.Kind + " ")
+		b.WriteString(Truncate(e.Kind, MaxQuotedValue) + " ")
 		if e.Name != "" {
-			id := e.Name
+			id := Truncate(e.Name, MaxQuotedValue)
 			if e.Namespace != "" {
-				id = e.Namespace + "/" + e.Name
+				id = Truncate(e.Namespace, MaxQuotedValue) + "/" + id
 			}
 			fmt.Fprintf(&b, "%q: ", id)
 		}
 	}
-	b.WriteString(e.Err.Error())
+	b.WriteString(Truncate(e.Err.Error(), maxCause))
 	return b.String()
 }
 
@@ -144,7 +147,7 @@ type header struct {
 // field "spec.foo"`). It then applies SetDefaults and Validate. apiVersion must be
 // podsnapshot.gke.io/v1 or podsnapshot.gke.io/v1alpha1 (kept as written). Errors are
 // *DocumentError carrying the kind and name when known; Err is the validation
-// field.ErrorList as an aggregate, or the decode error.
+// field.ErrorList (values cut by ShortenFieldErrors) as an aggregate, or the decode error.
 func Decode(data []byte) (Object, error) {
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
@@ -157,7 +160,7 @@ func Decode(data []byte) (Object, error) {
 	de := &DocumentError{Kind: h.Kind, Namespace: h.Metadata.Namespace, Name: h.Metadata.Name}
 	if errs := checkTypeMeta(h.TypeMeta); len(errs) > 0 {
 		de.Kind = ""
-		de.Err = errs.ToAggregate()
+		de.Err = ShortenFieldErrors(errs).ToAggregate()
 		return nil, de
 	}
 	var obj Object
@@ -187,7 +190,7 @@ func Decode(data []byte) (Object, error) {
 	SetDefaults(obj)
 	de.Namespace = obj.GetNamespace()
 	if errs := Validate(obj); len(errs) > 0 {
-		de.Err = errs.ToAggregate()
+		de.Err = ShortenFieldErrors(errs).ToAggregate()
 		return nil, de
 	}
 	return obj, nil

@@ -2,6 +2,7 @@ package v1
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -197,5 +198,33 @@ func TestPolicyHelpers(t *testing.T) {
 	obj, _ = Decode([]byte(policy(okSpec)))
 	if r, err := obj.(*PodSnapshotPolicy).RetentionRules(); err != nil || r != (retention.Rules{}) {
 		t.Errorf("no retention: %+v, %v", r, err)
+	}
+}
+
+// Issue 14 item 8: an error quoted the whole value of a field, a name or a kind.
+func TestErrorsQuoteShortValues(t *testing.T) {
+	big := strings.Repeat("x", 100_000)
+	short := strings.Repeat("x", MaxQuotedValue) + "…"
+	for name, doc := range map[string]string{
+		"unsupported value": policy("  storageConfigName: s\n  selector: {}\n  triggerConfig: {type: " + big + "}\n"),
+		"name":              strings.Replace(policy(okSpec), "name: p", "name: "+big, 1),
+		"namespace":         strings.Replace(policy(okSpec), "namespace: ns", "namespace: "+big, 1),
+		"kind":              strings.Replace(policy(okSpec), "PodSnapshotPolicy", big, 1),
+		"apiVersion":        strings.Replace(policy(okSpec), "podsnapshot.gke.io/v1", big, 1),
+		"bucket":            "apiVersion: podsnapshot.gke.io/v1\nkind: PodSnapshotStorageConfig\nmetadata: {name: s}\nspec: {snapshotStorageConfig: {gcs: {bucket: " + big + "}}}\n",
+		"group label":       policy(okSpec + "  snapshotGroupingRules: {groupByLabelValue: {labels: [" + big + "]}}\n"),
+	} {
+		_, err := Decode([]byte(doc))
+		if err == nil || len(err.Error()) > 2048 || !strings.Contains(err.Error(), short) {
+			t.Errorf("%s: %d bytes: %.300v", name, len(fmt.Sprint(err)), err)
+		}
+	}
+	if got := Truncate("ééé", 3); got != "é…" {
+		t.Errorf("Truncate cut a character: %q", got)
+	}
+	// A cause of any length is cut too.
+	de := &DocumentError{File: "f", Err: errors.New(big)}
+	if n := len(de.Error()); n > 4200 {
+		t.Errorf("DocumentError of %d bytes", n)
 	}
 }
