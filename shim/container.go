@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -107,7 +108,7 @@ func (c *container) kill(ctx context.Context, signal int, all bool) error {
 	if c.pod.Kill(ctx, c, signal, !st.created()) {
 		return nil // it waited for its pod's restore: it ended without runsc
 	}
-	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	kctx, cancel := context.WithTimeout(ctx, runscBound)
 	defer cancel()
 	if st.created() {
 		// A container that never started has no process to signal; after the kill it
@@ -116,22 +117,28 @@ func (c *container) kill(ctx context.Context, signal int, all bool) error {
 		c.Exit(128 + signal)
 		return nil
 	}
-	if err := c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: signal, All: all}); err != nil {
-		if c.pod.StoppedByCheckpoint(c) {
-			// The sandbox is gone, stopped by its checkpoint; the task ends as soon
-			// as the abandoned upload has stopped: the kill did its job.
-			return nil
-		}
-		// runsc cannot signal a process that has just exited; give its exit a moment to
-		// be recorded, so the caller gets NotFound rather than runsc's error.
-		select {
-		case <-c.init.done:
-			return fmt.Errorf("%w: container %s already finished", errdefs.ErrNotFound, c.id)
-		case <-time.After(2 * time.Second):
-		}
-		return err
+	err := c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: signal, All: all})
+	if err == nil {
+		return nil
 	}
-	return nil
+	if c.pod.StoppedByCheckpoint(c) {
+		// The sandbox is gone, stopped by its checkpoint; the task ends as soon as the
+		// abandoned upload has stopped: the kill did its job.
+		return nil
+	}
+	if kctx.Err() == context.DeadlineExceeded && c.sandbox && signal == int(syscall.SIGKILL) {
+		// The sandbox does not answer (stopped, or stuck): end it by pid.
+		c.forceKill(err)
+		return nil
+	}
+	// runsc cannot signal a process that has just exited; give its exit a moment to be
+	// recorded, so the caller gets NotFound rather than runsc's error.
+	select {
+	case <-c.init.done:
+		return fmt.Errorf("%w: container %s already finished", errdefs.ErrNotFound, c.id)
+	case <-time.After(2 * time.Second):
+	}
+	return err
 }
 
 // delete removes an exited or never-started container from runsc, ends its snapshot
@@ -170,6 +177,8 @@ func (c *container) pause(ctx context.Context) error {
 	if st := c.init.info().state; !st.can(statePaused) {
 		return errTransition("container "+c.id, st, "pause")
 	}
+	ctx, cancel := context.WithTimeout(ctx, runscBound)
+	defer cancel()
 	if err := r.Pause(ctx, c.id, runsc.PauseOpts{}); err != nil {
 		return err
 	}
@@ -185,6 +194,8 @@ func (c *container) resume(ctx context.Context) error {
 	if st := c.init.info().state; st != statePaused {
 		return errTransition("container "+c.id, st, "resume")
 	}
+	ctx, cancel := context.WithTimeout(ctx, runscBound)
+	defer cancel()
 	if err := r.Resume(ctx, c.id, runsc.ResumeOpts{}); err != nil {
 		return err
 	}

@@ -73,7 +73,7 @@ func (s *Service) killExec(ctx context.Context, c *container, p *process, signal
 	if internalPid == 0 {
 		return fmt.Errorf("%w: exec %s has not started", errdefs.ErrFailedPrecondition, p.execID)
 	}
-	kctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	kctx, cancel := context.WithTimeout(ctx, runscBound)
 	defer cancel()
 	if err := c.runsc.Kill(kctx, c.id, runsc.KillOpts{Signal: signal, Pid: internalPid}); err != nil {
 		// runsc cannot signal a process that has just exited; give its exit a moment to

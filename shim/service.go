@@ -443,6 +443,8 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, runscBound)
+	defer cancel()
 	pids, err := rs.Ps(ctx, c.id, runsc.PsOpts{})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
@@ -502,6 +504,8 @@ func (s *Service) Update(ctx context.Context, r *taskAPI.UpdateTaskRequest) (*pt
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, runscBound)
+	defer cancel()
 	if err := rs.Update(ctx, c.id, runsc.UpdateOpts{Resources: &res}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
@@ -534,6 +538,8 @@ func (s *Service) Stats(ctx context.Context, r *taskAPI.StatsRequest) (*taskAPI.
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}
+	ctx, cancel := context.WithTimeout(ctx, runscBound)
+	defer cancel()
 	st, err := rs.Stats(ctx, c.id, runsc.StatsOpts{})
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
