@@ -272,3 +272,47 @@ func TestDisabledCacheHandsOverAPrivateDir(t *testing.T) {
 		t.Fatalf("private copy removed: %v", err)
 	}
 }
+
+// Concurrent fills (the shims of one node) of one key leave one entry; of many keys they
+// never take the cache over its limit.
+func TestConcurrentFills(t *testing.T) {
+	c := &Cache{Dir: t.TempDir(), MaxBytes: 5000}
+	done := make(chan error)
+	for range 4 {
+		go func() {
+			dir, cached, err := c.Fill(key("same"), 1000, fill(1000))
+			if err == nil && (!cached || dir != filepath.Join(c.Dir, key("same"))) {
+				err = errors.New("not the entry: " + dir)
+			}
+			done <- err
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	for i := range 8 {
+		go func() {
+			_, _, err := c.Fill(key(string(rune('a'+i))), 1500, fill(1500))
+			if errors.Is(err, ErrNoRoom) {
+				err = nil
+			}
+			done <- err
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	if n := held(t, c); n > c.MaxBytes {
+		t.Fatalf("cache holds %d bytes, limit %d", n, c.MaxBytes)
+	}
+	names, _ := os.ReadDir(c.Dir)
+	for _, n := range names {
+		if strings.HasPrefix(n.Name(), ".") && n.Name() != LockFile {
+			t.Errorf("left behind: %s", n.Name())
+		}
+	}
+}
