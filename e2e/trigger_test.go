@@ -32,3 +32,31 @@ func TestImmediateTriggerIsCommitted(t *testing.T) {
 		e.remove(id)
 	}
 }
+
+// TestSecondTriggerIsRefused: runsc saves a sandbox once (it opened the image files at
+// create). After the first checkpoint is committed, a second write of 1 fails and the
+// workload reads no "resume"; nothing more is uploaded and the shim logs no failed
+// checkpoint for it.
+func TestSecondTriggerIsRefused(t *testing.T) {
+	e := newEnv(t, localStore)
+	log := e.start("twice", myApp, "slowinit", "-mib", "1", "-seconds", "0", "-checkpoint")
+	harness.WaitForOutput(t, log, "checkpoint result: resume", time.Minute)
+	first := e.committed("twice")
+	trigger := `exec 3<>/proc/gvisor/checkpoint || { echo open-failed; exit 0; }
+echo 1 >&3 || { echo write-failed; exit 0; }
+read -r r <&3; echo "result: $r"`
+	r := e.cd.Ctr(t, "task", "exec", "--exec-id", "again", "twice", "sh", "-c", trigger)
+	out := strings.TrimSpace(r.Stdout)
+	t.Logf("second trigger: %q (exit %d)", out, r.ExitCode)
+	if strings.Contains(out, "resume") {
+		t.Fatalf("a second checkpoint of the sandbox saved: %q", out)
+	}
+	time.Sleep(2 * time.Second)
+	if n := len(e.snapshots()); n != 1 {
+		t.Fatalf("%d snapshots after a refused second trigger, want only %s", n, first.UUID)
+	}
+	if line := e.logLine("twice", "checkpoint failed"); line != "" {
+		t.Fatalf("the shim logged a failed checkpoint for the refused trigger: %s", line)
+	}
+	e.remove("twice")
+}
