@@ -8,6 +8,11 @@
 // writers exactly one wins. The CRC32C of each object is kept in the user xattr
 // "user.podsnapshot.crc32c" where the filesystem allows it and checked on Get.
 //
+// Names are resolved beneath the root without following symbolic links (beneath.go): a
+// link in the store is an error wrapping ErrSymlink, a FIFO, device or socket one wrapping
+// ErrNotRegular, and List enters no linked directory. StaleTemps and DeleteTemp let
+// podsnapshot gc remove the temporary files of writes that died.
+//
 // Importing the package registers the "file" URL scheme with storage.Open.
 package local
 
@@ -25,6 +30,7 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/storage"
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 )
 
 func init() {
@@ -71,6 +77,8 @@ func (s *Store) URL(name string) string {
 	return "file://" + s.root + "/" + name
 }
 
+// path is the object's path, for messages and file names only: every file operation
+// resolves the name beneath the root (beneath.go).
 func (s *Store) path(name string) string { return filepath.Join(s.root, filepath.FromSlash(name)) }
 
 func (s *Store) check(name string) error {
@@ -120,18 +128,42 @@ func (s *Store) GetRange(ctx context.Context, name string, off, length int64) (i
 	return &fileReader{ctx: ctx, f: f, url: s.URL(name), off: off, left: length, ranged: true}, nil
 }
 
+// open opens the regular file of name beneath the root for reading (see beneath.go).
 func (s *Store) open(name string) (*os.File, os.FileInfo, error) {
 	if err := s.check(name); err != nil {
 		return nil, nil, err
 	}
-	f, err := os.Open(s.path(name))
+	rootfd, err := s.openRoot()
 	if err != nil {
 		return nil, nil, s.pathErr(name, err)
 	}
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fs.ErrNotExist
+	defer unix.Close(rootfd)
+	return s.openAt(rootfd, name, name)
+}
+
+// openAt opens rel below the directory fd for reading, as the object name. O_NONBLOCK
+// keeps the open of a FIFO from waiting for a writer, O_NOCTTY a terminal from becoming
+// ours; anything but a regular file is closed again and refused.
+func (s *Store) openAt(fd int, rel, name string) (*os.File, os.FileInfo, error) {
+	ofd, err := openBeneath(fd, rel, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, s.pathErr(name, err)
 	}
+	var st unix.Stat_t
+	if err := unix.Fstat(ofd, &st); err != nil {
+		unix.Close(ofd)
+		return nil, nil, s.pathErr(name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(ofd)
+		return nil, nil, s.notRegular(name, st.Mode)
+	}
+	if err := unix.SetNonblock(ofd, false); err != nil {
+		unix.Close(ofd)
+		return nil, nil, s.pathErr(name, err)
+	}
+	f := os.NewFile(uintptr(ofd), s.path(name))
+	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
 		return nil, nil, s.pathErr(name, err)
@@ -139,10 +171,24 @@ func (s *Store) open(name string) (*os.File, os.FileInfo, error) {
 	return f, fi, nil
 }
 
-// pathErr names the object and maps a missing file to storage.ErrNotFound.
+// notRegular is the error for an object name that is not a regular file: a directory is
+// only not an object (ErrNotFound), anything else is refused (ErrNotRegular).
+func (s *Store) notRegular(name string, mode uint32) error {
+	if mode&unix.S_IFMT == unix.S_IFDIR {
+		return fmt.Errorf("%w (%s)", storage.NotFound(s.URL(name)), fileKind(mode))
+	}
+	return fmt.Errorf("%s: %w but %s", s.URL(name), ErrNotRegular, fileKind(mode))
+}
+
+// pathErr names the object and maps a missing file to storage.ErrNotFound and a symbolic
+// link in its path (ELOOP from O_NOFOLLOW or RESOLVE_NO_SYMLINKS, EXDEV from
+// RESOLVE_BENEATH) to ErrSymlink.
 func (s *Store) pathErr(name string, err error) error {
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotDir) {
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, errNotDir):
 		return storage.NotFound(s.URL(name))
+	case errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV):
+		return fmt.Errorf("%s: %w", s.URL(name), ErrSymlink)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
@@ -160,67 +206,54 @@ func (s *Store) Stat(_ context.Context, name string) (storage.ObjectInfo, error)
 }
 
 func (s *Store) stat(name string) (storage.ObjectInfo, error) {
-	p := s.path(name)
-	fi, err := os.Stat(p)
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fs.ErrNotExist
-	}
+	f, fi, err := s.open(name)
 	if err != nil {
-		return storage.ObjectInfo{}, s.pathErr(name, err)
+		return storage.ObjectInfo{}, err
 	}
-	info := storage.ObjectInfo{Name: name, Size: fi.Size(), Updated: fi.ModTime()}
-	info.CRC32C, info.HasCRC32C = getCRCPath(p)
-	return info, nil
+	defer f.Close()
+	return fileInfo(name, f, fi), nil
 }
 
-// List walks the directories that can hold names starting with prefix.
+// fileInfo is the ObjectInfo of the open object file f.
+func fileInfo(name string, f *os.File, fi os.FileInfo) storage.ObjectInfo {
+	info := storage.ObjectInfo{Name: name, Size: fi.Size(), Updated: fi.ModTime()}
+	info.CRC32C, info.HasCRC32C = getCRC(f)
+	return info
+}
+
+// List walks the directories that can hold names starting with prefix. It lists regular
+// files only and does not enter symbolically linked directories.
 func (s *Store) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, error) {
-	start := s.root
+	start := ""
 	if i := strings.LastIndex(prefix, "/"); i >= 0 {
 		if err := storage.CheckName(prefix[:i]); err != nil { // also keeps the walk under root
 			return nil, fmt.Errorf("list %s*: %w", s.URL(prefix), err)
 		}
-		start = s.path(prefix[:i])
+		start = prefix[:i]
+	}
+	rootfd, err := s.openRoot()
+	if err != nil {
+		return nil, fmt.Errorf("list %s*: %w", s.URL(prefix), err)
+	}
+	defer unix.Close(rootfd)
+	// Descend only where names below can still match the prefix.
+	enter := func(rel string) bool {
+		return !storage.IsTemp(rel) && (strings.HasPrefix(rel+"/", prefix) || strings.HasPrefix(prefix, rel+"/"))
 	}
 	var out []storage.ObjectInfo
-	err := filepath.WalkDir(start, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if p == start && errors.Is(err, fs.ErrNotExist) {
-				return fs.SkipAll
-			}
+	err = walk(ctx, rootfd, start, enter, func(dirfd int, rel string, d fs.DirEntry) error {
+		if !d.Type().IsRegular() || !strings.HasPrefix(rel, prefix) || storage.IsTemp(rel) {
+			return nil
+		}
+		f, fi, err := s.openAt(dirfd, d.Name(), rel)
+		switch {
+		case errors.Is(err, storage.ErrNotFound), errors.Is(err, ErrNotRegular), errors.Is(err, ErrSymlink):
+			return nil // deleted or replaced meanwhile
+		case err != nil:
 			return err
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if p == s.root {
-			return nil
-		}
-		rel := filepath.ToSlash(strings.TrimPrefix(p, s.root+string(filepath.Separator)))
-		if strings.HasPrefix(d.Name(), storage.TempPrefix) {
-			if d.IsDir() {
-				return fs.SkipDir
-			}
-			return nil
-		}
-		if d.IsDir() {
-			// Descend only where names below can still match the prefix.
-			if !strings.HasPrefix(rel+"/", prefix) && !strings.HasPrefix(prefix, rel+"/") {
-				return fs.SkipDir
-			}
-			return nil
-		}
-		if !d.Type().IsRegular() || !strings.HasPrefix(rel, prefix) {
-			return nil
-		}
-		info, err := s.stat(rel)
-		if errors.Is(err, storage.ErrNotFound) {
-			return nil // deleted meanwhile
-		}
-		if err != nil {
-			return err
-		}
-		out = append(out, info)
+		defer f.Close()
+		out = append(out, fileInfo(rel, f, fi))
 		return nil
 	})
 	if err != nil {
@@ -230,24 +263,60 @@ func (s *Store) List(ctx context.Context, prefix string) ([]storage.ObjectInfo, 
 	return out, nil
 }
 
-// Delete removes the object, then any directories it leaves empty below the root.
+// Delete removes the object, then any directories it leaves empty below the root. A
+// symbolic link or other non-directory entry at name is removed as the entry it is
+// (never what it points to); a symbolic link in the path before it is refused.
 func (s *Store) Delete(_ context.Context, name string) error {
 	if err := s.check(name); err != nil {
 		return err
 	}
-	p := s.path(name)
-	if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
-		return storage.NotFound(s.URL(name))
-	}
-	if err := os.Remove(p); err != nil {
+	return s.remove(name)
+}
+
+// remove unlinks name (checked by the caller) beneath the root and prunes the emptied
+// directories.
+func (s *Store) remove(name string) error {
+	rootfd, err := s.openRoot()
+	if err != nil {
 		return s.pathErr(name, err)
 	}
-	for dir := filepath.Dir(p); dir != s.root && strings.HasPrefix(dir, s.root); dir = filepath.Dir(dir) {
-		if os.Remove(dir) != nil {
-			break // not empty, or gone
-		}
+	defer unix.Close(rootfd)
+	dir, base := split(name)
+	dirfd, err := openDir(rootfd, dir)
+	if err != nil {
+		return s.pathErr(name, err)
 	}
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return s.pathErr(name, err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return storage.NotFound(s.URL(name))
+	}
+	if err := unix.Unlinkat(dirfd, base, 0); err != nil {
+		return s.pathErr(name, err)
+	}
+	s.prune(rootfd, dir)
 	return nil
+}
+
+// prune removes dir and its parents below the root while they are empty, each from its
+// parent's fd.
+func (s *Store) prune(rootfd int, dir string) {
+	for dir != "" {
+		parent, base := split(dir)
+		pfd, err := openDir(rootfd, parent)
+		if err != nil {
+			return
+		}
+		err = unix.Unlinkat(pfd, base, unix.AT_REMOVEDIR)
+		unix.Close(pfd)
+		if err != nil {
+			return // not empty, or gone
+		}
+		dir = parent
+	}
 }
 
 // Close does nothing.
@@ -297,14 +366,37 @@ func (r *fileReader) Read(p []byte) (int, error) {
 func (r *fileReader) Close() error { return r.f.Close() }
 
 // Link makes path a hard link to the object name (storage.Linker): a restore takes the
-// node-local snapshot's uncompressed files without copying them. It fails where path
-// exists or is on another filesystem.
+// node-local snapshot's uncompressed files without copying them. The link is to the
+// regular file beneath the root, never to a symbolic link (which runsc would resolve
+// again later): the entry is checked, linked without following, and the link compared
+// with the file opened. It fails where path exists or is on another filesystem.
 func (s *Store) Link(_ context.Context, name, path string) error {
 	if err := s.check(name); err != nil {
 		return err
 	}
-	if err := os.Link(s.path(name), path); err != nil {
+	rootfd, err := s.openRoot()
+	if err != nil {
+		return s.pathErr(name, err)
+	}
+	defer unix.Close(rootfd)
+	dir, base := split(name)
+	dirfd, err := openDir(rootfd, dir)
+	if err != nil {
+		return s.pathErr(name, err)
+	}
+	defer unix.Close(dirfd)
+	f, fi, err := s.openAt(dirfd, base, name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Linkat(dirfd, base, unix.AT_FDCWD, path, 0); err != nil {
 		return fmt.Errorf("%s: link to %s: %w", s.URL(name), path, err)
+	}
+	// The entry may have been swapped for a link between the open and linkat.
+	if li, err := os.Lstat(path); err != nil || !os.SameFile(fi, li) || !li.Mode().IsRegular() {
+		os.Remove(path)
+		return fmt.Errorf("%s: link to %s: %w (the object changed while linked)", s.URL(name), path, ErrNotRegular)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,27 +26,33 @@ const copyBufSize = 1 << 20
 const crcXattr = "user.podsnapshot.crc32c"
 
 // put writes r to a temporary file next to name, fsyncs it and moves it to name: with
-// rename, or without replacing anything when noReplace.
+// rename, or without replacing anything when noReplace. The directories are created and
+// the file renamed from directory fds beneath the root (beneath.go), so a symbolic link
+// in the store never redirects the write.
 func (s *Store) put(ctx context.Context, name string, r io.Reader, noReplace bool) (info storage.ObjectInfo, err error) {
 	if err := s.check(name); err != nil {
 		return info, err
 	}
-	url, final := s.URL(name), s.path(name)
-	if noReplace {
-		if _, err := os.Lstat(final); err == nil {
-			return info, storage.Exists(url) // fail before reading the stream
-		}
-	}
-	dir := filepath.Dir(final)
-	f, created, err := s.createTemp(dir, filepath.Base(final))
+	url := s.URL(name)
+	rootfd, err := s.openRoot()
 	if err != nil {
-		return info, fmt.Errorf("%s: create temporary file: %w", url, err)
+		return info, s.pathErr(name, err)
 	}
-	tmp := f.Name()
+	defer unix.Close(rootfd)
+	dir, base := split(name)
+	if noReplace && s.exists(rootfd, dir, base) {
+		return info, storage.Exists(url) // fail before reading the stream
+	}
+	dirfd, f, err := s.createTemp(rootfd, dir, base)
+	if err != nil {
+		return info, fmt.Errorf("%s: create temporary file: %w", url, s.unwrapErr(name, err))
+	}
+	defer unix.Close(dirfd)
+	tmp := filepath.Base(f.Name())
 	defer func() {
 		if err != nil {
 			f.Close()
-			os.Remove(tmp)
+			unix.Unlinkat(dirfd, tmp, 0)
 		}
 	}()
 
@@ -58,6 +65,10 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader, noReplace boo
 		return info, fmt.Errorf("%s: fsync: %w", url, err)
 	}
 	setCRC(f, w.crc)
+	fi, err := f.Stat()
+	if err != nil {
+		return info, fmt.Errorf("%s: %w", url, err)
+	}
 	if err := f.Close(); err != nil {
 		return info, fmt.Errorf("%s: close: %w", url, err)
 	}
@@ -65,100 +76,85 @@ func (s *Store) put(ctx context.Context, name string, r io.Reader, noReplace boo
 		return info, fmt.Errorf("%s: %w", url, err)
 	}
 	if noReplace {
-		err = renameNoReplace(tmp, final)
+		err = renameNoReplace(dirfd, tmp, base)
 		if errors.Is(err, fs.ErrExist) {
 			return info, storage.Exists(url)
 		}
 	} else {
-		err = os.Rename(tmp, final)
+		err = unix.Renameat(dirfd, tmp, dirfd, base)
 	}
 	if err != nil {
 		return info, fmt.Errorf("%s: rename into place: %w", url, err)
 	}
-	if err := syncDirs(dir, created); err != nil {
+	if err := unix.Fsync(dirfd); err != nil {
 		return info, fmt.Errorf("%s: fsync directory: %w", url, err)
 	}
-	info, err = s.stat(name)
-	if err != nil {
-		return info, err
-	}
-	info.CRC32C, info.HasCRC32C = w.crc, true
-	return info, nil
+	return storage.ObjectInfo{Name: name, Size: fi.Size(), Updated: fi.ModTime(), CRC32C: w.crc, HasCRC32C: true}, nil
 }
 
-// createTemp creates a temporary file in dir, creating dir first if needed; created lists
-// the directories it made, deepest last. A concurrent Delete may remove an empty dir
-// between the two steps, so it tries again.
-func (s *Store) createTemp(dir, base string) (f *os.File, created []string, err error) {
+// unwrapErr is pathErr's message without the URL, for errors the caller names itself.
+func (s *Store) unwrapErr(name string, err error) error {
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.EXDEV) {
+		return ErrSymlink
+	}
+	return err
+}
+
+// exists reports whether dir/base has an entry of any kind, beneath the root.
+func (s *Store) exists(rootfd int, dir, base string) bool {
+	dirfd, err := openDir(rootfd, dir)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(dirfd)
+	var st unix.Stat_t
+	return unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
+}
+
+// createTemp creates a temporary file (mode 0600) in the directory dir below the root,
+// creating the directories first if needed, and returns it with the directory's fd. A
+// concurrent Delete may remove an empty directory between the two steps, so it tries
+// again.
+func (s *Store) createTemp(rootfd int, dir, base string) (dirfd int, f *os.File, err error) {
 	if len(base) > 64 {
 		base = base[:64]
 	}
 	for range 3 {
-		created = append(created, missingDirs(dir, s.root)...)
-		if err = os.MkdirAll(dir, 0o755); err != nil {
-			return nil, nil, err
+		if dirfd, err = mkdirBeneath(rootfd, dir); err != nil {
+			return -1, nil, err
 		}
-		f, err = os.CreateTemp(dir, storage.TempPrefix+"-"+base+"-*")
-		if err == nil || !errors.Is(err, fs.ErrNotExist) {
-			return f, created, err
+		tmp := storage.TempPrefix + "-" + base + "-" + strconv.FormatUint(uint64(rand.Uint32()), 10)
+		var fd int
+		fd, err = unix.Openat(dirfd, tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			return dirfd, os.NewFile(uintptr(fd), filepath.Join(s.root, filepath.FromSlash(dir), tmp)), nil
 		}
-	}
-	return nil, nil, err
-}
-
-// missingDirs returns the directories from root down to dir that do not exist yet.
-func missingDirs(dir, root string) []string {
-	var missing []string
-	for d := dir; d != root && len(d) > len(root); d = filepath.Dir(d) {
-		if _, err := os.Lstat(d); err == nil {
-			break
-		}
-		missing = append([]string{d}, missing...)
-	}
-	return missing
-}
-
-// syncDirs fsyncs dir, and the parent of every directory Put created, so the new entries
-// survive a crash.
-func syncDirs(dir string, created []string) error {
-	dirs := []string{dir}
-	for _, c := range created {
-		dirs = append(dirs, filepath.Dir(c))
-	}
-	for _, d := range dirs {
-		if err := syncDir(d); err != nil {
-			return err
+		unix.Close(dirfd)
+		if err != unix.ENOENT && err != unix.EEXIST {
+			return -1, nil, err
 		}
 	}
-	return nil
+	return -1, nil, err
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// renameNoReplace moves oldpath to newpath unless newpath exists (then fs.ErrExist). It
-// uses renameat2(RENAME_NOREPLACE), or link+unlink where the filesystem lacks it.
-func renameNoReplace(oldpath, newpath string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, oldpath, unix.AT_FDCWD, newpath, unix.RENAME_NOREPLACE)
+// renameNoReplace moves oldname to newname in the directory dirfd unless newname exists
+// (then fs.ErrExist). It uses renameat2(RENAME_NOREPLACE), or link+unlink where the
+// filesystem lacks it.
+func renameNoReplace(dirfd int, oldname, newname string) error {
+	err := unix.Renameat2(dirfd, oldname, dirfd, newname, unix.RENAME_NOREPLACE)
 	switch {
 	case err == nil:
 		return nil
 	case errors.Is(err, unix.EEXIST):
 		return fs.ErrExist
 	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.ENOTSUP):
-		if err := os.Link(oldpath, newpath); err != nil {
-			if errors.Is(err, fs.ErrExist) {
+		if err := unix.Linkat(dirfd, oldname, dirfd, newname, 0); err != nil {
+			if errors.Is(err, unix.EEXIST) {
 				return fs.ErrExist
 			}
 			return err
 		}
-		return os.Remove(oldpath)
+		return unix.Unlinkat(dirfd, oldname, 0)
 	}
 	return err
 }
@@ -171,12 +167,6 @@ func setCRC(f *os.File, crc uint32) {
 func getCRC(f *os.File) (uint32, bool) {
 	buf := make([]byte, 16)
 	n, err := unix.Fgetxattr(int(f.Fd()), crcXattr, buf)
-	return parseCRC(buf, n, err)
-}
-
-func getCRCPath(p string) (uint32, bool) {
-	buf := make([]byte, 16)
-	n, err := unix.Getxattr(p, crcXattr, buf)
 	return parseCRC(buf, n, err)
 }
 
