@@ -31,8 +31,11 @@ never be restored again; they are kept for --failed-ttl after they were marked, 
 Objects that belong to no snapshot (the files of an upload whose shim died before it
 wrote the manifest, and their index markers) are deleted once older than --orphan-ttl
 (default 1h; younger ones may be an upload in progress); --orphan-ttl 0 keeps them.
-Temporary parts of composite uploads (under .podsnapshot-tmp/ in a bucket) are deleted by
-the upload itself, also when it fails; a bucket lifecycle rule covers a crash.
+Temporary objects of uploads (parts of composite uploads under .podsnapshot-tmp/ in a
+bucket, .podsnapshot-tmp-* files in a local store) are deleted by the upload itself, also
+when it fails; those of an upload cut off by a crash of the shim or of the store are
+deleted here once the upload wrote nothing for --orphan-ttl. They do not say which
+namespace they were for, so with -n they are left alone.
 
 Snapshots of policies that are not in the policy directory are left alone (remove them by
 name with 'podsnapshot rm'). Each deletion is one line with its reason; --dry-run prints
@@ -145,9 +148,41 @@ func runGC(ctx context.Context, c *cli, args []string) error {
 			}
 		}
 	}
-	fmt.Fprintf(c.stdout, "gc: %d %s, %d kept; %d orphaned objects %s\n", done, map[bool]string{false: "deleted", true: "to delete"}[dryRun],
-		len(snaps)-done, orphans, map[bool]string{false: "deleted", true: "to delete"}[dryRun])
+	temps := 0
+	if *orphanTTL > 0 && namespace == "" {
+		var err error
+		temps, err = c.collectTemps(ctx, e, now.Add(-*orphanTTL), dryRun, verb)
+		errs = append(errs, err)
+	}
+	todo := map[bool]string{false: "deleted", true: "to delete"}[dryRun]
+	fmt.Fprintf(c.stdout, "gc: %d %s, %d kept; %d orphaned objects %s; %d temporary objects %s\n",
+		done, todo, len(snaps)-done, orphans, todo, temps, todo)
 	return errors.Join(errs...)
+}
+
+// collectTemps deletes (or with dryRun only prints) the temporary objects of every store
+// whose upload wrote nothing since cutoff, one line each; n counts them.
+func (c *cli) collectTemps(ctx context.Context, e *env, cutoff time.Time, dryRun bool, verb string) (n int, err error) {
+	var errs []error
+	for _, st := range e.stores {
+		objs, err := st.repo.StaleTemps(ctx, cutoff)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, o := range objs {
+			if !dryRun {
+				if err := st.repo.DeleteTemp(ctx, o.Name); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+			}
+			n++
+			fmt.Fprintf(c.stdout, "%s %s: temporary object of an unfinished upload, written %s\n",
+				verb, st.repo.Store.URL(o.Name), o.Updated.UTC().Format(time.RFC3339))
+		}
+	}
+	return n, errors.Join(errs...)
 }
 
 // failedAt is when s was marked Failed: its manifest's last write in the store (MarkFailed

@@ -4,8 +4,9 @@
 // of Options.PartSize bytes, Options.Parallelism parts upload at once, and the parts are
 // composed into the object, in a tree where there are more than 32 (the compose limit).
 // Parts and intermediate objects live under "<prefix>/.podsnapshot-tmp/<upload id>/" and
-// are deleted on success, failure and cancellation (a lifecycle rule on that prefix can
-// sweep what a crash leaves). A stream that fits in one part is uploaded in one request.
+// are deleted on success, failure and cancellation; what a crash of the process or of the
+// store leaves, podsnapshot gc deletes (Store.StaleTemps), as can a lifecycle rule. A
+// stream that fits in one part is uploaded in one request.
 //
 // CRC32C is checked end to end: each part is sent with its CRC32C (the server rejects a
 // mismatch), the composed object's CRC32C is checked against the whole stream's, and

@@ -190,7 +190,7 @@ func (u *upload) composite(ctx context.Context, r io.Reader, first []byte) (info
 	defer func() {
 		if cerr := u.cleanup(ctx, temps); cerr != nil {
 			if err != nil {
-				err = errors.Join(err, cerr)
+				err = &cleanupFailed{err: err, cleanup: cerr}
 			} else {
 				s.log.WithError(cerr).Warn("deleting temporary objects of a finished upload")
 			}
@@ -310,8 +310,8 @@ func (u *upload) tempKey(leaf string) string {
 // cleanup deletes the upload's temporary objects, also when ctx has ended. A request
 // cancelled in flight may still create its object on the server after the client gave
 // up, so when some write ended in doubt it then sweeps the upload's temporary prefix a
-// few times, at growing intervals. (A lifecycle rule deleting old objects under
-// TempPrefix covers a crash of this process.)
+// few times, at growing intervals. What a crash of this process, or of the store, leaves
+// is deleted by podsnapshot gc (StaleTemps), or by a lifecycle rule on TempPrefix.
 func (u *upload) cleanup(ctx context.Context, temps *tempSet) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
@@ -375,7 +375,7 @@ func (u *upload) deleteAll(ctx context.Context, objs map[string]int64) error {
 		})
 	}
 	g.Wait()
-	return errors.Join(errs...)
+	return summarize(errs, "deletes of temporary objects failed")
 }
 
 // tempSet is the temporary objects an upload created or may have created, with their
