@@ -125,7 +125,7 @@ func mkdirBeneath(rootfd int, rel string) (int, error) {
 			err = unix.ELOOP
 		}
 		if err == unix.ENOENT {
-			if err = unix.Mkdirat(dir, el, 0o755); err == nil {
+			if err = unix.Mkdirat(dir, el, 0o700); err == nil {
 				err = unix.Fsync(dir)
 			}
 			if err == nil || err == unix.EEXIST {

@@ -60,7 +60,7 @@ func newStore(root string, o storage.Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: root must be an absolute path", root)
 	}
 	root = filepath.Clean(root)
-	if err := os.MkdirAll(root, 0o755); err != nil {
+	if err := os.MkdirAll(root, 0o700); err != nil { // snapshots hold process memory: root only (README "Security")
 		return nil, fmt.Errorf("open store file://%s: %w", root, err)
 	}
 	return &Store{root: root, log: o.Log}, nil

@@ -108,3 +108,25 @@ func TestDeleteRemovesEmptyDirs(t *testing.T) {
 		t.Errorf("sibling gone: %v", err)
 	}
 }
+
+// TestDirectoriesArePrivate: snapshots hold process memory and secrets, so the store's
+// root and the directories it makes are 0700 (README "Security").
+func TestDirectoriesArePrivate(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "store")
+	st, err := local.New(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(context.Background(), "ns/pol/uuid/manifest.json", strings.NewReader("{}")); err != nil {
+		t.Fatal(err)
+	}
+	for _, dir := range []string{root, filepath.Join(root, "ns"), filepath.Join(root, "ns", "pol"), filepath.Join(root, "ns", "pol", "uuid")} {
+		fi, err := os.Stat(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if perm := fi.Mode().Perm(); perm != 0o700 {
+			t.Errorf("%s: mode %o, want 700", dir, perm)
+		}
+	}
+}
