@@ -110,7 +110,9 @@ func compress(dst io.Writer, src io.Reader, codec Codec) error {
 // dst, and verifies the stored bytes (StoredSize, CRC32C) and the raw bytes (RawSize,
 // XXH64). A mismatch or undecodable data is a *CorruptError (errors.Is ErrCorrupt)
 // naming the object. dst has then received unverified bytes: treat what it holds as valid
-// only when Download returns nil. Memory stays bounded whatever the size.
+// only when Download returns nil. dst never receives more than info.RawSize bytes: data
+// that decompresses to more stops there, a *CorruptError. Memory stays bounded whatever
+// the size.
 func Download(ctx context.Context, st Store, info FileInfo, dst io.Writer) error {
 	url := st.URL(info.Name)
 	codec, err := CodecByName(info.Codec)
@@ -127,10 +129,16 @@ func Download(ctx context.Context, st Store, info FileInfo, dst io.Writer) error
 	if err != nil {
 		return fmt.Errorf("download %s: %w", url, err)
 	}
-	out := &hashWriter{w: dst, h: newAsyncHash(xxhash.New())}
+	// The declared raw size bounds what reaches dst: a small object may decompress to
+	// gigabytes (a zstd bomb), and dst is usually a file on a node's disk.
+	bounded := &boundedWriter{w: dst, left: max(info.RawSize, 0)}
+	out := &hashWriter{w: bounded, h: newAsyncHash(xxhash.New())}
 	defer out.h.stop()
 	_, cerr := io.Copy(out, dec)
 	dec.Close()
+	if cerr != nil && bounded.over {
+		return Corruptf(url, "%s data yields more than its raw size of %d bytes (stopped after reading %d stored bytes)", codec.Name(), info.RawSize, stored.n)
+	}
 	if cerr != nil && out.err != nil {
 		return fmt.Errorf("download %s: write: %w", url, out.err)
 	}
@@ -196,6 +204,32 @@ func (w *hashWriter) Write(p []byte) (int, error) {
 	w.n += int64(n)
 	if err != nil {
 		w.err = err
+	}
+	return n, err
+}
+
+// errOverRawSize is boundedWriter's error once its limit is reached.
+var errOverRawSize = errors.New("more bytes than the declared raw size")
+
+// boundedWriter passes at most left bytes on to w; a write beyond that passes on what
+// fits, sets over and fails with errOverRawSize.
+type boundedWriter struct {
+	w    io.Writer
+	left int64
+	over bool
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	if int64(len(p)) <= b.left {
+		n, err := b.w.Write(p)
+		b.left -= int64(n)
+		return n, err
+	}
+	n, err := b.w.Write(p[:b.left])
+	b.left -= int64(n)
+	if err == nil {
+		b.over = true
+		err = errOverRawSize
 	}
 	return n, err
 }

@@ -16,6 +16,18 @@ const (
 	PagesFile      = "pages.img.zst"
 )
 
+// IsImageFile reports whether file, a name relative to a snapshot's directory, is one of
+// the image files a snapshot may list: CheckpointFile, PagesMetaFile or PagesFile, with
+// ".zst" (zstd) or without (stored uncompressed).
+func IsImageFile(file string) bool {
+	for _, f := range []string{CheckpointFile, PagesMetaFile, PagesFile} {
+		if file == f || file == strings.TrimSuffix(f, ".zst") {
+			return true
+		}
+	}
+	return false
+}
+
 // PolicyPrefix is the object-name prefix of one policy's snapshots: "<namespace>/<policy>/".
 func PolicyPrefix(namespace, policy string) string {
 	return namespace + "/" + policy + "/"

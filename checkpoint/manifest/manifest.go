@@ -76,6 +76,11 @@ type Manifest struct {
 	// Source describes the pod the snapshot was taken from (informational only: none of it
 	// is compared at restore).
 	Source Source `json:"source"`
+
+	// ReadFrom is the object name (relative to the store root) this manifest was read
+	// from, set by whoever read it after CheckLocation passed; empty for a manifest built
+	// in memory. A manifest is rewritten and deleted only there. Not stored.
+	ReadFrom string `json:"-"`
 }
 
 // Source is the pod a snapshot was taken from.

@@ -174,9 +174,21 @@ func TestPodSnapshotView(t *testing.T) {
 	check(ps, v1.ConditionReady, metav1.ConditionTrue, v1.ReasonAllSnapshotsAvailable)
 	check(ps, v1.ConditionCheckpoint, metav1.ConditionTrue, v1.ReasonSucceeded)
 
-	m.State, m.Reason = StateFailed, "upload: bucket not found"
+	// Failed after it was committed (a corrupt download): the checkpoint succeeded, the
+	// Ready condition says what was found.
+	m.State, m.Reason = StateFailed, "gs://b/p/pages.img.zst: crc32c mismatch: got 1, want 2"
 	ps = m.PodSnapshot("")
-	check(ps, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonAwaitingCheckpoint)
+	check(ps, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonFailed)
+	check(ps, v1.ConditionCheckpoint, metav1.ConditionTrue, v1.ReasonSucceeded)
+	if c := condition(ps, v1.ConditionReady); !strings.Contains(c.Message, m.Reason) || strings.Contains(c.Message, "no checkpoint") {
+		t.Errorf("Ready message = %q; want the reason %q", c.Message, m.Reason)
+	}
+	if m.Status() != condition(ps, v1.ConditionReady).Reason {
+		t.Errorf("Status %q is not the Ready reason", m.Status())
+	}
+
+	m.Files, m.Reason = nil, "upload: bucket not found"
+	ps = m.PodSnapshot("")
 	check(ps, v1.ConditionCheckpoint, metav1.ConditionFalse, v1.ReasonFailed)
 	if c := condition(ps, v1.ConditionCheckpoint); c.Message != m.Reason {
 		t.Errorf("message = %q", c.Message)

@@ -36,7 +36,7 @@ func (e *ValidationError) Error() string {
 // subdomain; key 64 lowercase hex digits; state Pending, Committed or Failed; reason set
 // exactly when Failed; createdAt set; a Committed manifest has files and a tuple with
 // runscVersion and arch; each file is a valid object name inside the snapshot's directory
-// (not the manifest, no duplicates), with codec zstd or none, a 16-hex xxh64, sizes >= 0,
+// naming an image file (IsImageFile; not the manifest, no duplicates), with codec zstd or none, a 16-hex xxh64, sizes >= 0,
 // and storedSize == rawSize for codec none.
 func (m *Manifest) Validate() error {
 	var errs field.ErrorList
@@ -126,6 +126,9 @@ func (m *Manifest) validateFiles() field.ErrorList {
 			errs = append(errs, field.Invalid(p.Child("name"), f.Name, "must be inside "+prefix))
 		case f.Name == m.ObjectName():
 			errs = append(errs, field.Invalid(p.Child("name"), f.Name, "the manifest does not list itself"))
+		case !IsImageFile(strings.TrimPrefix(f.Name, prefix)):
+			errs = append(errs, field.Invalid(p.Child("name"), f.Name, "must be "+prefix+" followed by an image file name ("+
+				strings.Join([]string{CheckpointFile, PagesMetaFile, PagesFile}, ", ")+", or one without .zst)"))
 		case seen[f.Name]:
 			errs = append(errs, field.Duplicate(p.Child("name"), f.Name))
 		}

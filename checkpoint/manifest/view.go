@@ -12,8 +12,8 @@ import (
 const KeyAnnotation = v1.GroupName + "/key"
 
 // Status is the STATUS column, the reason of the PodSnapshot's Ready condition as GKE
-// shows it: "AllSnapshotsAvailable" (Committed), "Failed", or "AwaitingCheckpoint"
-// (Pending).
+// shows it: "AllSnapshotsAvailable" (Committed), "Failed" (Failed), or
+// "AwaitingCheckpoint" (Pending).
 func (m *Manifest) Status() string {
 	switch m.State {
 	case StateCommitted:
@@ -30,7 +30,11 @@ func (m *Manifest) Status() string {
 //
 //   - Pending: Ready=False (AwaitingCheckpoint); no Checkpoint condition yet.
 //   - Committed: Ready=True (AllSnapshotsAvailable), Checkpoint=True (Succeeded).
-//   - Failed: Ready=False (AwaitingCheckpoint), Checkpoint=False (Failed, message = reason).
+//   - Failed: Ready=False (Failed, message "marked failed, not restored: <reason>"). A
+//     manifest is stored only once its checkpoint is committed, so a Failed one with
+//     files was checkpointed and found unusable later (e.g. its data was corrupt on
+//     download): Checkpoint=True (Succeeded). Without files, Checkpoint=False (Failed,
+//     message = reason).
 func (m *Manifest) PodSnapshot(storeURL string) *v1.PodSnapshot {
 	created := metav1.NewTime(m.CreatedAt)
 	ps := &v1.PodSnapshot{
@@ -61,9 +65,16 @@ func (m *Manifest) PodSnapshot(storeURL string) *v1.PodSnapshot {
 			cond(v1.ConditionCheckpoint, metav1.ConditionTrue, v1.ReasonSucceeded, "the pod was checkpointed"),
 		}
 	case StateFailed:
+		// Say what was found, not that no checkpoint succeeded: the reason MarkFailed
+		// recorded (for a corrupt download, the object and the mismatch).
+		checkpoint := cond(v1.ConditionCheckpoint, metav1.ConditionFalse, v1.ReasonFailed, m.Reason)
+		if len(m.Files) > 0 {
+			checkpoint = cond(v1.ConditionCheckpoint, metav1.ConditionTrue, v1.ReasonSucceeded,
+				"the pod was checkpointed; the stored snapshot was found unusable later (see Ready)")
+		}
 		ps.Status.Conditions = []metav1.Condition{
-			cond(v1.ConditionReady, metav1.ConditionFalse, v1.ReasonAwaitingCheckpoint, "no checkpoint has succeeded"),
-			cond(v1.ConditionCheckpoint, metav1.ConditionFalse, v1.ReasonFailed, m.Reason),
+			cond(v1.ConditionReady, metav1.ConditionFalse, v1.ReasonFailed, "marked failed, not restored: "+m.Reason),
+			checkpoint,
 		}
 	default:
 		ps.Status.Conditions = []metav1.Condition{

@@ -156,11 +156,17 @@ func (r *Repo) chooseCodec(f *os.File, object string) (storage.Codec, string, er
 	return codec, object, nil
 }
 
-// Get reads the manifest of snapshot uuid of a policy.
+// Get reads the manifest of snapshot uuid of a policy. A manifest stored there that
+// names another snapshot, or lists files outside its directory, is an error wrapping
+// manifest.ErrMisplaced (see read).
 func (r *Repo) Get(ctx context.Context, namespace, policy, uuid string) (*manifest.Manifest, error) {
 	return r.read(ctx, manifest.ManifestName(namespace, policy, uuid))
 }
 
+// read reads and decodes the manifest at object name and checks it against name
+// (manifest.CheckLocation): the store's layout is only as trustworthy as whoever may
+// write under a prefix, and a manifest under one tenant's prefix must not name another's
+// snapshot. The returned manifest's ReadFrom is name, where it is rewritten and deleted.
 func (r *Repo) read(ctx context.Context, name string) (*manifest.Manifest, error) {
 	rc, err := r.Store.Get(ctx, name)
 	if err != nil {
@@ -175,7 +181,27 @@ func (r *Repo) read(ctx context.Context, name string) (*manifest.Manifest, error
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", r.Store.URL(name), err)
 	}
+	if err := m.CheckLocation(name); err != nil {
+		return nil, fmt.Errorf("%s: %w", r.Store.URL(name), err)
+	}
+	m.ReadFrom = name
 	return m, nil
+}
+
+// objectOf returns the object name of m's manifest: where it was read from (ReadFrom),
+// or for a manifest built here (Commit) the name its fields give. Every rewrite, delete
+// and download goes through it, so that none acts on a path that only the manifest's
+// contents chose. It fails (manifest.ErrMisplaced) when m does not match that name: m was
+// changed after it was read, or lists files outside its directory.
+func objectOf(m *manifest.Manifest) (string, error) {
+	name := m.ReadFrom
+	if name == "" {
+		name = m.ObjectName()
+	}
+	if err := m.CheckLocation(name); err != nil {
+		return "", err
+	}
+	return name, nil
 }
 
 // Find returns the newest committed snapshot of (namespace, policy) indexed by key (its
@@ -262,9 +288,18 @@ func unusable(m *manifest.Manifest, key string, here compat.Tuple) string {
 // Download fetches every file of m into dir under its local image name (checkpoint.img,
 // ...), in parallel, verifying sizes and checksums. A corrupt object is an error wrapping
 // storage.ErrCorrupt that names it; dir then holds unverified data and must be removed.
+// Before writing anything it refuses, with an error wrapping ErrNoSpace, a snapshot whose
+// raw size does not fit in the free space of dir's filesystem (checkSpace), and one whose
+// files lie outside its own directory (manifest.ErrMisplaced).
 func (r *Repo) Download(ctx context.Context, m *manifest.Manifest, dir string) error {
+	if _, err := objectOf(m); err != nil {
+		return fmt.Errorf("download snapshot %s: %w", m.UUID, err)
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("download snapshot %s: %w", m.UUID, err)
+	}
+	if err := r.checkSpace(m, dir); err != nil {
+		return fmt.Errorf("download snapshot %s/%s: %w", m.Namespace, m.UUID, err)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, info := range m.Files {
@@ -292,7 +327,7 @@ func localName(object string) (string, bool) {
 }
 
 // MarkFailed rewrites m's manifest with state Failed and reason, so lookups skip it and
-// `podsnapshot ls` shows why.
+// `podsnapshot ls` shows why. Like Touch it writes only where m was read from (objectOf).
 func (r *Repo) MarkFailed(ctx context.Context, m *manifest.Manifest, reason string) error {
 	m.State = manifest.StateFailed
 	m.Reason = reason
@@ -306,17 +341,22 @@ func (r *Repo) Touch(ctx context.Context, m *manifest.Manifest) error {
 }
 
 func (r *Repo) rewrite(ctx context.Context, m *manifest.Manifest) error {
+	name, err := objectOf(m)
+	if err != nil {
+		return err
+	}
 	data, err := manifest.Encode(m)
 	if err != nil {
 		return err
 	}
-	_, err = r.Store.Put(ctx, m.ObjectName(), bytes.NewReader(data))
+	_, err = r.Store.Put(ctx, name, bytes.NewReader(data))
 	return err
 }
 
 // List returns every snapshot manifest under namespace ("" for all namespaces), sorted
 // by creation time. Objects that are not manifests are ignored; a manifest that cannot
-// be read is reported in errs and skipped.
+// be read, or that names another snapshot than its location (manifest.ErrMisplaced), is
+// reported in errs and skipped.
 func (r *Repo) List(ctx context.Context, namespace string) (ms []*manifest.Manifest, errs []error, err error) {
 	prefix := ""
 	if namespace != "" {
@@ -343,21 +383,30 @@ func (r *Repo) List(ctx context.Context, namespace string) (ms []*manifest.Manif
 }
 
 // Delete removes snapshot m: the manifest first (from then on the snapshot does not
-// exist), then its files and index marker. Objects already gone are not errors.
+// exist), then its files and index marker. Objects already gone are not errors. It
+// deletes only under the directory m was read from (objectOf) and that policy's index.
 func (r *Repo) Delete(ctx context.Context, m *manifest.Manifest) error {
-	if err := r.Store.Delete(ctx, m.ObjectName()); err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return err
+	name, err := objectOf(m)
+	if err != nil {
+		return fmt.Errorf("delete snapshot %s: %w", m.UUID, err)
 	}
-	objs, err := r.Store.List(ctx, m.Dir()+"/")
+	loc, err := manifest.ParseName(name)
 	if err != nil {
 		return err
 	}
-	markers, err := r.Store.List(ctx, keyPrefix(m.Namespace, m.Policy, m.IndexKey()))
+	if err := r.Store.Delete(ctx, name); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	objs, err := r.Store.List(ctx, manifest.Dir(loc.Namespace, loc.Policy, loc.UUID)+"/")
+	if err != nil {
+		return err
+	}
+	markers, err := r.Store.List(ctx, keyPrefix(loc.Namespace, loc.Policy, m.IndexKey()))
 	if err != nil {
 		return err
 	}
 	for _, mk := range markers {
-		if strings.HasSuffix(mk.Name, "-"+m.UUID) {
+		if strings.HasSuffix(mk.Name, "-"+loc.UUID) {
 			objs = append(objs, mk)
 		}
 	}
