@@ -93,7 +93,7 @@ func (r *Repo) Fetch(ctx context.Context, c *cache.Cache, m *manifest.Manifest) 
 	case errors.Is(err, storage.ErrCorrupt):
 		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markFailedTimeout)
 		defer cancel()
-		if merr := r.MarkFailed(mctx, m, err.Error()); merr != nil {
+		if merr := r.MarkFailed(mctx, m, "data corrupt: "+err.Error()); merr != nil {
 			return "", false, fmt.Errorf("snapshot %s is corrupt (could not mark it failed: %v): %w", id, merr, err)
 		}
 		return "", false, fmt.Errorf("snapshot %s is corrupt (marked failed): %w", id, err)

@@ -303,6 +303,11 @@ func containerSpec(name string, args ...string) *specs.Spec {
 func (e *env) plan(id, pod string) (*Pod, *fakeTask) {
 	sb := newFakeTask(id)
 	p := e.node.Plan(context.Background(), Sandbox{Task: sb, Spec: sandboxSpec(pod), Config: e.cfg})
+	if p != nil {
+		// The access-time update of a restore runs in the background; the temp dirs go
+		// once it is over.
+		e.t.Cleanup(p.touches.Wait)
+	}
 	return p, sb
 }
 

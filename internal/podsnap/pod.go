@@ -113,6 +113,8 @@ type Pod struct {
 	// commits counts commits in flight, so Delete can wait for an aborted one to delete
 	// what it had uploaded.
 	commits sync.WaitGroup
+	// touches counts access-time updates in flight (logRestored).
+	touches sync.WaitGroup
 }
 
 // Sandbox is what Plan needs of a sandbox container being created.

@@ -145,7 +145,9 @@ func (p *Pod) logRestored(ctx context.Context, m *manifest.Manifest, f *fetch, n
 		"podsnapshot: restored: Successfully restored the pod from PodSnapshot %s/%s%s in %d ms (download %d ms%s, runsc restore %d ms)",
 		p.namespace, m.UUID, pod, time.Since(p.lookupStart).Milliseconds(),
 		f.took.Milliseconds(), waitedPart, restore.Milliseconds())
+	p.touches.Add(1)
 	go func() {
+		defer p.touches.Done()
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
 		if err := p.repo.Touch(tctx, m); err != nil {
