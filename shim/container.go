@@ -148,13 +148,20 @@ func (c *container) delete(ctx context.Context) error {
 	if st := c.init.info().state; st == stateRunning || st == statePaused {
 		return errTransition("container "+c.id, st, "delete it; kill it first")
 	}
+	if !c.sandbox {
+		// First out of its pod's restore, if it waits for one: a cold start of the pod
+		// then no longer creates it in runsc behind this delete.
+		c.pod.Delete(ctx, c)
+	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	if err := c.runsc.Delete(dctx, c.id, runsc.DeleteOpts{Force: true}); err != nil && !runsc.IsNotExist(err) {
 		log.G(ctx).WithError(err).WithField("id", c.id).Warn("runsc delete failed")
 	}
 	c.init.setExited(128 + 9) // no-op when it exited already; a created container never ran.
-	c.pod.Delete(ctx, c)
+	if c.sandbox {
+		c.pod.Delete(ctx, c) // an upload still running is abandoned; the work dir goes
+	}
 	if pio := c.init.getIO(); pio != nil {
 		pio.drain(time.Second)
 		pio.close()

@@ -22,7 +22,7 @@ const runscBound = 10 * time.Second
 // then reaches waitInit through the reaper. It logs what it did.
 func (c *container) forceKill(why error) {
 	pids := []int{c.init.getPid()}
-	if gofer := goferOf(c.id); gofer != 0 {
+	if gofer := goferOf(c.bundle); gofer != 0 {
 		pids = append(pids, gofer)
 	}
 	for _, pid := range pids {
@@ -34,10 +34,10 @@ func (c *container) forceKill(why error) {
 		Warnf("podsnapshot: runsc kill did not finish within %s: killed the sandbox and its gofer (pids %v) with SIGKILL", runscBound, pids)
 }
 
-// goferOf returns the pid of the gofer of sandbox id: a child of this shim (the shim is
-// the subreaper runsc's processes are reparented to) running `runsc-gofer ... gofer ...
-// <id>`; 0 when there is none.
-func goferOf(id string) int {
+// goferOf returns the pid of the gofer of the sandbox whose bundle is bundle: a child of
+// this shim (the subreaper runsc's processes are reparented to) running `runsc-gofer ...
+// gofer --bundle <bundle> ...`; 0 when there is none.
+func goferOf(bundle string) int {
 	self := os.Getpid()
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -50,14 +50,21 @@ func goferOf(id string) int {
 			continue
 		}
 		args := strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")
-		if len(args) < 2 || filepath.Base(args[0]) != "runsc-gofer" || args[len(args)-1] != id {
-			continue
-		}
-		if parentOf(pid) == self {
+		if filepath.Base(args[0]) == "runsc-gofer" && hasBundle(args, bundle) && parentOf(pid) == self {
 			return pid
 		}
 	}
 	return 0
+}
+
+// hasBundle reports whether args name bundle with --bundle (as one or two arguments).
+func hasBundle(args []string, bundle string) bool {
+	for i, a := range args {
+		if a == "--bundle="+bundle || (a == "--bundle" && i+1 < len(args) && args[i+1] == bundle) {
+			return true
+		}
+	}
+	return false
 }
 
 // parentOf reads a process's parent pid from /proc/PID/stat; 0 when it cannot.

@@ -316,3 +316,41 @@ func TestConcurrentFills(t *testing.T) {
 		}
 	}
 }
+
+// TestDiscardAndOldEntries: Discard removes an entry (a restore from it failed) and
+// nothing else; entries of the former layout (named by snapshot UUID) are removed at the
+// next fill instead of staying uncounted forever.
+func TestDiscardAndOldEntries(t *testing.T) {
+	c := &Cache{Dir: t.TempDir(), MaxBytes: 1 << 20}
+	a, b := key("a"), key("b")
+	for _, k := range []string{a, b} {
+		if _, _, err := c.Fill(k, 100, fill(100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Discard(a); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Get(a); ok {
+		t.Fatal("a discarded entry is still served")
+	}
+	if _, ok := c.Get(b); !ok {
+		t.Fatal("Discard removed another entry")
+	}
+	if err := c.Discard(key("none")); err != nil {
+		t.Fatalf("discarding a missing entry: %v", err)
+	}
+	old := filepath.Join(c.Dir, "9e460700-1b2c-4d3e-8f90-0123456789ab")
+	if err := os.MkdirAll(old, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(old, "pages.img"), make([]byte, 1000), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Fill(key("c"), 100, fill(100)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !os.IsNotExist(err) {
+		t.Fatalf("an entry of the former layout survived a fill: %v", err)
+	}
+}

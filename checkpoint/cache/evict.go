@@ -49,6 +49,10 @@ func (c *Cache) makeRoom(need int64) error {
 				os.RemoveAll(path)
 				held += dirSize(path)
 			}
+		case oldEntry(name):
+			// An entry of the cache before it was keyed by store and checksums (named
+			// by snapshot UUID): nothing serves it any more.
+			held += c.remove(path)
 		case ValidKey(name) && isEntry(path, name):
 			info, err := os.Lstat(path)
 			if err != nil {
@@ -101,6 +105,45 @@ func (c *Cache) fillHeld(path, name string) int64 {
 	defer release()
 	os.RemoveAll(path)
 	return dirSize(path)
+}
+
+// oldEntry reports whether name is an entry of the cache's former layout: a snapshot
+// UUID (8-4-4-4-12 lower-case hex digits).
+func oldEntry(name string) bool {
+	if len(name) != 36 {
+		return false
+	}
+	for i, r := range name {
+		switch i {
+		case 8, 13, 18, 23:
+			if r != '-' {
+				return false
+			}
+		default:
+			if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Discard removes the entry of key, whose files failed a restore (the next restore
+// downloads them afresh): under the cache lock, out of sight first, as eviction does.
+// A key without an entry is no error.
+func (c *Cache) Discard(key string) error {
+	if !c.Enabled() || !ValidKey(key) {
+		return nil
+	}
+	unlock, err := c.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if path := filepath.Join(c.Dir, key); isEntry(path, key) {
+		c.remove(path)
+	}
+	return nil
 }
 
 // remove takes the entry at path out of sight by renaming it (a reader never sees half

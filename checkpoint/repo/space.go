@@ -30,13 +30,28 @@ var freeSpace = func(path string) (int64, error) {
 	return int64(min(st.Bavail, math.MaxInt64/uint64(max(st.Bsize, 1)))) * st.Bsize, nil
 }
 
+// linksInto reports whether the store hard-links uncompressed files into dir: a Linker
+// whose root is on dir's filesystem (across filesystems the link fails and the file is
+// copied, which takes its size).
+func (r *Repo) linksInto(dir string) bool {
+	if _, ok := r.Store.(storage.Linker); !ok {
+		return false
+	}
+	rooted, ok := r.Store.(interface{ Root() string })
+	if !ok {
+		return false
+	}
+	var a, b unix.Stat_t
+	return unix.Stat(rooted.Root(), &a) == nil && unix.Stat(dir, &b) == nil && a.Dev == b.Dev
+}
+
 // checkSpace returns an error wrapping ErrNoSpace when the raw size of m's files does not
 // fit in the free space of dir's filesystem less the 5% reserve. Files a Linker store
 // hard-links (codec none) take no space and are not counted; should the link fail, the
 // copy is still bounded by each file's raw size (storage.Download). The sum saturates
 // instead of overflowing, so hostile sizes cannot wrap it below the free space.
 func (r *Repo) checkSpace(m *manifest.Manifest, dir string) error {
-	_, links := r.Store.(storage.Linker)
+	links := r.linksInto(dir)
 	var need int64
 	for _, f := range m.Files {
 		if links && f.Codec == storage.CodecNone {

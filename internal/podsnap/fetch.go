@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/containerd/log"
@@ -155,8 +156,10 @@ func (p *Pod) dropRestore(discard bool) {
 	if f == nil {
 		return
 	}
-	if f.release() && discard && f.dir != "" {
-		os.RemoveAll(f.dir)
+	if f.release() && discard && f.dir != "" && !f.private {
+		if err := p.nodeCache.Discard(filepath.Base(f.dir)); err != nil {
+			log.L.WithError(err).Warn("podsnapshot: could not remove the node cache entry of a failed restore")
+		}
 	}
 }
 
