@@ -2,7 +2,9 @@ package harness
 
 import (
 	"context"
+	"net"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -21,6 +23,7 @@ type FakeGCS struct {
 	LogPath string
 
 	srv *fakegcs.Server
+	bin string
 }
 
 // Env returns STORAGE_EMULATOR_HOST=Host, for ContainerdOptions.Env (the shim inherits
@@ -42,7 +45,7 @@ func StartFakeGCS(t testing.TB) *FakeGCS {
 	if err != nil {
 		t.Fatalf("harness: start fake-gcs-server: %v", err)
 	}
-	f := &FakeGCS{Host: srv.Host, URL: srv.URL, Dir: srv.Dir, LogPath: srv.LogPath, srv: srv}
+	f := &FakeGCS{Host: srv.Host, URL: srv.URL, Dir: srv.Dir, LogPath: srv.LogPath, srv: srv, bin: bin}
 	t.Cleanup(func() {
 		f.Stop(t)
 		if t.Failed() {
@@ -58,6 +61,26 @@ func StartFakeGCS(t testing.TB) *FakeGCS {
 func (f *FakeGCS) Stop(t testing.TB) {
 	t.Helper()
 	f.srv.Stop(5 * time.Second)
+}
+
+// Kill kills the server at once (SIGKILL), as a store that dies mid-request.
+func (f *FakeGCS) Kill(t testing.TB) {
+	t.Helper()
+	f.srv.Kill()
+	<-f.srv.Done()
+}
+
+// Restart brings the store back after Stop or Kill: a new server on the same directory
+// (the objects written before are there) at the same address.
+func (f *FakeGCS) Restart(t testing.TB) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(f.Host)
+	p, _ := strconv.Atoi(port)
+	srv, err := fakegcs.Start(context.Background(), fakegcs.Options{Binary: f.bin, Dir: f.Dir, Port: p})
+	if err != nil {
+		t.Fatalf("harness: restart fake-gcs-server: %v", err)
+	}
+	f.srv, f.Host, f.URL = srv, srv.Host, srv.URL
 }
 
 // CreateBucket creates a bucket through the JSON API.

@@ -40,6 +40,9 @@ type Options struct {
 	Dir string
 	// Log receives the server's output when Dir is empty; nil discards it.
 	Log io.Writer
+	// Port, when set, is the port to listen on (a store brought back at its address);
+	// 0 picks a free one.
+	Port int
 }
 
 // Server is a running fake-gcs-server. Stop (SIGTERM, then SIGKILL) or Kill it; both
@@ -82,12 +85,15 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 }
 
 func start(ctx context.Context, opts Options) (*Server, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("find a free port: %w", err)
+	port := opts.Port
+	if port == 0 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		port = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	host := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	s := &Server{Host: host, URL: "http://" + host, Dir: opts.Dir}
 	// -public-host must be the address clients use: the Go client reads objects through
@@ -111,6 +117,7 @@ func start(ctx context.Context, opts Options) (*Server, error) {
 		args = append(args, "-backend", "memory")
 	}
 	cmd.Args = append(cmd.Args, args...)
+	var err error
 	if s.Daemon, err = hostproc.StartDaemon(cmd); err != nil {
 		return nil, fmt.Errorf("start %s: %w", opts.Binary, err)
 	}
