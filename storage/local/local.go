@@ -273,19 +273,31 @@ func (s *Store) Delete(_ context.Context, name string) error {
 	return s.remove(name)
 }
 
+// openParent opens the store root and, beneath it without following links, the
+// directory holding name; it returns both descriptors (the caller closes them), that
+// directory's path relative to the root and name's last element. Errors name the object.
+func (s *Store) openParent(name string) (rootfd, dirfd int, dir, base string, err error) {
+	rootfd, err = s.openRoot()
+	if err != nil {
+		return -1, -1, "", "", s.pathErr(name, err)
+	}
+	dir, base = split(name)
+	dirfd, err = openDir(rootfd, dir)
+	if err != nil {
+		unix.Close(rootfd)
+		return -1, -1, "", "", s.pathErr(name, err)
+	}
+	return rootfd, dirfd, dir, base, nil
+}
+
 // remove unlinks name (checked by the caller) beneath the root and prunes the emptied
 // directories.
 func (s *Store) remove(name string) error {
-	rootfd, err := s.openRoot()
+	rootfd, dirfd, dir, base, err := s.openParent(name)
 	if err != nil {
-		return s.pathErr(name, err)
+		return err
 	}
 	defer unix.Close(rootfd)
-	dir, base := split(name)
-	dirfd, err := openDir(rootfd, dir)
-	if err != nil {
-		return s.pathErr(name, err)
-	}
 	defer unix.Close(dirfd)
 	var st unix.Stat_t
 	if err := unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -374,16 +386,11 @@ func (s *Store) Link(_ context.Context, name, path string) error {
 	if err := s.check(name); err != nil {
 		return err
 	}
-	rootfd, err := s.openRoot()
+	rootfd, dirfd, _, base, err := s.openParent(name)
 	if err != nil {
-		return s.pathErr(name, err)
+		return err
 	}
-	defer unix.Close(rootfd)
-	dir, base := split(name)
-	dirfd, err := openDir(rootfd, dir)
-	if err != nil {
-		return s.pathErr(name, err)
-	}
+	unix.Close(rootfd)
 	defer unix.Close(dirfd)
 	f, fi, err := s.openAt(dirfd, base, name)
 	if err != nil {
