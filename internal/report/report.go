@@ -1,0 +1,186 @@
+// Package report is the node-local channel from the shims to the node agent
+// (podsnapshot-agent): each shim writes what happened to a matched pod (started cold and
+// why, restored, checkpoint started, committed or failed) as one JSON file in a spool
+// directory; the agent reads the files in order, turns each into Kubernetes objects and
+// events, and removes it only once the API server has taken it. Nothing is lost while the
+// agent or the API server is down: the files wait.
+//
+// A file is written under a hidden temporary name, synced and renamed into place, so a
+// reader never sees half a report. Names sort in the order the reports were written on
+// this node: "<unix nanoseconds, 20 digits>-<8 hex digits>.json".
+package report
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Kind says what a report is about.
+type Kind string
+
+const (
+	// ColdStart: a pod matched by a policy started without a snapshot. Reason says why;
+	// Snapshot is the name its checkpoint will be committed under ("" when it will not be
+	// checkpointed by a workload trigger).
+	ColdStart Kind = "ColdStart"
+	// Restored: the pod was restored from Snapshot.
+	Restored Kind = "Restored"
+	// CheckpointStarted: a checkpoint of the pod into Snapshot began.
+	CheckpointStarted Kind = "CheckpointStarted"
+	// CheckpointCommitted: Snapshot is stored whole (its manifest is written).
+	CheckpointCommitted Kind = "CheckpointCommitted"
+	// CheckpointFailed: the checkpoint into Snapshot failed; Message says why.
+	CheckpointFailed Kind = "CheckpointFailed"
+)
+
+// Reasons of a ColdStart report (Reason), for events and the cold-start metric.
+const (
+	ReasonNoSnapshot         = "NoSnapshot"         // no committed snapshot for the pod's key
+	ReasonIncompatible       = "Incompatible"       // runsc, its flags, CPU or GPU differ
+	ReasonCorrupt            = "Corrupt"            // a file's checksum or size is wrong
+	ReasonStorageUnreachable = "StorageUnreachable" // the store could not be read
+	ReasonSpecDiffers        = "SpecDiffers"        // a container of the pod differs from the snapshot's
+	ReasonRestoreFailed      = "RestoreFailed"      // runsc restore failed
+	ReasonOther              = "Other"
+)
+
+// Pod names the Kubernetes pod a report is about (from the CRI sandbox annotations). Name
+// and UID are empty for a container run without Kubernetes (ctr).
+type Pod struct {
+	Namespace string `json:"namespace"`
+	Name      string `json:"name,omitempty"`
+	UID       string `json:"uid,omitempty"`
+}
+
+// Report is one thing that happened to one pod.
+type Report struct {
+	// Time is when it happened (the node's clock).
+	Time time.Time `json:"time"`
+	Kind Kind      `json:"kind"`
+	Pod  Pod       `json:"pod"`
+	// SandboxID is the containerd ID of the pod's sandbox container.
+	SandboxID string `json:"sandboxID"`
+	// Policy is the PodSnapshotPolicy's name (in Pod.Namespace).
+	Policy string `json:"policy"`
+	// Snapshot is the PodSnapshot's name: the snapshot's UUID.
+	Snapshot string `json:"snapshot,omitempty"`
+	// StoragePath is where the snapshot's files are, e.g. "gs://bucket/path/ns/policy/uuid"
+	// or "file:///var/lib/podsnapshot/store/ns/policy/uuid".
+	StoragePath string `json:"storagePath,omitempty"`
+	// Reason is one of the Reason* constants (ColdStart only).
+	Reason string `json:"reason,omitempty"`
+	// Message is a sentence for people: why a pod started cold, why a checkpoint failed,
+	// or how long a restore or checkpoint took.
+	Message string `json:"message,omitempty"`
+	// Durations of the step reported, in seconds, where known: a restore's total and
+	// download, a checkpoint's runsc checkpoint and upload.
+	Seconds         float64 `json:"seconds,omitempty"`
+	DownloadSeconds float64 `json:"downloadSeconds,omitempty"`
+	UploadSeconds   float64 `json:"uploadSeconds,omitempty"`
+	// StoredBytes is the snapshot's size in the store (CheckpointCommitted).
+	StoredBytes int64 `json:"storedBytes,omitempty"`
+	// CacheHit says a restore read the node cache, not the store (Restored).
+	CacheHit bool `json:"cacheHit,omitempty"`
+}
+
+// Spool is a directory of reports.
+type Spool struct {
+	// Dir is the spool directory; Write creates it (0700) when missing.
+	Dir string
+}
+
+// Entry is one report file in a spool.
+type Entry struct {
+	// Name is the file's base name.
+	Name   string
+	Report Report
+}
+
+// Write stores r as a new file. r.Time is set to now when zero.
+func (s Spool) Write(r Report) error {
+	if r.Time.IsZero() {
+		r.Time = time.Now()
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("report: encode: %w", err)
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	var suffix [4]byte
+	if _, err := rand.Read(suffix[:]); err != nil {
+		return fmt.Errorf("report: random name: %w", err)
+	}
+	name := fmt.Sprintf("%020d-%s.json", r.Time.UnixNano(), hex.EncodeToString(suffix[:]))
+	tmp, err := os.CreateTemp(s.Dir, ".tmp-")
+	if err != nil {
+		return fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), filepath.Join(s.Dir, name))
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+		return fmt.Errorf("report spool %s: write %s: %w", s.Dir, name, err)
+	}
+	return nil
+}
+
+// List returns the spool's reports in the order they were written. A file that cannot
+// be read or decoded is returned in bad (its path and error) and left in place; a missing
+// directory is an empty spool.
+func (s Spool) List() (entries []Entry, bad []error, err error) {
+	des, err := os.ReadDir(s.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	names := make([]string, 0, len(des))
+	for _, de := range des {
+		if n := de.Name(); !strings.HasPrefix(n, ".") && strings.HasSuffix(n, ".json") && de.Type().IsRegular() {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p := filepath.Join(s.Dir, n)
+		data, err := os.ReadFile(p)
+		if err != nil {
+			bad = append(bad, fmt.Errorf("report %s: %w", p, err))
+			continue
+		}
+		var r Report
+		if err := json.Unmarshal(data, &r); err != nil {
+			bad = append(bad, fmt.Errorf("report %s: %w", p, err))
+			continue
+		}
+		entries = append(entries, Entry{Name: n, Report: r})
+	}
+	return entries, bad, nil
+}
+
+// Remove deletes a report once it has been handled.
+func (s Spool) Remove(name string) error {
+	if err := os.Remove(filepath.Join(s.Dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	return nil
+}
