@@ -20,7 +20,7 @@ LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
 GOTAGS := disable_grpc_modules
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test unit e2e demo bench clean
+.PHONY: all deps build test unit e2e demo bench clean generate
 
 all: build
 
@@ -65,6 +65,15 @@ STORES ?= local,gcs
 bench: deps build
 	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) \
 		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES)'
+
+# The deep-copy functions and the CRDs (deploy/kubernetes/crds) from the kubebuilder
+# markers of checkpoint/api/v1: controller-gen, then hack/crdgen adds the v1alpha1 version.
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+generate:
+	rm -rf $(OUT)/crd
+	$(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION) \
+		object paths=./checkpoint/api/v1 crd:crdVersions=v1 output:crd:dir=$(OUT)/crd
+	$(GO) run ./hack/crdgen -in $(OUT)/crd -out deploy/kubernetes/crds
 
 clean:
 	rm -rf $(OUT)

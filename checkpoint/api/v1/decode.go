@@ -23,6 +23,7 @@ import (
 //
 // leaving out the parts that are unknown (no file name, or a document that did not get far
 // enough to say its kind and name).
+// +kubebuilder:object:generate=false
 type DocumentError struct {
 	// File is the file name as given to DecodeAll; "" for none.
 	File string
@@ -63,6 +64,7 @@ func (e *DocumentError) Error() string {
 func (e *DocumentError) Unwrap() error { return e.Err }
 
 // Document is one successfully decoded object and where it came from.
+// +kubebuilder:object:generate=false
 type Document struct {
 	File   string
 	Index  int
@@ -134,6 +136,7 @@ var supportedAPIVersions = []string{
 var supportedKinds = []string{KindStorageConfig, KindPolicy, KindSnapshot, KindManualTrigger}
 
 // header is what Decode reads before knowing the type.
+// +kubebuilder:object:generate=false
 type header struct {
 	metav1.TypeMeta `json:",inline"`
 	Metadata        struct {

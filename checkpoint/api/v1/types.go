@@ -2,6 +2,12 @@
 // PodSnapshotPolicy, PodSnapshot and PodSnapshotManualTrigger, with defaulting, validation
 // and strict YAML decoding. Objects written as podsnapshot.gke.io/v1alpha1 are read too:
 // the schema is the same.
+//
+// The kubebuilder markers here are the source of the CustomResourceDefinitions in
+// deploy/kubernetes/crds (make generate: controller-gen, then hack/crdgen adds v1alpha1).
+//
+// +kubebuilder:object:generate=true
+// +groupName=podsnapshot.gke.io
 package v1
 
 import (
@@ -30,6 +36,10 @@ const (
 )
 
 // PodSnapshotStorageConfig (cluster-scoped) says where snapshots are stored.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:scope=Cluster,categories=podsnapshot
+// +kubebuilder:storageversion
 type PodSnapshotStorageConfig struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -43,6 +53,8 @@ type PodSnapshotStorageConfigSpec struct {
 }
 
 // SnapshotStorageConfig selects the store: exactly one field is set.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.gcs) != has(self.local)",message="exactly one of gcs and local must be set"
 type SnapshotStorageConfig struct {
 	// GCS stores snapshots in a Cloud Storage bucket.
 	GCS *GCSStorage `json:"gcs,omitempty"`
@@ -54,19 +66,25 @@ type SnapshotStorageConfig struct {
 // GCSStorage is a Cloud Storage location.
 type GCSStorage struct {
 	// Bucket is the bucket name (required), e.g. "my-snapshots".
+	// +kubebuilder:validation:Pattern=`^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$`
 	Bucket string `json:"bucket"`
 	// Path is an optional folder inside the bucket, e.g. "team/a", without leading or
 	// trailing "/".
+	// +kubebuilder:validation:MaxLength=1024
+	// +kubebuilder:validation:XValidation:rule="!self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.split('/').exists(p, p == '.' || p == '..')",message="must be a relative folder without leading or trailing /, //, . or .. parts"
 	Path string `json:"path,omitempty"`
 }
 
 // LocalStorage is a directory on the node.
 type LocalStorage struct {
 	// Path is an absolute directory (required), e.g. "/var/lib/podsnapshot/store".
+	// +kubebuilder:validation:MaxLength=4096
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('/') && self != '/' && !self.endsWith('/') && !self.contains('//') && !self.split('/').exists(p, p == '.' || p == '..')",message="must be a clean absolute directory other than /"
 	Path string `json:"path"`
 }
 
 // TriggerType says who starts a checkpoint.
+// +kubebuilder:validation:Enum=workload;manual
 type TriggerType string
 
 const (
@@ -78,6 +96,7 @@ const (
 )
 
 // PostCheckpoint says what the pod does after a checkpoint.
+// +kubebuilder:validation:Enum=resume;stop
 type PostCheckpoint string
 
 const (
@@ -88,6 +107,7 @@ const (
 )
 
 // SnapshotScope says what a snapshot holds.
+// +kubebuilder:validation:Enum=whole-pod;rootfs-only
 type SnapshotScope string
 
 const (
@@ -98,6 +118,13 @@ const (
 )
 
 // PodSnapshotPolicy (namespaced) selects pods to snapshot and says how.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:categories=podsnapshot
+// +kubebuilder:storageversion
+// +kubebuilder:printcolumn:name="Storage",type=string,JSONPath=`.spec.storageConfigName`
+// +kubebuilder:printcolumn:name="Trigger",type=string,JSONPath=`.spec.triggerConfig.type`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type PodSnapshotPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
@@ -110,6 +137,8 @@ type PodSnapshotPolicySpec struct {
 	// selector ({}) selects every pod of the namespace.
 	Selector *metav1.LabelSelector `json:"selector"`
 	// StorageConfigName (required) names a PodSnapshotStorageConfig.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
 	StorageConfigName string `json:"storageConfigName"`
 	// TriggerConfig (required) says who triggers a checkpoint and what follows it.
 	TriggerConfig TriggerConfig `json:"triggerConfig"`
@@ -118,6 +147,7 @@ type PodSnapshotPolicySpec struct {
 	// SnapshotGroupingRules is optional: unset puts all of the policy's snapshots in one group.
 	SnapshotGroupingRules *SnapshotGroupingRules `json:"snapshotGroupingRules,omitempty"`
 	// SnapshotScope is whole-pod (default) or rootfs-only.
+	// +kubebuilder:default=whole-pod
 	SnapshotScope SnapshotScope `json:"snapshotScope,omitempty"`
 }
 
@@ -126,6 +156,7 @@ type TriggerConfig struct {
 	// Type is required: workload or manual.
 	Type TriggerType `json:"type"`
 	// PostCheckpoint is resume (default) or stop.
+	// +kubebuilder:default=resume
 	PostCheckpoint PostCheckpoint `json:"postCheckpoint,omitempty"`
 }
 
@@ -134,6 +165,8 @@ type RetentionConfig struct {
 	// LastAccessTimeout deletes a snapshot not restored for this long: one or more
 	// <integer><unit> terms, largest unit first, units y (365d), mo (30d), d, h, min, e.g.
 	// "7d", "1y2mo", "90min". Empty: keep.
+	// +kubebuilder:validation:MaxLength=64
+	// +kubebuilder:validation:XValidation:rule="self == '' || self.matches('^([0-9]+y)?([0-9]+mo)?([0-9]+d)?([0-9]+h)?([0-9]+min)?$')",message="must be <integer><unit> terms, largest unit first, units y, mo, d, h, min (e.g. 7d, 1y2mo, 90min)"
 	LastAccessTimeout string `json:"lastAccessTimeout,omitempty"`
 }
 
@@ -149,6 +182,8 @@ type SnapshotGroupingRules struct {
 // GroupByLabelValue lists the grouping labels.
 type GroupByLabelValue struct {
 	// Labels are label keys, e.g. ["app", "version"]; no duplicates.
+	// +kubebuilder:validation:MinItems=1
+	// +listType=set
 	Labels []string `json:"labels"`
 }
 
@@ -156,21 +191,32 @@ type GroupByLabelValue struct {
 type GroupRetentionPolicy struct {
 	// MaxSnapshotCountPerGroup keeps at most this many snapshots per group, deleting the
 	// oldest first; 0 (the default) means unlimited; negative is invalid.
+	// +kubebuilder:validation:Minimum=0
 	MaxSnapshotCountPerGroup int32 `json:"maxSnapshotCountPerGroup,omitempty"`
 }
 
 // PodSnapshot (namespaced, named by the snapshot's UUID) is one snapshot. On a node it is a
 // view of the manifest (package manifest).
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:categories=podsnapshot
+// +kubebuilder:storageversion
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
+// +kubebuilder:printcolumn:name="Policy",type=string,JSONPath=`.spec.policyName`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type PodSnapshot struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              PodSnapshotSpec   `json:"spec"`
-	Status            PodSnapshotStatus `json:"status,omitempty"`
+	Spec              PodSnapshotSpec `json:"spec"`
+	// +optional
+	Status PodSnapshotStatus `json:"status,omitempty"`
 }
 
 // PodSnapshotSpec is the spec of a PodSnapshot.
 type PodSnapshotSpec struct {
 	// PolicyName is the PodSnapshotPolicy (same namespace) the snapshot was taken under.
+	// +kubebuilder:validation:MinLength=1
 	PolicyName string `json:"policyName"`
 }
 
@@ -193,33 +239,66 @@ const (
 // PodSnapshotStatus is the observed state of a PodSnapshot.
 type PodSnapshotStatus struct {
 	// Conditions are Ready and Checkpoint (see the Condition* and Reason* constants).
+	// +listType=map
+	// +listMapKey=type
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// ObservedGeneration is the metadata.generation the status was written for.
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 	// LastAccessTime is when a restore last used the snapshot.
 	LastAccessTime *metav1.Time `json:"lastAccessTime,omitempty"`
 	// StoragePath is where the snapshot's files are, e.g.
 	// "gs://bucket/path/ns/policy/uuid".
 	StoragePath string `json:"storagePath,omitempty"`
+	// SourcePod names the pod the snapshot was taken of ("namespace/name").
+	SourcePod string `json:"sourcePod,omitempty"`
+	// NodeName is the node that took it: a local store's files are on that node only.
+	NodeName string `json:"nodeName,omitempty"`
 }
 
 // PodSnapshotManualTrigger (namespaced) asks for one checkpoint of a pod.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:resource:categories=podsnapshot
+// +kubebuilder:storageversion
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.targetPod`
+// +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Triggered")].reason`
+// +kubebuilder:printcolumn:name="Snapshot",type=string,JSONPath=`.status.snapshotCreated.name`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type PodSnapshotManualTrigger struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`
-	Spec              PodSnapshotManualTriggerSpec   `json:"spec"`
-	Status            PodSnapshotManualTriggerStatus `json:"status,omitempty"`
+	Spec              PodSnapshotManualTriggerSpec `json:"spec"`
+	// +optional
+	Status PodSnapshotManualTriggerStatus `json:"status,omitempty"`
 }
 
 // PodSnapshotManualTriggerSpec is the spec of a PodSnapshotManualTrigger.
 type PodSnapshotManualTriggerSpec struct {
 	// TargetPod (required) names a pod in the trigger's namespace.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="targetPod is immutable"
 	TargetPod string `json:"targetPod"`
 }
 
 // PodSnapshotManualTriggerStatus is the observed state of a PodSnapshotManualTrigger.
 type PodSnapshotManualTriggerStatus struct {
+	// Conditions holds Triggered: True/Complete once the snapshot is committed,
+	// False/Failed with a message when it cannot be (no such pod, not on a podsnapshot
+	// node, no manual policy, checkpoint failed).
+	// +listType=map
+	// +listMapKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
 	// SnapshotCreated names the PodSnapshot the trigger produced, once it exists.
 	SnapshotCreated *SnapshotReference `json:"snapshotCreated,omitempty"`
 }
+
+// Condition type and reason of a PodSnapshotManualTrigger; a failed trigger has reason
+// ReasonFailed, as a failed checkpoint does.
+const (
+	ConditionTriggered = "Triggered"
+	ReasonComplete     = "Complete"
+)
 
 // SnapshotReference names a PodSnapshot in the same namespace.
 type SnapshotReference struct {
@@ -227,6 +306,7 @@ type SnapshotReference struct {
 }
 
 // Object is any of the four kinds (as a pointer): its metadata and its apiVersion/kind.
+// +kubebuilder:object:generate=false
 type Object interface {
 	metav1.Object
 	GetObjectKind() schema.ObjectKind
