@@ -1,0 +1,297 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
+	"github.com/podsnapshot/podsnapshot/internal/kubeapi"
+	"github.com/podsnapshot/podsnapshot/internal/report"
+)
+
+const node = "node-a"
+
+func newFake(objs ...client.Object) client.WithWatch {
+	return fake.NewClientBuilder().WithScheme(kubeapi.NewScheme()).
+		WithStatusSubresource(&v1.PodSnapshot{}, &v1.PodSnapshotManualTrigger{}, &corev1.Pod{}).
+		WithObjects(objs...).Build()
+}
+
+func pod(name, uid string) *corev1.Pod {
+	return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, UID: types.UID(uid), Labels: map[string]string{"app": "counter"}},
+		Spec: corev1.PodSpec{NodeName: node}, Status: corev1.PodStatus{Phase: corev1.PodRunning}}
+}
+
+func newReporter(t *testing.T, c client.Client) (*reporter, report.Spool) {
+	sp := report.Spool{Dir: t.TempDir()}
+	log := logrus.New()
+	log.SetOutput(testWriter{t})
+	return &reporter{c: c, spool: sp, node: node, interval: time.Millisecond,
+		triggers: &triggers{c: c, node: node, log: log}, metrics: newMetrics(prometheus.NewRegistry()), log: log}, sp
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+const uuid = "0b8f2c7e-6f1a-4d0e-9c2b-1d3e5f7a9b0c"
+
+func rep(kind report.Kind, podName, podUID string) report.Report {
+	return report.Report{Kind: kind, Pod: report.Pod{Namespace: "default", Name: podName, UID: podUID},
+		SandboxID: "sb1", Policy: "counter-policy", Snapshot: uuid, Time: time.Now()}
+}
+
+// TestSnapshotLifecycle: cold start -> AwaitingCheckpoint, commit -> AllSnapshotsAvailable
+// with the event, restore -> lastAccessTime, PodRestored and the restore event; the spool
+// is empty afterwards and each report counted once.
+func TestSnapshotLifecycle(t *testing.T) {
+	ctx := context.Background()
+	c := newFake(pod("counter", "u1"), pod("counter2", "u2"))
+	r, sp := newReporter(t, c)
+
+	cold := rep(report.ColdStart, "counter", "u1")
+	cold.Reason, cold.Message = report.ReasonNoSnapshot, "cold start: no snapshot for key 1234"
+	must(t, sp.Write(cold))
+	r.drain(ctx)
+	ps := getSnap(t, c)
+	if got := readyReason(ps); got != v1.ReasonAwaitingCheckpoint {
+		t.Fatalf("Ready reason after cold start = %q, want AwaitingCheckpoint", got)
+	}
+	if !kubeapi.HasFinalizer(ps) || ps.Status.NodeName != node || ps.Status.SourcePod != "default/counter" || ps.Spec.PolicyName != "counter-policy" {
+		t.Fatalf("created PodSnapshot = %+v", ps)
+	}
+
+	commit := rep(report.CheckpointCommitted, "counter", "u1")
+	commit.StoragePath = "file:///store/default/counter-policy/" + uuid
+	must(t, sp.Write(commit))
+	r.drain(ctx)
+	ps = getSnap(t, c)
+	if readyReason(ps) != v1.ReasonAllSnapshotsAvailable || !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionCheckpoint) || ps.Status.StoragePath != commit.StoragePath {
+		t.Fatalf("after commit: %+v", ps.Status)
+	}
+
+	restored := rep(report.Restored, "counter2", "u2")
+	restored.CacheHit = true
+	must(t, sp.Write(restored))
+	r.drain(ctx)
+	ps = getSnap(t, c)
+	if ps.Status.LastAccessTime == nil || ps.Status.LastAccessTime.Time.Unix() != restored.Time.Unix() {
+		t.Fatalf("lastAccessTime = %v, want %v", ps.Status.LastAccessTime, restored.Time)
+	}
+	var p corev1.Pod
+	must(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "counter2"}, &p))
+	if !hasPodRestored(&p, "Restored from PodSnapshot default/"+uuid) {
+		t.Fatalf("pod conditions = %+v", p.Status.Conditions)
+	}
+	msgs := eventMessages(t, c)
+	for _, want := range []string{
+		"Started the pod without a snapshot (NoSnapshot): cold start: no snapshot for key 1234",
+		"Successfully checkpointed the pod to PodSnapshot default/" + uuid,
+		"Successfully restored the pod from PodSnapshot default/" + uuid,
+	} {
+		if !contains(msgs, want) {
+			t.Errorf("no event %q in %q", want, msgs)
+		}
+	}
+	if left, _, _ := sp.List(); len(left) != 0 {
+		t.Errorf("%d reports left in the spool", len(left))
+	}
+	if got := testutil.ToFloat64(r.metrics.restores.WithLabelValues("cache")); got != 1 {
+		t.Errorf("restores{source=cache} = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(r.metrics.coldStarts.WithLabelValues(report.ReasonNoSnapshot)); got != 1 {
+		t.Errorf("cold_starts{NoSnapshot} = %v, want 1", got)
+	}
+}
+
+// TestReportKeptUntilDelivered: while the API server refuses writes, the report stays in
+// the spool; once it answers, the report is delivered once (no duplicate event).
+func TestReportKeptUntilDelivered(t *testing.T) {
+	ctx := context.Background()
+	down := true
+	base := newFake(pod("counter", "u1"))
+	c := interceptor.NewClient(base, interceptor.Funcs{
+		Create: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if _, ev := obj.(*corev1.Event); ev && down {
+				return errUnavailable
+			}
+			return cl.Create(ctx, obj, opts...)
+		},
+	})
+	r, sp := newReporter(t, c)
+	commit := rep(report.CheckpointCommitted, "counter", "u1")
+	must(t, sp.Write(commit))
+	r.drain(ctx)
+	if left, _, _ := sp.List(); len(left) != 1 {
+		t.Fatalf("spool holds %d reports while the API server is down, want 1", len(left))
+	}
+	down = false
+	r.drain(ctx)
+	r.drain(ctx)
+	if left, _, _ := sp.List(); len(left) != 0 {
+		t.Fatalf("spool holds %d reports after delivery", len(left))
+	}
+	if msgs := eventMessages(t, base); len(msgs) != 1 {
+		t.Fatalf("events = %q, want exactly one", msgs)
+	}
+	if readyReason(getSnap(t, base)) != v1.ReasonAllSnapshotsAvailable {
+		t.Fatal("snapshot not Ready after delivery")
+	}
+}
+
+// TestFailedCheckpointFailsTrigger: a trigger in progress for the pod gets False/Failed
+// with the report's message; a committed report completes the next one.
+func TestTriggerOutcomeFromReports(t *testing.T) {
+	ctx := context.Background()
+	inProgress := func(name string) *v1.PodSnapshotManualTrigger {
+		return &v1.PodSnapshotManualTrigger{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+			Spec: v1.PodSnapshotManualTriggerSpec{TargetPod: "counter"},
+			Status: v1.PodSnapshotManualTriggerStatus{Conditions: []metav1.Condition{{Type: v1.ConditionTriggered,
+				Status: metav1.ConditionUnknown, Reason: ReasonCheckpointing, LastTransitionTime: metav1.Now()}}}}
+	}
+	c := newFake(pod("counter", "u1"), inProgress("t1"))
+	r, sp := newReporter(t, c)
+	failed := rep(report.CheckpointFailed, "counter", "u1")
+	failed.Message = "runsc checkpoint: exit status 1"
+	must(t, sp.Write(failed))
+	r.drain(ctx)
+	var tr v1.PodSnapshotManualTrigger
+	must(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "t1"}, &tr))
+	if cond := meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered); cond == nil || cond.Reason != v1.ReasonFailed || !strings.Contains(cond.Message, "exit status 1") {
+		t.Fatalf("t1 Triggered = %+v", cond)
+	}
+	if readyReason(getSnap(t, c)) != v1.ReasonFailed {
+		t.Fatalf("snapshot Ready reason = %q, want Failed", readyReason(getSnap(t, c)))
+	}
+
+	must(t, c.Create(ctx, inProgress("t2")))
+	must(t, c.Status().Update(ctx, inProgress2(t, c, "t2")))
+	commit := rep(report.CheckpointCommitted, "counter", "u1")
+	commit.Snapshot = "1b8f2c7e-6f1a-4d0e-9c2b-1d3e5f7a9b0c"
+	must(t, sp.Write(commit))
+	r.drain(ctx)
+	must(t, c.Get(ctx, client.ObjectKey{Namespace: "default", Name: "t2"}, &tr))
+	if cond := meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered); cond == nil || cond.Reason != v1.ReasonComplete ||
+		tr.Status.SnapshotCreated == nil || tr.Status.SnapshotCreated.Name != commit.Snapshot {
+		t.Fatalf("t2 status = %+v", tr.Status)
+	}
+}
+
+// inProgress2 re-applies the in-progress status (Create drops status with a status
+// subresource).
+func inProgress2(t *testing.T, c client.Client, name string) *v1.PodSnapshotManualTrigger {
+	var tr v1.PodSnapshotManualTrigger
+	must(t, c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: name}, &tr))
+	tr.Status.Conditions = []metav1.Condition{{Type: v1.ConditionTriggered, Status: metav1.ConditionUnknown,
+		Reason: ReasonCheckpointing, LastTransitionTime: metav1.Now()}}
+	return &tr
+}
+
+// TestMirrorFileLoads: what the mirror writes is read by the shim's policy loader with
+// no error, and the policy matches.
+func TestMirrorFileLoads(t *testing.T) {
+	sc := v1.PodSnapshotStorageConfig{ObjectMeta: metav1.ObjectMeta{Name: "local", ResourceVersion: "7", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+		Spec: v1.PodSnapshotStorageConfigSpec{SnapshotStorageConfig: v1.SnapshotStorageConfig{Local: &v1.LocalStorage{Path: "/var/lib/podsnapshot/store"}}}}
+	pol := v1.PodSnapshotPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "counter-policy", CreationTimestamp: metav1.Now()},
+		Spec: v1.PodSnapshotPolicySpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "counter"}},
+			StorageConfigName: "local", TriggerConfig: v1.TriggerConfig{Type: v1.TriggerWorkload, PostCheckpoint: v1.PostCheckpointResume},
+			SnapshotScope: v1.ScopeWholePod}}
+	data, err := mirrorYAML([]v1.PodSnapshotStorageConfig{sc}, []v1.PodSnapshotPolicy{pol})
+	must(t, err)
+	dir := t.TempDir()
+	changed, err := writeIfChanged(filepath.Join(dir, MirrorFile), data)
+	must(t, err)
+	if !changed {
+		t.Fatal("first write reported unchanged")
+	}
+	if changed, _ := writeIfChanged(filepath.Join(dir, MirrorFile), data); changed {
+		t.Fatal("identical content rewritten")
+	}
+	set := policy.Load(dir)
+	if len(set.Errors) > 0 {
+		t.Fatalf("loader errors: %v\n%s", set.Errors, data)
+	}
+	if m := set.Match("default", map[string]string{"app": "counter"}); !m.Found() || m.StoreURL != "file:///var/lib/podsnapshot/store" {
+		t.Fatalf("match = %+v", m)
+	}
+	if strings.Contains(string(data), "managedFields") || strings.Contains(string(data), "resourceVersion") {
+		t.Fatalf("mirror keeps server-side metadata:\n%s", data)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Fatalf("policy dir holds %d files, want only %s", len(entries), MirrorFile)
+	}
+}
+
+func getSnap(t *testing.T, c client.Client) *v1.PodSnapshot {
+	t.Helper()
+	var ps v1.PodSnapshot
+	must(t, c.Get(context.Background(), client.ObjectKey{Namespace: "default", Name: uuid}, &ps))
+	return &ps
+}
+
+func readyReason(ps *v1.PodSnapshot) string {
+	if c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady); c != nil {
+		return c.Reason
+	}
+	return ""
+}
+
+func hasPodRestored(p *corev1.Pod, msg string) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == kubeapi.PodRestored && c.Status == corev1.ConditionTrue && c.Message == msg {
+			return true
+		}
+	}
+	return false
+}
+
+func eventMessages(t *testing.T, c client.Client) []string {
+	var evs corev1.EventList
+	must(t, c.List(context.Background(), &evs))
+	var out []string
+	for _, e := range evs.Items {
+		if e.Reason != v1.EventReason {
+			t.Errorf("event reason %q", e.Reason)
+		}
+		out = append(out, e.Message)
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+var errUnavailable = apierrors.NewServiceUnavailable("the API server is down")

@@ -1,0 +1,266 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/internal/kubeapi"
+	"github.com/podsnapshot/podsnapshot/internal/report"
+)
+
+// reporter turns the spool's reports into API objects, in the order they were written.
+// Each report's effects are idempotent (create-if-absent, status set to a value, events
+// named after the report), and a report is removed from the spool only after all of them
+// succeeded: an agent killed mid-report, or an API server that is down, redoes it later
+// and nothing is lost or doubled.
+type reporter struct {
+	c        client.Client
+	spool    report.Spool
+	node     string
+	interval time.Duration
+	triggers *triggers
+	metrics  *metrics
+	log      logrus.FieldLogger
+}
+
+// Start polls the spool until ctx ends (a manager.Runnable).
+func (r *reporter) Start(ctx context.Context) error {
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		r.drain(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// NeedLeaderElection is false: every node's agent handles its own spool.
+func (r *reporter) NeedLeaderElection() bool { return false }
+
+// drain handles the spool's reports in order and stops at the first that fails (to keep
+// their order; it is retried at the next tick). An unreadable report is moved aside to a
+// hidden ".bad-" name with an error logged, so that it neither blocks the others nor is
+// lost.
+func (r *reporter) drain(ctx context.Context) {
+	entries, bad, err := r.spool.List()
+	if err != nil {
+		r.log.WithError(err).Warn("read report spool")
+		return
+	}
+	for _, b := range bad {
+		r.log.WithError(b).Error("unreadable report moved aside")
+	}
+	r.quarantine(bad)
+	r.metrics.pending.Set(float64(len(entries)))
+	for i, e := range entries {
+		if ctx.Err() != nil {
+			return
+		}
+		if err := r.handle(ctx, e); err != nil {
+			r.log.WithError(err).WithField("report", e.Name).Warn("report not delivered yet; retrying")
+			return
+		}
+		if err := r.spool.Remove(e.Name); err != nil {
+			r.log.WithError(err).Warn("remove delivered report")
+			return
+		}
+		r.metrics.observe(e.Report)
+		r.metrics.pending.Set(float64(len(entries) - i - 1))
+	}
+}
+
+func (r *reporter) quarantine(bad []error) {
+	des, err := os.ReadDir(r.spool.Dir)
+	if err != nil {
+		return
+	}
+	for _, de := range des {
+		for _, b := range bad {
+			if strings.Contains(b.Error(), filepath.Join(r.spool.Dir, de.Name())+":") {
+				_ = os.Rename(filepath.Join(r.spool.Dir, de.Name()), filepath.Join(r.spool.Dir, ".bad-"+de.Name()))
+			}
+		}
+	}
+}
+
+// handle carries out one report. Reports about pods without a Kubernetes name (ctr
+// containers) have nothing to update.
+func (r *reporter) handle(ctx context.Context, e report.Entry) error {
+	rep := e.Report
+	if rep.Pod.Name == "" {
+		return nil
+	}
+	podID := rep.Pod.Namespace + "/" + rep.Pod.Name
+	snapID := rep.Pod.Namespace + "/" + rep.Snapshot
+	switch rep.Kind {
+	case report.ColdStart:
+		if rep.Snapshot != "" {
+			if err := r.ensureSnapshot(ctx, rep); err != nil {
+				return err
+			}
+		}
+		typ := corev1.EventTypeWarning
+		if rep.Reason == report.ReasonNoSnapshot {
+			typ = corev1.EventTypeNormal
+		}
+		return r.event(ctx, e, typ, fmt.Sprintf("Started the pod without a snapshot (%s): %s", rep.Reason, rep.Message))
+	case report.Restored:
+		if err := r.ensureSnapshot(ctx, rep); err != nil {
+			return err
+		}
+		at := metav1.NewTime(rep.Time)
+		err := kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+			if ps.Status.LastAccessTime == nil || ps.Status.LastAccessTime.Before(&at) {
+				ps.Status.LastAccessTime = &at
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if err := r.podRestored(ctx, rep, "Restored from PodSnapshot "+snapID); err != nil {
+			return err
+		}
+		return r.event(ctx, e, corev1.EventTypeNormal, "Successfully restored the pod from PodSnapshot "+snapID)
+	case report.CheckpointStarted:
+		return r.ensureSnapshot(ctx, rep)
+	case report.CheckpointCommitted:
+		if err := r.ensureSnapshot(ctx, rep); err != nil {
+			return err
+		}
+		err := kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+			if rep.StoragePath != "" {
+				ps.Status.StoragePath = rep.StoragePath
+			}
+			kubeapi.Committed(ps, rep.Time)
+		})
+		if err != nil {
+			return err
+		}
+		if err := r.event(ctx, e, corev1.EventTypeNormal, "Successfully checkpointed the pod to PodSnapshot "+snapID); err != nil {
+			return err
+		}
+		return r.triggers.completed(ctx, rep)
+	case report.CheckpointFailed:
+		if err := r.ensureSnapshot(ctx, rep); err != nil {
+			return err
+		}
+		err := kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+			kubeapi.Failed(ps, rep.Message, rep.Time)
+		})
+		if err != nil {
+			return err
+		}
+		if err := r.event(ctx, e, corev1.EventTypeWarning, fmt.Sprintf("Failed to checkpoint the pod to PodSnapshot %s: %s", snapID, rep.Message)); err != nil {
+			return err
+		}
+		return r.triggers.failed(ctx, rep)
+	}
+	r.log.WithField("report", e.Name).Warnf("report of unknown kind %q about pod %s ignored", rep.Kind, podID)
+	return nil
+}
+
+// ensureSnapshot creates PodSnapshot <pod namespace>/<rep.Snapshot> when it does not
+// exist: Ready False/AwaitingCheckpoint, with the finalizer that deletes its files, the
+// source pod and this node. A snapshot being deleted is left alone.
+func (r *reporter) ensureSnapshot(ctx context.Context, rep report.Report) error {
+	if rep.Snapshot == "" {
+		return fmt.Errorf("%s report about pod %s/%s names no snapshot", rep.Kind, rep.Pod.Namespace, rep.Pod.Name)
+	}
+	ps := &v1.PodSnapshot{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace:  rep.Pod.Namespace,
+			Name:       rep.Snapshot,
+			Finalizers: []string{kubeapi.Finalizer},
+		},
+		Spec: v1.PodSnapshotSpec{PolicyName: rep.Policy},
+	}
+	err := r.c.Create(ctx, ps)
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create PodSnapshot %s/%s: %w", rep.Pod.Namespace, rep.Snapshot, err)
+	}
+	return kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+		if ps.Status.SourcePod == "" {
+			ps.Status.SourcePod = rep.Pod.Namespace + "/" + rep.Pod.Name
+		}
+		if ps.Status.NodeName == "" {
+			ps.Status.NodeName = r.node
+		}
+		if ps.Status.StoragePath == "" && rep.StoragePath != "" {
+			ps.Status.StoragePath = rep.StoragePath
+		}
+		kubeapi.Awaiting(ps, rep.Time)
+	}))
+}
+
+// event records a core/v1 Event on the report's pod, reason GKEPodSnapshotting, named
+// after the report so that a retried report does not record it twice.
+func (r *reporter) event(ctx context.Context, e report.Entry, typ, msg string) error {
+	rep := e.Report
+	name := rep.Pod.Name
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	t := metav1.NewTime(rep.Time)
+	ev := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{Namespace: rep.Pod.Namespace, Name: name + "." + strings.TrimSuffix(e.Name, ".json")},
+		InvolvedObject: corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: rep.Pod.Namespace,
+			Name: rep.Pod.Name, UID: types.UID(rep.Pod.UID)},
+		Reason: v1.EventReason, Message: msg, Type: typ,
+		Source:         corev1.EventSource{Component: "podsnapshot-agent", Host: r.node},
+		FirstTimestamp: t, LastTimestamp: t, Count: 1,
+		ReportingController: "podsnapshot.gke.io/podsnapshot-agent", ReportingInstance: "podsnapshot-agent-" + r.node,
+	}
+	if err := r.c.Create(ctx, ev); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("record event on pod %s/%s: %w", rep.Pod.Namespace, rep.Pod.Name, err)
+	}
+	return nil
+}
+
+// podRestored sets the Pod condition PodRestored True on the restored pod, if it still
+// exists with the UID the report names (a pod deleted since, or replaced by one of the
+// same name, is left alone).
+func (r *reporter) podRestored(ctx context.Context, rep report.Report, msg string) error {
+	var pod corev1.Pod
+	if err := r.c.Get(ctx, client.ObjectKey{Namespace: rep.Pod.Namespace, Name: rep.Pod.Name}, &pod); err != nil {
+		return kubeapi.IgnoreNotFound(err)
+	}
+	if rep.Pod.UID != "" && string(pod.UID) != rep.Pod.UID {
+		return nil
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == kubeapi.PodRestored && c.Status == corev1.ConditionTrue && c.Message == msg {
+			return nil
+		}
+	}
+	cond := corev1.PodCondition{Type: kubeapi.PodRestored, Status: corev1.ConditionTrue, Reason: "Restored",
+		Message: msg, LastTransitionTime: metav1.NewTime(rep.Time)}
+	patch := fmt.Sprintf(`{"status":{"conditions":[%s]}}`, mustJSON(cond))
+	if err := r.c.Status().Patch(ctx, &pod, client.RawPatch(types.StrategicMergePatchType, []byte(patch))); err != nil {
+		return kubeapi.IgnoreNotFound(err)
+	}
+	return nil
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only our own plain structs are encoded
+	}
+	return string(b)
+}

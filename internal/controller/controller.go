@@ -1,0 +1,144 @@
+// Package controller is the cluster side of podsnapshot under Kubernetes: one active
+// replica (podsnapshot-agent --role=controller, leader election on a Lease) that owns
+// cluster-wide state:
+//
+//   - deletion: a PodSnapshot stored in Cloud Storage goes only after its files are
+//     deleted (finalizer podsnapshot.gke.io/podsnapshot-finalizer; local-store snapshots
+//     are deleted by the agent of their node);
+//   - PodSnapshotManualTriggers whose target pod does not exist fail with a message;
+//   - retention and the reconcile between storage and objects (sync.go).
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/internal/kubeapi"
+)
+
+// Options configure the controller.
+type Options struct {
+	// SyncInterval is how often retention and the storage reconcile run; 0 means 1 minute.
+	SyncInterval time.Duration
+	// LocalStores says this process sees the nodes' local store directories (a single
+	// node, or a shared filesystem): the sync then covers file:// stores too.
+	LocalStores bool
+	// FailedTTL is how long a Failed PodSnapshot is kept before it is deleted; 0 means 24 h.
+	FailedTTL time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger; nil means logrus.StandardLogger().
+	Logger logrus.FieldLogger
+}
+
+// Setup adds the controller's reconcilers and its periodic sync to mgr (all of them run
+// only while this replica leads).
+func Setup(mgr ctrl.Manager, opts Options) error {
+	if opts.SyncInterval == 0 {
+		opts.SyncInterval = time.Minute
+	}
+	if opts.FailedTTL == 0 {
+		opts.FailedTTL = 24 * time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Logger == nil {
+		opts.Logger = logrus.StandardLogger()
+	}
+	c := mgr.GetClient()
+	if err := ctrl.NewControllerManagedBy(mgr).Named("podsnapshot-deletion").For(&v1.PodSnapshot{}).
+		Complete(&deletion{c: c, log: opts.Logger}); err != nil {
+		return err
+	}
+	if err := ctrl.NewControllerManagedBy(mgr).Named("trigger-target").For(&v1.PodSnapshotManualTrigger{}).
+		Complete(&missingTarget{c: c, reader: mgr.GetAPIReader(), now: opts.Now}); err != nil {
+		return err
+	}
+	return mgr.Add(&syncer{c: c, opts: opts, log: opts.Logger})
+}
+
+// deletion keeps the finalizer on every PodSnapshot and, when one stored in Cloud
+// Storage is deleted, deletes its files before letting it go.
+type deletion struct {
+	c   client.Client
+	log logrus.FieldLogger
+}
+
+func (d *deletion) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var ps v1.PodSnapshot
+	if err := d.c.Get(ctx, req.NamespacedName, &ps); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if ps.DeletionTimestamp == nil {
+		if kubeapi.HasFinalizer(&ps) {
+			return reconcile.Result{}, nil
+		}
+		base := ps.DeepCopy()
+		ps.Finalizers = append(ps.Finalizers, kubeapi.Finalizer)
+		return reconcile.Result{}, kubeapi.IgnoreNotFound(d.c.Patch(ctx, &ps, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})))
+	}
+	if !kubeapi.HasFinalizer(&ps) || kubeapi.IsLocal(&ps) {
+		return reconcile.Result{}, nil
+	}
+	return kubeapi.Release(ctx, d.c, &ps, d.log)
+}
+
+// missingTarget fails the triggers whose target pod does not exist (the node agents see
+// only their own nodes' pods). A trigger younger than 5 s is looked at again later, so
+// that a pod created with it has time to appear.
+type missingTarget struct {
+	c      client.Client
+	reader client.Reader // the API server, not the cache: a pod just created must count
+	now    func() time.Time
+}
+
+const targetGrace = 5 * time.Second
+
+func (m *missingTarget) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	var tr v1.PodSnapshotManualTrigger
+	if err := m.c.Get(ctx, req.NamespacedName, &tr); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered) != nil {
+		return reconcile.Result{}, nil
+	}
+	var pod corev1.Pod
+	err := m.reader.Get(ctx, client.ObjectKey{Namespace: tr.Namespace, Name: tr.Spec.TargetPod}, &pod)
+	switch {
+	case err == nil && pod.Spec.NodeName != "":
+		return reconcile.Result{}, nil // its node's agent carries it out
+	case err == nil:
+		return reconcile.Result{RequeueAfter: time.Second}, nil // not scheduled yet
+	case !apierrors.IsNotFound(err):
+		return reconcile.Result{}, err
+	}
+	if age := m.now().Sub(tr.CreationTimestamp.Time); age < targetGrace {
+		return reconcile.Result{RequeueAfter: targetGrace - age}, nil
+	}
+	msg := fmt.Sprintf("pod %s/%s not found", tr.Namespace, tr.Spec.TargetPod)
+	return reconcile.Result{}, retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var cur v1.PodSnapshotManualTrigger
+		if err := m.c.Get(ctx, req.NamespacedName, &cur); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionTriggered) != nil {
+			return nil
+		}
+		meta.SetStatusCondition(&cur.Status.Conditions, metav1.Condition{Type: v1.ConditionTriggered,
+			Status: metav1.ConditionFalse, Reason: v1.ReasonFailed, Message: msg, ObservedGeneration: cur.Generation})
+		return m.c.Status().Update(ctx, &cur)
+	})
+}

@@ -1,0 +1,180 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
+	"github.com/podsnapshot/podsnapshot/internal/kubeapi"
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+// syncer runs retention and the reconcile between storage and objects every
+// SyncInterval, policy by policy:
+//
+//   - a committed snapshot in the policy's store without a PodSnapshot gets one (with
+//     the status the manifest says, and the finalizer);
+//   - a Ready PodSnapshot whose manifest is gone from the store gets Ready False/Failed
+//     ("files no longer in storage");
+//   - the policy's retention (lastAccessTimeout, maxSnapshotCountPerGroup) over the
+//     store's committed snapshots is carried out as PodSnapshot deletions (the finalizer
+//     then deletes the files); a snapshot without an object is deleted from storage;
+//   - a Failed PodSnapshot older than FailedTTL is deleted.
+//
+// Local stores (file://) are read only when this process sees the same directory as the
+// nodes (--local-stores); otherwise only the FailedTTL rule applies to their objects.
+type syncer struct {
+	c    client.Client
+	opts Options
+	log  logrus.FieldLogger
+}
+
+// Start runs sync every SyncInterval until ctx ends.
+func (s *syncer) Start(ctx context.Context) error {
+	t := time.NewTicker(s.opts.SyncInterval)
+	defer t.Stop()
+	for {
+		if err := s.sync(ctx); err != nil && ctx.Err() == nil {
+			s.log.WithError(err).Warn("sync of storage and PodSnapshots incomplete")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+func (s *syncer) sync(ctx context.Context) error {
+	var configs v1.PodSnapshotStorageConfigList
+	var policies v1.PodSnapshotPolicyList
+	var snaps v1.PodSnapshotList
+	for _, l := range []client.ObjectList{&configs, &policies, &snaps} {
+		if err := s.c.List(ctx, l); err != nil {
+			return err
+		}
+	}
+	now := s.opts.Now()
+	var errs []error
+	errs = append(errs, s.expireFailed(ctx, snaps.Items, now))
+	cfgs := map[string]*v1.PodSnapshotStorageConfig{}
+	for i := range configs.Items {
+		cfgs[configs.Items[i].Name] = &configs.Items[i]
+	}
+	for i := range policies.Items {
+		p := &policies.Items[i]
+		cfg := cfgs[p.Spec.StorageConfigName]
+		if cfg == nil {
+			continue
+		}
+		url := cfg.StoreURL()
+		if strings.HasPrefix(url, "file://") && !s.opts.LocalStores {
+			continue
+		}
+		if err := s.syncPolicy(ctx, p, url, snaps.Items, now); err != nil {
+			errs = append(errs, fmt.Errorf("PodSnapshotPolicy %s/%s: %w", p.Namespace, p.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// syncPolicy reconciles one policy's snapshots in its store with their objects.
+func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url string, all []v1.PodSnapshot, now time.Time) error {
+	st, err := storage.Open(ctx, url)
+	if err != nil {
+		return fmt.Errorf("open store %s: %w", url, err)
+	}
+	defer st.Close()
+	r := &repo.Repo{Store: st}
+	listed, _, err := r.List(ctx, p.Namespace)
+	if err != nil {
+		return fmt.Errorf("list store %s: %w", url, err)
+	}
+	stored := map[string]*manifest.Manifest{}
+	for _, m := range listed {
+		if m.Policy == p.Name {
+			stored[m.UUID] = m
+		}
+	}
+	objects := map[string]*v1.PodSnapshot{}
+	for i := range all {
+		if ps := &all[i]; ps.Namespace == p.Namespace && ps.Spec.PolicyName == p.Name {
+			objects[ps.Name] = ps
+		}
+	}
+	var errs []error
+	for uuid, m := range stored {
+		if objects[uuid] == nil && m.State == manifest.StateCommitted {
+			errs = append(errs, s.adopt(ctx, m, url))
+		}
+	}
+	for uuid, ps := range objects {
+		if stored[uuid] == nil && ps.DeletionTimestamp == nil && meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
+			errs = append(errs, kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, s.c, ps.Namespace, ps.Name, func(ps *v1.PodSnapshot) {
+				kubeapi.FilesGone(ps, "files no longer in storage at "+ps.Status.StoragePath, now)
+			})))
+		}
+	}
+	rules, err := p.RetentionRules()
+	if err != nil {
+		return err
+	}
+	for _, d := range repo.PlanRetention(listed, p.Namespace, p.Name, rules, now) {
+		if ps := objects[d.ID]; ps != nil {
+			s.log.Infof("retention: deleting PodSnapshot %s/%s (%s)", ps.Namespace, ps.Name, d.Reason)
+			errs = append(errs, kubeapi.IgnoreNotFound(s.c.Delete(ctx, ps)))
+			continue
+		}
+		s.log.Infof("retention: deleting snapshot %s/%s from %s (%s; no PodSnapshot)", p.Namespace, d.ID, url, d.Reason)
+		errs = append(errs, r.Delete(ctx, stored[d.ID]))
+	}
+	return errors.Join(errs...)
+}
+
+// adopt creates the PodSnapshot of a committed snapshot found in storage.
+func (s *syncer) adopt(ctx context.Context, m *manifest.Manifest, url string) error {
+	view := m.PodSnapshot(url)
+	ps := &v1.PodSnapshot{
+		ObjectMeta: metav1.ObjectMeta{Namespace: view.Namespace, Name: view.Name, Labels: view.Labels,
+			Annotations: view.Annotations, Finalizers: []string{kubeapi.Finalizer}},
+		Spec: view.Spec,
+	}
+	if err := s.c.Create(ctx, ps); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		return fmt.Errorf("create PodSnapshot %s/%s for a snapshot found in storage: %w", view.Namespace, view.Name, err)
+	}
+	s.log.Infof("PodSnapshot %s/%s created for a snapshot found in %s", view.Namespace, view.Name, url)
+	return kubeapi.SetSnapshotStatus(ctx, s.c, view.Namespace, view.Name, func(ps *v1.PodSnapshot) {
+		ps.Status.Conditions = view.Status.Conditions
+		ps.Status.LastAccessTime = view.Status.LastAccessTime
+		ps.Status.StoragePath = view.Status.StoragePath
+	})
+}
+
+// expireFailed deletes PodSnapshots whose Ready condition has been Failed for FailedTTL.
+func (s *syncer) expireFailed(ctx context.Context, snaps []v1.PodSnapshot, now time.Time) error {
+	var errs []error
+	for i := range snaps {
+		ps := &snaps[i]
+		c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
+		if ps.DeletionTimestamp != nil || c == nil || c.Reason != v1.ReasonFailed || now.Sub(c.LastTransitionTime.Time) < s.opts.FailedTTL {
+			continue
+		}
+		s.log.Infof("deleting PodSnapshot %s/%s: Failed for over %s (%s)", ps.Namespace, ps.Name, s.opts.FailedTTL, c.Message)
+		errs = append(errs, kubeapi.IgnoreNotFound(s.c.Delete(ctx, ps)))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,223 @@
+// Package kubeapi holds what the node agent and the controller share about the
+// podsnapshot.gke.io objects in a cluster: the scheme, the PodSnapshot finalizer, status
+// updates in GKE's shape, and deleting a snapshot's files from its storage path.
+package kubeapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+// Finalizer is on every PodSnapshot the agent creates: the object goes only after its
+// files are deleted from storage (by the controller for Cloud Storage, by the agent of
+// status.nodeName for a local store).
+const Finalizer = "podsnapshot.gke.io/podsnapshot-finalizer"
+
+// PodRestored is the Pod condition set on restored pods (True, message naming the
+// PodSnapshot).
+const PodRestored corev1.PodConditionType = "PodRestored"
+
+// NewScheme is client-go's scheme plus podsnapshot.gke.io/v1.
+func NewScheme() *runtime.Scheme {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	if err := v1.AddToScheme(s); err != nil {
+		panic(err)
+	}
+	return s
+}
+
+// SetSnapshotStatus applies change to the current status of PodSnapshot ns/name through
+// the status subresource, retrying on conflicts. A snapshot that does not exist is
+// returned as a NotFound error.
+func SetSnapshotStatus(ctx context.Context, c client.Client, ns, name string, change func(*v1.PodSnapshot)) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var ps v1.PodSnapshot
+		if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &ps); err != nil {
+			return err
+		}
+		before := ps.Status.DeepCopy()
+		change(&ps)
+		ps.Status.ObservedGeneration = ps.Generation
+		if equalStatus(before, &ps.Status) {
+			return nil
+		}
+		return c.Status().Update(ctx, &ps)
+	})
+}
+
+func equalStatus(a, b *v1.PodSnapshotStatus) bool {
+	return a.ObservedGeneration == b.ObservedGeneration && a.StoragePath == b.StoragePath &&
+		a.SourcePod == b.SourcePod && a.NodeName == b.NodeName &&
+		a.LastAccessTime.Equal(b.LastAccessTime) && conditionsEqual(a.Conditions, b.Conditions)
+}
+
+func conditionsEqual(a, b []metav1.Condition) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Type != y.Type || x.Status != y.Status || x.Reason != y.Reason || x.Message != y.Message || x.ObservedGeneration != y.ObservedGeneration {
+			return false
+		}
+	}
+	return true
+}
+
+// SetCondition sets one condition, keeping LastTransitionTime when the status is
+// unchanged (meta.SetStatusCondition's rule) and stamping at otherwise.
+func SetCondition(conds *[]metav1.Condition, typ string, status metav1.ConditionStatus, reason, msg string, gen int64, at time.Time) {
+	meta.SetStatusCondition(conds, metav1.Condition{Type: typ, Status: status, Reason: reason,
+		Message: msg, ObservedGeneration: gen, LastTransitionTime: metav1.NewTime(at)})
+}
+
+// Awaiting sets Ready False/AwaitingCheckpoint unless a checkpoint outcome is recorded.
+func Awaiting(ps *v1.PodSnapshot, at time.Time) {
+	if meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionCheckpoint) != nil {
+		return
+	}
+	SetCondition(&ps.Status.Conditions, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonAwaitingCheckpoint,
+		"waiting for the pod's checkpoint", ps.Generation, at)
+}
+
+// Committed sets Ready True/AllSnapshotsAvailable and Checkpoint True/Succeeded.
+func Committed(ps *v1.PodSnapshot, at time.Time) {
+	SetCondition(&ps.Status.Conditions, v1.ConditionReady, metav1.ConditionTrue, v1.ReasonAllSnapshotsAvailable,
+		"every file of the snapshot is stored", ps.Generation, at)
+	SetCondition(&ps.Status.Conditions, v1.ConditionCheckpoint, metav1.ConditionTrue, v1.ReasonSucceeded,
+		"checkpoint committed", ps.Generation, at)
+}
+
+// Failed sets Ready False/Failed and Checkpoint False/Failed with msg, unless the
+// snapshot was already committed (a failure reported late changes nothing).
+func Failed(ps *v1.PodSnapshot, msg string, at time.Time) {
+	if meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
+		return
+	}
+	SetCondition(&ps.Status.Conditions, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonFailed, msg, ps.Generation, at)
+	SetCondition(&ps.Status.Conditions, v1.ConditionCheckpoint, metav1.ConditionFalse, v1.ReasonFailed, msg, ps.Generation, at)
+}
+
+// FilesGone sets Ready False/Failed: the snapshot's manifest is no longer in storage.
+func FilesGone(ps *v1.PodSnapshot, msg string, at time.Time) {
+	SetCondition(&ps.Status.Conditions, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonFailed, msg, ps.Generation, at)
+}
+
+// IgnoreNotFound is nil for a NotFound API error, else err.
+func IgnoreNotFound(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
+}
+
+// SplitStoragePath splits a PodSnapshot's status.storagePath, "<store URL>/<namespace>/
+// <policy>/<uuid>" (e.g. "gs://bucket/path/ns/policy/uuid" or
+// "file:///var/lib/podsnapshot/store/ns/policy/uuid"), into the store URL and the three
+// names. It fails when fewer than three names follow the URL's scheme and host.
+func SplitStoragePath(p string) (storeURL, namespace, policy, uuid string, err error) {
+	scheme, rest, ok := strings.Cut(p, "://")
+	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	if !ok || len(parts) < 4 {
+		return "", "", "", "", fmt.Errorf("storage path %q: want <store URL>/<namespace>/<policy>/<uuid>", p)
+	}
+	n := len(parts)
+	return scheme + "://" + strings.Join(parts[:n-3], "/"), parts[n-3], parts[n-2], parts[n-1], nil
+}
+
+// DeleteFiles deletes the snapshot at storagePath from its store: manifest first, then
+// its files and index marker (repo.Delete). A snapshot whose manifest is already gone is
+// not an error (gone reports it): its leftover parts are what `podsnapshot gc` removes.
+func DeleteFiles(ctx context.Context, storagePath string) (gone bool, err error) {
+	url, ns, pol, uuid, err := SplitStoragePath(storagePath)
+	if err != nil {
+		return false, err
+	}
+	st, err := storage.Open(ctx, url)
+	if err != nil {
+		return false, fmt.Errorf("open store %s: %w", url, err)
+	}
+	defer st.Close()
+	r := &repo.Repo{Store: st}
+	m, err := r.Get(ctx, ns, pol, uuid)
+	if errors.Is(err, storage.ErrNotFound) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read snapshot %s: %w", storagePath, err)
+	}
+	if err := r.Delete(ctx, m); err != nil {
+		return false, fmt.Errorf("delete snapshot %s: %w", storagePath, err)
+	}
+	return false, nil
+}
+
+// RemoveFinalizer drops Finalizer from ps with a merge patch.
+func RemoveFinalizer(ctx context.Context, c client.Client, ps *v1.PodSnapshot) error {
+	base := ps.DeepCopy()
+	var keep []string
+	for _, f := range ps.Finalizers {
+		if f != Finalizer {
+			keep = append(keep, f)
+		}
+	}
+	ps.Finalizers = keep
+	return IgnoreNotFound(c.Patch(ctx, ps, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})))
+}
+
+// HasFinalizer reports whether ps carries Finalizer.
+func HasFinalizer(ps *v1.PodSnapshot) bool {
+	for _, f := range ps.Finalizers {
+		if f == Finalizer {
+			return true
+		}
+	}
+	return false
+}
+
+// Release deletes ps's files (DeleteFiles) and then its finalizer, so the object goes.
+// Used by the agent for local stores and by the controller for Cloud Storage. A failed
+// deletion is logged and retried after 10 s; the object stays until its files are gone.
+func Release(ctx context.Context, c client.Client, ps *v1.PodSnapshot, log logrus.FieldLogger) (reconcile.Result, error) {
+	id := ps.Namespace + "/" + ps.Name
+	if ps.Status.StoragePath != "" {
+		gone, err := DeleteFiles(ctx, ps.Status.StoragePath)
+		if err != nil {
+			log.WithError(err).Warnf("PodSnapshot %s: files not deleted yet", id)
+			return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
+		}
+		if gone {
+			log.Infof("PodSnapshot %s: no manifest at %s (already deleted)", id, ps.Status.StoragePath)
+		} else {
+			log.Infof("PodSnapshot %s: deleted %s", id, ps.Status.StoragePath)
+		}
+	}
+	return reconcile.Result{}, RemoveFinalizer(ctx, c, ps)
+}
+
+// IsLocal reports whether ps is stored in a node-local store (status.storagePath
+// file://...): its files are on status.nodeName only, and that node's agent deletes them.
+func IsLocal(ps *v1.PodSnapshot) bool {
+	return strings.HasPrefix(ps.Status.StoragePath, "file://")
+}
