@@ -116,7 +116,11 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 	var errs []error
 	for uuid, m := range stored {
 		if objects[uuid] == nil && m.State == manifest.StateCommitted {
-			errs = append(errs, s.adopt(ctx, m, url))
+			ps, err := s.adopt(ctx, m, url)
+			errs = append(errs, err)
+			if ps != nil {
+				objects[uuid] = ps // retention below deletes it as an object
+			}
 		}
 	}
 	for uuid, ps := range objects {
@@ -142,8 +146,9 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 	return errors.Join(errs...)
 }
 
-// adopt creates the PodSnapshot of a committed snapshot found in storage.
-func (s *syncer) adopt(ctx context.Context, m *manifest.Manifest, url string) error {
+// adopt creates the PodSnapshot of a committed snapshot found in storage and returns it
+// (nil when it could not be created).
+func (s *syncer) adopt(ctx context.Context, m *manifest.Manifest, url string) (*v1.PodSnapshot, error) {
 	view := m.PodSnapshot(url)
 	ps := &v1.PodSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Namespace: view.Namespace, Name: view.Name, Labels: view.Labels,
@@ -152,12 +157,12 @@ func (s *syncer) adopt(ctx context.Context, m *manifest.Manifest, url string) er
 	}
 	if err := s.c.Create(ctx, ps); err != nil {
 		if apierrors.IsAlreadyExists(err) {
-			return nil
+			return ps, nil
 		}
-		return fmt.Errorf("create PodSnapshot %s/%s for a snapshot found in storage: %w", view.Namespace, view.Name, err)
+		return nil, fmt.Errorf("create PodSnapshot %s/%s for a snapshot found in storage: %w", view.Namespace, view.Name, err)
 	}
 	s.log.Infof("PodSnapshot %s/%s created for a snapshot found in %s", view.Namespace, view.Name, url)
-	return kubeapi.SetSnapshotStatus(ctx, s.c, view.Namespace, view.Name, func(ps *v1.PodSnapshot) {
+	return ps, kubeapi.SetSnapshotStatus(ctx, s.c, view.Namespace, view.Name, func(ps *v1.PodSnapshot) {
 		ps.Status.Conditions = view.Status.Conditions
 		ps.Status.LastAccessTime = view.Status.LastAccessTime
 		ps.Status.StoragePath = view.Status.StoragePath
