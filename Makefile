@@ -1,6 +1,9 @@
 # podsnapshot: pod snapshots for containerd and gVisor.
 #   make deps    build pinned containerd, runsc, fake-gcs-server into _deps/ (once)
-#   make test    deps + build + every test (unit and end-to-end on a private containerd)
+#   make deps-kube  build etcd and Kubernetes (apiserver, controller-manager, kubelet,
+#                kubectl) into _deps/bin for the e2e tests' cluster (once; ~11 min of CPU)
+#   make test    deps + deps-kube + build + every test (unit and end-to-end on a private
+#                containerd, and a single-node Kubernetes on it)
 #   make demo    deps + build + snapshot/restore demo with timings
 #   make bench   deps + build + benchmarks into docs/benchmarks.md and docs/benchmarks.json
 include hack/versions.env
@@ -20,12 +23,16 @@ LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
 GOTAGS := disable_grpc_modules
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps build test unit e2e demo bench clean generate
+.PHONY: all deps deps-kube build test unit e2e demo bench clean generate
 
 all: build
 
 deps:
 	./hack/deps.sh all
+
+# Not part of deps: only the e2e tests need it, and demo and bench should not wait for it.
+deps-kube:
+	./hack/deps.sh kube
 
 build:
 	CGO_ENABLED=0 $(GO) build -tags '$(GOTAGS)' -ldflags '$(LDFLAGS)' -o $(OUT)/bin/ ./cmd/...
@@ -39,7 +46,7 @@ RACE = $$([ "$$($(GO) env CGO_ENABLED)" = 1 ] && echo -race)
 TEST_ENV := PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e$$\|/e2e/')
 
-test: deps build
+test: deps deps-kube build
 	$(TEST_ENV) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(UNIT_PKGS)
 	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
 
@@ -47,7 +54,7 @@ test: deps build
 unit:
 	$(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(UNIT_PKGS)
 
-e2e: deps build
+e2e: deps deps-kube build
 	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
 
 # Snapshot and restore demo on a private containerd (needs root): STORAGE=local|gcs,

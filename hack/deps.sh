@@ -87,6 +87,40 @@ build_cni() {
   stamp cni "$CNI_PLUGINS_VERSION"
 }
 
+# The e2e tests' Kubernetes: etcd and kube-apiserver, kube-controller-manager, kubelet,
+# kubectl, from the modules in hack/kube (their go.mod pins the versions of versions.env;
+# a mismatch is an error rather than a silent build of another version). Static, stripped,
+# with the version stamps `kubectl version` and the API's /version report. About 11
+# minutes of CPU the first time, so `all` leaves it out: `make deps-kube` builds it.
+build_kube() {
+  local cmds="kube-apiserver kube-controller-manager kubelet kubectl"
+  local version="$KUBERNETES_VERSION etcd-$ETCD_VERSION"
+  # shellcheck disable=SC2086
+  if fresh kube "$version" etcd $cmds; then return; fi
+  local src="$top/hack/kube" v
+  v=$(cd "$src/k8s" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
+  [ "$v" = "$KUBERNETES_VERSION" ] || { log "hack/kube/k8s/go.mod has k8s.io/kubernetes $v, versions.env $KUBERNETES_VERSION"; exit 1; }
+  v=$(cd "$src/etcd" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
+  [ "$v" = "$ETCD_VERSION" ] || { log "hack/kube/etcd/go.mod has etcd $v, versions.env $ETCD_VERSION"; exit 1; }
+  log "building etcd $ETCD_VERSION"
+  (cd "$src/etcd" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$bin/etcd" .)
+  # gitVersion etc. as Kubernetes' own build sets them (hack/lib/version.sh), in both
+  # version packages: component-base's (servers, /version) and client-go's (kubectl).
+  local minor=${KUBERNETES_VERSION#v*.} ldflags="-s -w" pkg
+  minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  done
+  local c
+  for c in $cmds; do
+    log "building $c $KUBERNETES_VERSION"
+    (cd "$src/k8s" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "$ldflags" \
+      -o "$bin/$c" "k8s.io/kubernetes/cmd/$c")
+  done
+  stamp kube "$version"
+}
+
 install_debian() {
   local missing=() p
   for p in $DEBIAN_PACKAGES; do
@@ -109,6 +143,7 @@ case $what in
   fake-gcs-server) build_fake_gcs ;;
   crictl) build_crictl ;;
   cni) build_cni ;;
+  kube) build_kube ;;
   debian) install_debian ;;
-  *) echo "usage: $0 [all|containerd|runsc|fake-gcs-server|crictl|cni|debian]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|containerd|runsc|fake-gcs-server|crictl|cni|kube|debian] (kube: etcd and Kubernetes for the e2e tests, not in all)" >&2; exit 2 ;;
 esac
