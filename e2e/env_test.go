@@ -101,23 +101,27 @@ spec:
 
 func newEnv(t *testing.T, kind storeKind) *env {
 	t.Helper()
-	return newEnvWith(t, kind, false)
+	return newEnvWith(t, kind, false, "")
 }
 
 // newCRIEnv is newEnv with containerd's CRI plugins on (see harness.CRIConfig): pods run
 // with `crictl runp --runtime podsnapshot` under the shim with this env's config.
 func newCRIEnv(t *testing.T, kind storeKind) *env {
 	t.Helper()
-	return newEnvWith(t, kind, true)
+	return newEnvWith(t, kind, true, "")
 }
 
-func newEnvWith(t *testing.T, kind storeKind, cri bool) *env {
+// newEnvWith makes the env; kubeletPodsDir is the shim's kubelet_pods_dir, default (""):
+// a directory of the env's (newKubeEnv passes its kubelet's).
+func newEnvWith(t *testing.T, kind storeKind, cri bool, kubeletPodsDir string) *env {
 	t.Helper()
 	harness.LeakCheck(t)
-	e := &env{t: t, dir: t.TempDir()}
+	e := &env{t: t, dir: t.TempDir(), kubeletPodsDir: kubeletPodsDir}
 	e.policyDir = filepath.Join(e.dir, "policies")
 	e.workDir = filepath.Join(e.dir, "work")
-	e.kubeletPodsDir = filepath.Join(e.dir, "kubelet-pods")
+	if e.kubeletPodsDir == "" {
+		e.kubeletPodsDir = filepath.Join(e.dir, "kubelet-pods")
+	}
 	e.runscRoot = harness.RunscRoot(t)
 	must(t, os.MkdirAll(e.policyDir, 0o755))
 
