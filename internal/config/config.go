@@ -14,6 +14,8 @@
 //	restore_wait_seconds = 30             # how long a pod's deferred restore waits for a
 //	                                      # container; above 0, at most 3600
 //	kubelet_pods_dir = "/var/lib/kubelet/pods"  # where emptyDir volumes live (mount hints)
+//	report_dir = ""                       # spool of reports for podsnapshot-agent; "": <work_dir>/.reports
+//	report_max_files = 10000              # at most this many reports wait; the oldest go first
 //
 //	[runsc]
 //	path = "runsc"                        # binary, a path or a name in $PATH
@@ -63,8 +65,15 @@ type Config struct {
 	// around the page cache, at the disk's speed. It shortens the workload's pause for
 	// images larger than the node's page cache absorbs quickly and leaves no gigabytes of
 	// dirty pages behind, at the cost of the upload reading the image from disk.
-	SaveDirect bool  `toml:"save_direct"`
-	Runsc      Runsc `toml:"runsc"`
+	SaveDirect bool `toml:"save_direct"`
+	// ReportDir is the spool where the shim reports what happened to Kubernetes pods
+	// (package report) for the node agent; "" means <WorkDir>/.reports (a name no
+	// containerd namespace can have).
+	ReportDir string `toml:"report_dir"`
+	// ReportMaxFiles bounds the spool: at that many reports the oldest is dropped before
+	// a new one is written, so a node without an agent does not fill its disk.
+	ReportMaxFiles int   `toml:"report_max_files"`
+	Runsc          Runsc `toml:"runsc"`
 
 	// Path is the file this config was read from; empty for built-in defaults.
 	Path string `toml:"-"`
@@ -88,6 +97,7 @@ func Default() Config {
 		// 30 s covers a pull of a cached image many times over.
 		RestoreWaitSeconds: 30,
 		KubeletPodsDir:     "/var/lib/kubelet/pods",
+		ReportMaxFiles:     10000,
 		Runsc: Runsc{
 			Path: "runsc",
 			Root: "/run/containerd/runsc",
@@ -139,9 +149,17 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, report_dir, report_max_files, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
+}
+
+// Reports returns the report spool directory: ReportDir, or <WorkDir>/.reports.
+func (c Config) Reports() string {
+	if c.ReportDir != "" {
+		return c.ReportDir
+	}
+	return filepath.Join(c.WorkDir, ".reports")
 }
 
 // Cache returns the snapshot cache directory: CacheDir, or <WorkDir>/cache.
@@ -218,6 +236,12 @@ func (c Config) Validate() error {
 		if !filepath.IsAbs(d.path) {
 			return fmt.Errorf("key %q: %q must be an absolute path", d.key, d.path)
 		}
+	}
+	if c.ReportDir != "" && (!filepath.IsAbs(c.ReportDir) || filepath.Clean(c.ReportDir) == "/") {
+		return fmt.Errorf("key \"report_dir\": %q must be an absolute path other than /", c.ReportDir)
+	}
+	if c.ReportMaxFiles < 1 {
+		return fmt.Errorf("key \"report_max_files\": %d must be at least 1", c.ReportMaxFiles)
 	}
 	if c.CacheDir != "" && !filepath.IsAbs(c.CacheDir) {
 		return fmt.Errorf("key \"cache_dir\": %q must be an absolute path", c.CacheDir)

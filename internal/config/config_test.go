@@ -65,6 +65,9 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{"relative work dir", `work_dir = "./w"`, `key "work_dir"`},
 		{"relative cache dir", `cache_dir = "c"`, `key "cache_dir"`},
 		{"empty pods dir", `kubelet_pods_dir = ""`, `key "kubelet_pods_dir"`},
+		{"relative report dir", `report_dir = "r"`, `key "report_dir": "r" must be an absolute path`},
+		{"root report dir", `report_dir = "/"`, `key "report_dir"`},
+		{"no reports kept", `report_max_files = 0`, `key "report_max_files": 0 must be at least 1`},
 		{"empty runsc root", "[runsc]\nroot = \"\"", `key "runsc.root"`},
 		// Issue 14 item 3: eviction from a cache dir that was the work dir deleted a
 		// live sandbox's image.
