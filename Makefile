@@ -23,7 +23,7 @@ LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
 GOTAGS := disable_grpc_modules
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps deps-kube build test unit e2e demo bench clean generate
+.PHONY: all deps deps-kube build test unit e2e demo demo-kubernetes bench clean generate agent-image
 
 all: build
 
@@ -72,6 +72,18 @@ STORES ?= local,gcs
 bench: deps build
 	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) \
 		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES)'
+
+# The image of podsnapshot-agent (node agent and controller, deploy/kubernetes) as an OCI
+# archive: only the static binary. Import it on each node: ctr -n k8s.io images import.
+AGENT_IMAGE ?= podsnapshot.local/podsnapshot-agent:latest
+agent-image: build
+	$(GO) run ./internal/testenv/imagebuild -preset none -name $(AGENT_IMAGE) \
+		-add /podsnapshot-agent=$(OUT)/bin/podsnapshot-agent -entrypoint /podsnapshot-agent \
+		-o $(OUT)/podsnapshot-agent.tar
+
+# The GKE guide's walkthrough on a private single-node Kubernetes (needs root).
+demo-kubernetes: deps deps-kube build
+	$(GO) run ./hack/demo-kubernetes
 
 # The deep-copy functions and the CRDs (deploy/kubernetes/crds) from the kubebuilder
 # markers of checkpoint/api/v1: controller-gen, then hack/crdgen adds the v1alpha1 version.

@@ -1,0 +1,151 @@
+// Command podsnapshot-agent connects podsnapshot to a Kubernetes cluster. It runs in one
+// of two roles:
+//
+//	podsnapshot-agent --role=agent --node-name=NODE      # on every node (DaemonSet)
+//	podsnapshot-agent --role=controller                  # one active replica (Deployment)
+//
+// The agent mirrors PodSnapshotPolicies and PodSnapshotStorageConfigs into the node's
+// policy_dir, delivers the shims' reports (PodSnapshot objects, Events, the PodRestored
+// condition), carries out manual triggers and deletes its node's local snapshots (package
+// internal/agent). The controller deletes Cloud Storage snapshots with their objects,
+// fails triggers of missing pods and runs retention and the storage reconcile (package
+// internal/controller). Both serve Prometheus metrics and health probes.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/internal/agent"
+	"github.com/podsnapshot/podsnapshot/internal/config"
+	"github.com/podsnapshot/podsnapshot/internal/controller"
+	"github.com/podsnapshot/podsnapshot/internal/kubeapi"
+	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// stores
+	_ "github.com/podsnapshot/podsnapshot/storage/local" // file:// stores
+	"github.com/podsnapshot/podsnapshot/version"
+)
+
+type flags struct {
+	role, configPath, nodeName, containerd    string
+	metricsAddr, probeAddr, leaseNS, logLevel string
+	leaderElect, localStores, showVersion     bool
+	syncInterval, failedTTL, pollInterval     time.Duration
+}
+
+func main() {
+	var f flags
+	fs := flag.CommandLine // controller-runtime registers --kubeconfig here
+	fs.StringVar(&f.role, "role", "agent", "agent (one per node) or controller (one active replica)")
+	fs.StringVar(&f.configPath, "config", config.DefaultPath, "the node's podsnapshot config (TOML): policy_dir and report_dir (agent)")
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (agent; default $NODE_NAME)")
+	fs.StringVar(&f.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's gRPC socket (agent: manual triggers)")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":9808", "address of the Prometheus /metrics endpoint; 0 disables it")
+	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":9809", "address of /healthz and /readyz; 0 disables them")
+	fs.BoolVar(&f.leaderElect, "leader-elect", true, "controller: elect one active replica through a Lease")
+	fs.StringVar(&f.leaseNS, "leader-election-namespace", "podsnapshot-system", "controller: namespace of the Lease podsnapshot-controller")
+	fs.BoolVar(&f.localStores, "local-stores", false, "controller: this process sees the nodes' local store directories (single node or shared filesystem)")
+	fs.DurationVar(&f.syncInterval, "sync-interval", time.Minute, "controller: how often retention and the storage reconcile run")
+	fs.DurationVar(&f.failedTTL, "failed-ttl", 24*time.Hour, "controller: how long a Failed PodSnapshot is kept")
+	fs.DurationVar(&f.pollInterval, "report-poll-interval", 500*time.Millisecond, "agent: how often the report spool is read")
+	fs.StringVar(&f.logLevel, "log-level", "info", "logrus level: error, warn, info, debug")
+	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
+	flag.Parse()
+	if f.showVersion {
+		fmt.Printf("podsnapshot-agent %s (revision %s, %s)\n", version.Version, version.Revision, runtime.Version())
+		return
+	}
+	if err := run(ctrl.SetupSignalHandler(), f); err != nil {
+		fmt.Fprintln(os.Stderr, "podsnapshot-agent:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, f flags) error {
+	level, err := logrus.ParseLevel(f.logLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := logrus.New()
+	log.SetLevel(level)
+	log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	// controller-runtime logs through logr; its warnings and errors go to stderr.
+	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+
+	restCfg, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("Kubernetes client config (--kubeconfig, $KUBECONFIG or in-cluster): %w", err)
+	}
+	opts := ctrl.Options{
+		Scheme:                 kubeapi.NewScheme(),
+		Metrics:                metricsserver.Options{BindAddress: f.metricsAddr},
+		HealthProbeBindAddress: f.probeAddr,
+		// Reads of PodSnapshots and triggers go to the API server: their status is
+		// updated from several places and retried on conflicts.
+		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&v1.PodSnapshot{}, &v1.PodSnapshotManualTrigger{}}}},
+	}
+	switch f.role {
+	case "agent":
+		cfg, err := config.Load(f.configPath)
+		if err != nil {
+			return err
+		}
+		if f.nodeName == "" {
+			return fmt.Errorf("--node-name (or $NODE_NAME) is required for --role=agent")
+		}
+		// This node's pods only.
+		opts.Cache = cache.Options{ByObject: map[client.Object]cache.ByObject{
+			&corev1.Pod{}: {Field: fields.OneTermEqualSelector("spec.nodeName", f.nodeName)},
+		}}
+		mgr, err := ctrl.NewManager(restCfg, opts)
+		if err != nil {
+			return err
+		}
+		if err := agent.Setup(mgr, agent.Options{NodeName: f.nodeName, PolicyDir: cfg.PolicyDir, ReportDir: cfg.Reports(),
+			ContainerdAddress: f.containerd, PollInterval: f.pollInterval, Logger: log}); err != nil {
+			return err
+		}
+		return serve(ctx, mgr, log, "agent of node "+f.nodeName)
+	case "controller":
+		opts.LeaderElection = f.leaderElect
+		opts.LeaderElectionID = "podsnapshot-controller"
+		opts.LeaderElectionNamespace = f.leaseNS
+		opts.LeaderElectionReleaseOnCancel = true
+		mgr, err := ctrl.NewManager(restCfg, opts)
+		if err != nil {
+			return err
+		}
+		if err := controller.Setup(mgr, controller.Options{SyncInterval: f.syncInterval, FailedTTL: f.failedTTL,
+			LocalStores: f.localStores, Logger: log}); err != nil {
+			return err
+		}
+		return serve(ctx, mgr, log, "controller")
+	}
+	return fmt.Errorf("--role %q: want agent or controller", f.role)
+}
+
+func serve(ctx context.Context, mgr ctrl.Manager, log logrus.FieldLogger, what string) error {
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	log.Infof("podsnapshot-agent %s: %s starting", version.Version, what)
+	return mgr.Start(ctx)
+}
