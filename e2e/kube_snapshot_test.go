@@ -23,9 +23,9 @@ if (exec 3<>/proc/gvisor/checkpoint) 2>/dev/null; then exec 3<>/proc/gvisor/chec
 echo "checkpoint result: ${r:-error}"
 while :; do i=$((i+1)); echo "count $i"; sleep 0.5; done`
 
-// guideManifests are the GKE guide's storage config and policy as written there
-// (v1alpha1), with a local store in place of the bucket.
-func guideManifests(storePath string) string {
+// guideStorageConfig and guidePolicy are the GKE guide's storage config and policy as
+// written there (v1alpha1), with a local store in place of the bucket.
+func guideStorageConfig(storePath string) string {
 	return `apiVersion: podsnapshot.gke.io/v1alpha1
 kind: PodSnapshotStorageConfig
 metadata:
@@ -34,8 +34,10 @@ spec:
   snapshotStorageConfig:
     local:
       path: "` + storePath + `"
----
-apiVersion: podsnapshot.gke.io/v1alpha1
+`
+}
+
+const guidePolicy = `apiVersion: podsnapshot.gke.io/v1alpha1
 kind: PodSnapshotPolicy
 metadata:
   name: example-pod-snapshot-policy
@@ -49,7 +51,6 @@ spec:
     type: workload
     postCheckpoint: resume
 `
-}
 
 var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}`)
 
@@ -68,24 +69,25 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 
 	// 1. Bad objects are refused by the API server, naming the field.
 	for _, bad := range []struct{ yaml, field string }{
-		{strings.Replace(guideManifests(storePath), "type: workload", "type: sometimes", 1), "spec.triggerConfig.type"},
-		{strings.Replace(guideManifests(storePath), "postCheckpoint: resume", "postCheckpoint: pause", 1), "spec.triggerConfig.postCheckpoint"},
-		{strings.Replace(guideManifests(storePath), "    postCheckpoint: resume\n", "    postCheckpoint: resume\n  retentionConfig:\n    lastAccessTimeout: 7days\n", 1), "spec.retentionConfig.lastAccessTimeout"},
-		{strings.Replace(guideManifests(storePath), "    local:\n", "    gcs: {bucket: b1}\n    local:\n", 1), "spec.snapshotStorageConfig"},
-		{strings.Replace(guideManifests(storePath), `path: "`+storePath+`"`, `path: "relative/dir"`, 1), "spec.snapshotStorageConfig.local.path"},
+		{strings.Replace(guidePolicy, "type: workload", "type: sometimes", 1), "spec.triggerConfig.type"},
+		{strings.Replace(guidePolicy, "postCheckpoint: resume", "postCheckpoint: pause", 1), "spec.triggerConfig.postCheckpoint"},
+		{strings.Replace(guidePolicy, "    postCheckpoint: resume\n", "    postCheckpoint: resume\n  retentionConfig:\n    lastAccessTimeout: 7days\n", 1), "spec.retentionConfig.lastAccessTimeout"},
+		{strings.Replace(guidePolicy, "  triggerConfig:\n", "  snapshotScope: everything\n  triggerConfig:\n", 1), "spec.snapshotScope"},
+		{strings.Replace(guideStorageConfig(storePath), "    local:\n", "    gcs: {bucket: b1}\n    local:\n", 1), "spec.snapshotStorageConfig"},
+		{strings.Replace(guideStorageConfig(storePath), `path: "`+storePath+`"`, `path: "relative/dir"`, 1), "spec.snapshotStorageConfig.local.path"},
 	} {
 		out, err := k.kube.KubectlInput(bad.yaml, "apply", "-f", "-")
 		if err == nil || !strings.Contains(err.Error()+out, bad.field) {
 			t.Fatalf("kubectl apply of a bad object: err=%v out=%q; want an error naming %s", err, out, bad.field)
 		}
 	}
-	if out := k.jsonpath("podsnapshotpolicies", "-A", "-o", "name"); out != "" {
+	if out := k.jsonpath("podsnapshotpolicies,podsnapshotstorageconfigs", "-A", "-o", "name"); out != "" {
 		t.Fatalf("a refused apply left objects: %q", out)
 	}
 
 	// 2. The guide's manifests apply unchanged; the policy is on the node within seconds.
 	begin := time.Now()
-	k.apply(guideManifests(storePath))
+	k.apply(guideStorageConfig(storePath) + "---\n" + guidePolicy)
 	mirror := filepath.Join(k.policyDir, agent.MirrorFile)
 	harness.Eventually(t, 15*time.Second, "the policy mirrored into the policy directory", func() bool {
 		b, _ := os.ReadFile(mirror)
