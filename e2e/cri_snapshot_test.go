@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
+	"github.com/podsnapshot/podsnapshot/internal/config"
+	"github.com/podsnapshot/podsnapshot/internal/report"
 )
 
 // Pod snapshots through CRI: a pod of two containers sharing an emptyDir, matched by the
@@ -239,7 +241,54 @@ func TestCRIPodSnapshotAndRestore(t *testing.T) {
 			procs, err := harness.FindProcesses([]string{e.runscRoot, e.cd.Dir})
 			return err == nil && len(procs) == 0
 		})
+		e.checkReports(m.UUID, first.uid, second.uid)
 	})
+}
+
+// checkReports checks what the shims reported for the node agent about pods test/web
+// (cold start with the snapshot's UUID reserved, then its checkpoint) and test/web-2
+// (restored from it).
+func (e *env) checkReports(uuid, webUID, web2UID string) {
+	t := e.t
+	t.Helper()
+	cfg, err := config.Load(e.config)
+	must(t, err)
+	entries, bad, err := report.Spool{Dir: cfg.Reports()}.List()
+	must(t, err)
+	if len(bad) > 0 {
+		t.Fatalf("unreadable reports: %v", bad)
+	}
+	got := map[string][]report.Report{}
+	for _, en := range entries {
+		got[en.Report.Pod.Name] = append(got[en.Report.Pod.Name], en.Report)
+	}
+	path := strings.TrimSuffix(e.storeURL, "/") + "/test/my-app/" + uuid
+	for pod, want := range map[string][]report.Report{
+		"web": {
+			{Kind: report.ColdStart, Pod: report.Pod{Namespace: "test", Name: "web", UID: webUID}, Reason: report.ReasonNoSnapshot, Snapshot: uuid},
+			{Kind: report.CheckpointStarted, Snapshot: uuid},
+			{Kind: report.CheckpointCommitted, Snapshot: uuid, StoragePath: path},
+		},
+		"web-2": {{Kind: report.Restored, Pod: report.Pod{Namespace: "test", Name: "web-2", UID: web2UID}, Snapshot: uuid, StoragePath: path}},
+	} {
+		rs := got[pod]
+		if len(rs) != len(want) {
+			t.Fatalf("reports about pod %s: %+v; want %d", pod, rs, len(want))
+		}
+		for i, w := range want {
+			r := rs[i]
+			if r.Kind != w.Kind || r.Snapshot != w.Snapshot || r.Policy != "my-app" || r.Pod.Namespace != "test" ||
+				(w.Pod.UID != "" && r.Pod != w.Pod) || (w.Reason != "" && r.Reason != w.Reason) ||
+				(w.StoragePath != "" && r.StoragePath != w.StoragePath) {
+				t.Fatalf("report %d about pod %s: %+v; want %+v", i, pod, r, w)
+			}
+		}
+		var seen []string
+		for _, r := range rs {
+			seen = append(seen, fmt.Sprintf("%s %s %.3f s", r.Kind, r.Snapshot, r.Seconds))
+		}
+		t.Logf("reports about pod test/%s: %s", pod, strings.Join(seen, "; "))
+	}
 }
 
 // TestCRIPodThatDiffersStartsCold: a pod whose server has other args than the snapshot's,

@@ -104,6 +104,22 @@ func TestCacheDirAccepted(t *testing.T) {
 	}
 }
 
+func TestReportDir(t *testing.T) {
+	for _, tc := range []struct {
+		toml, want string
+		max        int
+	}{
+		{``, "/var/lib/podsnapshot/.reports", 10000},
+		{`work_dir = "/w"`, "/w/.reports", 10000},
+		{"report_dir = \"/var/spool/ps\"\nreport_max_files = 5", "/var/spool/ps", 5},
+	} {
+		cfg, err := Parse([]byte(tc.toml))
+		if err != nil || cfg.Reports() != tc.want || cfg.ReportMaxFiles != tc.max {
+			t.Errorf("Parse(%q) = report dir %q, max %d, %v; want %q, %d", tc.toml, cfg.Reports(), cfg.ReportMaxFiles, err, tc.want, tc.max)
+		}
+	}
+}
+
 func TestLoadNamesTheFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "shim.toml")
 	if err := os.WriteFile(path, []byte("[runsc]\nflagz = 1\n"), 0o644); err != nil {

@@ -13,6 +13,7 @@ import (
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/snapkey"
+	"github.com/podsnapshot/podsnapshot/internal/report"
 )
 
 // errAbandoned is the commit result of a snapshot given up because its task was killed
@@ -27,9 +28,11 @@ var errAbandoned = errors.New("snapshot abandoned: the task was killed or delete
 // successful checkpoint straight from the checkpoint directory and then stops watching;
 // runsc refuses later triggers (the workload's write fails and it reads "error"). A
 // failed save (the wait returns its error while the sandbox keeps running; the workload
-// reads "error") is logged, uploads nothing, and a new watch is armed.
+// reads "error") is logged and reported (CheckpointFailed, using up the snapshot's
+// UUID), uploads nothing, and a new watch is armed.
 func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 	defer func() { cancel() }() // the watch armed last
+	ctx := context.Background()
 	dir, _ := p.checkpointTarget()
 	for {
 		err := <-watch
@@ -42,6 +45,7 @@ func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 			}
 			log.L.WithError(err).WithFields(log.Fields{"id": p.sb.ID(), "reason": v1.EventReason}).
 				Warn("podsnapshot: checkpoint failed: the workload read \"error\" and keeps running; nothing uploaded")
+			p.reportCheckpointFailed(ctx, p.takeSnapshot(), fmt.Sprintf("the workload's checkpoint failed: %v", err))
 			// What the failed save wrote is of no use; runsc keeps the files open for the
 			// next save, so they are emptied, not removed, and a full disk is full no more.
 			discardImage(dir, true)
@@ -54,7 +58,10 @@ func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 		if p.stop {
 			p.tookCheckpoint.Store(true)
 		}
-		_, err = p.commit(dir)
+		t0 := time.Now()
+		uuid := p.takeSnapshot()
+		p.rep.write(ctx, report.Report{Kind: report.CheckpointStarted, Snapshot: uuid})
+		_, err = p.commit(uuid, dir, t0)
 		p.busy.Unlock()
 		if p.stop {
 			p.result <- err
@@ -106,41 +113,62 @@ func (p *Pod) imageWritten() bool {
 
 // Checkpoint takes a snapshot of the pod on request (containerd's Checkpoint call,
 // `podsnapshot checkpoint`): `runsc checkpoint` of the sandbox, then the commit. It
-// returns the committed manifest; at most one checkpoint of a pod runs at a time.
+// returns the committed manifest; at most one checkpoint of a pod runs at a time. Each
+// call that gets past that check has its snapshot UUID (the reserved one, else a fresh
+// one) and ends in a CheckpointCommitted or CheckpointFailed report.
 func (p *Pod) Checkpoint(ctx context.Context) (*manifest.Manifest, error) {
 	if !p.busy.TryLock() {
 		return nil, fmt.Errorf("a checkpoint of sandbox %s is already in progress", p.sb.ID())
 	}
 	defer p.busy.Unlock()
-	dir := filepath.Join(p.workDir, "manual-"+time.Now().UTC().Format("20060102T150405.000000000"))
+	t0 := time.Now()
+	uuid := p.takeSnapshot()
+	dir := filepath.Join(p.workDir, "manual-"+t0.UTC().Format("20060102T150405.000000000"))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		err = fmt.Errorf("checkpoint image directory: %w", err)
+		p.reportCheckpointFailed(ctx, uuid, err.Error())
 		return nil, err
 	}
 	if p.stop {
 		p.tookCheckpoint.Store(true)
 	}
+	p.rep.write(ctx, report.Report{Kind: report.CheckpointStarted, Snapshot: uuid})
 	if err := p.sb.Checkpoint(ctx, dir, !p.stop); err != nil {
 		p.tookCheckpoint.Store(false)
 		os.RemoveAll(dir)
+		p.reportCheckpointFailed(ctx, uuid, err.Error())
 		return nil, err
 	}
-	m, err := p.commit(dir)
+	m, err := p.commit(uuid, dir, t0)
 	if p.stop {
 		p.result <- err
 	}
 	return m, err
 }
 
-// commit uploads a checkpoint image directory as a new snapshot of the pod, then applies
+// commit uploads a checkpoint image directory as snapshot uuid of the pod, then applies
 // the policy's retention; the directory is removed only after the manifest is stored.
-func (p *Pod) commit(dir string) (*manifest.Manifest, error) {
+// started is when the checkpoint began. It reports the outcome before retention runs:
+// CheckpointCommitted, or CheckpointFailed with the error.
+func (p *Pod) commit(uuid, dir string, started time.Time) (_ *manifest.Manifest, err error) {
 	id := p.sb.ID()
+	defer func() {
+		if err == nil {
+			return
+		}
+		l := log.L.WithError(err).WithFields(log.Fields{"id": id, "reason": v1.EventReason, "snapshot": uuid})
+		if errors.Is(err, errAbandoned) {
+			l.Warn("podsnapshot: checkpoint not committed")
+		} else {
+			l.Error("podsnapshot: checkpoint not committed")
+		}
+		p.reportCheckpointFailed(context.Background(), uuid, err.Error())
+	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancelMu.Lock()
 	if p.abandoned != 0 {
 		p.cancelMu.Unlock()
 		cancel()
-		log.L.WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Warn("podsnapshot: checkpoint not committed: the task was killed or deleted")
 		return nil, errAbandoned
 	}
 	p.cancel = cancel
@@ -156,11 +184,11 @@ func (p *Pod) commit(dir string) (*manifest.Manifest, error) {
 	t0 := time.Now()
 	key, members, infos, err := p.podKey()
 	if err != nil {
-		log.L.WithError(err).WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
 		discardImage(dir, false)
 		return nil, err
 	}
 	m := manifest.New(p.namespace, p.policyName(), key, p.tuple, t0)
+	m.UUID = uuid
 	if len(members) > 0 {
 		m.SandboxKey = p.sandboxKey
 		m.Containers = members
@@ -170,19 +198,22 @@ func (p *Pod) commit(dir string) (*manifest.Manifest, error) {
 	m.Source = p.source
 	m.Source.Containers = append(m.Source.Containers[:1:1], infos...)
 	if err := p.repo.Commit(ctx, m, dir); err != nil {
-		log.L.WithError(err).WithFields(log.Fields{"id": id, "reason": v1.EventReason}).Error("podsnapshot: checkpoint not committed")
 		// A snapshot that cannot be stored is lost either way (no other upload of it
 		// follows): its image must not keep the node's disk full until the pod goes.
 		discardImage(dir, false)
 		return nil, err
 	}
+	upload := time.Since(t0)
 	if err := os.RemoveAll(dir); err != nil {
 		log.L.WithError(err).Warn("remove uploaded checkpoint image")
 	}
 	raw, stored := m.Sizes()
+	msg := fmt.Sprintf("Successfully checkpointed the pod to PodSnapshot %s/%s", m.Namespace, m.UUID)
 	log.L.WithFields(log.Fields{"id": id, "reason": v1.EventReason, "snapshot": m.UUID,
-		"raw_bytes": raw, "stored_bytes": stored, "upload_ms": time.Since(t0).Milliseconds()}).
-		Infof("podsnapshot: committed: Successfully checkpointed the pod to PodSnapshot %s/%s", m.Namespace, m.UUID)
+		"raw_bytes": raw, "stored_bytes": stored, "upload_ms": upload.Milliseconds()}).
+		Infof("podsnapshot: committed: %s", msg)
+	p.rep.write(ctx, report.Report{Kind: report.CheckpointCommitted, Snapshot: m.UUID, StoragePath: p.storagePath(m),
+		Message: msg, Seconds: time.Since(started).Seconds(), UploadSeconds: upload.Seconds(), StoredBytes: stored})
 	p.applyRetention(ctx)
 	return m, nil
 }

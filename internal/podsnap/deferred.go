@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/internal/report"
 )
 
 // The deferred restore of a pod of several containers (CRI).
@@ -231,7 +232,7 @@ func (p *Pod) joinDeferred(ctx context.Context, m *member) bool {
 		return false
 	}
 	if why := d.mismatch(m); why != "" {
-		p.startCold(ctx, d, why)
+		p.startCold(ctx, d, report.ReasonSpecDiffers, why)
 		return false
 	}
 	d.arrived = append(d.arrived, m)
@@ -301,7 +302,7 @@ func (p *Pod) restorePod(ctx context.Context, d *deferredRestore) {
 		}
 		// The files may be what failed: the next restore downloads them afresh.
 		p.dropRestore(true)
-		p.startCold(ctx, d, fmt.Sprintf("restore from snapshot %s/%s failed: %v", p.namespace, m.UUID, err))
+		p.startCold(ctx, d, report.ReasonRestoreFailed, fmt.Sprintf("restore from snapshot %s/%s failed: %v", p.namespace, m.UUID, err))
 		return
 	}
 	d.resolve(deferRestored)
@@ -313,15 +314,18 @@ func (p *Pod) restorePod(ctx context.Context, d *deferredRestore) {
 }
 
 // startCold gives up the restore and starts the pod cold: a fresh sandbox, then every
-// arrived container (started if its Start came). d.mu is held. A container that cannot
-// be started ends with 255, as a failed Start would.
-func (p *Pod) startCold(ctx context.Context, d *deferredRestore, why string) {
+// arrived container (started if its Start came). reason (report.Reason*) and why say
+// why, for the cold-start report and the decision line. d.mu is held. A container that
+// cannot be started ends with 255, as a failed Start would.
+func (p *Pod) startCold(ctx context.Context, d *deferredRestore, reason, why string) {
 	ctx = context.WithoutCancel(ctx) // the pod's start, whoever's call brought it about
 	decide(ctx, p.sb.ID(), "cold start", why)
 	p.dropRestore(false)
 	// Calls waiting for the pod (exec, ps, ...) go on once its containers run.
 	defer d.resolve(deferCold)
-	if err := p.recreate(ctx); err != nil {
+	err := p.recreate(ctx)
+	p.reportColdStart(ctx, reason, why)
+	if err != nil {
 		p.failPod(ctx, d, err)
 		return
 	}
@@ -375,7 +379,7 @@ func (p *Pod) restoreTimedOut(ctx context.Context) {
 		return
 	}
 	m, _ := p.restoring()
-	p.startCold(ctx, d, fmt.Sprintf("containers %s of snapshot %s/%s were not created and started within %v",
+	p.startCold(ctx, d, report.ReasonSpecDiffers, fmt.Sprintf("containers %s of snapshot %s/%s were not created and started within %v",
 		strings.Join(d.missing(), ", "), p.namespace, m.UUID, d.wait))
 }
 
@@ -403,7 +407,7 @@ func (p *Pod) killDeferred(ctx context.Context, t Task, signal int) bool {
 		name := d.arrivedAs(t).name
 		d.remove(t)
 		t.Exit(128 + signal)
-		p.startCold(ctx, d, fmt.Sprintf("container %s was killed while the pod waited for its containers", name))
+		p.startCold(ctx, d, report.ReasonOther, fmt.Sprintf("container %s was killed while the pod waited for its containers", name))
 		return true
 	}
 	if d.state == deferWaiting {
@@ -437,7 +441,7 @@ func (p *Pod) leaveDeferred(ctx context.Context, t Task) {
 	}
 	name := d.arrivedAs(t).name
 	d.remove(t)
-	p.startCold(ctx, d, fmt.Sprintf("container %s was deleted before the pod's restore", name))
+	p.startCold(ctx, d, report.ReasonOther, fmt.Sprintf("container %s was deleted before the pod's restore", name))
 }
 
 // AwaitResolved waits, for a call that needs task t running in runsc (exec, ps, stats,

@@ -282,6 +282,7 @@ func sandboxSpec(pod string) *specs.Spec {
 		Annotations: map[string]string{
 			oci.SandboxNamespaceAnnotation:     "default",
 			oci.SandboxNameAnnotation:          pod,
+			oci.SandboxUIDAnnotation:           "uid-" + pod,
 			"io.kubernetes.cri.container-type": "sandbox",
 		},
 	}
@@ -304,9 +305,10 @@ func (e *env) plan(id, pod string) (*Pod, *fakeTask) {
 	sb := newFakeTask(id)
 	p := e.node.Plan(context.Background(), Sandbox{Task: sb, Spec: sandboxSpec(pod), Config: e.cfg})
 	if p != nil {
-		// The access-time update of a restore runs in the background; the temp dirs go
-		// once it is over.
+		// The access-time update of a restore and the end of a commit (its report,
+		// retention) run in the background; the temp dirs go once they are over.
 		e.t.Cleanup(p.touches.Wait)
+		e.t.Cleanup(p.commits.Wait)
 	}
 	return p, sb
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/internal/report"
 )
 
 // fetch brings the snapshot a pod restores from onto the node: at once from the node
@@ -22,8 +23,9 @@ type fetch struct {
 	// done is closed and read only after.
 	done   chan struct{}
 	cancel context.CancelFunc
-	// failed says why the fetch failed ("" when it did not).
+	// failed says why the fetch failed ("" when it did not); err is that error.
 	failed string
+	err    error
 	dir    string // a node cache entry, or a private download when private
 	// private: dir is this pod's alone (the cache is disabled) and is removed with it.
 	private bool
@@ -35,16 +37,16 @@ const downloadStopTimeout = 10 * time.Second
 
 // find looks up the snapshot to restore: the one named by the ps-name annotation
 // (psName), else the newest compatible one for the sandbox key. It returns the reason for
-// the decision and whether the pod restores; when it does, p.restore and p.fetch are set
-// and the download, if any, runs in the background.
-func (p *Pod) find(ctx context.Context, psName string) (string, bool) {
+// the decision in words, and whether the pod restores; when it does not, reason
+// classifies why (report.Reason*); when it does, p.restore and p.fetch are set and the
+// download, if any, runs in the background.
+func (p *Pod) find(ctx context.Context, psName string) (why, reason string, restores bool) {
 	t0 := time.Now()
 	p.lookupStart = t0
 	lctx, cancel := context.WithTimeout(ctx, lookupTimeout)
 	defer cancel()
 	var (
 		m   *manifest.Manifest
-		why string
 		err error
 	)
 	if psName != "" {
@@ -58,12 +60,12 @@ func (p *Pod) find(ctx context.Context, psName string) (string, bool) {
 	url := p.repo.Store.URL("")
 	if err != nil {
 		if lctx.Err() != nil {
-			return fmt.Sprintf("storage %s unreachable after %.1f s: %v", url, time.Since(t0).Seconds(), err), false
+			return fmt.Sprintf("storage %s unreachable after %.1f s: %v", url, time.Since(t0).Seconds(), err), report.ReasonStorageUnreachable, false
 		}
-		return fmt.Sprintf("snapshot lookup in %s failed: %v", url, err), false
+		return fmt.Sprintf("snapshot lookup in %s failed: %v", url, err), report.ReasonStorageUnreachable, false
 	}
 	if m == nil {
-		return why, false
+		return why, findReason(why), false
 	}
 	f := &fetch{m: m, done: make(chan struct{})}
 	p.restore, p.fetch = m, f
@@ -71,7 +73,7 @@ func (p *Pod) find(ctx context.Context, psName string) (string, bool) {
 		f.cached, f.dir, f.took = true, dir, time.Since(t0)
 		close(f.done)
 		return fmt.Sprintf("snapshot %s/%s (policy %s) found in the node cache %s",
-			p.namespace, m.UUID, p.entry.ID(), p.nodeCache.Dir), true
+			p.namespace, m.UUID, p.entry.ID(), p.nodeCache.Dir), "", true
 	}
 	// The download outlives Create's RPC; Kill, Delete and a Start that gives up cancel it.
 	dctx, dcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -83,13 +85,13 @@ func (p *Pod) find(ctx context.Context, psName string) (string, bool) {
 		f.took = time.Since(t0)
 		if err != nil {
 			// Fetch says which: corrupt (and marked failed), or the download failed.
-			f.failed = err.Error()
+			f.failed, f.err = err.Error(), err
 			return
 		}
 		f.dir, f.private = dir, private
 	}()
 	return fmt.Sprintf("snapshot %s/%s (policy %s) found in %d ms; downloading it while runsc creates the sandbox",
-		p.namespace, m.UUID, p.entry.ID(), time.Since(t0).Milliseconds()), true
+		p.namespace, m.UUID, p.entry.ID(), time.Since(t0).Milliseconds()), "", true
 }
 
 // await waits for the fetch, or for ctx to end (the download is then cancelled), and
@@ -106,6 +108,17 @@ func (f *fetch) await(ctx context.Context, namespace, policyID string) (why stri
 	}
 	return fmt.Sprintf("snapshot %s/%s (policy %s) downloaded and verified in %d ms",
 		namespace, f.m.UUID, policyID, f.took.Milliseconds()), true
+}
+
+// failReason classifies, for the cold-start report, why a fetch that await did not
+// report ok failed (report.Reason*): Other when await gave up before the fetch ended.
+func (f *fetch) failReason() string {
+	select {
+	case <-f.done:
+		return fetchReason(f.err)
+	default:
+		return report.ReasonOther
+	}
 }
 
 // abort cancels a download still running, without waiting for it.

@@ -1,7 +1,8 @@
 // Package podsnap owns the snapshot lifecycle of one pod: the plan at the sandbox's
 // Create (policy, snapshot key, lookup, background fetch), restore or cold start at
 // Start, the deferred restore of a pod of several containers, the workload and manual
-// checkpoint triggers, the commit to storage, postCheckpoint stop, and cleanup.
+// checkpoint triggers, the commit to storage, postCheckpoint stop, cleanup, and the
+// reports of each step to the node agent (report.go).
 //
 // The task service (package shim) calls it through a few hooks — Node.Plan at the
 // sandbox's Create, Pod.Join at a container's Create, Pod.Start, Pod.Kill, Pod.Delete,
@@ -29,6 +30,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
 	"github.com/podsnapshot/podsnapshot/checkpoint/snapkey"
 	"github.com/podsnapshot/podsnapshot/internal/config"
+	"github.com/podsnapshot/podsnapshot/internal/report"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
@@ -75,8 +77,11 @@ type Pod struct {
 	stop       bool   // postCheckpoint: stop
 	// lookupStart is when the snapshot lookup began, at the sandbox's Create.
 	lookupStart time.Time
+	// rep writes the pod's reports for the node agent (report.go); nil for a pod
+	// without a Kubernetes name (ctr).
+	rep *reporter
 
-	// mu guards restore, fetch, workloadTrigger and checkpointDir.
+	// mu guards restore, fetch, workloadTrigger, checkpointDir and reserved.
 	mu sync.Mutex
 	// restore is the snapshot the pod restores from at Start; nil for a cold start.
 	restore *manifest.Manifest
@@ -85,6 +90,9 @@ type Pod struct {
 	// workloadTrigger: the workload may checkpoint itself into checkpointDir.
 	workloadTrigger bool
 	checkpointDir   string
+	// reserved is the UUID the next checkpoint is committed under, reported with the
+	// cold start before that checkpoint exists (report.go); "" when none is reserved.
+	reserved string
 
 	// deferred is the restore of a snapshot of several containers, set at the sandbox's
 	// Start (deferred.go) and read by the hooks of its containers.
@@ -162,10 +170,16 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		return nil
 	}
 	entry := match.Entry
+	rep := newReporter(cfg, spec, ns, id, entry.Policy.Name)
+	// coldWithout starts the matched pod cold without a lifecycle: it cannot checkpoint.
+	coldWithout := func(reason, why string) *Pod {
+		decide(ctx, id, "cold start", why)
+		rep.write(ctx, report.Report{Kind: report.ColdStart, Reason: reason, Message: why})
+		return nil
+	}
 	tuple, err := n.tuple(ctx, cfg)
 	if err != nil {
-		decide(ctx, id, "cold start", fmt.Sprintf("policy %s: %v", entry.ID(), err))
-		return nil
+		return coldWithout(report.ReasonOther, fmt.Sprintf("policy %s: %v", entry.ID(), err))
 	}
 	image := rec.Image
 	if image == "" {
@@ -184,13 +198,11 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		Containers:  []snapkey.Container{sandbox},
 	})
 	if err != nil {
-		decide(ctx, id, "cold start", fmt.Sprintf("policy %s: snapshot key: %v", entry.ID(), err))
-		return nil
+		return coldWithout(report.ReasonOther, fmt.Sprintf("policy %s: snapshot key: %v", entry.ID(), err))
 	}
 	st, err := n.store(ctx, entry.StoreURL)
 	if err != nil {
-		decide(ctx, id, "cold start", fmt.Sprintf("policy %s: %v", entry.ID(), err))
-		return nil
+		return coldWithout(report.ReasonStorageUnreachable, fmt.Sprintf("policy %s: %v", entry.ID(), err))
 	}
 	p := &Pod{
 		node:        n,
@@ -205,6 +217,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		tuple:       tuple,
 		labels:      rec.Labels,
 		workDir:     filepath.Join(cfg.WorkDir, n.Namespace, id),
+		rep:         rep,
 		stop:        entry.Policy.Spec.TriggerConfig.PostCheckpoint == v1.PostCheckpointStop,
 		result:      make(chan error, 1),
 		sandboxGone: make(chan struct{}),
@@ -218,7 +231,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		},
 	}
 
-	why, restores := p.find(ctx, spec.Annotations[PSNameAnnotation])
+	why, reason, restores := p.find(ctx, spec.Annotations[PSNameAnnotation])
 	if restores {
 		if p.fetch.cached {
 			decide(ctx, id, "restore", why)
@@ -230,12 +243,16 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	}
 	if p.workloadTriggered() {
 		if err := p.enableWorkloadTrigger(); err != nil {
-			decide(ctx, id, "cold start", fmt.Sprintf("%s; policy %s: workload trigger not enabled: %v", why, entry.ID(), err))
+			why = fmt.Sprintf("%s; policy %s: workload trigger not enabled: %v", why, entry.ID(), err)
+			decide(ctx, id, "cold start", why)
+			p.reportColdStart(ctx, reason, why)
 			return p
 		}
 	}
-	decide(ctx, id, "cold start", fmt.Sprintf("%s (policy %s, %s trigger, lookup %d ms)",
-		why, entry.ID(), entry.Policy.Spec.TriggerConfig.Type, time.Since(start).Milliseconds()))
+	why = fmt.Sprintf("%s (policy %s, %s trigger, lookup %d ms)",
+		why, entry.ID(), entry.Policy.Spec.TriggerConfig.Type, time.Since(start).Milliseconds())
+	decide(ctx, id, "cold start", why)
+	p.reportColdStart(ctx, reason, why)
 	return p
 }
 

@@ -9,6 +9,7 @@ import (
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/internal/report"
 )
 
 // Start runs created task t of the pod: the sandbox restores from its snapshot or starts
@@ -69,17 +70,24 @@ func (p *Pod) restoreOrStart(ctx context.Context) error {
 	} else if p.sb.Exited() {
 		return fmt.Errorf("container %s was killed while its snapshot downloaded", id)
 	}
+	reason := report.ReasonRestoreFailed
+	if !fetched {
+		reason = f.failReason()
+	}
 	decide(ctx, id, "cold start", why)
 	// After a failed restore the files may be what failed: the next restore downloads
 	// them afresh.
 	p.dropRestore(fetched)
 	// After a failed download nothing has run in the sandbox, and it is what a cold start
 	// of a manual policy creates (only a workload trigger changes the spec): start it.
-	if !fetched && !p.workloadTriggered() {
-		return p.launch(ctx, p.sb)
-	}
-	if err := p.recreate(ctx); err != nil {
-		return err
+	if fetched || p.workloadTriggered() {
+		err := p.recreate(ctx)
+		p.reportColdStart(ctx, reason, why)
+		if err != nil {
+			return err
+		}
+	} else {
+		p.reportColdStart(ctx, reason, why)
 	}
 	return p.launch(ctx, p.sb)
 }
@@ -141,10 +149,12 @@ func (p *Pod) logRestored(ctx context.Context, m *manifest.Manifest, f *fetch, n
 		pod = fmt.Sprintf(" with %d containers", n)
 		waitedPart = fmt.Sprintf(", waited for containers %d ms", waited.Milliseconds())
 	}
+	total := time.Since(p.lookupStart)
+	msg := fmt.Sprintf("Successfully restored the pod from PodSnapshot %s/%s%s in %d ms (download %d ms%s, runsc restore %d ms)",
+		p.namespace, m.UUID, pod, total.Milliseconds(), f.took.Milliseconds(), waitedPart, restore.Milliseconds())
 	log.G(ctx).WithFields(log.Fields{"id": p.sb.ID(), "decision": "restored", "reason": v1.EventReason}).Infof(
-		"podsnapshot: restored: Successfully restored the pod from PodSnapshot %s/%s%s in %d ms (download %d ms%s, runsc restore %d ms)",
-		p.namespace, m.UUID, pod, time.Since(p.lookupStart).Milliseconds(),
-		f.took.Milliseconds(), waitedPart, restore.Milliseconds())
+		"podsnapshot: restored: %s", msg)
+	p.reportRestored(ctx, m, f, total, msg)
 	p.touches.Add(1)
 	go func() {
 		defer p.touches.Done()
@@ -192,8 +202,9 @@ func (p *Pod) StoppedByCheckpoint(t Task) bool {
 // Delete is called when task t of the pod is deleted, after runsc has removed it. A
 // container waiting for the pod's restore leaves it (the rest of the pod starts cold).
 // For the sandbox, an upload still running is abandoned (no manifest is written) and
-// given a few seconds to delete what it uploaded, so Delete finishes in bounded time;
-// then the pod's work dir goes.
+// given a few seconds to delete what it uploaded, so Delete finishes in bounded time; a
+// snapshot UUID reserved for a checkpoint that never came is reported failed; then the
+// pod's work dir goes.
 func (p *Pod) Delete(ctx context.Context, t Task) {
 	if p == nil {
 		return
@@ -205,5 +216,6 @@ func (p *Pod) Delete(ctx context.Context, t Task) {
 	}
 	p.abandon(9)
 	p.waitCommits(10 * time.Second)
+	p.giveUpReserved(ctx)
 	p.cleanup()
 }

@@ -21,6 +21,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/containerd/log"
 )
 
 // Kind says what a report is about.
@@ -95,6 +97,10 @@ type Report struct {
 type Spool struct {
 	// Dir is the spool directory; Write creates it (0700) when missing.
 	Dir string
+	// Max bounds the reports waiting in Dir (config report_max_files): when Write finds
+	// Max or more, it removes the oldest, with a warning each, until one fewer remain, so
+	// that a node without an agent does not fill its disk. 0 means no bound.
+	Max int
 }
 
 // Entry is one report file in a spool.
@@ -104,7 +110,8 @@ type Entry struct {
 	Report Report
 }
 
-// Write stores r as a new file. r.Time is set to now when zero.
+// Write stores r as a new file. r.Time is set to now when zero. With Max set, the
+// oldest reports beyond Max-1 are removed first (trim). Errors name the spool directory.
 func (s Spool) Write(r Report) error {
 	if r.Time.IsZero() {
 		r.Time = time.Now()
@@ -115,6 +122,9 @@ func (s Spool) Write(r Report) error {
 	}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		return fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	if err := s.trim(); err != nil {
+		return err
 	}
 	var suffix [4]byte
 	if _, err := rand.Read(suffix[:]); err != nil {
@@ -153,14 +163,7 @@ func (s Spool) List() (entries []Entry, bad []error, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("report spool %s: %w", s.Dir, err)
 	}
-	names := make([]string, 0, len(des))
-	for _, de := range des {
-		if n := de.Name(); !strings.HasPrefix(n, ".") && strings.HasSuffix(n, ".json") && de.Type().IsRegular() {
-			names = append(names, n)
-		}
-	}
-	sort.Strings(names)
-	for _, n := range names {
+	for _, n := range reportNames(des) {
 		p := filepath.Join(s.Dir, n)
 		data, err := os.ReadFile(p)
 		if err != nil {
@@ -175,6 +178,44 @@ func (s Spool) List() (entries []Entry, bad []error, err error) {
 		entries = append(entries, Entry{Name: n, Report: r})
 	}
 	return entries, bad, nil
+}
+
+// reportNames returns the names of the report files among des, oldest first: hidden
+// files (temporaries, reports moved aside) and anything but regular *.json files are
+// not reports.
+func reportNames(des []os.DirEntry) []string {
+	names := make([]string, 0, len(des))
+	for _, de := range des {
+		if n := de.Name(); !strings.HasPrefix(n, ".") && strings.HasSuffix(n, ".json") && de.Type().IsRegular() {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// trim removes the oldest reports until fewer than s.Max remain, logging a warning for
+// each: the agent has not taken them, and without a bound a node without an agent would
+// fill its disk. Shims writing at once may each remove one, so a full spool may lose a
+// few more than one report; a report already gone is not an error.
+func (s Spool) trim() error {
+	if s.Max <= 0 {
+		return nil
+	}
+	des, err := os.ReadDir(s.Dir)
+	if err != nil {
+		return fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	names := reportNames(des)
+	for i := 0; len(names)-i >= s.Max; i++ {
+		if err := s.Remove(names[i]); err != nil {
+			return err
+		}
+		log.L.WithField("report", filepath.Join(s.Dir, names[i])).Warnf(
+			"report spool %s holds %d reports (report_max_files %d): oldest report removed undelivered; is podsnapshot-agent running?",
+			s.Dir, len(names)-i, s.Max)
+	}
+	return nil
 }
 
 // Remove deletes a report once it has been handled.
