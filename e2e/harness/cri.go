@@ -6,22 +6,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/deploy"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/containerd"
 )
 
 // CRINamespace is the containerd namespace of everything CRI makes (pods, containers)
 // and of the images it uses: a CRI containerd's Namespace, so Ctr and ImportImage work
 // there.
-const CRINamespace = "k8s.io"
+const CRINamespace = containerd.CRINamespace
 
 // RuntimeHandler is the CRI runtime handler of the shim (`crictl runp --runtime`,
 // RuntimeClass handler), as deploy/ ships it.
-const RuntimeHandler = deploy.RuntimeHandler
+const RuntimeHandler = containerd.RuntimeHandler
 
 // CRIOptions configure CRIConfig.
 type CRIOptions struct {
@@ -32,58 +31,20 @@ type CRIOptions struct {
 }
 
 // CRIConfig returns the ContainerdOptions.ExtraConfig of a CRI containerd (EnableCRI,
-// Namespace CRINamespace) whose pods run under the shim:
-//
-//   - the runtime handler RuntimeHandler as deploy/containerd/podsnapshot-cri.toml ships
-//     it (runtime type, pod and container annotations), but with the test's shim config;
-//   - CNI from opts.Network: its plugin dir and its private conf dir;
-//   - network namespaces mounted under containerd's state dir, not /var/run/netns, so
-//     cleanup finds and unmounts them with the rest;
-//   - oom_score_adj never below containerd's own (restrict_oom_score_adj): CRI gives the
-//     sandbox -998, and lowering it needs CAP_SYS_RESOURCE, which the test machines' root
-//     lacks (runsc start then fails: "setting oom_score_adj to -998: permission denied");
-//   - PauseImage pinned as the sandbox image (import it before the first pod: CRI would
-//     otherwise try to pull it).
+// Namespace CRINamespace) whose pods run under the shim, with PauseImage pinned as the
+// sandbox image (import it before the first pod): internal/testenv/containerd.CRIConfig,
+// which says what it sets.
 func CRIConfig(t testing.TB, opts CRIOptions) string {
 	t.Helper()
 	if opts.ShimConfig == "" || opts.Network == nil {
 		t.Fatalf("harness: CRIConfig needs a shim config and a network, got %+v", opts)
 	}
-	rt, err := deploy.Runtime()
+	cfg, err := containerd.CRIConfig(containerd.CRIOptions{ShimConfig: opts.ShimConfig,
+		CNIBinDir: opts.Network.BinDir, CNIConfDir: opts.Network.ConfDir, SandboxImage: PauseImage})
 	if err != nil {
-		t.Fatalf("harness: shipped CRI config: %v", err)
+		t.Fatalf("harness: %v", err)
 	}
-	const runtime = "plugins.'io.containerd.cri.v1.runtime'"
-	handler := runtime + ".containerd.runtimes." + RuntimeHandler
-	return fmt.Sprintf(`[%[1]s]
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = true
-
-[%[1]s.cni]
-  bin_dirs = [%[2]q]
-  conf_dir = %[3]q
-
-[%[4]s]
-  runtime_type = %[5]q
-  pod_annotations = %[6]s
-  container_annotations = %[7]s
-
-[%[4]s.options]
-  ConfigPath = %[8]q
-
-[plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = %[9]q
-`, runtime, opts.Network.BinDir, opts.Network.ConfDir, handler, rt.RuntimeType,
-		tomlStrings(rt.PodAnnotations), tomlStrings(rt.ContainerAnnotations), opts.ShimConfig, PauseImage)
-}
-
-// tomlStrings writes a TOML array of strings.
-func tomlStrings(ss []string) string {
-	quoted := make([]string, len(ss))
-	for i, s := range ss {
-		quoted[i] = strconv.Quote(s)
-	}
-	return "[" + strings.Join(quoted, ", ") + "]"
+	return cfg
 }
 
 // crictlConfig is the crictl config of a CRI containerd, in its directory: a person

@@ -4,7 +4,9 @@
 //
 //   - hostproc: host processes read from /proc (leak checks), daemons that die with
 //     their parent, unmounting what a run left below a directory;
-//   - containerd: a private containerd (config, start, readiness, stop);
+//   - containerd: a private containerd (config, start, readiness, stop), and the CRI
+//     config of one whose pods run under the shim;
+//   - cni: a private CNI network (bridge, conflist) for a CRI containerd;
 //   - fakegcs: fake-gcs-server, the GCS emulator (it knows nothing of containers, so the
 //     storage tests use it too);
 //   - ociarchive: the test images, built without a registry (imagebuild is its command,

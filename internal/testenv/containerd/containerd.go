@@ -37,8 +37,8 @@ var DisabledPlugins = []string{
 	"io.containerd.internal.v1.opt",
 }
 
-// CRIPlugins are containerd's CRI plugins; they need a CNI network (the e2e harness
-// makes a private one for the tests that ask for CRI), so callers disable them otherwise.
+// CRIPlugins are containerd's CRI plugins; they need a CNI network (internal/testenv/cni
+// makes a private one; see CRIConfig), so callers disable them otherwise.
 var CRIPlugins = []string{
 	"io.containerd.grpc.v1.cri",
 	"io.containerd.cri.v1.images",
