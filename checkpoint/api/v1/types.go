@@ -38,7 +38,7 @@ const (
 // PodSnapshotStorageConfig (cluster-scoped) says where snapshots are stored.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:scope=Cluster,categories=podsnapshot
+// +kubebuilder:resource:scope=Cluster
 // +kubebuilder:storageversion
 type PodSnapshotStorageConfig struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -120,7 +120,6 @@ const (
 // PodSnapshotPolicy (namespaced) selects pods to snapshot and says how.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:categories=podsnapshot
 // +kubebuilder:storageversion
 // +kubebuilder:printcolumn:name="Storage",type=string,JSONPath=`.spec.storageConfigName`
 // +kubebuilder:printcolumn:name="Trigger",type=string,JSONPath=`.spec.triggerConfig.type`
@@ -199,7 +198,6 @@ type GroupRetentionPolicy struct {
 // view of the manifest (package manifest).
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:categories=podsnapshot
 // +kubebuilder:storageversion
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
@@ -258,7 +256,6 @@ type PodSnapshotStatus struct {
 // PodSnapshotManualTrigger (namespaced) asks for one checkpoint of a pod.
 //
 // +kubebuilder:object:root=true
-// +kubebuilder:resource:categories=podsnapshot
 // +kubebuilder:storageversion
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.targetPod`
