@@ -243,3 +243,18 @@ func TestAwaitResolvedGivesUp(t *testing.T) {
 		t.Fatalf("AwaitResolved = %v", err)
 	}
 }
+
+// TestContainerNamedMain: a pod whose only container is named "main" (the kubelet's
+// everyday case) commits: the sandbox's own name in the key ("POD") does not collide
+// with it. It failed with `snapkey: two containers named "main"` before.
+func TestContainerNamedMain(t *testing.T) {
+	e := newEnv(t, "workload", "resume")
+	pd := createPod(t, e, "k8s")
+	c, _ := pd.join("main", "/bin/counter")
+	must(t, pd.p.Start(context.Background(), c))
+	pd.sb.checkpoints <- nil
+	eventually(t, "the commit", func() bool { return len(e.committed()) == 1 })
+	if m := e.committed()[0]; len(m.Containers) != 1 || m.Containers[0].Name != "main" {
+		t.Fatalf("manifest containers %+v", m.Containers)
+	}
+}

@@ -186,8 +186,15 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		image = spec.Annotations[oci.ImageNameAnnotation]
 	}
 	name := spec.Annotations[oci.ContainerNameAnnotation]
-	if name == "" {
-		name = "main"
+	switch {
+	case name != "":
+	case spec.Annotations[oci.SandboxNameAnnotation] != "":
+		// A CRI pod's sandbox (pause) container has no name of its own. "POD" (the
+		// kubelet's old name for it) is no valid container name, so it never collides
+		// with a container of the pod, which may well be called "main".
+		name = "POD"
+	default:
+		name = "main" // a container run without Kubernetes (ctr)
 	}
 	sandbox := snapkey.Container{Name: name, Image: image, ImageDigest: rec.ImageDigest, Spec: spec, Sandbox: true}
 	key, err := snapkey.Compute(snapkey.Input{
