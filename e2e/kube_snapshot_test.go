@@ -146,7 +146,9 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 
 	// 5. A pod of the policy whose spec differs starts cold, with an event saying why.
 	k.apply(k.kubePod("other", "test", labels, "echo other; exec sleep 3600"))
-	msgs := k.waitEvent("test", "other", "Started the pod without a snapshot (NoSnapshot)", 60*time.Second)
+	// Its sandbox matches the snapshot's (same labels, same pause container), so the
+	// restore waits for its container, which differs.
+	msgs := k.waitEvent("test", "other", "Started the pod without a snapshot (SpecDiffers): container main differs", 60*time.Second)
 	t.Logf("events of the differing pod: %s", msgs)
 	k.kubectl("-n", "test", "delete", "pod", "other", "--wait=true", "--timeout=60s")
 
