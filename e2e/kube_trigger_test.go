@@ -171,3 +171,72 @@ func TestKubeAPIServerDown(t *testing.T) {
 		t.Fatalf("%d checkpoint events, want exactly 1", n)
 	}
 }
+
+// TestKubeRetention (local store): maxSnapshotCountPerGroup 2 keeps the newest two of
+// three manual snapshots (the shim deletes the oldest's files after the third commit and
+// the agent its PodSnapshot); then a lastAccessTimeout of 1min applied with kubectl
+// makes the controller delete the unused snapshots' objects and, through the finalizer,
+// their files.
+func TestKubeRetention(t *testing.T) {
+	k := newKubeEnv(t, localStore)
+	k.startControlPlane()
+	storePath := strings.TrimPrefix(k.storeURL, "file://")
+	policy := func(retention string) string {
+		return guideStorageConfig(storePath) + `---
+apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotPolicy
+metadata:
+  name: batch-policy
+  namespace: test
+spec:
+  storageConfigName: example-pod-snapshot-storage-config
+  selector:
+    matchLabels:
+      app: batch
+  triggerConfig:
+    type: manual
+  snapshotGroupingRules:
+    groupRetentionPolicy:
+      maxSnapshotCountPerGroup: 2
+` + retention
+	}
+	k.apply(policy(""))
+	harness.Eventually(t, 15*time.Second, "the policy on the node", func() bool {
+		b, _ := os.ReadFile(filepath.Join(k.policyDir, "kubernetes.yaml"))
+		return strings.Contains(string(b), "batch-policy")
+	})
+	k.apply(k.kubePod("batch", "test", map[string]string{"app": "batch"}, `i=0; while :; do i=$((i+1)); echo "batch $i"; sleep 0.5; done`))
+	k.waitReady("test", "batch", 90*time.Second)
+	var uuids []string
+	for _, name := range []string{"t1", "t2", "t3"} {
+		k.apply(trigger(name, "batch"))
+		harness.Eventually(t, 90*time.Second, name+" Complete", func() bool {
+			return k.jsonpath("podsnapshotmanualtrigger", "-n", "test", name, "-o", `jsonpath={.status.conditions[?(@.type=="Triggered")].reason}`) == "Complete"
+		})
+		uuids = append(uuids, k.jsonpath("podsnapshotmanualtrigger", "-n", "test", name, "-o", "jsonpath={.status.snapshotCreated.name}"))
+	}
+	names := func() string {
+		return k.jsonpath("podsnapshots", "-n", "test", "-o", `jsonpath={range .items[*]}{.metadata.name}{" "}{end}`)
+	}
+	harness.Eventually(t, 30*time.Second, "only the newest two PodSnapshots left", func() bool {
+		got := names()
+		return !strings.Contains(got, uuids[0]) && strings.Contains(got, uuids[1]) && strings.Contains(got, uuids[2])
+	})
+	ms, _, err := k.repo.List(t.Context(), "test")
+	must(t, err)
+	if len(ms) != 2 {
+		t.Fatalf("store holds %d snapshots after the group limit, want 2", len(ms))
+	}
+
+	k.apply(policy("  retentionConfig:\n    lastAccessTimeout: 1min\n"))
+	begin := time.Now()
+	harness.Eventually(t, 150*time.Second, "unused snapshots deleted after lastAccessTimeout 1min", func() bool {
+		return strings.TrimSpace(names()) == ""
+	})
+	t.Logf("lastAccessTimeout 1min: the objects went %.0fs after the policy changed", time.Since(begin).Seconds())
+	ms, _, err = k.repo.List(t.Context(), "test")
+	must(t, err)
+	if len(ms) != 0 {
+		t.Fatalf("store holds %d snapshots after lastAccessTimeout, want 0", len(ms))
+	}
+}

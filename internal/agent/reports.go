@@ -170,6 +170,15 @@ func (r *reporter) handle(ctx context.Context, e report.Entry) error {
 			return err
 		}
 		return r.triggers.failed(ctx, rep)
+	case report.SnapshotDeleted:
+		// The shim's retention deleted the files; the object follows (its finalizer finds
+		// no manifest and lets it go).
+		ps := &v1.PodSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: rep.Pod.Namespace, Name: rep.Snapshot}}
+		if err := kubeapi.IgnoreNotFound(r.c.Delete(ctx, ps)); err != nil {
+			return fmt.Errorf("delete PodSnapshot %s (%s): %w", snapID, rep.Message, err)
+		}
+		r.log.Infof("PodSnapshot %s deleted: %s", snapID, rep.Message)
+		return nil
 	}
 	r.log.WithField("report", e.Name).Warnf("report of unknown kind %q about pod %s ignored", rep.Kind, podID)
 	return nil

@@ -229,6 +229,8 @@ func (p *Pod) applyRetention(ctx context.Context) {
 	deleted, err := p.repo.ApplyRetention(ctx, p.namespace, p.policyName(), rules, time.Now())
 	for _, d := range deleted {
 		log.L.Infof("podsnapshot: retention: deleted snapshot %s/%s: %s", p.namespace, d.ID, d.Reason)
+		// Under Kubernetes the agent deletes its PodSnapshot too.
+		p.rep.write(ctx, report.Report{Kind: report.SnapshotDeleted, Snapshot: d.ID, Message: "retention: " + d.Reason})
 	}
 	if err != nil {
 		log.L.WithError(err).Warn("podsnapshot: retention")

@@ -41,6 +41,10 @@ const (
 	CheckpointCommitted Kind = "CheckpointCommitted"
 	// CheckpointFailed: the checkpoint into Snapshot failed; Message says why.
 	CheckpointFailed Kind = "CheckpointFailed"
+	// SnapshotDeleted: the shim's retention (after a commit) deleted Snapshot, another
+	// snapshot of the same policy, from storage; Message says which rule. Pod is the pod
+	// whose commit ran it.
+	SnapshotDeleted Kind = "SnapshotDeleted"
 )
 
 // Reasons of a ColdStart report (Reason), for events and the cold-start metric.
