@@ -43,9 +43,9 @@ func (k *kubeEnv) startControlPlane() *controlPlane {
 	k.kubectl("apply", "-f", filepath.Join(deployDir, "namespace.yaml"), "-f", filepath.Join(deployDir, "crds"),
 		"-f", filepath.Join(deployDir, "rbac.yaml"))
 	k.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-	// The workloads themselves run as host processes; the API server still checks them.
-	k.kubectl("apply", "--dry-run=server", "-f", filepath.Join(deployDir, "agent.yaml"),
-		"-f", filepath.Join(deployDir, "controller.yaml"), "-f", filepath.Join(deployDir, "runtimeclass.yaml"))
+	// The whole install as the README gives it (kubectl apply -k), checked by the API
+	// server; the agent and controller themselves run as host processes below.
+	k.kubectl("apply", "-k", deployDir, "--dry-run=server")
 	k.kubectl("create", "namespace", "test")
 	harness.Eventually(t, 60*time.Second, "service account test/default", func() bool {
 		_, err := k.kube.Kubectl("-n", "test", "get", "serviceaccount", "default")

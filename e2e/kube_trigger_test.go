@@ -113,9 +113,10 @@ func TestKubeManualTrigger(t *testing.T) {
 }
 
 // TestKubeAPIServerDown: with the API server stopped and the agent killed, a pod's
-// checkpoint still happens and commits on the node; its reports wait in the spool; when
-// the API server and the agent are back, the PodSnapshot and the event appear and the
-// spool empties. Nothing is lost.
+// checkpoint still happens and commits on the node, and when the pod's sandbox is
+// stopped the kubelet's new one is restored from it; the reports wait in the spool; when
+// the API server and the agent are back, the PodSnapshot, the events and PodRestored
+// appear and the spool empties. Nothing is lost.
 func TestKubeAPIServerDown(t *testing.T) {
 	k := newKubeEnv(t, localStore)
 	cp := k.startControlPlane()
@@ -150,6 +151,21 @@ func TestKubeAPIServerDown(t *testing.T) {
 	}
 	t.Logf("snapshot %s committed with the API server down; %d reports wait in the spool", uuid, len(entries))
 
+	// The node restores with the API server down too: the pod's sandbox stopped, the
+	// kubelet makes a new one from the pod it knows, and the shim restores it.
+	sb := k.sandboxID("test", "late")
+	k.cd.MustCrictl(t, "stopp", sb)
+	harness.Eventually(t, 90*time.Second, "a Restored report in the spool while the API server is down", func() bool {
+		entries, _ := os.ReadDir(spool)
+		for _, e := range entries {
+			if b, err := os.ReadFile(filepath.Join(spool, e.Name())); err == nil && strings.Contains(string(b), `"kind":"Restored"`) {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("sandbox %s stopped; the kubelet's new sandbox was restored with the API server down", sb[:12])
+
 	must(t, k.kube.StartAPIServer())
 	cp.startAgent()
 	harness.Eventually(t, 60*time.Second, "the PodSnapshot Ready after the API server returned", func() bool {
@@ -157,6 +173,10 @@ func TestKubeAPIServerDown(t *testing.T) {
 	})
 	k.waitEvent("test", "late", "Successfully checkpointed the pod to PodSnapshot test/"+uuid, 30*time.Second)
 	k.waitEvent("test", "late", "Started the pod without a snapshot (NoSnapshot)", 30*time.Second)
+	k.waitEvent("test", "late", "Successfully restored the pod from PodSnapshot test/"+uuid, 30*time.Second)
+	harness.Eventually(t, 30*time.Second, "PodRestored on the pod", func() bool {
+		return k.jsonpath("pod", "-n", "test", "late", "-o", `jsonpath={.status.conditions[?(@.type=="PodRestored")].status}`) == "True"
+	})
 	harness.Eventually(t, 30*time.Second, "the spool empty", func() bool {
 		entries, _ := os.ReadDir(spool)
 		n := 0
