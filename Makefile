@@ -2,8 +2,11 @@
 #   make deps    build pinned containerd, runsc, fake-gcs-server into _deps/ (once)
 #   make deps-kube  build etcd and Kubernetes (apiserver, controller-manager, kubelet,
 #                kubectl) into _deps/bin for the e2e tests' cluster (once; ~11 min of CPU)
-#   make test    deps + deps-kube + build + every test (unit and end-to-end on a private
-#                containerd, and a single-node Kubernetes on it)
+#   make test    deps + deps-kube + build + verify-generate + every test (unit and
+#                end-to-end on a private containerd, and a single-node Kubernetes on it)
+#   make generate  deep copies and CRDs from checkpoint/api/v1 (controller-gen)
+#   make demo-kubernetes  the GKE guide's walkthrough on a private single-node cluster
+#   make agent-image  podsnapshot-agent's OCI image archive for deploy/kubernetes
 #   make demo    deps + build + snapshot/restore demo with timings
 #   make bench   deps + build + benchmarks into docs/benchmarks.md and docs/benchmarks.json
 include hack/versions.env
@@ -23,7 +26,7 @@ LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
 GOTAGS := disable_grpc_modules
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps deps-kube build test unit e2e demo demo-kubernetes bench clean generate agent-image
+.PHONY: all deps deps-kube build test unit e2e demo demo-kubernetes bench clean generate verify-generate agent-image
 
 all: build
 
@@ -46,7 +49,7 @@ RACE = $$([ "$$($(GO) env CGO_ENABLED)" = 1 ] && echo -race)
 TEST_ENV := PATH=$(OUT)/bin:$(DEPS_BIN):$$PATH PODSNAPSHOT_BIN=$(OUT)/bin
 UNIT_PKGS = $$($(GO) list ./... | grep -v '/e2e$$\|/e2e/')
 
-test: deps deps-kube build
+test: deps deps-kube build verify-generate
 	$(TEST_ENV) $(GO) test $(RACE) -count=1 -timeout $(TEST_TIMEOUT) $(UNIT_PKGS)
 	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./e2e/...
 
@@ -93,6 +96,15 @@ generate:
 	$(GO) run sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION) \
 		object paths=./checkpoint/api/v1 crd:crdVersions=v1 output:crd:dir=$(OUT)/crd
 	$(GO) run ./hack/crdgen -in $(OUT)/crd -out deploy/kubernetes/crds
+
+# Fails when the committed deep copies or CRDs differ from what `make generate` makes of
+# checkpoint/api/v1 (a marker changed without regenerating).
+verify-generate:
+	rm -rf $(OUT)/generated-before && mkdir -p $(OUT)/generated-before
+	cp -r checkpoint/api/v1/zz_generated.deepcopy.go deploy/kubernetes/crds $(OUT)/generated-before/
+	$(MAKE) --no-print-directory generate
+	diff -ru $(OUT)/generated-before/zz_generated.deepcopy.go checkpoint/api/v1/zz_generated.deepcopy.go
+	diff -ru $(OUT)/generated-before/crds deploy/kubernetes/crds
 
 clean:
 	rm -rf $(OUT)
