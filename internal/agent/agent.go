@@ -71,7 +71,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return fmt.Errorf("agent: containerd at %s: %w", opts.ContainerdAddress, err)
 	}
 	c := mgr.GetClient()
-	trig := &triggers{c: c, node: opts.NodeName, policyDir: opts.PolicyDir, conn: conn, log: log}
+	trig := &triggers{c: c, node: opts.NodeName, policyDir: opts.PolicyDir, conn: conn, log: log, now: time.Now}
 	if err := (&mirror{c: c, dir: opts.PolicyDir, log: log}).setup(mgr); err != nil {
 		return err
 	}
@@ -81,6 +81,6 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	if err := (&localDeletion{c: c, node: opts.NodeName, log: log}).setup(mgr); err != nil {
 		return err
 	}
-	return mgr.Add(&reporter{c: c, spool: report.Spool{Dir: opts.ReportDir}, node: opts.NodeName,
-		interval: opts.PollInterval, triggers: trig, metrics: newMetrics(crmetrics.Registry), log: log})
+	return mgr.Add(&reporter{c: c, reader: mgr.GetAPIReader(), spool: report.Spool{Dir: opts.ReportDir}, node: opts.NodeName,
+		interval: opts.PollInterval, now: time.Now, triggers: trig, metrics: newMetrics(crmetrics.Registry), log: log})
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
@@ -43,8 +45,8 @@ func newReporter(t *testing.T, c client.Client) (*reporter, report.Spool) {
 	sp := report.Spool{Dir: t.TempDir()}
 	log := logrus.New()
 	log.SetOutput(testWriter{t})
-	return &reporter{c: c, spool: sp, node: node, interval: time.Millisecond,
-		triggers: &triggers{c: c, node: node, log: log}, metrics: newMetrics(prometheus.NewRegistry()), log: log}, sp
+	return &reporter{c: c, reader: c, spool: sp, node: node, interval: time.Millisecond, now: time.Now,
+		triggers: &triggers{c: c, node: node, log: log, now: time.Now}, metrics: newMetrics(prometheus.NewRegistry()), log: log}, sp
 }
 
 type testWriter struct{ t *testing.T }
@@ -295,3 +297,77 @@ func must(t *testing.T, err error) {
 }
 
 var errUnavailable = apierrors.NewServiceUnavailable("the API server is down")
+
+// TestRefusedReportSetAside: a report the API server refuses for good (here: 403 on its
+// PodSnapshot) is retried for refuseWindow, then set aside as .refused-*, and the
+// reports behind it are delivered.
+func TestRefusedReportSetAside(t *testing.T) {
+	ctx := context.Background()
+	base := newFake(pod("counter", "u1"), pod("other", "u2"))
+	c := interceptor.NewClient(base, interceptor.Funcs{
+		Create: func(ctx context.Context, cl client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if ps, ok := obj.(*v1.PodSnapshot); ok && ps.Namespace == "gone" {
+				return apierrors.NewForbidden(v1.SchemeGroupVersion.WithResource("podsnapshots").GroupResource(), ps.Name,
+					errors.New("namespace gone is being terminated"))
+			}
+			return cl.Create(ctx, obj, opts...)
+		},
+	})
+	r, sp := newReporter(t, c)
+	clock := time.Now()
+	r.now = func() time.Time { return clock }
+	stuck := rep(report.CheckpointStarted, "x", "u9")
+	stuck.Pod.Namespace = "gone"
+	must(t, sp.Write(stuck))
+	next := rep(report.CheckpointCommitted, "counter", "u1")
+	next.Time = stuck.Time.Add(time.Millisecond)
+	must(t, sp.Write(next))
+	r.drain(ctx)
+	r.drain(ctx)
+	if left, _, _ := sp.List(); len(left) != 2 {
+		t.Fatalf("%d reports in the spool within the refusal window, want 2", len(left))
+	}
+	clock = clock.Add(refuseWindow + time.Second)
+	r.drain(ctx)
+	if left, _, _ := sp.List(); len(left) != 0 {
+		t.Fatalf("%d reports left after the refused one was set aside", len(left))
+	}
+	if readyReason(getSnap(t, base)) != v1.ReasonAllSnapshotsAvailable {
+		t.Fatal("the report behind the refused one was not delivered")
+	}
+	entries, _ := os.ReadDir(sp.Dir)
+	if len(entries) != 1 || !strings.HasPrefix(entries[0].Name(), ".refused-") {
+		t.Fatalf("spool dir holds %v, want the refused report set aside", entries)
+	}
+	if got := testutil.ToFloat64(r.metrics.refused); got != 1 {
+		t.Fatalf("refused metric %v", got)
+	}
+}
+
+// TestTriggerWithoutOutcomeFails: a trigger left Triggered Unknown (its checkpoint's
+// report never came) fails after outcomeDeadline; before that it is looked at again.
+func TestTriggerWithoutOutcomeFails(t *testing.T) {
+	ctx := context.Background()
+	start := time.Now().Add(-outcomeDeadline + time.Minute)
+	tr := &v1.PodSnapshotManualTrigger{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "t1"},
+		Spec: v1.PodSnapshotManualTriggerSpec{TargetPod: "counter"},
+		Status: v1.PodSnapshotManualTriggerStatus{Conditions: []metav1.Condition{{Type: v1.ConditionTriggered,
+			Status: metav1.ConditionUnknown, Reason: ReasonCheckpointing, LastTransitionTime: metav1.NewTime(start)}}}}
+	c := newFake(pod("counter", "u1"), tr)
+	clock := time.Now()
+	trig := &triggers{c: c, node: node, log: logrus.New(), now: func() time.Time { return clock }}
+	req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(tr)}
+	res, err := trig.Reconcile(ctx, req)
+	must(t, err)
+	if res.RequeueAfter <= 0 || res.RequeueAfter > time.Minute+time.Second {
+		t.Fatalf("requeue after %v, want about a minute", res.RequeueAfter)
+	}
+	clock = clock.Add(2 * time.Minute)
+	_, err = trig.Reconcile(ctx, req)
+	must(t, err)
+	var got v1.PodSnapshotManualTrigger
+	must(t, c.Get(ctx, req.NamespacedName, &got))
+	if cond := meta.FindStatusCondition(got.Status.Conditions, v1.ConditionTriggered); cond == nil || cond.Reason != v1.ReasonFailed || !strings.Contains(cond.Message, "no outcome reported") {
+		t.Fatalf("Triggered = %+v", cond)
+	}
+}

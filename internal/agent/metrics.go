@@ -18,6 +18,7 @@ type metrics struct {
 	coldStarts        *prometheus.CounterVec // reason: report.Reason*
 	checkpoints       *prometheus.CounterVec // result: committed | failed
 	pending           prometheus.Gauge
+	refused           prometheus.Counter
 }
 
 // durationBuckets span 50 ms to about 14 minutes.
@@ -43,9 +44,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Checkpoints by result (committed, failed)."}, []string{"result"}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "podsnapshot_reports_pending",
 			Help: "Reports of the shims waiting in the spool to be delivered to the API server."}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "podsnapshot_reports_refused_total",
+			Help: "Reports the API server refused for good (set aside in the spool as .refused-*)."}),
 	}
 	reg.MustRegister(m.restoreSeconds, m.downloadSeconds, m.checkpointSeconds, m.uploadSeconds, m.storedBytes,
-		m.restores, m.coldStarts, m.checkpoints, m.pending)
+		m.restores, m.coldStarts, m.checkpoints, m.pending, m.refused)
 	return m
 }
 

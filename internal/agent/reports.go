@@ -28,12 +28,18 @@ import (
 // and nothing is lost or doubled.
 type reporter struct {
 	c        client.Client
+	reader   client.Reader // the API server itself
 	spool    report.Spool
 	node     string
 	interval time.Duration
 	triggers *triggers
 	metrics  *metrics
 	log      logrus.FieldLogger
+	now      func() time.Time
+
+	// refusedSince: when each report at the head of the spool was first refused. Only
+	// drain (one goroutine) uses it.
+	refusedSince map[string]time.Time
 }
 
 // Start polls the spool until ctx ends (a manager.Runnable).
@@ -73,9 +79,22 @@ func (r *reporter) drain(ctx context.Context) {
 			return
 		}
 		if err := r.handle(ctx, e); err != nil {
-			r.log.WithError(err).WithField("report", e.Name).Warn("report not delivered yet; retrying")
-			return
+			if !r.refusedForGood(e.Name, err) {
+				r.log.WithError(err).WithField("report", e.Name).Warn("report not delivered yet; retrying")
+				return
+			}
+			// The API server will never take it (the namespace is gone or terminating,
+			// a quota or webhook refuses it, RBAC forbids it): set it aside, kept for
+			// inspection, so that it does not hold up every later report of the node.
+			r.log.WithError(err).WithField("report", e.Name).Error("report refused by the API server; set aside as .refused-" + e.Name)
+			r.metrics.refused.Inc()
+			if err := os.Rename(filepath.Join(r.spool.Dir, e.Name), filepath.Join(r.spool.Dir, ".refused-"+e.Name)); err != nil {
+				r.log.WithError(err).Warn("set aside refused report")
+				return
+			}
+			continue
 		}
+		delete(r.refusedSince, e.Name)
 		if err := r.spool.Remove(e.Name); err != nil {
 			r.log.WithError(err).Warn("remove delivered report")
 			return
@@ -83,6 +102,36 @@ func (r *reporter) drain(ctx context.Context) {
 		r.metrics.observe(e.Report)
 		r.metrics.pending.Set(float64(len(entries) - i - 1))
 	}
+}
+
+// refuseWindow is how long a report must keep failing with refusals before it is set
+// aside: an API server that has just started may refuse (403) until its authorizer has
+// synced, and that must not cost a report.
+const refuseWindow = time.Minute
+
+// refusedForGood tells whether report name, which just failed with err, is to be set
+// aside: err is a refusal the API server gives again however often it is retried (403,
+// 422, 400, 404 of a namespace that is gone) and the report has been refused for
+// refuseWindow. Other errors (the API server down or slow, conflicts) are retried forever.
+func (r *reporter) refusedForGood(name string, err error) bool {
+	if !(apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) ||
+		apierrors.IsMethodNotSupported(err) || apierrors.IsRequestEntityTooLargeError(err) || apierrors.IsNotFound(err)) {
+		delete(r.refusedSince, name)
+		return false
+	}
+	if r.refusedSince == nil {
+		r.refusedSince = map[string]time.Time{}
+	}
+	first, ok := r.refusedSince[name]
+	if !ok {
+		r.refusedSince[name] = r.now()
+		return false
+	}
+	if r.now().Sub(first) < refuseWindow {
+		return false
+	}
+	delete(r.refusedSince, name)
+	return true
 }
 
 func (r *reporter) quarantine(bad []error) {
@@ -121,15 +170,15 @@ func (r *reporter) handle(ctx context.Context, e report.Entry) error {
 		}
 		return r.event(ctx, e, typ, fmt.Sprintf("Started the pod without a snapshot (%s): %s", rep.Reason, rep.Message))
 	case report.Restored:
-		if err := r.ensureSnapshot(ctx, rep); err != nil {
-			return err
-		}
+		// The snapshot was committed, so its object exists unless it was deleted since:
+		// a restore does not bring it back (the controller adopts committed snapshots
+		// that have none).
 		at := metav1.NewTime(rep.Time)
-		err := kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+		err := kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
 			if ps.Status.LastAccessTime == nil || ps.Status.LastAccessTime.Before(&at) {
 				ps.Status.LastAccessTime = &at
 			}
-		})
+		}))
 		if err != nil {
 			return err
 		}
@@ -245,8 +294,10 @@ func (r *reporter) event(ctx context.Context, e report.Entry, typ, msg string) e
 // exists with the UID the report names (a pod deleted since, or replaced by one of the
 // same name, is left alone).
 func (r *reporter) podRestored(ctx context.Context, rep report.Report, msg string) error {
+	// From the API server, not the cache: a cache relisting after an outage would make a
+	// pod that exists look deleted and the condition be dropped.
 	var pod corev1.Pod
-	if err := r.c.Get(ctx, client.ObjectKey{Namespace: rep.Pod.Namespace, Name: rep.Pod.Name}, &pod); err != nil {
+	if err := r.reader.Get(ctx, client.ObjectKey{Namespace: rep.Pod.Namespace, Name: rep.Pod.Name}, &pod); err != nil {
 		return kubeapi.IgnoreNotFound(err)
 	}
 	if rep.Pod.UID != "" && string(pod.UID) != rep.Pod.UID {

@@ -7,6 +7,7 @@ import (
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	tasks "github.com/containerd/containerd/api/services/tasks/v1"
+	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/sirupsen/logrus"
@@ -30,6 +31,14 @@ import (
 // agent's checkpoint of the target pod runs; the committed or failed report ends it.
 const ReasonCheckpointing = "Checkpointing"
 
+// outcomeDeadline bounds how long a trigger stays Triggered Unknown (checkpointing)
+// without a report of its outcome; podWait how long a node looks for a trigger's pod
+// that its cache does not hold yet.
+const (
+	outcomeDeadline = 30 * time.Minute
+	podWait         = time.Minute
+)
+
 // CRI's labels on the containerd containers it creates.
 const (
 	labelPodUID = "io.kubernetes.pod.uid"
@@ -51,6 +60,7 @@ type triggers struct {
 	policyDir string
 	conn      *grpc.ClientConn // containerd
 	log       logrus.FieldLogger
+	now       func() time.Time
 }
 
 func (t *triggers) setup(mgr ctrl.Manager) error {
@@ -66,13 +76,29 @@ func (t *triggers) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	if err := t.c.Get(ctx, req.NamespacedName, &tr); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered) != nil {
-		return reconcile.Result{}, nil
+	if c := meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered); c != nil {
+		if c.Status != metav1.ConditionUnknown {
+			return reconcile.Result{}, nil
+		}
+		// In progress on some node. Its report ends it; if none comes (the agent died
+		// before its checkpoint call, the shim or the node died), give up after a while.
+		if left := outcomeDeadline - t.now().Sub(c.LastTransitionTime.Time); left > 0 {
+			return reconcile.Result{RequeueAfter: left}, nil
+		}
+		return reconcile.Result{}, t.setTriggered(ctx, &tr, metav1.ConditionFalse, v1.ReasonFailed,
+			fmt.Sprintf("no outcome reported within %s of the checkpoint's start", outcomeDeadline), "")
 	}
 	var pod corev1.Pod
 	if err := t.c.Get(ctx, client.ObjectKey{Namespace: tr.Namespace, Name: tr.Spec.TargetPod}, &pod); err != nil {
-		// The cache holds this node's pods only: another node's or a missing pod.
-		return reconcile.Result{}, client.IgnoreNotFound(err)
+		if !apierrors.IsNotFound(err) {
+			return reconcile.Result{}, err
+		}
+		// The cache holds this node's pods only: another node's, a missing pod, or one
+		// created with the trigger that the cache has not seen yet; look again a while.
+		if t.now().Sub(tr.CreationTimestamp.Time) < podWait {
+			return reconcile.Result{RequeueAfter: time.Second}, nil
+		}
+		return reconcile.Result{}, nil
 	}
 	if pod.Spec.NodeName != t.node {
 		return reconcile.Result{}, nil
@@ -119,10 +145,15 @@ func (t *triggers) sandboxOf(ctx context.Context, pod *corev1.Pod) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("find the sandbox of pod %s/%s in containerd: %w", pod.Namespace, pod.Name, errgrpc.ToNative(err))
 	}
-	if len(resp.Containers) == 0 {
-		return "", fmt.Errorf("pod %s/%s has no sandbox in containerd", pod.Namespace, pod.Name)
+	// A pod whose sandbox was replaced has the old one too until the kubelet removes
+	// it: take the one whose task runs.
+	for _, c := range resp.Containers {
+		tr, err := tasks.NewTasksClient(t.conn).Get(cctx, &tasks.GetRequest{ContainerID: c.ID})
+		if err == nil && tr.Process != nil && tr.Process.Status == tasktypes.Status_RUNNING {
+			return c.ID, nil
+		}
 	}
-	return resp.Containers[0].ID, nil
+	return "", fmt.Errorf("pod %s/%s has no running sandbox in containerd", pod.Namespace, pod.Name)
 }
 
 // setTriggered sets the Triggered condition (and snapshotCreated when snapshot is set),

@@ -60,7 +60,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	c := mgr.GetClient()
 	if err := ctrl.NewControllerManagedBy(mgr).Named("podsnapshot-deletion").For(&v1.PodSnapshot{}).
-		Complete(&deletion{c: c, log: opts.Logger}); err != nil {
+		Complete(&deletion{c: c, localStores: opts.LocalStores, log: opts.Logger}); err != nil {
 		return err
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("trigger-target").For(&v1.PodSnapshotManualTrigger{}).
@@ -73,8 +73,9 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 // deletion keeps the finalizer on every PodSnapshot and, when one stored in Cloud
 // Storage is deleted, deletes its files before letting it go.
 type deletion struct {
-	c   client.Client
-	log logrus.FieldLogger
+	c           client.Client
+	localStores bool // see Options.LocalStores
+	log         logrus.FieldLogger
 }
 
 func (d *deletion) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
@@ -90,7 +91,9 @@ func (d *deletion) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 		ps.Finalizers = append(ps.Finalizers, kubeapi.Finalizer)
 		return reconcile.Result{}, kubeapi.IgnoreNotFound(d.c.Patch(ctx, &ps, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})))
 	}
-	if !kubeapi.HasFinalizer(&ps) || kubeapi.IsLocal(&ps) {
+	// A local store's files are deleted by the agent of status.nodeName; one adopted from
+	// a store without a known node only by a controller that sees that store.
+	if !kubeapi.HasFinalizer(&ps) || (kubeapi.IsLocal(&ps) && (ps.Status.NodeName != "" || !d.localStores)) {
 		return reconcile.Result{}, nil
 	}
 	return kubeapi.Release(ctx, d.c, &ps, d.log)

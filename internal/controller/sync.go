@@ -124,11 +124,21 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 		}
 	}
 	for uuid, ps := range objects {
-		if stored[uuid] == nil && ps.DeletionTimestamp == nil && meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
-			errs = append(errs, kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, s.c, ps.Namespace, ps.Name, func(ps *v1.PodSnapshot) {
-				kubeapi.FilesGone(ps, "files no longer in storage at "+ps.Status.StoragePath, now)
-			})))
+		if stored[uuid] != nil || ps.DeletionTimestamp != nil || !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
+			continue
 		}
+		// Only a snapshot of this store whose manifest is really gone: not one the listing
+		// missed (a manifest it could not read) nor one of a store the policy no longer
+		// names (its files are where they were).
+		if !strings.HasPrefix(ps.Status.StoragePath, strings.TrimSuffix(url, "/")+"/") {
+			continue
+		}
+		if _, err := r.Get(ctx, p.Namespace, p.Name, uuid); !errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		errs = append(errs, kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, s.c, ps.Namespace, ps.Name, func(ps *v1.PodSnapshot) {
+			kubeapi.FilesGone(ps, "files no longer in storage at "+ps.Status.StoragePath, now)
+		})))
 	}
 	rules, err := p.RetentionRules()
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -154,6 +155,14 @@ func DeleteFiles(ctx context.Context, storagePath string) (gone bool, err error)
 	if err != nil {
 		return false, err
 	}
+	if root, ok := strings.CutPrefix(url, "file://"); ok {
+		// Opening a local store creates its root; a root missing here means this
+		// process does not see the node's directory (not mounted into the agent): the
+		// files would stay while the object went.
+		if _, err := os.Stat(root); err != nil {
+			return false, fmt.Errorf("local store %s not reachable from this process (mounted into the agent?): %w", root, err)
+		}
+	}
 	st, err := storage.Open(ctx, url)
 	if err != nil {
 		return false, fmt.Errorf("open store %s: %w", url, err)
@@ -202,6 +211,13 @@ func HasFinalizer(ps *v1.PodSnapshot) bool {
 func Release(ctx context.Context, c client.Client, ps *v1.PodSnapshot, log logrus.FieldLogger) (reconcile.Result, error) {
 	id := ps.Namespace + "/" + ps.Name
 	if ps.Status.StoragePath != "" {
+		// The path is status that whoever may write podsnapshots/status could set: delete
+		// only the snapshot this object is (its namespace and name), never another's.
+		_, ns, _, uuid, err := SplitStoragePath(ps.Status.StoragePath)
+		if err != nil || ns != ps.Namespace || uuid != ps.Name {
+			log.Errorf("PodSnapshot %s: storagePath %q is not this snapshot's (<store>/%s/<policy>/%s); its files are not deleted", id, ps.Status.StoragePath, ps.Namespace, ps.Name)
+			return reconcile.Result{}, RemoveFinalizer(ctx, c, ps)
+		}
 		gone, err := DeleteFiles(ctx, ps.Status.StoragePath)
 		if err != nil {
 			log.WithError(err).Warnf("PodSnapshot %s: files not deleted yet", id)

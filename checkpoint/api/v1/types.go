@@ -67,6 +67,7 @@ type SnapshotStorageConfig struct {
 type GCSStorage struct {
 	// Bucket is the bucket name (required), e.g. "my-snapshots".
 	// +kubebuilder:validation:Pattern=`^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$`
+	// +kubebuilder:validation:XValidation:rule="!self.contains('..')",message="must not contain .."
 	Bucket string `json:"bucket"`
 	// Path is an optional folder inside the bucket, e.g. "team/a", without leading or
 	// trailing "/".
@@ -138,6 +139,7 @@ type PodSnapshotPolicySpec struct {
 	// StorageConfigName (required) names a PodSnapshotStorageConfig.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
 	StorageConfigName string `json:"storageConfigName"`
 	// TriggerConfig (required) says who triggers a checkpoint and what follows it.
 	TriggerConfig TriggerConfig `json:"triggerConfig"`
@@ -182,6 +184,8 @@ type SnapshotGroupingRules struct {
 type GroupByLabelValue struct {
 	// Labels are label keys, e.g. ["app", "version"]; no duplicates.
 	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:items:MaxLength=317
+	// +kubebuilder:validation:items:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`
 	// +listType=set
 	Labels []string `json:"labels"`
 }
