@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -100,36 +99,11 @@ func (cp *controlPlane) daemon(logPath string, env []string, args ...string) *ho
 	return d
 }
 
-// tokenKubeconfig writes a kubeconfig for service account podsnapshot-system/sa with a
-// token from the TokenRequest API (an hour), the cluster's server and CA.
+// tokenKubeconfig writes a kubeconfig acting as service account podsnapshot-system/sa
+// (kube.Cluster.ServiceAccountKubeconfig) and returns its path.
 func (cp *controlPlane) tokenKubeconfig(sa string) string {
-	k := cp.k
-	token := strings.TrimSpace(k.kubectl("-n", "podsnapshot-system", "create", "token", sa, "--duration=1h"))
-	var cfg struct {
-		Clusters []struct {
-			Cluster map[string]any `json:"cluster"`
-		} `json:"clusters"`
-	}
-	must(k.t, json.Unmarshal([]byte(k.kubectl("config", "view", "--raw", "--minify", "-o", "json")), &cfg))
-	c := cfg.Clusters[0].Cluster
-	caLine := fmt.Sprintf("certificate-authority: %q", c["certificate-authority"])
-	if d, ok := c["certificate-authority-data"]; ok {
-		caLine = fmt.Sprintf("certificate-authority-data: %q", d)
-	}
-	path := filepath.Join(k.dir, sa+".kubeconfig")
-	must(k.t, os.WriteFile(path, []byte(fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster: {server: %q, %s}
-users:
-- name: %s
-  user: {token: %q}
-contexts:
-- name: c
-  context: {cluster: c, user: %s}
-current-context: c
-`, c["server"], caLine, sa, token, sa)), 0o600))
+	path := filepath.Join(cp.k.dir, sa+".kubeconfig")
+	must(cp.k.t, cp.k.kube.ServiceAccountKubeconfig("podsnapshot-system", sa, path))
 	return path
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -279,45 +278,11 @@ func (e *env) daemon(logPath string, args ...string) (*hostproc.Daemon, error) {
 	return d, nil
 }
 
-// tokenKubeconfig writes a kubeconfig for service account podsnapshot-system/sa with a
-// token from the TokenRequest API (an hour), the cluster's server and CA.
-func (e *env) tokenKubeconfig(ctx context.Context, sa string) (string, error) {
-	token, err := kubectlQuiet(ctx, e.kubeconfig, "-n", "podsnapshot-system", "create", "token", sa, "--duration=1h")
-	if err != nil {
-		return "", err
-	}
-	view, err := kubectlQuiet(ctx, e.kubeconfig, "config", "view", "--raw", "--minify", "-o", "json")
-	if err != nil {
-		return "", err
-	}
-	var cfg struct {
-		Clusters []struct {
-			Cluster map[string]any `json:"cluster"`
-		} `json:"clusters"`
-	}
-	if err := json.Unmarshal([]byte(view), &cfg); err != nil || len(cfg.Clusters) == 0 {
-		return "", fmt.Errorf("admin kubeconfig: %v", err)
-	}
-	c := cfg.Clusters[0].Cluster
-	ca := fmt.Sprintf("certificate-authority: %q", c["certificate-authority"])
-	if d, ok := c["certificate-authority-data"]; ok {
-		ca = fmt.Sprintf("certificate-authority-data: %q", d)
-	}
+// tokenKubeconfig writes a kubeconfig for service account podsnapshot-system/sa
+// (kube.Cluster.ServiceAccountKubeconfig) and returns its path.
+func (e *env) tokenKubeconfig(_ context.Context, sa string) (string, error) {
 	path := filepath.Join(e.dir, sa+".kubeconfig")
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: c
-  cluster: {server: %q, %s}
-users:
-- name: %s
-  user: {token: %q}
-contexts:
-- name: c
-  context: {cluster: c, user: %s}
-current-context: c
-`, c["server"], ca, sa, strings.TrimSpace(token), sa)
-	return path, os.WriteFile(path, []byte(kc), 0o600)
+	return path, e.kube.ServiceAccountKubeconfig("podsnapshot-system", sa, path)
 }
 
 // report is what close did and found.

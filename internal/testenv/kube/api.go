@@ -137,3 +137,28 @@ func (c *Cluster) KubectlInput(stdin string, args ...string) (string, error) {
 	}
 	return stdout.String(), err
 }
+
+// ServiceAccountKubeconfig writes, at path, a kubeconfig that acts as service account
+// namespace/name with a token from the TokenRequest API (`kubectl create token`, valid
+// for an hour), so that a client started with it has exactly the RBAC granted to that
+// account.
+func (c *Cluster) ServiceAccountKubeconfig(namespace, name, path string) error {
+	token, err := c.Kubectl("-n", namespace, "create", "token", name, "--duration=1h")
+	if err != nil {
+		return err
+	}
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: podsnapshot-e2e
+  cluster: {server: %q, certificate-authority: %q}
+users:
+- name: %s
+  user: {token: %q}
+contexts:
+- name: podsnapshot-e2e
+  context: {cluster: podsnapshot-e2e, user: %s}
+current-context: podsnapshot-e2e
+`, c.APIServerURL, c.pki.crt("ca"), name, strings.TrimSpace(token), name)
+	return os.WriteFile(path, []byte(kc), 0o600)
+}
