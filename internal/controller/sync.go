@@ -72,6 +72,8 @@ func (s *syncer) sync(ctx context.Context) error {
 	for i := range configs.Items {
 		cfgs[configs.Items[i].Name] = &configs.Items[i]
 	}
+	st := &stores{open: map[string]*repo.Repo{}, listed: map[string][]*manifest.Manifest{}}
+	defer st.close()
 	for i := range policies.Items {
 		p := &policies.Items[i]
 		cfg := cfgs[p.Spec.StorageConfigName]
@@ -82,7 +84,7 @@ func (s *syncer) sync(ctx context.Context) error {
 		if strings.HasPrefix(url, "file://") && !s.opts.LocalStores {
 			continue
 		}
-		if err := s.syncPolicy(ctx, p, url, snaps.Items, now); err != nil {
+		if err := s.syncPolicy(ctx, p, url, st, snaps.Items, now); err != nil {
 			errs = append(errs, fmt.Errorf("PodSnapshotPolicy %s/%s: %w", p.Namespace, p.Name, err))
 		}
 	}
@@ -90,16 +92,10 @@ func (s *syncer) sync(ctx context.Context) error {
 }
 
 // syncPolicy reconciles one policy's snapshots in its store with their objects.
-func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url string, all []v1.PodSnapshot, now time.Time) error {
-	st, err := storage.Open(ctx, url)
+func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url string, st *stores, all []v1.PodSnapshot, now time.Time) error {
+	r, listed, err := st.list(ctx, url, p.Namespace)
 	if err != nil {
-		return fmt.Errorf("open store %s: %w", url, err)
-	}
-	defer st.Close()
-	r := &repo.Repo{Store: st}
-	listed, _, err := r.List(ctx, p.Namespace)
-	if err != nil {
-		return fmt.Errorf("list store %s: %w", url, err)
+		return err
 	}
 	stored := map[string]*manifest.Manifest{}
 	for _, m := range listed {
@@ -192,4 +188,41 @@ func (s *syncer) expireFailed(ctx context.Context, snaps []v1.PodSnapshot, now t
 		errs = append(errs, kubeapi.IgnoreNotFound(s.c.Delete(ctx, ps)))
 	}
 	return errors.Join(errs...)
+}
+
+// stores opens each store once per sync and lists each namespace of it once, however
+// many policies use them.
+type stores struct {
+	open   map[string]*repo.Repo           // by store URL
+	listed map[string][]*manifest.Manifest // by store URL + "\x00" + namespace
+}
+
+func (st *stores) list(ctx context.Context, url, namespace string) (*repo.Repo, []*manifest.Manifest, error) {
+	r := st.open[url]
+	if r == nil {
+		s, err := storage.Open(ctx, url)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open store %s: %w", url, err)
+		}
+		r = &repo.Repo{Store: s}
+		st.open[url] = r
+	}
+	key := url + "\x00" + namespace
+	if ms, ok := st.listed[key]; ok {
+		return r, ms, nil
+	}
+	// Manifests that cannot be read are left out here; nothing is concluded from their
+	// absence (see FilesGone above: a read must say not found).
+	ms, _, err := r.List(ctx, namespace)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list store %s: %w", url, err)
+	}
+	st.listed[key] = ms
+	return r, ms, nil
+}
+
+func (st *stores) close() {
+	for _, r := range st.open {
+		r.Store.Close()
+	}
 }
