@@ -1,5 +1,6 @@
 # podsnapshot: pod snapshots for containerd and gVisor.
-#   make deps    build pinned containerd, runsc, fake-gcs-server into _deps/ (once)
+#   make deps    build pinned containerd, runsc, fake-gcs-server, crictl and the CNI
+#                plugins into _deps/, install the Debian packages the tests use (once)
 #   make deps-kube  build etcd and Kubernetes (apiserver, controller-manager, kubelet,
 #                kubectl) into _deps/bin for the e2e tests' cluster (once; ~11 min of CPU)
 #   make test    deps + deps-kube + build + verify-generate + every test (unit and
