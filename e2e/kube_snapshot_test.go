@@ -153,14 +153,14 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 	k.kubectl("-n", "test", "delete", "pod", "other", "--wait=true", "--timeout=60s")
 
 	// 6. Metrics: a scrape of the agent and of the controller.
-	m := scrape(t, cp.agentMetrics)
+	m := scrape(t, cp.AgentMetrics)
 	for _, want := range []string{`podsnapshot_checkpoints_total{result="committed"} 1`, `podsnapshot_restores_total{source=`,
 		`podsnapshot_cold_starts_total{reason="NoSnapshot"}`, "podsnapshot_restore_duration_seconds_count 1", "podsnapshot_upload_duration_seconds_count 1"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("agent metrics lack %q", want)
 		}
 	}
-	if m := scrape(t, cp.controllerMetrics); !strings.Contains(m, `controller_runtime_reconcile_total{controller="podsnapshot-deletion"`) {
+	if m := scrape(t, cp.ControllerMetrics); !strings.Contains(m, `controller_runtime_reconcile_total{controller="podsnapshot-deletion"`) {
 		t.Errorf("controller metrics lack its reconcile counts")
 	}
 

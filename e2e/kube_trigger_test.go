@@ -130,7 +130,7 @@ func TestKubeAPIServerDown(t *testing.T) {
 	k.apply(k.kubePod("late", "test", map[string]string{"app": "my-app"}, "sleep 15\n"+counterScript))
 	k.waitReady("test", "late", 90*time.Second)
 	begin := time.Now()
-	cp.agent.Kill()
+	cp.Agent.Kill()
 	must(t, k.kube.StopAPIServer())
 	t.Logf("agent killed and API server stopped %.1fs after the pod was Ready", time.Since(begin).Seconds())
 
@@ -167,7 +167,7 @@ func TestKubeAPIServerDown(t *testing.T) {
 	t.Logf("sandbox %s stopped; the kubelet's new sandbox was restored with the API server down", sb[:12])
 
 	must(t, k.kube.StartAPIServer())
-	cp.startAgent()
+	must(t, cp.RestartAgent())
 	harness.Eventually(t, 60*time.Second, "the PodSnapshot Ready after the API server returned", func() bool {
 		return k.jsonpath("podsnapshot", "-n", "test", uuid, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].reason}`) == "AllSnapshotsAvailable"
 	})

@@ -16,6 +16,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/internal/testenv/containerd"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/hostproc"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/kube"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
@@ -36,14 +37,11 @@ type env struct {
 	manifests  string // the YAML files the demo applies, for the transcript
 	kubeconfig string // admin
 
-	net        *cni.Network
-	cd         *containerd.Daemon
-	cdEnv      []string
-	kube       *kube.Cluster
-	agent      *hostproc.Daemon
-	controller *hostproc.Daemon
-	agentLog   string
-	ctrlLog    string
+	net   *cni.Network
+	cd    *containerd.Daemon
+	cdEnv []string
+	kube  *kube.Cluster
+	cp    *kube.ControlPlane // podsnapshot-agent, both roles
 
 	// Timings of the start.
 	setupTook, kubeTook, controlPlaneTook time.Duration
@@ -195,7 +193,7 @@ func (e *env) startContainerd(ctx context.Context, archives []string) error {
 	}
 	// containerd finds runtime io.containerd.podsnapshot.v1 as the binary
 	// containerd-shim-podsnapshot-v1 on its PATH; the shims inherit this environment.
-	e.cdEnv = append(withoutVar(os.Environ(), "PATH"), "PATH="+e.outBin+":"+e.depsBin+":"+os.Getenv("PATH"))
+	e.cdEnv = append(lab.WithoutVar(os.Environ(), "PATH"), "PATH="+e.outBin+":"+e.depsBin+":"+os.Getenv("PATH"))
 	cdDir := filepath.Join(e.dir, "c")
 	if err := os.MkdirAll(cdDir, 0o755); err != nil {
 		return err
@@ -233,56 +231,20 @@ func (e *env) ctr(ctx context.Context, args ...string) (string, error) {
 	return string(out), nil
 }
 
-// startControlPlane starts podsnapshot-agent in both roles as host processes, each
-// with a kubeconfig holding its service account's token, so what RBAC allows them is
-// what deploy/kubernetes/rbac.yaml grants. The CRDs, namespace and RBAC are applied
-// before (by the transcript).
-func (e *env) startControlPlane(ctx context.Context) error {
-	bin := filepath.Join(e.outBin, "podsnapshot-agent")
-	agentKC, err := e.tokenKubeconfig(ctx, "podsnapshot-agent")
+// startControlPlane starts podsnapshot-agent in both roles as host processes
+// (kube.ControlPlane, with their service accounts' tokens: what RBAC allows them is what
+// deploy/kubernetes/rbac.yaml grants). The CRDs, namespace and RBAC are applied before
+// (by the transcript).
+func (e *env) startControlPlane(context.Context) error {
+	cp, err := e.kube.StartControlPlane(kube.ControlPlaneOptions{Binary: filepath.Join(e.outBin, "podsnapshot-agent"),
+		ShimConfig: e.shimConfig, ContainerdAddress: e.cd.Address, Dir: e.dir, SyncInterval: 10 * time.Second})
 	if err != nil {
 		return err
 	}
-	ctrlKC, err := e.tokenKubeconfig(ctx, "podsnapshot-controller")
-	if err != nil {
-		return err
-	}
-	e.agentLog, e.ctrlLog = filepath.Join(e.dir, "agent.log"), filepath.Join(e.dir, "controller.log")
-	if e.agent, err = e.daemon(e.agentLog, bin, "--role=agent", "--config", e.shimConfig,
-		"--node-name", e.kube.NodeName, "--containerd-address", e.cd.Address, "--kubeconfig", agentKC,
-		"--metrics-bind-address", "0", "--health-probe-bind-address", "0", "--report-poll-interval", "200ms"); err != nil {
-		return err
-	}
-	if e.controller, err = e.daemon(e.ctrlLog, bin, "--role=controller", "--kubeconfig", ctrlKC,
-		"--leader-election-namespace", "podsnapshot-system", "--local-stores", "--sync-interval", "10s",
-		"--metrics-bind-address", "0", "--health-probe-bind-address", "0"); err != nil {
-		return err
-	}
+	e.cp = cp
 	logf("podsnapshot-agent --role=agent (pid %d, log %s) and --role=controller (pid %d, log %s) started",
-		e.agent.Cmd.Process.Pid, e.agentLog, e.controller.Cmd.Process.Pid, e.ctrlLog)
+		cp.Agent.Cmd.Process.Pid, cp.AgentLog, cp.Controller.Cmd.Process.Pid, cp.ControllerLog)
 	return nil
-}
-
-func (e *env) daemon(logPath string, args ...string) (*hostproc.Daemon, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Stdout, cmd.Stderr, cmd.Env = f, f, os.Environ()
-	d, err := hostproc.StartDaemon(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("start %s: %w", filepath.Base(args[0]), err)
-	}
-	return d, nil
-}
-
-// tokenKubeconfig writes a kubeconfig for service account podsnapshot-system/sa
-// (kube.Cluster.ServiceAccountKubeconfig) and returns its path.
-func (e *env) tokenKubeconfig(_ context.Context, sa string) (string, error) {
-	path := filepath.Join(e.dir, sa+".kubeconfig")
-	return path, e.kube.ServiceAccountKubeconfig("podsnapshot-system", sa, path)
 }
 
 // report is what close did and found.
@@ -322,16 +284,11 @@ var watched = []string{"containerd", "runsc", "etcd", "kube", "podsnapshot"}
 // anything of the demo still on the host.
 func (e *env) close() report {
 	var r report
-	for _, d := range []struct {
-		name string
-		d    *hostproc.Daemon
-	}{{"agent", e.agent}, {"controller", e.controller}} {
-		if d.d != nil {
-			if killed := d.d.Stop(10 * time.Second); killed {
-				r.errs = append(r.errs, fmt.Errorf("%s ignored SIGTERM for 10s; killed", d.name))
-			}
-			r.steps = append(r.steps, d.name+" stopped")
+	if e.cp != nil {
+		if err := e.cp.Stop(); err != nil {
+			r.errs = append(r.errs, err)
 		}
+		r.steps = append(r.steps, "agent stopped; controller stopped")
 	}
 	if e.kube != nil {
 		start := time.Now()
@@ -375,12 +332,18 @@ func (e *env) close() report {
 	for _, p := range find() {
 		r.left = append(r.left, "process "+p.String())
 	}
-	r.left = append(r.left, mountsBelow(e.dir)...)
+	mounts, err := hostproc.MountsBelow(e.dir)
+	if err != nil {
+		r.errs = append(r.errs, err)
+	}
+	for _, m := range mounts {
+		r.left = append(r.left, "mount "+m)
+	}
 	if e.kube != nil {
 		r.left = append(r.left, e.kube.Leftovers()...)
 	}
 	// Never remove through a mount.
-	if unmounted == nil && len(mountsBelow(e.dir)) == 0 {
+	if unmounted == nil && err == nil && len(mounts) == 0 {
 		if err := os.RemoveAll(e.dir); err != nil {
 			r.errs = append(r.errs, err)
 		} else {
@@ -388,29 +351,4 @@ func (e *env) close() report {
 		}
 	}
 	return r
-}
-
-// mountsBelow lists the mount points at or below dir.
-func mountsBelow(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return []string{"cannot read mountinfo: " + err.Error()}
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			out = append(out, "mount "+f[4])
-		}
-	}
-	return out
-}
-
-func withoutVar(env []string, name string) []string {
-	var out []string
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, name+"=") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }

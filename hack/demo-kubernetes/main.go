@@ -113,10 +113,9 @@ func (e *env) dumpDiagnostics() {
 		}
 		logf("shim and error lines of containerd's log:\n%s", strings.Join(lines, "\n"))
 	}
-	for _, p := range []string{e.agentLog, e.ctrlLog} {
-		if p != "" {
-			logf("%s", kube.LogTail(p, 6<<10))
-		}
+	if e.cp != nil {
+		logf("%s", kube.LogTail(e.cp.AgentLog, 6<<10))
+		logf("%s", kube.LogTail(e.cp.ControllerLog, 6<<10))
 	}
 	if e.kube != nil {
 		logf("%s", kube.LogTail(filepath.Join(e.kube.LogDir, "kubelet.log"), 6<<10))
@@ -134,7 +133,10 @@ func (e *env) keepLogs() {
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return
 	}
-	srcs := []string{filepath.Join(e.dir, "c", "containerd.log"), e.agentLog, e.ctrlLog, e.shimConfig}
+	srcs := []string{filepath.Join(e.dir, "c", "containerd.log"), e.shimConfig}
+	if e.cp != nil {
+		srcs = append(srcs, e.cp.AgentLog, e.cp.ControllerLog)
+	}
 	if e.kube != nil {
 		logs, _ := filepath.Glob(filepath.Join(e.kube.LogDir, "*.log"))
 		srcs = append(srcs, logs...)
@@ -153,7 +155,7 @@ var kubectlPath = "kubectl"
 // kubectlCmd is kubectl against the cluster of kubeconfig (as $KUBECONFIG).
 func kubectlCmd(ctx context.Context, kubeconfig string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, kubectlPath, args...)
-	cmd.Env = append(withoutVar(os.Environ(), "KUBECONFIG"), "KUBECONFIG="+kubeconfig)
+	cmd.Env = append(lab.WithoutVar(os.Environ(), "KUBECONFIG"), "KUBECONFIG="+kubeconfig)
 	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }

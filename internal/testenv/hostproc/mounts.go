@@ -15,26 +15,9 @@ import (
 // leaves its null-netns bind mount in its root; the directory could not be removed
 // otherwise.
 func UnmountBelow(dir string) error {
-	f, err := os.Open("/proc/self/mountinfo")
+	points, err := MountsBelow(dir)
 	if err != nil {
-		return fmt.Errorf("read mounts: %w", err)
-	}
-	defer f.Close()
-	var points []string
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 5 {
-			continue
-		}
-		mp := unescapeMount(fields[4])
-		if mp == dir || strings.HasPrefix(mp, dir+"/") {
-			points = append(points, mp)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read mounts: %w", err)
+		return err
 	}
 	// Deepest first, so a parent is never busy because of a child mount.
 	sort.Slice(points, func(i, j int) bool {
@@ -65,6 +48,33 @@ func UnmountBelow(dir string) error {
 		return fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// MountsBelow lists the mount points at or below dir (/proc/self/mountinfo), a point
+// once per mount stacked on it, unescaped.
+func MountsBelow(dir string) ([]string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	defer f.Close()
+	var points []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			points = append(points, mp)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read mounts: %w", err)
+	}
+	return points, nil
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space, and so on).

@@ -184,7 +184,11 @@ func (c *Cluster) Leftovers() []string {
 	for _, p := range ps {
 		out = append(out, "process "+p.String())
 	}
-	for _, m := range mountsBelow(c.Dir) {
+	mounts, err := hostproc.MountsBelow(c.Dir)
+	if err != nil {
+		out = append(out, err.Error())
+	}
+	for _, m := range mounts {
 		out = append(out, "mount "+m)
 	}
 	if c.settled != nil {

@@ -72,10 +72,10 @@ func DefaultNodeIP() (net.IP, error) {
 	return ip.To4(), nil
 }
 
-// freePorts returns n distinct TCP ports free on every address at the moment of the
+// FreePorts returns n distinct TCP ports free on every address at the moment of the
 // call, by letting the kernel pick them. Another process may take one before the daemon
 // binds it; the daemon then fails to start and says so in its log.
-func freePorts(n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -239,22 +239,4 @@ func removeLogLinks(dir string, created bool) error {
 		}
 	}
 	return nil
-}
-
-// mountsBelow lists the mount points at or below dir (/proc/self/mountinfo).
-func mountsBelow(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return []string{"cannot read mounts: " + err.Error()}
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			out = append(out, fields[4])
-		}
-	}
-	return out
 }

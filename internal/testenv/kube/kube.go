@@ -167,7 +167,7 @@ func Start(opts Options) (c *Cluster, err error) {
 			c = nil
 		}
 	}()
-	ports, err := freePorts(5)
+	ports, err := FreePorts(5)
 	if err != nil {
 		return c, fmt.Errorf("kube: %w", err)
 	}

@@ -190,7 +190,7 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 	// containerd finds runtime io.containerd.podsnapshot.v1 as the binary
 	// containerd-shim-podsnapshot-v1 on its PATH, so no runtime needs configuring; the
 	// shim inherits containerd's environment, STORAGE_EMULATOR_HOST included.
-	l.env = append(withoutVar(os.Environ(), "PATH", "STORAGE_EMULATOR_HOST"),
+	l.env = append(WithoutVar(os.Environ(), "PATH", "STORAGE_EMULATOR_HOST"),
 		"PATH="+l.OutBin+":"+l.DepsBin+":"+os.Getenv("PATH"))
 
 	if err := l.startStore(ctx); err != nil {
@@ -340,7 +340,8 @@ func (l *Lab) importImage(ctx context.Context) error {
 	return nil
 }
 
-func withoutVar(env []string, names ...string) []string {
+// WithoutVar returns env without the variables named (NAME=...).
+func WithoutVar(env []string, names ...string) []string {
 	var out []string
 next:
 	for _, kv := range env {
