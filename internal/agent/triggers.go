@@ -16,7 +16,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
@@ -24,6 +23,7 @@ import (
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
+	"github.com/podsnapshot/podsnapshot/internal/kubeapi"
 	"github.com/podsnapshot/podsnapshot/internal/report"
 )
 
@@ -156,24 +156,10 @@ func (t *triggers) sandboxOf(ctx context.Context, pod *corev1.Pod) (string, erro
 	return "", fmt.Errorf("pod %s/%s has no running sandbox in containerd", pod.Namespace, pod.Name)
 }
 
-// setTriggered sets the Triggered condition (and snapshotCreated when snapshot is set),
-// unless a final outcome (True or False) is already recorded.
+// setTriggered sets tr's Triggered condition unless an outcome is recorded
+// (kubeapi.SetTriggered).
 func (t *triggers) setTriggered(ctx context.Context, tr *v1.PodSnapshotManualTrigger, status metav1.ConditionStatus, reason, msg, snapshot string) error {
-	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		var cur v1.PodSnapshotManualTrigger
-		if err := t.c.Get(ctx, client.ObjectKeyFromObject(tr), &cur); err != nil {
-			return client.IgnoreNotFound(err)
-		}
-		if c := meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionTriggered); c != nil && c.Status != metav1.ConditionUnknown {
-			return nil
-		}
-		meta.SetStatusCondition(&cur.Status.Conditions, metav1.Condition{Type: v1.ConditionTriggered, Status: status,
-			Reason: reason, Message: msg, ObservedGeneration: cur.Generation})
-		if snapshot != "" {
-			cur.Status.SnapshotCreated = &v1.SnapshotReference{Name: snapshot}
-		}
-		return t.c.Status().Update(ctx, &cur)
-	})
+	return kubeapi.SetTriggered(ctx, t.c, client.ObjectKeyFromObject(tr), status, reason, msg, snapshot)
 }
 
 // inProgress lists the triggers of rep's pod that this node is checkpointing.

@@ -19,7 +19,6 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/util/retry"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -132,16 +131,5 @@ func (m *missingTarget) Reconcile(ctx context.Context, req reconcile.Request) (r
 		return reconcile.Result{RequeueAfter: targetGrace - age}, nil
 	}
 	msg := fmt.Sprintf("pod %s/%s not found", tr.Namespace, tr.Spec.TargetPod)
-	return reconcile.Result{}, retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		var cur v1.PodSnapshotManualTrigger
-		if err := m.c.Get(ctx, req.NamespacedName, &cur); err != nil {
-			return client.IgnoreNotFound(err)
-		}
-		if meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionTriggered) != nil {
-			return nil
-		}
-		meta.SetStatusCondition(&cur.Status.Conditions, metav1.Condition{Type: v1.ConditionTriggered,
-			Status: metav1.ConditionFalse, Reason: v1.ReasonFailed, Message: msg, ObservedGeneration: cur.Generation})
-		return m.c.Status().Update(ctx, &cur)
-	})
+	return reconcile.Result{}, kubeapi.SetTriggered(ctx, m.c, req.NamespacedName, metav1.ConditionFalse, v1.ReasonFailed, msg, "")
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -60,30 +61,11 @@ func SetSnapshotStatus(ctx context.Context, c client.Client, ns, name string, ch
 		before := ps.Status.DeepCopy()
 		change(&ps)
 		ps.Status.ObservedGeneration = ps.Generation
-		if equalStatus(before, &ps.Status) {
+		if equality.Semantic.DeepEqual(before, &ps.Status) {
 			return nil
 		}
 		return c.Status().Update(ctx, &ps)
 	})
-}
-
-func equalStatus(a, b *v1.PodSnapshotStatus) bool {
-	return a.ObservedGeneration == b.ObservedGeneration && a.StoragePath == b.StoragePath &&
-		a.SourcePod == b.SourcePod && a.NodeName == b.NodeName &&
-		a.LastAccessTime.Equal(b.LastAccessTime) && conditionsEqual(a.Conditions, b.Conditions)
-}
-
-func conditionsEqual(a, b []metav1.Condition) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		x, y := a[i], b[i]
-		if x.Type != y.Type || x.Status != y.Status || x.Reason != y.Reason || x.Message != y.Message || x.ObservedGeneration != y.ObservedGeneration {
-			return false
-		}
-	}
-	return true
 }
 
 // SetCondition sets one condition, keeping LastTransitionTime when the status is
@@ -91,6 +73,28 @@ func conditionsEqual(a, b []metav1.Condition) bool {
 func SetCondition(conds *[]metav1.Condition, typ string, status metav1.ConditionStatus, reason, msg string, gen int64, at time.Time) {
 	meta.SetStatusCondition(conds, metav1.Condition{Type: typ, Status: status, Reason: reason,
 		Message: msg, ObservedGeneration: gen, LastTransitionTime: metav1.NewTime(at)})
+}
+
+// SetTriggered sets trigger key's Triggered condition (and status.snapshotCreated when
+// snapshot is set) through the status subresource, retrying on conflicts, unless a final
+// outcome (True or False) is already recorded: the first outcome stays. A trigger that
+// no longer exists is not an error.
+func SetTriggered(ctx context.Context, c client.Client, key client.ObjectKey, status metav1.ConditionStatus, reason, msg, snapshot string) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var cur v1.PodSnapshotManualTrigger
+		if err := c.Get(ctx, key, &cur); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if cond := meta.FindStatusCondition(cur.Status.Conditions, v1.ConditionTriggered); cond != nil && cond.Status != metav1.ConditionUnknown {
+			return nil
+		}
+		meta.SetStatusCondition(&cur.Status.Conditions, metav1.Condition{Type: v1.ConditionTriggered, Status: status,
+			Reason: reason, Message: msg, ObservedGeneration: cur.Generation})
+		if snapshot != "" {
+			cur.Status.SnapshotCreated = &v1.SnapshotReference{Name: snapshot}
+		}
+		return c.Status().Update(ctx, &cur)
+	})
 }
 
 // Awaiting sets Ready False/AwaitingCheckpoint unless a checkpoint outcome is recorded.
