@@ -3,9 +3,8 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -71,8 +70,13 @@ func (r *reporter) drain(ctx context.Context) {
 	}
 	for _, b := range bad {
 		r.log.WithError(b).Error("unreadable report moved aside")
+		var br *report.BadReport
+		if errors.As(b, &br) {
+			if err := r.spool.SetAside(br.Name, "bad"); err != nil {
+				r.log.WithError(err).Warn("set aside unreadable report")
+			}
+		}
 	}
-	r.quarantine(bad)
 	r.metrics.pending.Set(float64(len(entries)))
 	for i, e := range entries {
 		if ctx.Err() != nil {
@@ -88,7 +92,7 @@ func (r *reporter) drain(ctx context.Context) {
 			// inspection, so that it does not hold up every later report of the node.
 			r.log.WithError(err).WithField("report", e.Name).Error("report refused by the API server; set aside as .refused-" + e.Name)
 			r.metrics.refused.Inc()
-			if err := os.Rename(filepath.Join(r.spool.Dir, e.Name), filepath.Join(r.spool.Dir, ".refused-"+e.Name)); err != nil {
+			if err := r.spool.SetAside(e.Name, "refused"); err != nil {
 				r.log.WithError(err).Warn("set aside refused report")
 				return
 			}
@@ -132,20 +136,6 @@ func (r *reporter) refusedForGood(name string, err error) bool {
 	}
 	delete(r.refusedSince, name)
 	return true
-}
-
-func (r *reporter) quarantine(bad []error) {
-	des, err := os.ReadDir(r.spool.Dir)
-	if err != nil {
-		return
-	}
-	for _, de := range des {
-		for _, b := range bad {
-			if strings.Contains(b.Error(), filepath.Join(r.spool.Dir, de.Name())+":") {
-				_ = os.Rename(filepath.Join(r.spool.Dir, de.Name()), filepath.Join(r.spool.Dir, ".bad-"+de.Name()))
-			}
-		}
-	}
 }
 
 // handle carries out one report. Reports about pods without a Kubernetes name (ctr

@@ -156,8 +156,18 @@ func (s Spool) Write(r Report) error {
 	return nil
 }
 
+// BadReport is a report file List could not read or decode.
+type BadReport struct {
+	Path string // the file
+	Name string // its base name, for SetAside
+	Err  error
+}
+
+func (b *BadReport) Error() string { return "report " + b.Path + ": " + b.Err.Error() }
+func (b *BadReport) Unwrap() error { return b.Err }
+
 // List returns the spool's reports in the order they were written. A file that cannot
-// be read or decoded is returned in bad (its path and error) and left in place; a missing
+// be read or decoded is returned in bad (a *BadReport each) and left in place; a missing
 // directory is an empty spool.
 func (s Spool) List() (entries []Entry, bad []error, err error) {
 	des, err := os.ReadDir(s.Dir)
@@ -171,12 +181,12 @@ func (s Spool) List() (entries []Entry, bad []error, err error) {
 		p := filepath.Join(s.Dir, n)
 		data, err := os.ReadFile(p)
 		if err != nil {
-			bad = append(bad, fmt.Errorf("report %s: %w", p, err))
+			bad = append(bad, &BadReport{Path: p, Name: n, Err: err})
 			continue
 		}
 		var r Report
 		if err := json.Unmarshal(data, &r); err != nil {
-			bad = append(bad, fmt.Errorf("report %s: %w", p, err))
+			bad = append(bad, &BadReport{Path: p, Name: n, Err: err})
 			continue
 		}
 		entries = append(entries, Entry{Name: n, Report: r})
@@ -218,6 +228,15 @@ func (s Spool) trim() error {
 		log.L.WithField("report", filepath.Join(s.Dir, names[i])).Warnf(
 			"report spool %s holds %d reports (report_max_files %d): oldest report removed undelivered; is podsnapshot-agent running?",
 			s.Dir, len(names)-i, s.Max)
+	}
+	return nil
+}
+
+// SetAside renames report name to "."+why+"-"+name: kept for inspection, no longer
+// listed (hidden).
+func (s Spool) SetAside(name, why string) error {
+	if err := os.Rename(filepath.Join(s.Dir, name), filepath.Join(s.Dir, "."+why+"-"+name)); err != nil {
+		return fmt.Errorf("report spool %s: set aside %s: %w", s.Dir, name, err)
 	}
 	return nil
 }
