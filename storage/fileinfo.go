@@ -19,4 +19,9 @@ type FileInfo struct {
 	XXH64 string `json:"xxh64"`
 	// CRC32C is the Castagnoli CRC32 of the stored bytes, as Cloud Storage computes it.
 	CRC32C uint32 `json:"crc32c"`
+	// FrameSize is the raw bytes per frame of a framed file (frames.go); 0 for a file
+	// stored as one stream (manifests written before frames, and any file Upload wrote).
+	FrameSize int64 `json:"frameSize,omitempty"`
+	// Frames are a framed file's frames in order: stored size and CRC32C of each.
+	Frames []Frame `json:"frames,omitempty"`
 }

@@ -1,7 +1,6 @@
 package storage
 
 import (
-	"bufio"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -23,62 +22,9 @@ func Upload(ctx context.Context, st Store, name string, src io.Reader, codec Cod
 	if codec == nil {
 		codec = None{}
 	}
-	url := st.URL(name)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
-	pr, pw := io.Pipe()
-	type result struct {
-		obj ObjectInfo
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		obj, err := st.Put(ctx, name, pr)
-		pr.CloseWithError(err) // stops the writer when Put returned early
-		done <- result{obj, err}
-	}()
-
-	raw := &hashReader{ctx: ctx, r: src, h: newAsyncHash(xxhash.New())}
-	defer raw.h.stop()
-	sent := &crcWriter{w: pw}
-	// Codecs write in small pieces; hand the store whole MiBs, not a syscall per piece.
-	buf := bufio.NewWriterSize(sent, pipeBufSize)
-	err := compress(buf, raw, codec)
-	if err == nil {
-		err = buf.Flush()
-	}
-	if err != nil {
-		pw.CloseWithError(err)
-		cancel()
-		r := <-done
-		switch {
-		case raw.err != nil:
-			return FileInfo{}, fmt.Errorf("upload %s: read source: %w", url, raw.err)
-		case r.err != nil && sent.err != nil:
-			return FileInfo{}, r.err // the store failed first
-		default:
-			return FileInfo{}, fmt.Errorf("upload %s: %s: %w", url, codec.Name(), err)
-		}
-	}
-	pw.Close()
-	r := <-done
-	if r.err != nil {
-		return FileInfo{}, r.err
-	}
-	if r.obj.Size != sent.n || (r.obj.HasCRC32C && r.obj.CRC32C != sent.crc) {
-		derr := st.Delete(context.WithoutCancel(ctx), name)
-		return FileInfo{}, errors.Join(Corruptf(url, "stored %d bytes crc32c %d, sent %d bytes crc32c %d",
-			r.obj.Size, r.obj.CRC32C, sent.n, sent.crc), derr)
-	}
-	return FileInfo{
-		Name:       name,
-		RawSize:    raw.n,
-		StoredSize: sent.n,
-		Codec:      codec.Name(),
-		XXH64:      hex.EncodeToString(raw.h.Sum()),
-		CRC32C:     sent.crc,
-	}, nil
+	return upload(ctx, st, name, src, codec, func(dst io.Writer, raw *hashReader) error {
+		return compress(dst, raw, codec)
+	})
 }
 
 // pipeBufSize is the size in bytes of the writes Upload makes to the store's Put.

@@ -169,6 +169,11 @@ func (c *Cache) reserve(key string, reserve int64) (tmp string, release func(), 
 		return "", nil, false, err
 	}
 	defer unlock()
+	return c.reserveLocked(key, reserve)
+}
+
+// reserveLocked is reserve with the cache lock held by the caller.
+func (c *Cache) reserveLocked(key string, reserve int64) (tmp string, release func(), done bool, err error) {
 	final := filepath.Join(c.Dir, key)
 	if isEntry(final, key) {
 		now := c.now()

@@ -142,6 +142,11 @@ func (m *Manifest) validateFiles() field.ErrorList {
 		default:
 			errs = append(errs, field.NotSupported(p.Child("codec"), f.Codec, codecs))
 		}
+		if f.Framed() || len(f.Frames) > 0 {
+			if _, err := storage.NewFrameIndex(f); err != nil {
+				errs = append(errs, field.Invalid(p.Child("frames"), len(f.Frames), err.Error()))
+			}
+		}
 		if !hex16.MatchString(f.XXH64) {
 			errs = append(errs, field.Invalid(p.Child("xxh64"), f.XXH64, "must be 16 lowercase hex digits"))
 		}

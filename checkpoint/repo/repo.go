@@ -110,7 +110,7 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 			return fail(fmt.Errorf("commit snapshot %s: %s: %w", m.UUID, src.Name(), err))
 		}
 		name := manifest.ObjectName(m.Namespace, m.Policy, m.UUID, object)
-		info, err := storage.Upload(ctx, r.Store, name, src, codec)
+		info, err := storage.UploadFramed(ctx, r.Store, name, src, codec, storage.DefaultFrameSize)
 		src.Close()
 		if err != nil {
 			return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))

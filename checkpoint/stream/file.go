@@ -1,0 +1,336 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+// Progress byte values, one per frame, in a fill's progress file (ProgressFile). The
+// shims restoring one snapshot on a node share the file: the filler writes present,
+// the others write wanted for a frame their sandbox waits for.
+const (
+	absent  = 0
+	present = 1
+	wanted  = 2
+)
+
+// fetchFunc brings frames [first, first+n) into the data file and calls done(i) for each
+// frame once its verified bytes are there.
+type fetchFunc func(ctx context.Context, first, n int, done func(i int)) error
+
+// File is a framed file (storage.FrameIndex) whose raw bytes arrive in a local file,
+// frame by frame, and are read by ranges while they arrive: a read of frames not there
+// yet waits for them and, at the filler, fetches them ahead of the sequential download.
+// A frame counts as there only once verified (its CRC32C, and its zstd checksum), so a
+// reader never sees unverified bytes.
+type File struct {
+	x    *storage.FrameIndex
+	url  string
+	data *os.File // the raw bytes, at their raw offsets
+	prog *os.File // one progress byte per frame
+
+	mu sync.Mutex
+	// The fields below are guarded by mu.
+	have     []bool        // frame verified in data
+	busy     []bool        // frame being fetched by this process
+	missing  int           // frames not yet in have
+	fetch    fetchFunc     // nil while another process fills: frames are awaited
+	failed   error         // a frame could not be had: every read fails with it
+	changed  chan struct{} // closed and replaced whenever have or failed changes
+	waiting  int           // readers waiting for a frame
+}
+
+// newFile returns the File of x's frames in data, with progress in prog (whose bytes
+// are read now: frames already present are not fetched again).
+func newFile(x *storage.FrameIndex, url string, data, prog *os.File) (*File, error) {
+	f := &File{x: x, url: url, data: data, prog: prog,
+		have: make([]bool, x.Len()), busy: make([]bool, x.Len()), changed: make(chan struct{})}
+	f.missing = x.Len()
+	if err := f.poll(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// Size is the raw size in bytes.
+func (f *File) Size() int64 { return f.x.Info().RawSize }
+
+// Complete reports whether every frame is there.
+func (f *File) Complete() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.missing == 0
+}
+
+// Err is the error that made the file unreadable, or nil.
+func (f *File) Err() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.failed
+}
+
+// ReadAt reads len(p) bytes at off (fewer at the end of the file), waiting until the
+// frames under them are there, or until ctx ends or the file fails (its error, which
+// names the object and frame).
+func (f *File) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	size := f.Size()
+	if off >= size {
+		return 0, io.EOF
+	}
+	p = p[:min(int64(len(p)), size-off)]
+	if len(p) == 0 {
+		return 0, nil
+	}
+	first, last := f.x.Frames(off, int64(len(p)))
+	if err := f.await(ctx, first, last); err != nil {
+		return 0, err
+	}
+	return f.data.ReadAt(p, off)
+}
+
+// await waits until frames [first, last] are there.
+func (f *File) await(ctx context.Context, first, last int) error {
+	f.mu.Lock()
+	counted := false
+	defer func() {
+		if counted {
+			f.waiting--
+		}
+		f.mu.Unlock()
+	}()
+	for {
+		if f.failed != nil {
+			return f.failed
+		}
+		need := false
+		for i := first; i <= last; i++ {
+			if !f.have[i] {
+				need = true
+				f.want(i)
+			}
+		}
+		if !need {
+			return nil
+		}
+		if !counted {
+			counted = true
+			f.waiting++
+		}
+		ch := f.changed
+		f.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			f.mu.Lock()
+			return ctx.Err()
+		}
+		f.mu.Lock()
+	}
+}
+
+// want asks for frame i ahead of the others: the filler fetches it now; another process
+// marks it wanted in the progress file for the filler to see. Called with mu held.
+func (f *File) want(i int) {
+	if f.busy[i] {
+		return
+	}
+	if f.fetch == nil {
+		var b [1]byte
+		if n, _ := f.prog.ReadAt(b[:], int64(i)); n == 1 && b[0] == absent {
+			b[0] = wanted
+			_, _ = f.prog.WriteAt(b[:], int64(i))
+		}
+		return
+	}
+	f.busy[i] = true
+	go f.fetchOne(context.Background(), i)
+}
+
+// notify wakes the waiters. Called with mu held.
+func (f *File) notify() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// markPresent records frame i as verified in data, here and in the progress file.
+func (f *File) markPresent(i int) {
+	_, _ = f.prog.WriteAt([]byte{present}, int64(i))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.have[i] {
+		f.have[i] = true
+		f.missing--
+		f.notify()
+	}
+}
+
+// fail makes every read fail with err from now on.
+func (f *File) fail(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failed == nil {
+		f.failed = err
+		f.notify()
+	}
+}
+
+// poll reads the progress file and takes up the frames another process made present.
+// At the filler it also queues the frames other processes want.
+func (f *File) poll() error {
+	buf := make([]byte, f.x.Len())
+	if _, err := f.prog.ReadAt(buf, 0); err != nil && err != io.EOF {
+		return fmt.Errorf("progress of %s: %w", f.url, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	changed := false
+	for i, b := range buf {
+		switch {
+		case b == present && !f.have[i]:
+			f.have[i] = true
+			f.missing--
+			changed = true
+		case b == wanted && f.fetch != nil && !f.have[i] && !f.busy[i]:
+			f.busy[i] = true
+			go f.fetchOne(context.Background(), i)
+		}
+	}
+	if changed {
+		f.notify()
+	}
+	return nil
+}
+
+// Retry policy of a frame fetch: a corrupt frame is fetched once more, then the file
+// fails; other errors (the store unreachable) are retried with backoff until
+// fetchGiveUp has passed.
+const (
+	fetchGiveUp  = 2 * time.Minute
+	fetchBackoff = 200 * time.Millisecond
+)
+
+// fetchOne fetches frame i with the retry policy, failing the file if it cannot.
+func (f *File) fetchOne(ctx context.Context, i int) {
+	if err := f.fetchRetrying(ctx, i, 1); err != nil {
+		f.fail(err)
+	}
+}
+
+// fetchRetrying fetches frames [first, first+n) and, on error, each frame not yet there
+// on its own with the retry policy. It clears busy for frames it did not get.
+func (f *File) fetchRetrying(ctx context.Context, first, n int) error {
+	f.mu.Lock()
+	fetch := f.fetch
+	f.mu.Unlock()
+	err := fetch(ctx, first, n, f.markPresent)
+	if err == nil {
+		return nil
+	}
+	for i := first; i < first+n; i++ {
+		if f.has(i) {
+			continue
+		}
+		deadline := time.Now().Add(fetchGiveUp)
+		corrupt := errors.Is(err, storage.ErrCorrupt)
+		for {
+			err = fetch(ctx, i, 1, f.markPresent)
+			if err == nil {
+				break
+			}
+			if errors.Is(err, storage.ErrCorrupt) {
+				if corrupt {
+					return fmt.Errorf("%s: frame %d failed verification twice: %w", f.url, i, err)
+				}
+				corrupt = true
+				continue
+			}
+			if ctx.Err() != nil || time.Now().After(deadline) {
+				return fmt.Errorf("%s: frame %d: %w", f.url, i, err)
+			}
+			time.Sleep(fetchBackoff)
+		}
+	}
+	return nil
+}
+
+// has reports whether frame i is there.
+func (f *File) has(i int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.have[i]
+}
+
+// next picks the frames the sequential download fetches next: up to batch absent frames
+// in order from *cursor (the frames readers wait for are fetched at once by want). n is 0 when nothing is
+// left to start. The frames are marked busy.
+func (f *File) next(cursor *int, batch int) (first, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for *cursor < len(f.have) && (f.have[*cursor] || f.busy[*cursor]) {
+		*cursor++
+	}
+	first = *cursor
+	for *cursor < len(f.have) && n < batch && !f.have[*cursor] && !f.busy[*cursor] {
+		f.busy[*cursor] = true
+		*cursor++
+		n++
+	}
+	return first, n
+}
+
+// setFetch makes this process the filler of the file.
+func (f *File) setFetch(fetch fetchFunc) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fetch = fetch
+}
+
+// fill runs the sequential download on workers goroutines, batch frames per fetch, until
+// every frame is there, the file failed or ctx ended.
+func (f *File) fill(ctx context.Context, workers, batch int) {
+	var (
+		cursorMu sync.Mutex
+		cursor   int
+		wg       sync.WaitGroup
+	)
+	for range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil && f.Err() == nil {
+				cursorMu.Lock()
+				first, n := f.next(&cursor, batch)
+				cursorMu.Unlock()
+				if n == 0 {
+					return
+				}
+				if err := f.fetchRetrying(ctx, first, n); err != nil {
+					if ctx.Err() == nil {
+						f.fail(err)
+					}
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// Frames readers asked for may still be arriving.
+	for {
+		f.mu.Lock()
+		done, ch := f.missing == 0 || f.failed != nil, f.changed
+		f.mu.Unlock()
+		if done {
+			return
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+}

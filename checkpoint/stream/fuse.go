@@ -1,0 +1,135 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// servedFile is a read-only file the image directory serves: a File arriving, or a
+// local file already complete.
+type servedFile interface {
+	Size() int64
+	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+}
+
+// localFile serves a complete local file.
+type localFile struct {
+	f    *os.File
+	size int64
+}
+
+func (l localFile) Size() int64 { return l.size }
+func (l localFile) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
+	return l.f.ReadAt(p, off)
+}
+
+// fileNode is one file of the mount: read-only, its size fixed. A read that fails (a
+// frame that failed verification twice) is EIO to runsc, which then stops the sandbox.
+type fileNode struct {
+	fs.Inode
+	name string
+	src  servedFile
+	// onReadError is told the first read error.
+	onReadError func(name string, err error)
+}
+
+var (
+	_ fs.NodeGetattrer = (*fileNode)(nil)
+	_ fs.NodeOpener    = (*fileNode)(nil)
+	_ fs.NodeReader    = (*fileNode)(nil)
+)
+
+func (n *fileNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | 0o444
+	out.Size = uint64(n.src.Size())
+	out.Blocks = (out.Size + 511) / 512
+	return 0
+}
+
+func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// The bytes never change: the kernel may keep what it read in its page cache.
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	got, err := n.src.ReadAt(ctx, dest, off)
+	if err != nil && err != io.EOF {
+		if n.onReadError != nil {
+			n.onReadError(n.name, err)
+		}
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+// dirNode is the mount's root: the image files.
+type dirNode struct {
+	fs.Inode
+	files []*fileNode
+}
+
+func (d *dirNode) OnAdd(ctx context.Context) {
+	for _, f := range d.files {
+		ch := d.NewPersistentInode(ctx, f, fs.StableAttr{Mode: syscall.S_IFREG})
+		d.AddChild(f.name, ch, false)
+	}
+}
+
+// mount serves files read-only at dir (which must exist) until unmount.
+type mount struct {
+	dir    string
+	server *fuse.Server
+	once   sync.Once
+}
+
+// mountFiles mounts a FUSE file system at dir serving files by name. It fails where FUSE
+// is not available (no /dev/fuse, no right to mount).
+func mountFiles(dir string, files map[string]servedFile, onReadError func(string, error)) (*mount, error) {
+	root := &dirNode{}
+	for name, src := range files {
+		root.files = append(root.files, &fileNode{name: name, src: src, onReadError: onReadError})
+	}
+	forever := time.Hour
+	server, err := fs.Mount(dir, root, &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:        true, // runsc's sandbox reads through the fd it was given
+			FsName:            "podsnapshot",
+			Name:              "podsnapshot",
+			MaxWrite:          1 << 20, // also max_read: runsc reads pages in large pieces
+			MaxReadAhead:      1 << 20,
+			DirectMountStrict: true, // the shim runs as root; there is no fusermount
+			MaxBackground:     64,
+		},
+		EntryTimeout: &forever,
+		AttrTimeout:  &forever,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount FUSE at %s: %w", dir, err)
+	}
+	return &mount{dir: dir, server: server}, nil
+}
+
+// unmount detaches the mount. A file runsc still holds open keeps being served until it
+// is closed (a lazy unmount: the sandbox may still be loading pages).
+func (m *mount) unmount() {
+	m.once.Do(func() {
+		if err := m.server.Unmount(); err != nil {
+			if lerr := unix.Unmount(m.dir, unix.MNT_DETACH); lerr != nil && !errors.Is(lerr, unix.EINVAL) {
+				return
+			}
+		}
+	})
+}

@@ -1,0 +1,321 @@
+// Package stream restores a snapshot while its pages arrive: the image directory runsc
+// restores from is a FUSE mount served by the shim, where checkpoint.img and
+// pages_meta.img are complete local files and pages.img is a File whose frames
+// (storage.FrameIndex) are fetched in order in the background and, when the sandbox
+// reads one that has not arrived, at once. The arriving bytes fill the node cache entry
+// of the snapshot, so the next restore on the node is a cached one, and the shims
+// restoring one snapshot at the same time share one download (Open).
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+// PagesFile is the image file that streams; the others are fetched whole first.
+const PagesFile = "pages.img"
+
+// Files in a fill's directory besides the image files.
+const (
+	// progressFile holds one progress byte per frame of pages.img; it appears (by
+	// rename) once the other files are complete, and is removed before the fill is
+	// published.
+	progressFile = ".progress"
+	// linkedFile marks a fill whose pages.img is a hard link to the store's object: its
+	// bytes are there and only verified, never written (it is the store's file).
+	linkedFile = ".linked"
+)
+
+// ErrNotStreamable is wrapped by Open's error for a snapshot that cannot stream (its
+// pages are not framed, or it has none): restore it the way it was before.
+var ErrNotStreamable = errors.New("snapshot cannot stream")
+
+// Source is the snapshot Open streams.
+type Source struct {
+	// Store holds the files.
+	Store storage.Store
+	// Files are the manifest's files, each with the image file it is (LocalName).
+	Files []storage.FileInfo
+	// LocalName maps an object name to its image file name (repo's mapping).
+	LocalName func(object string) (string, bool)
+	// Key is the snapshot's node cache key (repo.CacheKey).
+	Key string
+	// Cache is the node cache; a disabled one streams into a private directory.
+	Cache *cache.Cache
+	// OnCorrupt is called once, from any goroutine, when a frame failed verification
+	// twice or the completed file does not match its checksum: the stored snapshot is
+	// bad. Reads of the failed frame fail (runsc's sandbox then stops).
+	OnCorrupt func(err error)
+}
+
+// Image is a snapshot image being restored from.
+type Image struct {
+	// Dir is the image directory to restore from: a FUSE mount, or the node cache entry
+	// when the snapshot was already cached.
+	Dir string
+	// Cached: Dir is the complete cache entry; nothing streams.
+	Cached bool
+
+	pages  *File
+	mnt    *mount
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the fill goroutine ended
+	files  []*os.File
+
+	mu sync.Mutex
+	// The fields below are guarded by mu.
+	fill      *cache.Filling // this shim fills (nil: another shim does, or it is over)
+	fillDir   string
+	published string // the cache entry once published
+	corrupt   bool
+}
+
+// Open starts restoring src into the directory mountDir (created, empty): the small
+// files are fetched and verified (or shared with another shim's fill), then pages.img
+// is mounted and streams in the background. It returns once runsc can restore from
+// Image.Dir. Errors: ErrNotStreamable (wrapped); cache.ErrTooLarge or ErrNoRoom; the
+// store's; a *storage.CorruptError of a small file; a FUSE mount failure (wrapping
+// ErrNoFUSE). On error nothing is left mounted or filled.
+func Open(ctx context.Context, src Source, mountDir string) (*Image, error) {
+	pages, raw, err := src.pagesInfo()
+	if err != nil {
+		return nil, err
+	}
+	x, err := storage.NewFrameIndex(pages)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotStreamable, err)
+	}
+	claim, err := src.Cache.Claim(src.Key, raw)
+	if err != nil {
+		return nil, err
+	}
+	if claim.Entry != "" {
+		return &Image{Dir: claim.Entry, Cached: true}, nil
+	}
+	img := &Image{done: make(chan struct{})}
+	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	img.cancel = cancel
+	var dir string
+	if claim.Fill != nil {
+		img.fill, dir = claim.Fill, claim.Fill.Dir
+		err = src.prepare(ctx, dir, x)
+	} else {
+		dir = claim.Filling
+		err = awaitPrepared(ctx, dir)
+	}
+	if err == nil {
+		err = img.open(src, dir, x)
+	}
+	if err == nil {
+		err = img.serve(src, dir, mountDir)
+	}
+	if err != nil {
+		cancel()
+		img.closeFiles()
+		if img.fill != nil {
+			img.fill.Abort()
+		}
+		return nil, err
+	}
+	img.fillDir = dir
+	go img.run(fctx, src, x, raw)
+	return img, nil
+}
+
+// pagesInfo returns pages.img's FileInfo and the raw size of all files.
+func (src Source) pagesInfo() (pages storage.FileInfo, raw int64, err error) {
+	found := false
+	for _, f := range src.Files {
+		raw += f.RawSize
+		if name, _ := src.LocalName(f.Name); name == PagesFile {
+			pages, found = f, true
+		}
+	}
+	if !found || !pages.Framed() {
+		return pages, 0, fmt.Errorf("%w: its pages file is not stored in frames", ErrNotStreamable)
+	}
+	return pages, raw, nil
+}
+
+// prepare fills dir with the complete small files, pages.img (a hard link to the store's
+// uncompressed object, verified later frame by frame, or a sparse file of its raw size)
+// and, last, the progress file.
+func (src Source) prepare(ctx context.Context, dir string, x *storage.FrameIndex) error {
+	g, gctx := errgroup.WithContext(ctx)
+	for _, f := range src.Files {
+		name, ok := src.LocalName(f.Name)
+		if !ok {
+			return fmt.Errorf("unexpected file %s", f.Name)
+		}
+		if name == PagesFile {
+			continue
+		}
+		g.Go(func() error { return storage.DownloadFile(gctx, src.Store, f, filepath.Join(dir, name)) })
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	pages := x.Info()
+	path := filepath.Join(dir, PagesFile)
+	linked := false
+	if l, ok := src.Store.(storage.Linker); ok && pages.Codec == storage.CodecNone {
+		linked = l.Link(ctx, pages.Name, path) == nil
+	}
+	if linked {
+		if err := os.WriteFile(filepath.Join(dir, linkedFile), nil, 0o600); err != nil {
+			return err
+		}
+	} else {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		err = f.Truncate(pages.RawSize)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	tmp := filepath.Join(dir, progressFile+".tmp")
+	if err := os.WriteFile(tmp, make([]byte, x.Len()), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, progressFile))
+}
+
+// preparedWait bounds how long a shim waits for another's fill to have its small files.
+const preparedWait = 2 * time.Minute
+
+// awaitPrepared waits until the fill in dir has its progress file (its small files are
+// complete), while its filler lives.
+func awaitPrepared(ctx context.Context, dir string) error {
+	deadline := time.Now().Add(preparedWait)
+	for {
+		if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
+			return nil
+		}
+		if _, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("the fill %s sharing this snapshot ended before its files were complete: %w", dir, err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the fill %s sharing this snapshot did not complete its small files in %s", dir, preparedWait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// open opens the fill's files and makes the pages File.
+func (img *Image) open(src Source, dir string, x *storage.FrameIndex) error {
+	_, linkedErr := os.Stat(filepath.Join(dir, linkedFile))
+	linked := linkedErr == nil
+	mode := os.O_RDWR
+	if linked {
+		mode = os.O_RDONLY // the store's own file: never written
+	}
+	data, err := os.OpenFile(filepath.Join(dir, PagesFile), mode, 0)
+	if err != nil {
+		return err
+	}
+	img.files = append(img.files, data)
+	prog, err := os.OpenFile(filepath.Join(dir, progressFile), os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	img.files = append(img.files, prog)
+	url := src.Store.URL(x.Info().Name)
+	f, err := newFile(x, url, data, prog)
+	if err != nil {
+		return err
+	}
+	if img.fill != nil {
+		f.fetch = fetcher(src.Store, x, data, linked)
+	}
+	img.pages = f
+	return nil
+}
+
+// serve mounts the image files at mountDir.
+func (img *Image) serve(src Source, dir, mountDir string) error {
+	files := map[string]servedFile{PagesFile: img.pages}
+	for _, f := range src.Files {
+		name, _ := src.LocalName(f.Name)
+		if name == PagesFile {
+			continue
+		}
+		lf, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			return err
+		}
+		img.files = append(img.files, lf)
+		files[name] = localFile{f: lf, size: f.RawSize}
+	}
+	if err := os.MkdirAll(mountDir, 0o700); err != nil {
+		return err
+	}
+	m, err := mountFiles(mountDir, files, func(name string, err error) {
+		log.L.WithError(err).Errorf("podsnapshot: the restored sandbox could not read %s of its snapshot", name)
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrNoFUSE, err)
+	}
+	img.mnt, img.Dir = m, mountDir
+	return nil
+}
+
+// ErrNoFUSE is wrapped by Open's error when the FUSE mount failed.
+var ErrNoFUSE = errors.New("FUSE unavailable")
+
+func (img *Image) closeFiles() {
+	for _, f := range img.files {
+		f.Close()
+	}
+	img.files = nil
+}
+
+// fetcher returns how frames come into data: read from the store, verified, decoded and
+// written; or, for a linked file, read from data itself and verified.
+func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool) fetchFunc {
+	url := st.URL(x.Info().Name)
+	if linked {
+		return func(ctx context.Context, first, n int, done func(int)) error {
+			buf := make([]byte, x.Info().FrameSize)
+			for i := first; i < first+n; i++ {
+				b := buf[:x.RawLen(i)]
+				if _, err := data.ReadAt(b, x.RawOffset(i)); err != nil {
+					return fmt.Errorf("%s: read frame %d: %w", url, i, err)
+				}
+				if err := x.Check(url, i, b); err != nil {
+					return err
+				}
+				done(i)
+			}
+			return nil
+		}
+	}
+	return func(ctx context.Context, first, n int, done func(int)) error {
+		return storage.ReadFrames(ctx, st, x, first, n, nil, func(i int, raw []byte) error {
+			if _, err := data.WriteAt(raw, x.RawOffset(i)); err != nil {
+				return fmt.Errorf("write frame %d of %s: %w", i, url, err)
+			}
+			done(i)
+			return nil
+		})
+	}
+}

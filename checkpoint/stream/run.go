@@ -1,0 +1,188 @@
+package stream
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/containerd/log"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+// The sequential download: fillWorkers ranged reads at a time, each of fillBatch frames
+// (16 MiB of raw pages at the default frame size).
+const (
+	fillWorkers = 2
+	fillBatch   = 4
+)
+
+// pollEvery is how often a shim reads the shared progress file while frames are
+// missing: a shim that does not fill sees frames arrive, the filler sees frames the
+// others want. takeOverEvery is how often a shim that does not fill checks whether the
+// filler died (its lock is free) to take its place.
+const (
+	pollEvery     = 2 * time.Millisecond
+	takeOverEvery = 100 * time.Millisecond
+)
+
+// run brings every frame of pages.img into the fill, as its filler or waiting for the
+// filler (and taking over should it die), then, as the filler, verifies the whole file
+// and publishes the fill as the node cache entry.
+func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, raw int64) {
+	defer close(img.done)
+	f := img.pages
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(pollEvery)
+		defer t.Stop()
+		for !f.Complete() {
+			select {
+			case <-t.C:
+				_ = f.poll()
+			case <-stop:
+				return
+			}
+		}
+	}()
+	for img.filling() == nil {
+		if f.Complete() || f.Err() != nil || ctx.Err() != nil {
+			return
+		}
+		if fl, ok := src.Cache.TakeOver(img.fillDir, src.Key, raw); ok {
+			_, err := os.Stat(filepath.Join(img.fillDir, linkedFile))
+			f.setFetch(fetcher(src.Store, x, img.files[0], err == nil))
+			img.mu.Lock()
+			img.fill = fl
+			img.mu.Unlock()
+			log.L.Infof("podsnapshot: took over the download of %s from a shim that ended", src.Store.URL(x.Info().Name))
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(takeOverEvery):
+		}
+	}
+	f.fill(ctx, fillWorkers, fillBatch)
+	if err := f.Err(); err != nil {
+		img.bad(src, err)
+		return
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if err := verifyWhole(f, x); err != nil {
+		img.bad(src, err)
+		return
+	}
+	img.publish()
+}
+
+// filling is the fill this shim holds, or nil.
+func (img *Image) filling() *cache.Filling {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.fill
+}
+
+// bad handles a snapshot found corrupt: the fill is removed, OnCorrupt told.
+func (img *Image) bad(src Source, err error) {
+	img.mu.Lock()
+	fl := img.fill
+	img.fill, img.corrupt = nil, true
+	img.mu.Unlock()
+	if fl != nil {
+		fl.Abort()
+	}
+	if errors.Is(err, storage.ErrCorrupt) && src.OnCorrupt != nil {
+		src.OnCorrupt(err)
+	}
+}
+
+// publish makes the complete fill the node cache entry (a private fill stays this
+// shim's until Close).
+func (img *Image) publish() {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	fl := img.fill
+	if fl == nil || fl.Private {
+		return
+	}
+	os.Remove(filepath.Join(fl.Dir, progressFile))
+	os.Remove(filepath.Join(fl.Dir, linkedFile))
+	entry, err := fl.Publish()
+	img.fill = nil
+	if err != nil {
+		log.L.WithError(err).Warn("podsnapshot: the streamed snapshot was not kept in the node cache")
+		return
+	}
+	img.published = entry
+}
+
+// verifyWhole checks the complete file against its XXH64: the frames passed their
+// checks, so a mismatch means the stored object is not the file the manifest describes.
+// It runs after the pod resumed, off its critical path.
+func verifyWhole(f *File, x *storage.FrameIndex) error {
+	h := xxhash.New()
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < x.Info().RawSize; {
+		n, err := f.data.ReadAt(buf[:min(int64(len(buf)), x.Info().RawSize-off)], off)
+		h.Write(buf[:n])
+		off += int64(n)
+		if err != nil {
+			return err
+		}
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != x.Info().XXH64 {
+		return storage.Corruptf(f.url, "xxh64 mismatch of the streamed file: got %s, want %s", got, x.Info().XXH64)
+	}
+	return nil
+}
+
+// closeWait bounds how long Close waits for the background download to stop.
+const closeWait = 10 * time.Second
+
+// Close unmounts the image (lazily: a sandbox still holding pages.img open keeps reading
+// it), stops the download and lets go of the fill: a private one is removed, a shared one
+// is left to the shims still restoring from it (one of them takes it over).
+func (img *Image) Close() {
+	if img == nil || img.Cached {
+		return
+	}
+	img.mnt.unmount()
+	img.cancel()
+	select {
+	case <-img.done:
+	case <-time.After(closeWait):
+		log.L.Warnf("podsnapshot: the snapshot download into %s has not stopped after %s", img.fillDir, closeWait)
+	}
+	img.mu.Lock()
+	fl := img.fill
+	img.fill = nil
+	img.mu.Unlock()
+	if fl != nil {
+		if fl.Private {
+			fl.Abort()
+		} else {
+			fl.Release()
+		}
+	}
+	img.closeFiles()
+}
+
+// Done is closed when the snapshot has fully arrived (or the download ended).
+func (img *Image) Done() <-chan struct{} { return img.done }
+
+// Published is the node cache entry the streamed snapshot became, or "".
+func (img *Image) Published() string {
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	return img.published
+}

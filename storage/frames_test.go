@@ -1,0 +1,116 @@
+package storage_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/podsnapshot/podsnapshot/storage"
+	"github.com/podsnapshot/podsnapshot/storage/internal/storetest"
+	"github.com/podsnapshot/podsnapshot/storage/local"
+)
+
+// TestFramedRoundTrip: a framed upload downloads whole as an unframed one does, and every
+// range of frames reads back the raw bytes, for both codecs and a last frame shorter than
+// the others.
+func TestFramedRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	st, err := local.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const frame = 64 << 10
+	data := append(storetest.Text(10*frame, 1), storetest.Random(3*frame+777, 2)...)
+	for _, codec := range []storage.Codec{storage.Zstd{}, storage.None{}} {
+		name := "f/" + codec.Name()
+		info, err := storage.UploadFramed(ctx, st, name, bytes.NewReader(data), codec, frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.FrameSize != frame || len(info.Frames) != 14 || info.RawSize != int64(len(data)) {
+			t.Fatalf("%s: frameSize %d, %d frames, raw %d", codec.Name(), info.FrameSize, len(info.Frames), info.RawSize)
+		}
+		var whole bytes.Buffer
+		if err := storage.Download(ctx, st, info, &whole); err != nil || !bytes.Equal(whole.Bytes(), data) {
+			t.Fatalf("%s: whole download: %v, equal %v", codec.Name(), err, bytes.Equal(whole.Bytes(), data))
+		}
+		x, err := storage.NewFrameIndex(info)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range [][2]int{{0, 14}, {3, 1}, {13, 1}, {9, 3}} {
+			var got []byte
+			err := storage.ReadFrames(ctx, st, x, r[0], r[1], nil, func(i int, raw []byte) error {
+				got = append(got, raw...)
+				return nil
+			})
+			want := data[x.RawOffset(r[0]) : x.RawOffset(r[0])+int64(len(got))]
+			if err != nil || !bytes.Equal(got, want) || int64(len(got)) != sumRaw(x, r[0], r[1]) {
+				t.Fatalf("%s: frames %v: %v, %d bytes, equal %v", codec.Name(), r, err, len(got), bytes.Equal(got, want))
+			}
+		}
+	}
+}
+
+func sumRaw(x *storage.FrameIndex, first, n int) (s int64) {
+	for i := first; i < first+n; i++ {
+		s += x.RawLen(i)
+	}
+	return s
+}
+
+// TestFramedCorrupt: a flipped stored byte is a CorruptError naming the frame, and the
+// frames before it were delivered.
+func TestFramedCorrupt(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, _ := local.New(root)
+	const frame = 32 << 10
+	data := storetest.Text(8*frame, 3)
+	info, err := storage.UploadFramed(ctx, st, "c/pages.img.zst", bytes.NewReader(data), storage.Zstd{}, frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x, _ := storage.NewFrameIndex(info)
+	off, _ := x.Stored(5, 1)
+	path := filepath.Join(root, "c/pages.img.zst")
+	b, _ := os.ReadFile(path)
+	b[off+10] ^= 1
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var seen []int
+	err = storage.ReadFrames(ctx, st, x, 0, 8, nil, func(i int, raw []byte) error { seen = append(seen, i); return nil })
+	var ce *storage.CorruptError
+	if !errors.As(err, &ce) || len(seen) != 5 {
+		t.Fatalf("ReadFrames = %v (frames delivered %v); want a CorruptError after frames 0-4", err, seen)
+	}
+	if want := "frame 5: crc32c mismatch"; !bytes.Contains([]byte(err.Error()), []byte(want)) {
+		t.Fatalf("error %q does not say %q", err, want)
+	}
+}
+
+// TestFrameIndexRefuses: inconsistent frame lists are refused naming the object.
+func TestFrameIndexRefuses(t *testing.T) {
+	good := storage.FileInfo{Name: "p", RawSize: 10, StoredSize: 10, Codec: "none", FrameSize: 4,
+		Frames: []storage.Frame{{Size: 4}, {Size: 4}, {Size: 2}}}
+	if _, err := storage.NewFrameIndex(good); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*storage.FileInfo){
+		"count":      func(f *storage.FileInfo) { f.Frames = f.Frames[:2] },
+		"sum":        func(f *storage.FileInfo) { f.StoredSize = 11 },
+		"none sizes": func(f *storage.FileInfo) { f.Frames = []storage.Frame{{Size: 3}, {Size: 5}, {Size: 2}} },
+		"frame size": func(f *storage.FileInfo) { f.FrameSize = storage.MaxFrameSize + 1 },
+	} {
+		f := good
+		f.Frames = append([]storage.Frame(nil), good.Frames...)
+		mut(&f)
+		if _, err := storage.NewFrameIndex(f); err == nil || !bytes.HasPrefix([]byte(err.Error()), []byte("p: ")) {
+			t.Errorf("%s: NewFrameIndex = %v, want an error naming p", name, err)
+		}
+	}
+}
