@@ -168,5 +168,6 @@ func (c *container) WatchCheckpoint(ctx context.Context) <-chan error {
 // Checkpoint saves the sandbox into dir, uncompressed (the lifecycle compresses it on
 // the way to storage).
 func (c *container) Checkpoint(ctx context.Context, dir string, leaveRunning bool) error {
-	return c.runsc.Checkpoint(ctx, c.id, runsc.CheckpointOpts{ImagePath: dir, LeaveRunning: leaveRunning, Compression: "none"})
+	return c.runsc.Checkpoint(ctx, c.id, runsc.CheckpointOpts{ImagePath: dir, LeaveRunning: leaveRunning, Compression: "none",
+		ExcludeCommittedZeroPages: c.cfg.ExcludeZeroPages})
 }

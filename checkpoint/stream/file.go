@@ -38,13 +38,13 @@ type File struct {
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
-	have     []bool        // frame verified in data
-	busy     []bool        // frame being fetched by this process
-	missing  int           // frames not yet in have
-	fetch    fetchFunc     // nil while another process fills: frames are awaited
-	failed   error         // a frame could not be had: every read fails with it
-	changed  chan struct{} // closed and replaced whenever have or failed changes
-	waiting  int           // readers waiting for a frame
+	have    []bool        // frame verified in data
+	busy    []bool        // frame being fetched by this process
+	missing int           // frames not yet in have
+	fetch   fetchFunc     // nil while another process fills: frames are awaited
+	failed  error         // a frame could not be had: every read fails with it
+	changed chan struct{} // closed and replaced whenever have or failed changes
+	waiting int           // readers waiting for a frame
 }
 
 // newFile returns the File of x's frames in data, with progress in prog (whose bytes

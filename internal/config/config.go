@@ -16,6 +16,9 @@
 //	kubelet_pods_dir = "/var/lib/kubelet/pods"  # where emptyDir volumes live (mount hints)
 //	report_dir = ""                       # spool of reports for podsnapshot-agent; "": <work_dir>/.reports
 //	report_max_files = 10000              # at most this many reports wait; the oldest go first
+//	save_direct = false                   # O_DIRECT pages file for workload-triggered checkpoints
+//	exclude_zero_pages = false            # checkpoints leave out zero-filled pages (smaller
+//	                                      # images, a longer save)
 //
 //	[runsc]
 //	path = "runsc"                        # binary, a path or a name in $PATH
@@ -66,6 +69,15 @@ type Config struct {
 	// images larger than the node's page cache absorbs quickly and leaves no gigabytes of
 	// dirty pages behind, at the cost of the upload reading the image from disk.
 	SaveDirect bool `toml:"save_direct"`
+	// ExcludeZeroPages makes gVisor leave zero-filled pages of the application's memory
+	// out of every checkpoint, including pages the workload touched (committed) that
+	// hold only zeros; without it gVisor skips only pages it cannot tell were ever
+	// committed. The image and its upload shrink by the workload's zeroed memory, and a
+	// restore maps those pages as zero again; the save, with the workload paused, takes
+	// longer because gVisor reads every committed page. Workload trigger: annotation
+	// dev.gvisor.internal.checkpoint.exclude-committed-zero-pages on the sandbox; manual
+	// trigger: `runsc checkpoint --exclude-committed-zero-pages`.
+	ExcludeZeroPages bool `toml:"exclude_zero_pages"`
 	// ReportDir is the spool where the shim reports what happened to Kubernetes pods
 	// (package report) for the node agent; "" means <WorkDir>/.reports (a name no
 	// containerd namespace can have).
@@ -149,7 +161,7 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, report_dir, report_max_files, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, report_dir, report_max_files, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
 }

@@ -40,6 +40,27 @@ network = "none"
 	}
 }
 
+// TestExcludeZeroPages: the key is off by default, parses as a bool and names itself when
+// its value is not one.
+func TestExcludeZeroPages(t *testing.T) {
+	if Default().ExcludeZeroPages {
+		t.Fatal("exclude_zero_pages is on by default")
+	}
+	cfg, err := Parse([]byte("exclude_zero_pages = true\n"))
+	if err != nil || !cfg.ExcludeZeroPages {
+		t.Fatalf("exclude_zero_pages = true: %v, %+v", err, cfg)
+	}
+	if cfg, err = Parse([]byte("exclude_zero_pages = false\n")); err != nil || cfg.ExcludeZeroPages {
+		t.Fatalf("exclude_zero_pages = false: %v, %+v", err, cfg)
+	}
+	if _, err := Parse([]byte(`exclude_zero_pages = "yes"`)); err == nil || !strings.Contains(err.Error(), "exclude_zero_pages") {
+		t.Fatalf("a string for exclude_zero_pages: %v", err)
+	}
+	if _, err := Parse([]byte("exclude_zero_page = true\n")); err == nil || !strings.Contains(err.Error(), "exclude_zero_pages,") {
+		t.Fatalf("a typo of the key should list exclude_zero_pages among the known keys: %v", err)
+	}
+}
+
 func TestParseErrorsNameTheKey(t *testing.T) {
 	for _, tc := range []struct{ name, toml, want string }{
 		{"unknown top-level key", `log_levl = "info"`, `unknown key "log_levl"`},

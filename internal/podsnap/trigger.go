@@ -23,6 +23,9 @@ const (
 	annCheckpointResume      = annCheckpointPrefix + "resume"
 	annCheckpointCompression = annCheckpointPrefix + "compression"
 	annCheckpointDirect      = annCheckpointPrefix + "direct"
+	// annCheckpointExcludeZeroPages: gVisor also scans the pages it knows were committed
+	// and leaves the zero-filled ones out of the image (config exclude_zero_pages).
+	annCheckpointExcludeZeroPages = annCheckpointPrefix + "exclude-committed-zero-pages"
 )
 
 // DropInternalAnnotations removes gVisor's internal annotations (dev.gvisor.internal.*)
@@ -51,7 +54,9 @@ func DropInternalAnnotations(bundle string, spec *specs.Spec) ([]string, error) 
 // enableWorkloadTrigger adds gVisor's checkpoint annotations to the sandbox's bundle so
 // the workload can checkpoint itself by writing 1 to /proc/gvisor/checkpoint. runsc
 // writes the image uncompressed: the lifecycle compresses it on the way to storage,
-// faster than runsc's flate.
+// faster than runsc's flate. gVisor reads the save's options (resume, compression,
+// direct, exclude-committed-zero-pages) from the sandbox's spec only, whichever
+// container triggers the save, so members get no more than enable.
 func (p *Pod) enableWorkloadTrigger() error {
 	dir := filepath.Join(p.workDir, "checkpoint")
 	// runsc opens the image files at create: a directory it cannot write to would fail
@@ -72,6 +77,8 @@ func (p *Pod) enableWorkloadTrigger() error {
 		annCheckpointResume:      fmt.Sprint(!p.stop),
 		annCheckpointCompression: "none",
 		annCheckpointDirect:      fmt.Sprint(direct),
+
+		annCheckpointExcludeZeroPages: fmt.Sprint(p.cfg.ExcludeZeroPages),
 	}); err != nil {
 		return err
 	}
