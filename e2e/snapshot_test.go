@@ -58,6 +58,10 @@ func TestSnapshotAndRestore(t *testing.T) {
 		if d := e.decision("warm"); !strings.Contains(d, "decision=restore") || !strings.Contains(d, m.UUID) {
 			t.Fatalf("decision for the second run: %s", d)
 		}
+		// The first restore streamed: runsc restored while pages.img arrived.
+		if e.logLine("warm", "pages.img streams from") == "" {
+			t.Fatalf("the first restore did not stream: %s", e.decision("warm"))
+		}
 		if line := e.logLine("warm", "Successfully restored the pod from PodSnapshot test/"+m.UUID); line == "" {
 			t.Fatal("no 'Successfully restored' line in the shim log")
 		}

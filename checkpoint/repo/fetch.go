@@ -75,7 +75,6 @@ func (r *Repo) Fetch(ctx context.Context, c *cache.Cache, m *manifest.Manifest) 
 	if c == nil || c.Dir == "" {
 		c = &cache.Cache{Dir: os.TempDir()}
 	}
-	id := m.Namespace + "/" + m.UUID
 	raw, _ := m.Sizes()
 	dir, cached, err := c.Fill(CacheKey(r.Store.URL(""), m), raw, func(tmp string) error { return r.Download(ctx, m, tmp) })
 	if err == nil && ctx.Err() != nil {
@@ -85,19 +84,33 @@ func (r *Repo) Fetch(ctx context.Context, c *cache.Cache, m *manifest.Manifest) 
 		}
 		err = ctx.Err()
 	}
-	switch {
-	case err == nil:
+	if err == nil {
 		return dir, !cached, nil
-	case errors.Is(err, cache.ErrTooLarge), errors.Is(err, cache.ErrNoRoom):
-		return "", false, fmt.Errorf("snapshot %s not downloaded: %w", id, err)
-	case errors.Is(err, storage.ErrCorrupt):
-		mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markFailedTimeout)
-		defer cancel()
-		if merr := r.MarkFailed(mctx, m, "data corrupt: "+err.Error()); merr != nil {
-			return "", false, fmt.Errorf("snapshot %s is corrupt (could not mark it failed: %v): %w", id, merr, err)
-		}
-		return "", false, fmt.Errorf("snapshot %s is corrupt (marked failed): %w", id, err)
-	default:
-		return "", false, fmt.Errorf("download of snapshot %s failed: %w", id, err)
 	}
+	return "", false, r.fetchError(ctx, m, err)
+}
+
+// fetchError is the error of a failed fetch of m: a corrupt snapshot is marked failed in
+// the store first, with a context that outlives ctx (see Fetch).
+func (r *Repo) fetchError(ctx context.Context, m *manifest.Manifest, err error) error {
+	id := m.Namespace + "/" + m.UUID
+	switch {
+	case errors.Is(err, cache.ErrTooLarge), errors.Is(err, cache.ErrNoRoom):
+		return fmt.Errorf("snapshot %s not downloaded: %w", id, err)
+	case errors.Is(err, storage.ErrCorrupt):
+		if merr := r.markCorrupt(ctx, m, err); merr != nil {
+			return fmt.Errorf("snapshot %s is corrupt (could not mark it failed: %v): %w", id, merr, err)
+		}
+		return fmt.Errorf("snapshot %s is corrupt (marked failed): %w", id, err)
+	default:
+		return fmt.Errorf("download of snapshot %s failed: %w", id, err)
+	}
+}
+
+// markCorrupt marks m failed because of err, within markFailedTimeout even when ctx
+// ended.
+func (r *Repo) markCorrupt(ctx context.Context, m *manifest.Manifest, err error) error {
+	mctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), markFailedTimeout)
+	defer cancel()
+	return r.MarkFailed(mctx, m, "data corrupt: "+err.Error())
 }

@@ -177,6 +177,15 @@ func (img *Image) Close() {
 	img.closeFiles()
 }
 
+// Err is why pages.img cannot be read (a frame that failed verification twice: an
+// error wrapping storage.ErrCorrupt naming the object and frame), or nil.
+func (img *Image) Err() error {
+	if img == nil || img.pages == nil {
+		return nil
+	}
+	return img.pages.Err()
+}
+
 // Done is closed when the snapshot has fully arrived (or the download ended).
 func (img *Image) Done() <-chan struct{} { return img.done }
 

@@ -19,6 +19,8 @@
 //	save_direct = false                   # O_DIRECT pages file for workload-triggered checkpoints
 //	exclude_zero_pages = false            # checkpoints leave out zero-filled pages (smaller
 //	                                      # images, a longer save)
+//	stream_restore = true                 # restore while the pages arrive (FUSE); false:
+//	                                      # download the whole snapshot first
 //
 //	[runsc]
 //	path = "runsc"                        # binary, a path or a name in $PATH
@@ -78,6 +80,12 @@ type Config struct {
 	// dev.gvisor.internal.checkpoint.exclude-committed-zero-pages on the sandbox; manual
 	// trigger: `runsc checkpoint --exclude-committed-zero-pages`.
 	ExcludeZeroPages bool `toml:"exclude_zero_pages"`
+	// StreamRestore restores a snapshot stored in frames while its pages arrive: runsc
+	// restores from a FUSE mount the shim serves, whose pages file waits for, and fetches
+	// first, the frames the sandbox reads (package checkpoint/stream). False, or where
+	// FUSE cannot be mounted (logged once), the whole snapshot is downloaded and
+	// verified into the node cache before runsc restores.
+	StreamRestore bool `toml:"stream_restore"`
 	// ReportDir is the spool where the shim reports what happened to Kubernetes pods
 	// (package report) for the node agent; "" means <WorkDir>/.reports (a name no
 	// containerd namespace can have).
@@ -110,6 +118,7 @@ func Default() Config {
 		RestoreWaitSeconds: 30,
 		KubeletPodsDir:     "/var/lib/kubelet/pods",
 		ReportMaxFiles:     10000,
+		StreamRestore:      true,
 		Runsc: Runsc{
 			Path: "runsc",
 			Root: "/run/containerd/runsc",
@@ -161,7 +170,7 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, report_dir, report_max_files, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, stream_restore, report_dir, report_max_files, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
 }

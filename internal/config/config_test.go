@@ -61,6 +61,17 @@ func TestExcludeZeroPages(t *testing.T) {
 	}
 }
 
+// TestStreamRestore: on by default; false turns it off.
+func TestStreamRestore(t *testing.T) {
+	if !Default().StreamRestore {
+		t.Fatal("stream_restore is off by default")
+	}
+	cfg, err := Parse([]byte("stream_restore = false\n"))
+	if err != nil || cfg.StreamRestore {
+		t.Fatalf("stream_restore = false: %v, %+v", err, cfg)
+	}
+}
+
 func TestParseErrorsNameTheKey(t *testing.T) {
 	for _, tc := range []struct{ name, toml, want string }{
 		{"unknown top-level key", `log_levl = "info"`, `unknown key "log_levl"`},

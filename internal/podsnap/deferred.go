@@ -301,8 +301,13 @@ func (p *Pod) restorePod(ctx context.Context, d *deferredRestore) {
 			}
 		}
 		// The files may be what failed: the next restore downloads them afresh.
+		reason := report.ReasonRestoreFailed
+		if f.corrupt() != nil {
+			reason = report.ReasonCorrupt
+		}
+		why := fmt.Sprintf("restore from snapshot %s/%s failed: %v", p.namespace, m.UUID, f.explain(err))
 		p.dropRestore(true)
-		p.startCold(ctx, d, report.ReasonRestoreFailed, fmt.Sprintf("restore from snapshot %s/%s failed: %v", p.namespace, m.UUID, err))
+		p.startCold(ctx, d, reason, why)
 		return
 	}
 	d.resolve(deferRestored)

@@ -249,6 +249,9 @@ func newEnv(t *testing.T, trigger, post string) *env {
 	e.cfg.WorkDir = filepath.Join(root, "work")
 	e.cfg.PolicyDir = policyDir
 	e.cfg.RestoreWaitSeconds = 5
+	// The fake Task never reads the image: restores here take the whole-download path
+	// (the streaming one is tested in checkpoint/stream and the e2e tests).
+	e.cfg.StreamRestore = false
 	e.node = &Node{
 		Namespace: "k8s.io",
 		Hostname:  "node-1",

@@ -2,15 +2,19 @@ package podsnap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/containerd/log"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
 	"github.com/podsnapshot/podsnapshot/internal/report"
+	"github.com/podsnapshot/podsnapshot/storage"
 )
 
 // fetch brings the snapshot a pod restores from onto the node: at once from the node
@@ -29,8 +33,14 @@ type fetch struct {
 	dir    string // a node cache entry, or a private download when private
 	// private: dir is this pod's alone (the cache is disabled) and is removed with it.
 	private bool
-	took    time.Duration
+	// img is set when the snapshot streams: dir is its FUSE mount (or the cache entry
+	// it found), closed with the pod.
+	img  *stream.Image
+	took time.Duration
 }
+
+// noFUSE logs once per shim that streaming is unavailable.
+var noFUSE sync.Once
 
 // downloadStopTimeout bounds how long Delete waits for a cancelled download to end.
 const downloadStopTimeout = 10 * time.Second
@@ -81,6 +91,22 @@ func (p *Pod) find(ctx context.Context, psName string) (why, reason string, rest
 	go func() {
 		defer close(f.done)
 		defer dcancel()
+		if p.cfg.StreamRestore {
+			img, err := p.repo.Stream(dctx, p.nodeCache, m, filepath.Join(p.workDir, "image"))
+			switch {
+			case err == nil:
+				f.took, f.dir, f.img = time.Since(t0), img.Dir, img
+				return
+			case errors.Is(err, stream.ErrNoFUSE):
+				noFUSE.Do(func() {
+					log.L.WithError(err).Warn("podsnapshot: FUSE cannot be mounted here; snapshots are downloaded whole before they restore")
+				})
+			case !errors.Is(err, stream.ErrNotStreamable):
+				f.took = time.Since(t0)
+				f.failed, f.err = err.Error(), err
+				return
+			}
+		}
 		dir, private, err := p.repo.Fetch(dctx, p.nodeCache, m)
 		f.took = time.Since(t0)
 		if err != nil {
@@ -106,8 +132,33 @@ func (f *fetch) await(ctx context.Context, namespace, policyID string) (why stri
 	if f.failed != "" {
 		return f.failed, false
 	}
+	if f.img != nil && !f.img.Cached {
+		return fmt.Sprintf("snapshot %s/%s (policy %s): checkpoint.img and pages_meta.img downloaded and verified in %d ms; pages.img streams from %s while the pod runs",
+			namespace, f.m.UUID, policyID, f.took.Milliseconds(), f.img.Dir), true
+	}
 	return fmt.Sprintf("snapshot %s/%s (policy %s) downloaded and verified in %d ms",
 		namespace, f.m.UUID, policyID, f.took.Milliseconds()), true
+}
+
+// corrupt is the error of a streamed snapshot found corrupt (a frame that failed
+// verification twice: the snapshot is marked failed), or nil.
+func (f *fetch) corrupt() error {
+	if f.img == nil {
+		return nil
+	}
+	if err := f.img.Err(); errors.Is(err, storage.ErrCorrupt) {
+		return err
+	}
+	return nil
+}
+
+// explain adds to a failed restore's error what the stream found: runsc fails a restore
+// whose pages file could not be read.
+func (f *fetch) explain(err error) error {
+	if cerr := f.corrupt(); cerr != nil {
+		return fmt.Errorf("%w; the snapshot is corrupt (marked failed): %v", err, cerr)
+	}
+	return err
 }
 
 // failReason classifies, for the cold-start report, why a fetch that await did not
@@ -152,6 +203,9 @@ func (f *fetch) release() bool {
 	if !f.stop() {
 		return false
 	}
+	if f.img != nil {
+		f.img.Close()
+	}
 	if f.private {
 		os.RemoveAll(f.dir)
 	}
@@ -169,8 +223,15 @@ func (p *Pod) dropRestore(discard bool) {
 	if f == nil {
 		return
 	}
-	if f.release() && discard && f.dir != "" && !f.private {
-		if err := p.nodeCache.Discard(filepath.Base(f.dir)); err != nil {
+	if !f.release() || !discard {
+		return
+	}
+	dir := f.dir
+	if f.img != nil && !f.img.Cached {
+		dir = f.img.Published() // "" while pages.img was still arriving: nothing kept
+	}
+	if dir != "" && !f.private {
+		if err := p.nodeCache.Discard(filepath.Base(dir)); err != nil {
 			log.L.WithError(err).Warn("podsnapshot: could not remove the node cache entry of a failed restore")
 		}
 	}

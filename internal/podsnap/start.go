@@ -66,13 +66,16 @@ func (p *Pod) restoreOrStart(ctx context.Context) error {
 			p.logRestored(ctx, m, f, 1, 0, time.Since(t0))
 			return nil
 		}
-		why = fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", p.namespace, m.UUID, err)
+		why = fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", p.namespace, m.UUID, f.explain(err))
 	} else if p.sb.Exited() {
 		return fmt.Errorf("container %s was killed while its snapshot downloaded", id)
 	}
 	reason := report.ReasonRestoreFailed
-	if !fetched {
+	switch {
+	case !fetched:
 		reason = f.failReason()
+	case f.corrupt() != nil:
+		reason = report.ReasonCorrupt
 	}
 	decide(ctx, id, "cold start", why)
 	// After a failed restore the files may be what failed: the next restore downloads

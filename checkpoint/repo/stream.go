@@ -1,0 +1,57 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/log"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
+)
+
+// Stream starts restoring m while its pages arrive (stream.Open): it returns once
+// checkpoint.img and pages_meta.img are on the node and verified, with the image
+// directory runsc restores from mounted at mountDir; pages.img streams into the node
+// cache c behind it (a nil c, or one without Dir, is a disabled cache under
+// os.TempDir()). The caller closes the image when the pod is gone.
+//
+// Errors: one wrapping stream.ErrNotStreamable (m's pages are not framed: use Fetch) or
+// stream.ErrNoFUSE (no FUSE here: use Fetch); otherwise as Fetch's, before the pod has
+// read anything. A frame found corrupt after the pod resumed marks the snapshot failed
+// in the store, so that later pods start cold; the pod itself cannot go back (it reads
+// an I/O error and runsc stops the sandbox).
+func (r *Repo) Stream(ctx context.Context, c *cache.Cache, m *manifest.Manifest, mountDir string) (*stream.Image, error) {
+	if c == nil || c.Dir == "" {
+		c = &cache.Cache{Dir: os.TempDir()}
+	}
+	id := m.Namespace + "/" + m.UUID
+	if _, err := objectOf(m); err != nil {
+		return nil, fmt.Errorf("download snapshot %s: %w", m.UUID, err)
+	}
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("download snapshot %s: %w", m.UUID, err)
+	}
+	if err := r.checkSpace(m, c.Dir); err != nil {
+		return nil, fmt.Errorf("download snapshot %s: %w", id, err)
+	}
+	src := stream.Source{
+		Store:     r.Store,
+		Files:     m.Files,
+		LocalName: localName,
+		Key:       CacheKey(r.Store.URL(""), m),
+		Cache:     c,
+		OnCorrupt: func(err error) {
+			merr := r.markCorrupt(ctx, m, err)
+			log.L.WithError(err).Errorf("podsnapshot: snapshot %s is corrupt; marked failed: %v (later pods start cold; the pod restored from it cannot go back to a cold start and stops when it reads the bad pages)",
+				id, merr == nil)
+		},
+	}
+	img, err := stream.Open(ctx, src, mountDir)
+	if err != nil {
+		return nil, r.fetchError(ctx, m, err)
+	}
+	return img, nil
+}
