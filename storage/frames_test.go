@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -112,5 +113,53 @@ func TestFrameIndexRefuses(t *testing.T) {
 		if _, err := storage.NewFrameIndex(f); err == nil || !bytes.HasPrefix([]byte(err.Error()), []byte("p: ")) {
 			t.Errorf("%s: NewFrameIndex = %v, want an error naming p", name, err)
 		}
+	}
+}
+
+// TestAdoptFramed: an uncompressed file on the store's filesystem becomes the object
+// itself (same inode, nothing copied) with the FileInfo an upload would record; one on
+// another filesystem is not adopted and nothing is stored.
+func TestAdoptFramed(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, _ := local.New(filepath.Join(root, "store"))
+	data := storetest.Random(5*64<<10+3, 9)
+	path := filepath.Join(root, "pages.img")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	info, ok, err := storage.AdoptFramed(ctx, st, "a/pages.img", path, 64<<10)
+	if err != nil || !ok {
+		t.Fatalf("AdoptFramed: ok %v, %v", ok, err)
+	}
+	want, err := storage.UploadFramed(ctx, st, "b/pages.img", bytes.NewReader(data), storage.None{}, 64<<10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want.Name = info.Name
+	if fmt.Sprint(info) != fmt.Sprint(want) {
+		t.Fatalf("adopted %+v\nuploaded %+v", info, want)
+	}
+	a, _ := os.Stat(path)
+	b, _ := os.Stat(filepath.Join(root, "store/a/pages.img"))
+	if !os.SameFile(a, b) {
+		t.Fatal("the object is a copy, not the file")
+	}
+	obj, err := st.Stat(ctx, "a/pages.img")
+	if err != nil || !obj.HasCRC32C || obj.CRC32C != info.CRC32C {
+		t.Fatalf("store's CRC32C: %+v, %v", obj, err)
+	}
+	shm, err := os.CreateTemp("/dev/shm", "adopt-")
+	if err != nil {
+		t.Skip("no /dev/shm")
+	}
+	defer os.Remove(shm.Name())
+	shm.Write(data)
+	shm.Close()
+	if _, ok, err := storage.AdoptFramed(ctx, st, "c/pages.img", shm.Name(), 64<<10); ok || err != nil {
+		t.Fatalf("a file on tmpfs: ok %v, %v; want not adopted", ok, err)
+	}
+	if _, err := st.Stat(ctx, "c/pages.img"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("a refused adoption left an object: %v", err)
 	}
 }

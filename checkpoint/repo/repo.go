@@ -110,7 +110,7 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 			return fail(fmt.Errorf("commit snapshot %s: %s: %w", m.UUID, src.Name(), err))
 		}
 		name := manifest.ObjectName(m.Namespace, m.Policy, m.UUID, object)
-		info, err := storage.UploadFramed(ctx, r.Store, name, src, codec, storage.DefaultFrameSize)
+		info, err := r.store(ctx, name, src, codec)
 		src.Close()
 		if err != nil {
 			return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
@@ -132,6 +132,22 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 		return fail(fmt.Errorf("commit snapshot %s: manifest: %w", m.UUID, err))
 	}
 	return nil
+}
+
+// store stores the image file src under name with codec, in frames. A file stored
+// uncompressed in a store on its filesystem is adopted (storage.AdoptFramed: linked into
+// place after one read for its checksums) instead of uploaded, which would write every
+// byte a second time. runsc writes an image once: a workload-triggered sandbox keeps its
+// image files open, but refuses every checkpoint after the first that succeeded, the one
+// committed here.
+func (r *Repo) store(ctx context.Context, name string, src *os.File, codec storage.Codec) (storage.FileInfo, error) {
+	if codec.Name() == storage.CodecNone {
+		info, ok, err := storage.AdoptFramed(ctx, r.Store, name, src.Name(), storage.DefaultFrameSize)
+		if ok || err != nil {
+			return info, err
+		}
+	}
+	return storage.UploadFramed(ctx, r.Store, name, src, codec, storage.DefaultFrameSize)
 }
 
 // chooseCodec returns the codec for the image file f and the name of its object: object

@@ -45,6 +45,8 @@ type File struct {
 	failed  error         // a frame could not be had: every read fails with it
 	changed chan struct{} // closed and replaced whenever have or failed changes
 	waiting int           // readers waiting for a frame
+	fetched int           // frames this process brought in
+	stored  int64         // their stored bytes
 }
 
 // newFile returns the File of x's frames in data, with progress in prog (whose bytes
@@ -167,8 +169,18 @@ func (f *File) markPresent(i int) {
 	if !f.have[i] {
 		f.have[i] = true
 		f.missing--
+		f.fetched++
+		f.stored += f.x.Info().Frames[i].Size
 		f.notify()
 	}
+}
+
+// Fetched returns how many frames this process brought in and their stored bytes (the
+// rest came through the progress file from another shim).
+func (f *File) Fetched() (frames int, stored int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fetched, f.stored
 }
 
 // fail makes every read fail with err from now on.

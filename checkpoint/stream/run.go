@@ -37,6 +37,14 @@ const (
 func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, raw int64) {
 	defer close(img.done)
 	f := img.pages
+	t0 := time.Now()
+	defer func() {
+		frames, stored := f.Fetched()
+		log.L.WithFields(log.Fields{"frames": x.Len(), "fetched_frames": frames, "fetched_bytes": stored,
+			"complete": f.Complete(), "ms": time.Since(t0).Milliseconds()}).
+			Infof("podsnapshot: pages of %s: %d of %d frames fetched by this shim, the others shared by another restoring the same snapshot",
+				src.Store.URL(x.Info().Name), frames, x.Len())
+	}()
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
