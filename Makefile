@@ -62,7 +62,8 @@ e2e: deps deps-kube build
 	$(TEST_ENV) $(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./e2e/...
 
 # Snapshot and restore demo on a private containerd (needs root): STORAGE=local|gcs,
-# WORKLOAD=slowinit|redis|python|nginx (default slowinit), MIB and SECONDS size the
+# WORKLOAD=slowinit|redis|python|nginx|torch (default slowinit; torch: a PyTorch CPU model
+# server with 1 GiB of weights, needs Debian's python3-torch), MIB and SECONDS size the
 # slowinit workload (default 256 MiB over 8 s).
 STORAGE ?= local
 demo: deps build

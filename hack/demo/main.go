@@ -5,11 +5,12 @@
 // restore. It prints a table of the timings and sizes on stdout, progress on stderr, and
 // removes everything it started, also on error or Ctrl-C.
 //
-//	go run ./hack/demo [-storage local|gcs] [-workload slowinit|redis|python|nginx] [-mib 256] [-seconds 8]
+//	go run ./hack/demo [-storage local|gcs] [-workload slowinit|redis|python|nginx|torch] [-mib 256] [-seconds 8]
 //
 // -workload picks a real program instead of slowinit (see workload.go): redis-server
-// with 1,000,000 keys, python3 with 200 MB of objects, or nginx with four workers; -mib
-// and -seconds size slowinit only.
+// with 1,000,000 keys, python3 with 200 MB of objects, nginx with four workers, or a
+// PyTorch (CPU) model server with 1 GiB of weights answering GET /infer; -mib and
+// -seconds size slowinit only.
 //
 // It needs root, `make deps` and `make build`. The setup and teardown live in
 // internal/testenv/lab, which the benchmarks (hack/bench) use too.
@@ -37,10 +38,10 @@ func main() {
 	storage := flag.String("storage", "local", "snapshot store: local (a directory) or gcs (a bucket on fake-gcs-server)")
 	mib := flag.Int("mib", 256, "MiB of memory the workload fills")
 	seconds := flag.Float64("seconds", 8, "seconds the workload spends filling it (its cold initialisation)")
-	workload := flag.String("workload", "slowinit", "slowinit, or a real program: redis, python or nginx")
+	workload := flag.String("workload", "slowinit", "slowinit, or a real program: redis, python, nginx or torch")
 	flag.Parse()
 	if _, ok := apps[*workload]; flag.NArg() > 0 || *mib <= 0 || *seconds < 0 || (!ok && *workload != "slowinit") {
-		fmt.Fprintln(os.Stderr, "usage: demo [-storage local|gcs] [-workload slowinit|redis|python|nginx] [-mib N>0] [-seconds S>=0]")
+		fmt.Fprintln(os.Stderr, "usage: demo [-storage local|gcs] [-workload slowinit|redis|python|nginx|torch] [-mib N>0] [-seconds S>=0]")
 		os.Exit(2)
 	}
 

@@ -14,9 +14,10 @@ import (
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
-// app is a real program of testdata/workloads (-workload redis|python|nginx): its image
-// runs a wrapper that prints a ready line once the program is ready, then checkpoints the
-// sandbox and prints "checkpoint result: resume|restore|error".
+// app is a real program (-workload redis|python|nginx|torch): its image runs a program
+// (testdata/workloads; torch: internal/testenv/workloads/torch) that prints a ready line
+// once it is ready, then checkpoints the sandbox and prints "checkpoint result:
+// resume|restore|error".
 type app struct {
 	ready string // prefix of the ready line
 	// check inspects the restored copy and returns what it found, or an error.
@@ -65,13 +66,28 @@ var apps = map[string]app{
 		first, _, _ := strings.Cut(page, "\n")
 		return fmt.Sprintf("wget http://127.0.0.1/ = %q; master and %d workers", first, workers), nil
 	}},
+	// torch: the model server answers its first request after the restore from the
+	// restored model, and says whether the output equals its warm-up before the
+	// checkpoint.
+	"torch": {ready: "ready ", check: func(ctx context.Context, l *lab.Lab, warm *lab.Task) (string, error) {
+		url := fmt.Sprintf("http://127.0.0.1:%d/infer", ociarchive.TorchPort)
+		reply, err := l.Ctr(ctx, "task", "exec", "--exec-id", "infer", warm.ID, "wget", "-qO-", url)
+		if err != nil {
+			return "", err
+		}
+		out := warm.Output.Text()
+		if !strings.Contains(reply, "\nrequest=1 warmup_match=yes ") || strings.Contains(out, "warmup ") {
+			return "", fmt.Errorf("restored torch server: GET /infer answered %q; its output:\n%s", reply, out)
+		}
+		return "GET /infer (first request) = " + strings.ReplaceAll(strings.TrimSpace(reply), "\n", "; "), nil
+	}},
 }
 
-// useApp builds the image of workload name from this checkout's testdata, imports it and
+// useApp builds the image of workload name from this checkout, imports it and
 // makes it the one l.Run starts (with the image's own command). It also gives the
 // sandbox runsc's own loopback (network=none): under ctr the container's fresh network
-// namespace has its loopback down, which runsc would skip, leaving redis and nginx no
-// 127.0.0.1.
+// namespace has its loopback down, which runsc would skip, leaving redis, nginx and
+// the torch server no 127.0.0.1.
 func useApp(ctx context.Context, l *lab.Lab, name string) error {
 	spec, err := ociarchive.AppSpec(name, ociarchive.DefaultBusybox, l.Repo)
 	if err != nil {

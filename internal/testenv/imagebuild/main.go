@@ -8,6 +8,7 @@
 //	go run ./internal/testenv/imagebuild -o workloads.tar -preset workloads
 //	go run ./internal/testenv/imagebuild -o pause.tar -preset pause
 //	go run ./internal/testenv/imagebuild -o redis.tar -preset redis
+//	go run ./internal/testenv/imagebuild -o torch.tar -preset torch
 //	go run ./internal/testenv/imagebuild -o x.tar -name podsnapshot.test/x:1 -preset none \
 //	    -add /bin/busybox=/bin/busybox -cmd '["/bin/busybox","sh"]'
 //
@@ -19,7 +20,8 @@
 // (podsnapshot.test/NAME:latest: busybox plus the Debian program with its shared-library
 // closure and data directories, and a wrapper script from testdata/workloads that
 // checkpoints the sandbox once the program is ready; the Debian packages must be
-// installed) and "none" (only -add files, the base directories and /etc/passwd). -name,
+// installed), "torch" (podsnapshot.test/torch:latest: python3 with Debian's
+// python3-torch and 1 GiB of generated model weights; see ociarchive.TorchSpec) and "none" (only -add files, the base directories and /etc/passwd). -name,
 // -cmd, -entrypoint, -env and -workdir override the preset. The library behind it is
 // ./internal/testenv/ociarchive.
 package main
@@ -58,7 +60,7 @@ func run() error {
 	var (
 		out          = flag.String("o", "", "output archive (required)")
 		name         = flag.String("name", "", "image name; default: the preset's")
-		preset       = flag.String("preset", "busybox", "busybox, workloads, pause, redis, python, nginx or none")
+		preset       = flag.String("preset", "busybox", "busybox, workloads, pause, redis, python, nginx, torch or none")
 		busybox      = flag.String("busybox", ociarchive.DefaultBusybox, "static busybox binary")
 		entrypoint   = flag.String("entrypoint", "", "entrypoint: a JSON array, or words split at spaces")
 		cmdFlag      = flag.String("cmd", "", "command: a JSON array, or words split at spaces")
@@ -83,7 +85,7 @@ func run() error {
 		spec, err = workloadsSpec(*busybox)
 	case "pause":
 		spec, err = pauseSpec()
-	case "redis", "python", "nginx":
+	case "redis", "python", "nginx", "torch":
 		var root string
 		if root, err = repoRoot(); err == nil {
 			spec, err = ociarchive.AppSpec(*preset, *busybox, root)
@@ -91,7 +93,7 @@ func run() error {
 	case "none":
 		spec = ociarchive.Spec{Files: ociarchive.BaseFiles(), Env: ociarchive.DefaultEnv, WorkingDir: "/"}
 	default:
-		return fmt.Errorf("-preset %q: want busybox, workloads, pause, redis, python, nginx or none", *preset)
+		return fmt.Errorf("-preset %q: want busybox, workloads, pause, redis, python, nginx, torch or none", *preset)
 	}
 	if err != nil {
 		return err
@@ -121,7 +123,9 @@ func run() error {
 	if *workdir != "" {
 		spec.WorkingDir = *workdir
 	}
-	spec.Uncompressed = *uncompressed
+	if *uncompressed { // a preset may store its layer uncompressed already (torch)
+		spec.Uncompressed = true
+	}
 
 	res, err := ociarchive.BuildFile(*out, spec)
 	if err != nil {
@@ -179,7 +183,7 @@ var cleanup []func()
 func repoRoot() (string, error) {
 	root, err := testenv.RepoRoot()
 	if err != nil {
-		return "", fmt.Errorf("-preset workloads, pause, redis, python and nginx must run inside the repository: %w", err)
+		return "", fmt.Errorf("-preset workloads, pause, redis, python, nginx and torch must run inside the repository: %w", err)
 	}
 	return root, nil
 }

@@ -27,7 +27,7 @@ const (
 )
 
 // AppImages are the presets of the real-program images, by short name.
-var AppImages = map[string]string{"redis": RedisImage, "python": PythonImage, "nginx": NginxImage}
+var AppImages = map[string]string{"redis": RedisImage, "python": PythonImage, "nginx": NginxImage, "torch": TorchImage}
 
 // workloadFile is a file of testdata/workloads (relative path) at path in the image.
 func workloadFile(repoRoot, rel, imagePath string, mode fs.FileMode) (File, error) {
@@ -140,8 +140,8 @@ func NginxSpec(busybox, repoRoot string) (Spec, error) {
 	return spec, nil
 }
 
-// AppSpec returns the spec of the real-program image with the short name redis, python
-// or nginx.
+// AppSpec returns the spec of the real-program image with the short name redis, python,
+// nginx or torch (see torch.go).
 func AppSpec(short, busybox, repoRoot string) (Spec, error) {
 	switch short {
 	case "redis":
@@ -150,8 +150,10 @@ func AppSpec(short, busybox, repoRoot string) (Spec, error) {
 		return PythonSpec(busybox, repoRoot)
 	case "nginx":
 		return NginxSpec(busybox, repoRoot)
+	case "torch":
+		return TorchSpec(busybox, repoRoot)
 	}
-	return Spec{}, fmt.Errorf("no image %q: want redis, python or nginx", short)
+	return Spec{}, fmt.Errorf("no image %q: want redis, python, nginx or torch", short)
 }
 
 // multiarch is Debian's multiarch tuple of the host, as in /usr/lib/x86_64-linux-gnu.
