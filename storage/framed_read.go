@@ -18,14 +18,22 @@ var frameDecoder = sync.OnceValues(func() (*zstd.Decoder, error) {
 		zstd.WithDecoderMaxMemory(MaxFrameSize))
 })
 
+// FrameBuffers are the buffers ReadFrames reads and decodes into, grown as needed and
+// kept for the next call: a frame's stored bytes and its raw bytes.
+type FrameBuffers struct {
+	Stored, Raw []byte
+}
+
 // ReadFrames reads frames [first, first+n) of the framed file x describes from st with
 // one ranged read and calls fn with each frame's index and raw bytes, in order. Each
 // frame is checked (FrameIndex.Check) and decoded before fn sees it; raw is valid only
-// during fn. buf, if large enough, holds the stored bytes of one frame (pass nil to
-// allocate). Errors: the store's (naming the object); a *CorruptError naming the object
-// and the frame when its bytes do not match or do not decode to its raw size; fn's
-// error as it is.
-func ReadFrames(ctx context.Context, st Store, x *FrameIndex, first, n int, buf []byte, fn func(i int, raw []byte) error) error {
+// during fn. bufs (nil: allocate) are reused. Errors: the store's (naming the object); a
+// *CorruptError naming the object and the frame when its bytes do not match or do not
+// decode to its raw size; fn's error as it is.
+func ReadFrames(ctx context.Context, st Store, x *FrameIndex, first, n int, bufs *FrameBuffers, fn func(i int, raw []byte) error) error {
+	if bufs == nil {
+		bufs = &FrameBuffers{}
+	}
 	info := x.Info()
 	url := st.URL(info.Name)
 	off, size := x.Stored(first, n)
@@ -34,13 +42,12 @@ func ReadFrames(ctx context.Context, st Store, x *FrameIndex, first, n int, buf 
 		return err
 	}
 	defer rc.Close()
-	var raw []byte
 	for i := first; i < first+n; i++ {
 		fs := int(info.Frames[i].Size)
-		if cap(buf) < fs {
-			buf = make([]byte, fs)
+		if cap(bufs.Stored) < fs {
+			bufs.Stored = make([]byte, fs)
 		}
-		stored := buf[:fs]
+		stored := bufs.Stored[:fs]
 		if _, err := io.ReadFull(rc, stored); err != nil {
 			if err == io.ErrUnexpectedEOF || err == io.EOF {
 				return Corruptf(url, "frame %d: object ends early", i)
@@ -50,8 +57,12 @@ func ReadFrames(ctx context.Context, st Store, x *FrameIndex, first, n int, buf 
 		if err := x.Check(url, i, stored); err != nil {
 			return err
 		}
-		if raw, err = DecodeFrame(info.Codec, stored, raw[:0]); err != nil {
+		raw, err := DecodeFrame(info.Codec, stored, bufs.Raw[:0])
+		if err != nil {
 			return Corruptf(url, "frame %d: %v", i, err)
+		}
+		if info.Codec == CodecZstd {
+			bufs.Raw = raw
 		}
 		if int64(len(raw)) != x.RawLen(i) {
 			return Corruptf(url, "frame %d: %v: %d bytes, want %d", i, errFrameDecode, len(raw), x.RawLen(i))

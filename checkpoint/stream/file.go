@@ -31,6 +31,7 @@ type fetchFunc func(ctx context.Context, first, n int, done func(i int)) error
 // A frame counts as there only once verified (its CRC32C, and its zstd checksum), so a
 // reader never sees unverified bytes.
 type File struct {
+	ctx  context.Context // ends when the image is closed: stops fetches readers started
 	x    *storage.FrameIndex
 	url  string
 	data *os.File // the raw bytes, at their raw offsets
@@ -51,8 +52,8 @@ type File struct {
 
 // newFile returns the File of x's frames in data, with progress in prog (whose bytes
 // are read now: frames already present are not fetched again).
-func newFile(x *storage.FrameIndex, url string, data, prog *os.File) (*File, error) {
-	f := &File{x: x, url: url, data: data, prog: prog,
+func newFile(ctx context.Context, x *storage.FrameIndex, url string, data, prog *os.File) (*File, error) {
+	f := &File{ctx: ctx, x: x, url: url, data: data, prog: prog,
 		have: make([]bool, x.Len()), busy: make([]bool, x.Len()), changed: make(chan struct{})}
 	f.missing = x.Len()
 	if err := f.poll(); err != nil {
@@ -152,7 +153,7 @@ func (f *File) want(i int) {
 		return
 	}
 	f.busy[i] = true
-	go f.fetchOne(context.Background(), i)
+	go f.fetchOne(f.ctx, i)
 }
 
 // notify wakes the waiters. Called with mu held.
@@ -211,7 +212,7 @@ func (f *File) poll() error {
 			changed = true
 		case b == wanted && f.fetch != nil && !f.have[i] && !f.busy[i]:
 			f.busy[i] = true
-			go f.fetchOne(context.Background(), i)
+			go f.fetchOne(f.ctx, i)
 		}
 	}
 	if changed {
@@ -230,7 +231,7 @@ const (
 
 // fetchOne fetches frame i with the retry policy, failing the file if it cannot.
 func (f *File) fetchOne(ctx context.Context, i int) {
-	if err := f.fetchRetrying(ctx, i, 1); err != nil {
+	if err := f.fetchRetrying(ctx, i, 1); err != nil && ctx.Err() == nil {
 		f.fail(err)
 	}
 }
@@ -266,7 +267,10 @@ func (f *File) fetchRetrying(ctx context.Context, first, n int) error {
 			if ctx.Err() != nil || time.Now().After(deadline) {
 				return fmt.Errorf("%s: frame %d: %w", f.url, i, err)
 			}
-			time.Sleep(fetchBackoff)
+			select {
+			case <-ctx.Done():
+			case <-time.After(fetchBackoff):
+			}
 		}
 	}
 	return nil

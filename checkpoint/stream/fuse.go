@@ -111,7 +111,8 @@ func mountFiles(dir string, files map[string]servedFile, onReadError func(string
 			MaxWrite:          1 << 20, // also max_read: runsc reads pages in large pieces
 			MaxReadAhead:      1 << 20,
 			DirectMountStrict: true, // the shim runs as root; there is no fusermount
-			MaxBackground:     64,
+			// Reads in flight at once, each up to MaxWrite: bounds the shim's buffers.
+			MaxBackground: 16,
 		},
 		EntryTimeout: &forever,
 		AttrTimeout:  &forever,

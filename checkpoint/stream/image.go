@@ -115,7 +115,7 @@ func Open(ctx context.Context, src Source, mountDir string) (*Image, error) {
 		err = awaitPrepared(ctx, dir)
 	}
 	if err == nil {
-		err = img.open(src, dir, x)
+		err = img.open(fctx, src, dir, x)
 	}
 	if err == nil {
 		err = img.serve(src, dir, mountDir)
@@ -222,7 +222,7 @@ func awaitPrepared(ctx context.Context, dir string) error {
 }
 
 // open opens the fill's files and makes the pages File.
-func (img *Image) open(src Source, dir string, x *storage.FrameIndex) error {
+func (img *Image) open(ctx context.Context, src Source, dir string, x *storage.FrameIndex) error {
 	_, linkedErr := os.Stat(filepath.Join(dir, linkedFile))
 	linked := linkedErr == nil
 	mode := os.O_RDWR
@@ -240,7 +240,7 @@ func (img *Image) open(src Source, dir string, x *storage.FrameIndex) error {
 	}
 	img.files = append(img.files, prog)
 	url := src.Store.URL(x.Info().Name)
-	f, err := newFile(x, url, data, prog)
+	f, err := newFile(ctx, x, url, data, prog)
 	if err != nil {
 		return err
 	}
@@ -289,15 +289,23 @@ func (img *Image) closeFiles() {
 	img.files = nil
 }
 
+// framePool holds the buffers of the fetches in flight, so that streaming a large file
+// reuses a few frames' worth of memory instead of allocating two buffers per fetch.
+var framePool = sync.Pool{New: func() any { return &storage.FrameBuffers{} }}
+
 // fetcher returns how frames come into data: read from the store, verified, decoded and
 // written; or, for a linked file, read from data itself and verified.
 func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool) fetchFunc {
 	url := st.URL(x.Info().Name)
 	if linked {
 		return func(ctx context.Context, first, n int, done func(int)) error {
-			buf := make([]byte, x.Info().FrameSize)
+			bufs := framePool.Get().(*storage.FrameBuffers)
+			defer framePool.Put(bufs)
+			if int64(cap(bufs.Stored)) < x.Info().FrameSize {
+				bufs.Stored = make([]byte, x.Info().FrameSize)
+			}
 			for i := first; i < first+n; i++ {
-				b := buf[:x.RawLen(i)]
+				b := bufs.Stored[:x.RawLen(i)]
 				if _, err := data.ReadAt(b, x.RawOffset(i)); err != nil {
 					return fmt.Errorf("%s: read frame %d: %w", url, i, err)
 				}
@@ -310,7 +318,9 @@ func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool
 		}
 	}
 	return func(ctx context.Context, first, n int, done func(int)) error {
-		return storage.ReadFrames(ctx, st, x, first, n, nil, func(i int, raw []byte) error {
+		bufs := framePool.Get().(*storage.FrameBuffers)
+		defer framePool.Put(bufs)
+		return storage.ReadFrames(ctx, st, x, first, n, bufs, func(i int, raw []byte) error {
 			if _, err := data.WriteAt(raw, x.RawOffset(i)); err != nil {
 				return fmt.Errorf("write frame %d of %s: %w", i, url, err)
 			}
