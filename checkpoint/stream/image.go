@@ -96,17 +96,32 @@ func Open(ctx context.Context, src Source, mountDir string) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotStreamable, err)
 	}
-	claim, err := src.Cache.Claim(src.Key, raw)
-	if err != nil {
-		return nil, err
+	// A shared fill may be published (renamed) while this shim opens it: claim again.
+	for attempt := 1; ; attempt++ {
+		claim, err := src.Cache.Claim(src.Key, raw)
+		if err != nil {
+			return nil, err
+		}
+		if claim.Entry != "" {
+			return &Image{Dir: claim.Entry, Cached: true}, nil
+		}
+		img, err := openClaim(ctx, src, claim, x, raw, mountDir)
+		if err != nil && claim.Fill == nil && attempt < 3 {
+			if _, serr := os.Stat(claim.Filling); serr != nil {
+				continue
+			}
+		}
+		return img, err
 	}
-	if claim.Entry != "" {
-		return &Image{Dir: claim.Entry, Cached: true}, nil
-	}
+}
+
+// openClaim is Open of one claim: this shim's fill, or another's.
+func openClaim(ctx context.Context, src Source, claim cache.Claim, x *storage.FrameIndex, raw int64, mountDir string) (*Image, error) {
 	img := &Image{done: make(chan struct{})}
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	img.cancel = cancel
 	var dir string
+	var err error
 	if claim.Fill != nil {
 		img.fill, dir = claim.Fill, claim.Fill.Dir
 		err = src.prepare(ctx, dir, x)

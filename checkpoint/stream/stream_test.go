@@ -259,3 +259,32 @@ func TestStreamShared(t *testing.T) {
 		t.Fatalf("ranged reads fetched %d bytes of pages, the file stores %d: not one download", got, stored)
 	}
 }
+
+// TestStreamTakeOver: the shim that fills goes away mid-download; the one sharing its fill
+// takes it over, reads every byte and publishes the entry.
+func TestStreamTakeOver(t *testing.T) {
+	pages := pagesData(48 * testFrame)
+	ts, src := snapshot(t, storage.Zstd{}, pages)
+	ts.delay = 30 * time.Millisecond
+	leader, err := Open(context.Background(), src, filepath.Join(t.TempDir(), "mnt"))
+	if errors.Is(err, ErrNoFUSE) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	follower := open(t, src)
+	if follower.filling() != nil {
+		t.Fatal("the second Open fills too")
+	}
+	time.Sleep(40 * time.Millisecond)
+	leader.Close()
+	all, err := os.ReadFile(filepath.Join(follower.Dir, PagesFile))
+	if err != nil || !bytes.Equal(all, pages) {
+		t.Fatalf("read after the filler left: %v, equal %v", err, bytes.Equal(all, pages))
+	}
+	waitDone(t, follower)
+	if follower.Published() == "" {
+		t.Fatal("the shim that took over did not publish the entry")
+	}
+}
