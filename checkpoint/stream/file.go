@@ -164,9 +164,9 @@ func (f *File) notify() {
 
 // markPresent records frame i as verified in data, here and in the progress file.
 func (f *File) markPresent(i int) {
-	_, _ = f.prog.WriteAt([]byte{present}, int64(i))
+	// have first, then the progress byte: poll, reading the byte, must not count the
+	// frame as another shim's.
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if !f.have[i] {
 		f.have[i] = true
 		f.missing--
@@ -174,6 +174,8 @@ func (f *File) markPresent(i int) {
 		f.stored += f.x.Info().Frames[i].Size
 		f.notify()
 	}
+	f.mu.Unlock()
+	_, _ = f.prog.WriteAt([]byte{present}, int64(i))
 }
 
 // Fetched returns how many frames this process brought in and their stored bytes (the

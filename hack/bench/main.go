@@ -12,7 +12,13 @@
 //  5. snapshot size raw and stored;
 //  6. a plain container (no policy) through the shim versus `runsc run`: the shim's
 //     overhead (time to the first output line of `echo ready`);
-//  7. the shim's peak RSS (VmHWM) during upload and during download.
+//  7. the shim's peak RSS (VmHWM) during upload and during a streaming restore (until
+//     its pages have fully arrived);
+//  8. for comparison, the first restore with stream_restore = false (the whole snapshot
+//     downloaded before runsc restores), through a second shim config;
+//  9. on fake-gcs-server, four restores of one snapshot at once on one node (node cache
+//     empty): each one's time, and how many downloads of the pages file their shims
+//     made together (the fetched_bytes of their stream lines / its stored size).
 //
 // Each figure is the median of -runs runs with min and max.
 //
@@ -28,6 +34,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -177,6 +184,10 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			return err
 		}
 	}
+	wholeConfig, err := writeWholeConfig(l)
+	if err != nil {
+		return err
+	}
 	n := 0
 	for _, mib := range cfg.sizes {
 		for r := 0; r < cfg.runs; r++ {
@@ -195,6 +206,7 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				logf("  zstd alone: %.0f MB/s, %.2f CPU s/GB (%.1f MB -> %.1f MB)", float64(rawB)/1e6/took.Seconds(),
 					cpu.Seconds()/(float64(rawB)/1e9), float64(rawB)/1e6, float64(stored)/1e6)
 			}
+			emulatorDown := 0.0
 			if img := rep.imageOf[mib]; img != nil && st == lab.GCS {
 				up, down, err := emulatorCeiling(ctx, l, filepath.Join(img.dir, "pages.img"))
 				if err != nil {
@@ -202,10 +214,15 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				}
 				res.add("emulator_up_mbps", mib, up)
 				res.add("emulator_down_mbps", mib, down)
+				emulatorDown = down
 				logf("  fake-gcs-server alone: upload %.0f MB/s, download %.0f MB/s (one request each)", up, down)
 			}
-			logf("%s, %d MiB, run %d/%d: cold start, checkpoint, two restores", st, mib, r+1, cfg.runs)
-			c, err := shimCycle(ctx, l, mib, cfg.seconds, n)
+			what := "cold start, checkpoint, restores: first, cached, whole download"
+			if st == lab.GCS {
+				what += ", 4 at once"
+			}
+			logf("%s, %d MiB, run %d/%d: %s", st, mib, r+1, cfg.runs, what)
+			c, err := shimCycle(ctx, l, mib, cfg.seconds, n, wholeConfig)
 			if err != nil {
 				return fmt.Errorf("%s, %d MiB, run %d: %w", st, mib, r+1, err)
 			}
@@ -213,10 +230,30 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			res.add("cold", mib, c.coldToReady.Seconds())
 			res.add("restore_first_"+s, mib, c.first.toReady.Seconds())
 			res.add("restore_cached_"+s, mib, c.cached.toReady.Seconds())
+			res.add("restore_whole_"+s, mib, c.whole.toReady.Seconds())
 			res.add("restore_first_download_"+s, mib, float64(c.first.downloadMs)/1e3)
 			res.add("restore_first_runsc_"+s, mib, float64(c.first.runscMs)/1e3)
+			if c.first.streamed {
+				res.add("restore_first_stream_"+s, mib, float64(c.first.streamMs)/1e3)
+			} else {
+				rep.note(fmt.Sprintf("A first restore from the %s at %s did not stream (FUSE unavailable?): it downloaded the whole snapshot first; its decision: %s",
+					storeName(st), sizeName(mib), c.first.decision))
+			}
 			res.add("restore_cached_runsc_"+s, mib, float64(c.cached.runscMs)/1e3)
+			res.add("restore_whole_download_"+s, mib, float64(c.whole.downloadMs)/1e3)
 			res.add("restore_first_memok_"+s, mib, c.first.toMemOK.Seconds())
+			res.add("restore_cached_memok_"+s, mib, c.cached.toMemOK.Seconds())
+			res.add("restore_whole_memok_"+s, mib, c.whole.toMemOK.Seconds())
+			if st == lab.GCS && emulatorDown > 0 {
+				res.add("emulator_serve_s", mib, float64(c.storedBytes)/1e6/emulatorDown)
+			}
+			if cc := c.concurrent; cc != nil {
+				res.add("restore_conc_"+s, mib, cc.median().Seconds())
+				res.add("restore_conc_max_"+s, mib, cc.slowest().Seconds())
+				res.add("downloads_conc_"+s, mib, cc.downloads)
+				logf("  4 restores at once: median %.2fs, slowest %.2fs; %d streamed, %.2f downloads of pages.img (%d of %d stored bytes); the shims: %s",
+					cc.median().Seconds(), cc.slowest().Seconds(), cc.streamed, cc.downloads, cc.fetchedBytes, c.pagesStored, strings.Join(cc.parts, ", "))
+			}
 			res.add("commit_"+s, mib, c.triggerToCommitted.Seconds())
 			res.add("upload_"+s, mib, float64(c.uploadMs)/1e3)
 			res.add("commit_mbps_"+s, mib, float64(c.rawBytes)/1e6/c.triggerToCommitted.Seconds())
@@ -235,9 +272,13 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			if c.cached.shimPeak > 0 {
 				res.add("rss_cached_"+s, mib, float64(c.cached.shimPeak)/(1<<20))
 			}
-			logf("  cold %.2fs, committed %.2fs after trigger (upload %d ms), %0.1f/%0.1f MB raw/stored; restore %.2fs (download %d ms, runsc %d ms), cached %.2fs; shim peak %s up, %s down",
+			if c.whole.shimPeak > 0 {
+				res.add("rss_whole_"+s, mib, float64(c.whole.shimPeak)/(1<<20))
+			}
+			logf("  cold %.2fs, committed %.2fs after trigger (upload %d ms), %0.1f/%0.1f MB raw/stored; restore %.2fs (download %d ms, runsc %d ms, streamed %v: %d bytes in %d ms), memory ok %.2fs, cached %.2fs, whole download %.2fs; shim peak %s up, %s down",
 				c.coldToReady.Seconds(), c.triggerToCommitted.Seconds(), c.uploadMs, float64(c.rawBytes)/1e6, float64(c.storedBytes)/1e6,
-				c.first.toReady.Seconds(), c.first.downloadMs, c.first.runscMs, c.cached.toReady.Seconds(),
+				c.first.toReady.Seconds(), c.first.downloadMs, c.first.runscMs, c.first.streamed, c.first.fetchedBytes, c.first.streamMs,
+				c.first.toMemOK.Seconds(), c.cached.toReady.Seconds(), c.whole.toReady.Seconds(),
 				mibStr(c.shimPeakUpload), mibStr(c.first.shimPeak))
 		}
 	}
@@ -333,6 +374,13 @@ func loadavg() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// note adds a line to the report's notes, once.
+func (r *report) note(s string) {
+	if !slices.Contains(r.notes, s) {
+		r.notes = append(r.notes, s)
+	}
 }
 
 // sampleLoad records the 1-minute load average between phases.

@@ -3,7 +3,6 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,9 +26,21 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
 		r.define("restore_first_"+s, "restore to ready, "+name+", first (node cache empty)", "s",
-			"ctr run invoked -> `checkpoint result: restore` seen; lookup, download (files stored uncompressed: a hard link from a local store), verify, decompress into the node cache, runsc create + restore --background")
+			"ctr run invoked -> `checkpoint result: restore` seen; stream_restore = true (the default): lookup, download and verify of checkpoint.img and pages_meta.img and the FUSE mount alongside runsc create, "+
+				"then runsc restore --background from the mount while pages.img arrives frame by frame into the node cache (frames the sandbox reads first are fetched first)")
 		r.define("restore_cached_"+s, "restore to ready, "+name+", second (node cache)", "s",
-			"the same snapshot again: its decompressed image is in the node cache")
+			"the same snapshot again: the first restore's streamed image became a node cache entry (it was published before the first restore was removed)")
+		r.define("restore_whole_"+s, "restore to ready, "+name+", first, stream_restore = false (whole download)", "s",
+			"the node cache emptied again, a second shim config with stream_restore = false (the old path): lookup, download of the whole snapshot (files stored uncompressed: a hard link from a local store), "+
+				"verify, decompress into the node cache alongside runsc create, then runsc restore --background; for comparison")
+	}
+	if slices.Contains(stores, lab.GCS) {
+		s := string(lab.GCS)
+		r.define("restore_conc_"+s, "4 restores at once of one snapshot on one node, fake-gcs-server (node cache empty): each to ready, median of the 4", "s",
+			"after the restores above, the node cache emptied, 4 `ctr run`s of the same restore (default config: streaming) started together; each: its ctr run invoked -> its `checkpoint result: restore` seen; the median of the 4 in each run")
+		r.define("restore_conc_max_"+s, "  4 at once: the slowest of the 4", "s", "the largest of the 4 in each run")
+		r.define("downloads_conc_"+s, "  4 at once: downloads of pages.img by the 4 shims together", "x",
+			"the sum of fetched_bytes (stored bytes a shim downloaded) over the 4 shims' `frames fetched by this shim` lines / the stored size of the pages file (its manifest, `podsnapshot inspect`): 1.00 is one download shared by all 4")
 	}
 	r.define("raw_restore", "raw `runsc create` + `runsc restore --background` (the floor)", "s",
 		"no containerd, no shim, the shim's runsc flags: uncompressed image runsc wrote itself, read once beforehand so it is in the page cache; invoked -> `checkpoint result: restore` seen")
@@ -38,13 +49,24 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 	r.define("raw_cold", "raw `runsc run` cold start to ready (no shim; one run)", "s", "")
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
-		r.define("restore_first_download_"+s, "  shim: lookup + download + verify + decompress, "+name, "s", "the shim's own log line, first restore; it runs alongside runsc create, so the parts do not add up to the total")
+		r.define("restore_first_download_"+s, "  shim: lookup + checkpoint.img and pages_meta.img + mount, "+name+", first", "s",
+			"the download part of the shim's `restored` line, first (streaming) restore: lookup, download and verify of the files but pages.img, FUSE mount; it runs alongside runsc create, so the parts do not add up to the total")
 		r.define("restore_first_runsc_"+s, "  shim: runsc restore, "+name+", first", "s", "the shim's own log line: `runsc restore --background` until it returns")
+		r.define("restore_first_stream_"+s, "  shim: pages.img streamed in full and verified, "+name+", first", "s",
+			"ms of the shim's `frames fetched by this shim` line: from the start of the stream (after the small files) until every frame arrived, the whole file was verified and became the node cache entry; most of it after runsc restore returned, while the workload runs")
 		r.define("restore_cached_runsc_"+s, "  shim: runsc restore, "+name+", cached", "s", "the shim's own log line")
+		r.define("restore_whole_download_"+s, "  shim: lookup + download + verify + decompress, "+name+", stream_restore = false", "s",
+			"the download part of the shim's `restored` line, whole-download restore; it runs alongside runsc create")
 	}
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
-		r.define("restore_first_memok_"+s, "first restore to `memory ok`, "+name, "s", "the restored workload has read all its memory back")
+		r.define("restore_first_memok_"+s, "first restore to `memory ok`, "+name, "s", "ctr run invoked -> the restored workload has read all its memory back (streaming: every page it reads has arrived)")
+		r.define("restore_cached_memok_"+s, "cached restore to `memory ok`, "+name, "s", "the second restore (node cache), to `memory ok`")
+		r.define("restore_whole_memok_"+s, "first restore to `memory ok`, "+name+", stream_restore = false", "s", "the whole-download restore, to `memory ok`")
+	}
+	if slices.Contains(stores, lab.GCS) {
+		r.define("emulator_serve_s", "fake-gcs-server alone: time to serve the stored snapshot", "s",
+			"the snapshot's stored bytes (the shim's `committed` line) / the rate of `fake-gcs-server alone: one download request` measured right before the same run: the emulator's own time to hand out those bytes, none of our code")
 	}
 	r.define("raw_restore_memok", "raw runsc restore --background to `memory ok`", "s", "")
 	r.define("raw_restore_fg_memok", "raw runsc restore without --background to `memory ok`", "s", "")
@@ -84,8 +106,10 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
 		r.define("rss_upload_"+s, "shim peak RSS during upload, "+name, "MiB", "VmHWM of the cold container's shim once committed")
-		r.define("rss_download_"+s, "shim peak RSS during download, "+name, "MiB", "VmHWM of the first restore's shim once restored")
-		r.define("rss_cached_"+s, "shim peak RSS, cached restore, "+name, "MiB", "")
+		r.define("rss_download_"+s, "shim peak RSS during a streaming restore, "+name, "MiB",
+			"VmHWM of the first restore's shim once its workload printed `memory ok` and its stream line said every frame had arrived: the download after runsc restore returned included")
+		r.define("rss_whole_"+s, "shim peak RSS during a whole-download restore (stream_restore = false), "+name, "MiB", "VmHWM of that restore's shim once its workload printed `memory ok`")
+		r.define("rss_cached_"+s, "shim peak RSS, cached restore, "+name, "MiB", "VmHWM of the second restore's shim once its workload printed `memory ok`")
 	}
 	r.define("plain_shim", "`echo ready` through the shim (ctr run, no policy)", "s", "ctr run invoked -> `ready` seen in the log file")
 	r.define("plain_runsc", "`echo ready` with `runsc run` directly", "s", "runsc run invoked -> `ready` seen in the output file")
@@ -130,192 +154,6 @@ func sizeName(mib int) string {
 		return fmt.Sprintf("%d GiB", mib/1024)
 	}
 	return fmt.Sprintf("%d MiB", mib)
-}
-
-// target is one of the issue's targets, evaluated.
-type target struct {
-	Target   string `json:"target"`
-	Measured string `json:"measured"`
-	Holds    string `json:"holds"` // yes, no, partly, not measured
-}
-
-func median(r *Results, key string, mib int) (float64, bool) {
-	st, ok := r.stat(key, mib)
-	return st.Median, ok
-}
-
-// restoreHolds says whether a restore target holds: for first and cached restores,
-// for cached ones only, or not at all; any is false when nothing was measured.
-func restoreHolds(any, firstOK, cachedOK bool) string {
-	switch {
-	case !any:
-		return "not measured"
-	case firstOK:
-		return "yes"
-	case cachedOK:
-		return "only for cached restores"
-	}
-	return "no"
-}
-
-func evaluateTargets(rep *report) []target {
-	r, cfg := rep.res, rep.cfg
-	var out []target
-	ratioTarget := func(st lab.Storage, limit float64) target {
-		t := target{Target: fmt.Sprintf("restore from the %s ≤ %gx raw runsc restore", storeName(st), limit)}
-		var parts []string
-		firstOK, cachedOK, any := true, true, false
-		for _, mib := range cfg.sizes {
-			floor, ok1 := median(r, "raw_restore", mib)
-			first, ok2 := median(r, "restore_first_"+string(st), mib)
-			cached, ok3 := median(r, "restore_cached_"+string(st), mib)
-			if !ok1 || !ok2 || !ok3 {
-				continue
-			}
-			any = true
-			p := fmt.Sprintf("%s: first %.2fx, cached %.2fx", sizeName(mib), first/floor, cached/floor)
-			// What containerd and ctr cost on any start, measured with the standard shim.
-			if runcShim, ok := median(r, "plain_runc_shim", 0); ok {
-				if direct, ok := median(r, "plain_runsc", 0); ok && runcShim > direct {
-					fixed := runcShim - direct
-					p += fmt.Sprintf(" (less containerd's and ctr's %.0f ms: first %.2fx)", fixed*1e3, (first-fixed)/floor)
-				}
-			}
-			parts = append(parts, p)
-			firstOK = firstOK && first/floor <= limit
-			cachedOK = cachedOK && cached/floor <= limit
-		}
-		t.Measured = strings.Join(parts, "; ")
-		t.Holds = restoreHolds(any, firstOK, cachedOK)
-		return t
-	}
-	for _, st := range cfg.stores {
-		limit := 1.25
-		if st == lab.GCS {
-			limit = 1.5
-		}
-		out = append(out, ratioTarget(st, limit))
-	}
-
-	{
-		t := target{Target: fmt.Sprintf("restore ≥ 5x faster than cold start (%gs init) at every size", cfg.seconds)}
-		var parts []string
-		firstOK, cachedOK, any := true, true, false
-		for _, mib := range cfg.sizes {
-			cold, ok := median(r, "cold", mib)
-			if !ok {
-				continue
-			}
-			var ps []string
-			for _, st := range cfg.stores {
-				first, ok1 := median(r, "restore_first_"+string(st), mib)
-				cached, ok2 := median(r, "restore_cached_"+string(st), mib)
-				if !ok1 || !ok2 {
-					continue
-				}
-				any = true
-				ps = append(ps, fmt.Sprintf("%s %.1fx first / %.1fx cached", st, cold/first, cold/cached))
-				firstOK = firstOK && cold/first >= 5
-				cachedOK = cachedOK && cold/cached >= 5
-			}
-			parts = append(parts, sizeName(mib)+": "+strings.Join(ps, ", "))
-		}
-		t.Measured = strings.Join(parts, "; ")
-		t.Holds = restoreHolds(any, firstOK, cachedOK)
-		out = append(out, t)
-	}
-
-	{
-		t := target{Target: "trigger → committed ≥ 80% of the standalone compressor's throughput"}
-		var parts []string
-		ok, any := true, false
-		for _, mib := range cfg.sizes {
-			z, okz := median(r, "zstd_mbps", mib)
-			if !okz {
-				continue
-			}
-			var ps []string
-			for _, st := range cfg.stores {
-				c, okc := median(r, "commit_mbps_"+string(st), mib)
-				if !okc {
-					continue
-				}
-				any = true
-				p := fmt.Sprintf("%s %.0f%%", st, 100*c/z)
-				if u, oku := median(r, "upload_mbps_"+string(st), mib); oku {
-					p += fmt.Sprintf(" (upload part alone %.0f%%", 100*u/z)
-					if sv, oks := median(r, "raw_save_mbps", mib); oks {
-						p += fmt.Sprintf("; gVisor's checkpoint alone %.0f MB/s", sv)
-					}
-					if st == lab.GCS {
-						if e, oke := median(r, "emulator_up_mbps", mib); oke {
-							p += fmt.Sprintf("; the emulator alone takes %.0f MB/s", e)
-						}
-					}
-					p += ")"
-				}
-				ps = append(ps, p)
-				ok = ok && c/z >= 0.8
-			}
-			parts = append(parts, fmt.Sprintf("%s (zstd %.0f MB/s): %s", sizeName(mib), z, strings.Join(ps, ", ")))
-		}
-		t.Measured = strings.Join(parts, "; ")
-		t.Holds = yesNo(any, ok)
-		out = append(out, t)
-	}
-
-	{
-		t := target{Target: "shim overhead on a plain start ≤ 10%"}
-		shim, ok1 := median(r, "plain_shim", 0)
-		direct, ok2 := median(r, "plain_runsc", 0)
-		if ok1 && ok2 {
-			t.Measured = fmt.Sprintf("%.0f ms through the shim vs %.0f ms runsc run: %+.0f%%", shim*1e3, direct*1e3, 100*(shim/direct-1))
-			if runcShim, ok := median(r, "plain_runc_shim", 0); ok {
-				t.Measured += fmt.Sprintf("; containerd's runc shim driving runsc: %.0f ms, so our shim adds %+.0f%% over the standard one", runcShim*1e3, 100*(shim/runcShim-1))
-			}
-			// The overhead rows of the table are medians of each set's own ratio, which
-			// differ from these ratios of medians.
-			t.Measured += " (ratios of the medians)"
-		}
-		t.Holds = yesNo(ok1 && ok2, shim/direct-1 <= 0.10)
-		out = append(out, t)
-	}
-
-	{
-		largest := 0
-		for _, mib := range cfg.sizes {
-			largest = max(largest, mib)
-		}
-		t := target{Target: "shim peak RSS < 100 MiB at 2 GiB"}
-		if largest != 2048 {
-			t.Target += fmt.Sprintf(" (measured at %s, the largest size of this run)", sizeName(largest))
-		}
-		peak, any := 0.0, false
-		var ps []string
-		for _, st := range cfg.stores {
-			for _, k := range []string{"rss_upload_", "rss_download_"} {
-				if s, ok := r.stat(k+string(st), largest); ok {
-					any = true
-					peak = math.Max(peak, s.Max)
-					ps = append(ps, fmt.Sprintf("%s %s max %.1f MiB", st, strings.TrimSuffix(strings.TrimPrefix(k, "rss_"), "_"), s.Max))
-				}
-			}
-		}
-		t.Measured = strings.Join(ps, ", ")
-		t.Holds = yesNo(any, peak < 100)
-		out = append(out, t)
-	}
-	return out
-}
-
-func yesNo(measured, ok bool) string {
-	switch {
-	case !measured:
-		return "not measured"
-	case ok:
-		return "yes"
-	}
-	return "no"
 }
 
 func renderMarkdown(rep *report) string {
@@ -376,7 +214,8 @@ func renderMarkdown(rep *report) string {
 		}
 	}
 	w("- Restore rows end at the restored workload's `checkpoint result: restore` line, the same state as the cold start's `ready` line; " +
-		"the `memory ok` rows end once it has also read back all of its memory.\n")
+		"the `memory ok` rows end once it has also read back all of its memory. A streaming restore (stream_restore = true, the default) is ready before its pages have all arrived: " +
+		"its `memory ok` row includes the wait for the pages the workload reads; the `stream_restore = false` rows are the old path, the whole snapshot downloaded before runsc restores.\n")
 	w("- The shim's overhead on a plain start vs `runsc run` includes containerd and ctr (image snapshot, rootfs mount, shim start, task API), not only the shim binary; " +
 		"containerd's runc shim driving the same runsc pays all of that too, so our shim vs that reference is what the shim itself adds; " +
 		"all three write to a file and are measured to the first output line; one warm-up run of each is not counted.\n")

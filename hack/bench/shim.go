@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -13,8 +12,11 @@ import (
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 )
 
-// cycle is one pass through the shim: a cold start that checkpoints itself, then two
-// restores of that snapshot, the first with the node cache empty, the second from it.
+// cycle is one pass through the shim: a cold start that checkpoints itself, then the
+// restores of that snapshot: the first with the node cache empty (streaming, the
+// default), the second from the node cache, a third with the node cache emptied again
+// through a shim config with stream_restore = false (the whole download first), and, on
+// fake-gcs-server, four at once with the node cache emptied again.
 type cycle struct {
 	coldToReady        time.Duration
 	triggerToCommitted time.Duration
@@ -24,8 +26,10 @@ type cycle struct {
 	shimPeakUpload     int64         // the cold container's shim, VmHWM once committed
 	shimUploadCPU      time.Duration // its CPU time from "ready" (the trigger) to committed
 	snapshot           string
+	pagesStored        int64 // stored bytes of the snapshot's pages file
 
-	first, cached restoreRun
+	first, cached, whole restoreRun
+	concurrent           *concurrentRun // nil: not measured (local store)
 }
 
 type restoreRun struct {
@@ -37,12 +41,18 @@ type restoreRun struct {
 	// cache lookup) and runsc restore.
 	downloadMs, runscMs int64
 	decision            string
+	// streamed: pages.img streamed through the FUSE mount; the shim's line at the end of
+	// the stream said how much it fetched (stored bytes) and how long the stream took.
+	streamed     bool
+	fetchedBytes int64
+	streamMs     int64
 }
 
 var restoredRE = regexp.MustCompile(`in (\d+) ms \(download (\d+) ms, runsc restore (\d+) ms\)`)
 
 // shimCycle runs one cycle in lab l; n numbers it so container IDs stay unique.
-func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int) (*cycle, error) {
+// wholeConfig is the shim config with stream_restore = false.
+func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int, wholeConfig string) (*cycle, error) {
 	command := slowinitCommand(mib, seconds)
 	labels := []string{lab.AppLabel}
 	prefix := fmt.Sprintf("s%d-%s-%d", mib, l.Storage, n)
@@ -93,10 +103,26 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int)
 	if err := l.Remove(ctx, coldID); err != nil {
 		return nil, err
 	}
+	if c.pagesStored, err = pagesStoredSize(ctx, l, c.snapshot); err != nil {
+		return nil, err
+	}
 
-	for i, rr := range []*restoreRun{&c.first, &c.cached} {
+	// Every restore starts from a node cache without this snapshot, but the second.
+	if err := emptyNodeCache(l); err != nil {
+		return nil, err
+	}
+	streaming, whole := shimOptions(l.ShimConfig, labels), shimOptions(wholeConfig, labels)
+	for i, r := range []struct {
+		rr   *restoreRun
+		opts []string
+	}{{&c.first, streaming}, {&c.cached, streaming}, {&c.whole, whole}} {
+		if i == 2 {
+			if err := emptyNodeCache(l); err != nil {
+				return nil, err
+			}
+		}
 		id := fmt.Sprintf("%s-restore%d", prefix, i+1)
-		if err := restoreOnce(ctx, l, id, labels, command, rr); err != nil {
+		if err := restoreOnce(ctx, l, id, r.opts, command, c.snapshot, r.rr); err != nil {
 			return nil, fmt.Errorf("restore %d of snapshot %s: %w", i+1, c.snapshot, err)
 		}
 	}
@@ -106,20 +132,45 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int)
 	if !strings.Contains(c.cached.decision, "node cache") {
 		return nil, fmt.Errorf("second restore of %s did not come from the node cache: %s", c.snapshot, c.cached.decision)
 	}
+	if !strings.Contains(c.whole.decision, "downloaded") || c.whole.streamed {
+		return nil, fmt.Errorf("restore of %s with stream_restore = false did not download it whole: %s", c.snapshot, c.whole.decision)
+	}
+	if l.Storage == lab.GCS {
+		if err := emptyNodeCache(l); err != nil {
+			return nil, err
+		}
+		if c.concurrent, err = concurrentRestores(ctx, l, prefix, streaming, command, c.snapshot, c.pagesStored, 4); err != nil {
+			return nil, fmt.Errorf("concurrent restores of snapshot %s: %w", c.snapshot, err)
+		}
+	}
 
-	// Delete the snapshot, so the next cycle's cold start is cold, and its cache entry,
-	// so the disk does not fill up.
+	// Delete the snapshot, so the next cycle's cold start is cold, and the node cache's
+	// entries, so the disk does not fill up.
 	if _, err := l.CLI(ctx, "rm", "-n", l.Namespace, c.snapshot); err != nil {
 		return nil, err
 	}
-	if err := os.RemoveAll(filepath.Join(l.WorkDir, "cache", c.snapshot)); err != nil {
+	if err := emptyNodeCache(l); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-func restoreOnce(ctx context.Context, l *lab.Lab, id string, labels, command []string, rr *restoreRun) error {
-	t, err := l.Run(ctx, id, labels, command...)
+// shimOptions are the `ctr run` options of a container on our shim with config cfg.
+func shimOptions(cfg string, labels []string) []string {
+	opts := []string{"--runtime", lab.RuntimeType, "--runtime-config-path", cfg}
+	for _, lb := range labels {
+		opts = append(opts, "--label", lb)
+	}
+	return opts
+}
+
+// restoreOnce starts a container that restores snapshot uuid (ctr run options opts) and
+// waits until its workload has read back all its memory and, when its pages streamed,
+// until its shim has fetched them all and says so; then it reads the shim's peak RSS,
+// which so covers the whole download, and removes the container.
+func restoreOnce(ctx context.Context, l *lab.Lab, id string, opts, command []string, uuid string, rr *restoreRun) error {
+	from := len(l.Log().Lines())
+	t, err := l.RunWith(ctx, id, opts, command...)
 	if err != nil {
 		return err
 	}
@@ -134,7 +185,7 @@ func restoreOnce(ctx context.Context, l *lab.Lab, id string, labels, command []s
 		return fmt.Errorf("the workload read %q: it started cold; the shim said: %s", back.Text, d.Msg)
 	}
 	rr.toReady = back.Seen.Sub(t.Invoked)
-	rr.shimPeak = shimPeak(id)
+	rr.streamed = streamedDecision(d.Msg)
 	mem, err := l.WaitOutput(ctx, t, 5*time.Minute, "memory check", func(s string) bool { return strings.HasPrefix(s, "memory ") })
 	if err != nil {
 		return err
@@ -153,6 +204,15 @@ func restoreOnce(ctx context.Context, l *lab.Lab, id string, labels, command []s
 	}
 	rr.downloadMs, _ = strconv.ParseInt(m[2], 10, 64)
 	rr.runscMs, _ = strconv.ParseInt(m[3], 10, 64)
+	if rr.streamed {
+		lines, err := waitFetched(ctx, l, from, 1, uuid)
+		if err != nil {
+			return err
+		}
+		e := lab.ParseLogEntry(lines[0])
+		rr.fetchedBytes, rr.streamMs = e.Int("fetched_bytes"), e.Int("ms")
+	}
+	rr.shimPeak = shimPeak(id)
 	return l.Remove(ctx, id)
 }
 

@@ -1,0 +1,356 @@
+package main
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+)
+
+// target is one of the issues' targets, evaluated.
+type target struct {
+	Target   string `json:"target"`
+	Measured string `json:"measured"`
+	Holds    string `json:"holds"` // yes, no, only for cached restores, not measured, ...
+}
+
+func median(r *Results, key string, mib int) (float64, bool) {
+	st, ok := r.stat(key, mib)
+	return st.Median, ok
+}
+
+// verdict collects the checks of one target: each condition measured holds or not; a
+// condition the run could not measure (a size it did not run) is missing.
+type verdict struct {
+	checked, failed int
+	missing         []string
+}
+
+func (v *verdict) check(ok bool) {
+	v.checked++
+	if !ok {
+		v.failed++
+	}
+}
+
+func (v *verdict) miss(what string) {
+	if !slices.Contains(v.missing, what) {
+		v.missing = append(v.missing, what)
+	}
+}
+
+func (v verdict) holds() string {
+	gap := ""
+	if len(v.missing) > 0 {
+		gap = " (this run lacks " + strings.Join(v.missing, ", ") + ")"
+	}
+	switch {
+	case v.checked == 0:
+		return "not measured" + gap
+	case v.failed > 0:
+		return "no" + gap
+	case gap != "":
+		return "yes where measured" + gap
+	}
+	return "yes"
+}
+
+// bySize evaluates a target at each size of the run: at the target's sizes (all when
+// none are named) each figure is checked, at the others it is shown for reference;
+// target sizes the run lacks are missing. figure returns the text for a size, whether
+// the condition holds, and false when a figure it needs was not measured.
+func bySize(cfg config, sizes []int, v *verdict, figure func(mib int) (text string, holds, measured bool)) string {
+	var parts []string
+	for _, mib := range cfg.sizes {
+		text, ok, measured := figure(mib)
+		if !measured {
+			continue
+		}
+		if len(sizes) == 0 || slices.Contains(sizes, mib) {
+			v.check(ok)
+		} else {
+			text += " (not a target size)"
+		}
+		parts = append(parts, sizeName(mib)+": "+text)
+	}
+	for _, mib := range sizes {
+		if !slices.Contains(cfg.sizes, mib) {
+			v.miss(sizeName(mib))
+		}
+	}
+	if len(sizes) == 0 && len(parts) == 0 {
+		v.miss("the figures")
+	}
+	return strings.Join(parts, "; ")
+}
+
+func evaluateTargets(rep *report) []target {
+	return append(streamingTargets(rep), earlierTargets(rep)...)
+}
+
+// streamingTargets are issue 16's: streaming restores, their concurrency and memory, and
+// the commit path against the compressor.
+func streamingTargets(rep *report) []target {
+	r, cfg := rep.res, rep.cfg
+	gcs := slices.Contains(cfg.stores, lab.GCS)
+	local := slices.Contains(cfg.stores, lab.Local)
+	var out []target
+	notMeasured := func(t target, why string) target {
+		t.Holds = "not measured (" + why + ")"
+		return t
+	}
+
+	// 1. The first restore from the emulator against the cached one, and its growth.
+	{
+		t := target{Target: "restore to ready from fake-gcs-server with an empty node cache ≤ 1.3x the cached restore at 512 MiB and 2 GiB, and its 2 GiB figure ≤ 1.3x its 512 MiB figure"}
+		if !gcs {
+			out = append(out, notMeasured(t, "no fake-gcs-server store in this run"))
+		} else {
+			var v verdict
+			t.Measured = bySize(cfg, []int{512, 2048}, &v, func(mib int) (string, bool, bool) {
+				first, ok1 := median(r, "restore_first_gcs", mib)
+				cached, ok2 := median(r, "restore_cached_gcs", mib)
+				return fmt.Sprintf("%.3f s / %.3f s cached = %.2fx", first, cached, first/cached), first/cached <= 1.3, ok1 && ok2
+			})
+			f512, ok1 := median(r, "restore_first_gcs", 512)
+			f2g, ok2 := median(r, "restore_first_gcs", 2048)
+			if ok1 && ok2 {
+				t.Measured += fmt.Sprintf("; 2 GiB / 512 MiB: %.2fx", f2g/f512)
+				v.check(f2g/f512 <= 1.3)
+			} else if slices.Contains(cfg.sizes, 512) && slices.Contains(cfg.sizes, 2048) {
+				v.miss("the 2 GiB / 512 MiB figure")
+			}
+			t.Holds = v.holds()
+			out = append(out, t)
+		}
+	}
+
+	// 2. The first restore from the emulator to "memory ok" against what the emulator
+	// alone and the node cache allow.
+	{
+		t := target{Target: "first restore to `memory ok` from fake-gcs-server ≤ 1.2x the larger of the emulator's own time to serve the stored bytes and the cached restore to `memory ok`"}
+		if !gcs {
+			out = append(out, notMeasured(t, "no fake-gcs-server store in this run"))
+		} else {
+			var v verdict
+			t.Measured = bySize(cfg, nil, &v, func(mib int) (string, bool, bool) {
+				first, ok1 := median(r, "restore_first_memok_gcs", mib)
+				serve, ok2 := median(r, "emulator_serve_s", mib)
+				cached, ok3 := median(r, "restore_cached_memok_gcs", mib)
+				bound := max(serve, cached)
+				return fmt.Sprintf("%.3f s vs the larger of emulator %.3f s and cached %.3f s = %.2fx", first, serve, cached, first/bound),
+					first/bound <= 1.2, ok1 && ok2 && ok3
+			})
+			t.Holds = v.holds()
+			out = append(out, t)
+		}
+	}
+
+	// 3. The first restore from the local store against the runsc floor.
+	{
+		t := target{Target: "first restore from the local store ≤ 1.2x the raw `runsc create` + `runsc restore --background` floor at 64 MiB, 512 MiB and 2 GiB"}
+		if !local {
+			out = append(out, notMeasured(t, "no local store in this run"))
+		} else {
+			var v verdict
+			t.Measured = bySize(cfg, []int{64, 512, 2048}, &v, func(mib int) (string, bool, bool) {
+				first, ok1 := median(r, "restore_first_local", mib)
+				floor, ok2 := median(r, "raw_restore", mib)
+				return fmt.Sprintf("%.3f s / floor %.3f s = %.2fx", first, floor, first/floor), first/floor <= 1.2, ok1 && ok2
+			})
+			t.Holds = v.holds()
+			out = append(out, t)
+		}
+	}
+
+	// 4. Four restores of one snapshot at once.
+	{
+		t := target{Target: "4 concurrent restores of one snapshot on one node (fake-gcs-server, node cache empty): one download of the pages file, each ≤ 1.5x a lone first restore"}
+		if !gcs {
+			out = append(out, notMeasured(t, "no fake-gcs-server store in this run"))
+		} else {
+			var v verdict
+			t.Measured = bySize(cfg, nil, &v, func(mib int) (string, bool, bool) {
+				dl, ok1 := r.stat("downloads_conc_gcs", mib)
+				med, ok2 := median(r, "restore_conc_gcs", mib)
+				slow, ok3 := median(r, "restore_conc_max_gcs", mib)
+				lone, ok4 := median(r, "restore_first_gcs", mib)
+				// One download: in no run did the 4 shims fetch more than the pages file's
+				// stored bytes (a rounding margin of 0.1%): no frame twice.
+				return fmt.Sprintf("%.2f downloads (runs %.2f–%.2f); each %.3f s (median of 4), slowest %.3f s = %.2fx the lone first restore %.3f s",
+						dl.Median, dl.Min, dl.Max, med, slow, slow/lone, lone),
+					dl.Max <= 1.001 && slow/lone <= 1.5, ok1 && ok2 && ok3 && ok4
+			})
+			t.Holds = v.holds()
+			out = append(out, t)
+		}
+	}
+
+	// 7. The shim's memory, the streaming restore included.
+	{
+		largest := slices.Max(cfg.sizes)
+		t := target{Target: "shim peak RSS < 100 MiB at 2 GiB, during upload and during a streaming restore until its pages have all arrived"}
+		var v verdict
+		if largest != 2048 {
+			v.miss("2 GiB")
+			t.Target += fmt.Sprintf(" (shown at %s, the largest size of this run)", sizeName(largest))
+		}
+		var ps, ref []string
+		for _, st := range cfg.stores {
+			for _, k := range []struct{ key, what string }{{"rss_upload_", "upload"}, {"rss_download_", "streaming restore"}} {
+				if s, ok := r.stat(k.key+string(st), largest); ok {
+					if largest == 2048 {
+						v.check(s.Max < 100)
+					}
+					ps = append(ps, fmt.Sprintf("%s %s max %.1f MiB", st, k.what, s.Max))
+				}
+			}
+			if s, ok := r.stat("rss_whole_"+string(st), largest); ok {
+				ref = append(ref, fmt.Sprintf("%s %.1f MiB", st, s.Max))
+			}
+		}
+		t.Measured = strings.Join(ps, ", ")
+		if len(ref) > 0 {
+			t.Measured += " (whole-download restore, for reference: " + strings.Join(ref, ", ") + ")"
+		}
+		t.Holds = v.holds()
+		out = append(out, t)
+	}
+
+	// 8. The commit path against the compressor alone.
+	{
+		t := target{Target: "trigger → committed, local store, ≥ 80% of the standalone compressor's throughput at 512 MiB and 2 GiB"}
+		if !local {
+			out = append(out, notMeasured(t, "no local store in this run"))
+		} else {
+			var v verdict
+			t.Measured = bySize(cfg, []int{512, 2048}, &v, func(mib int) (string, bool, bool) {
+				z, okz := median(r, "zstd_mbps", mib)
+				c, okc := median(r, "commit_mbps_local", mib)
+				p := fmt.Sprintf("%.0f%% (%.0f MB/s vs zstd %.0f MB/s", 100*c/z, c, z)
+				if u, ok := median(r, "upload_mbps_local", mib); ok {
+					p += fmt.Sprintf("; upload part alone %.0f%%", 100*u/z)
+				}
+				if sv, ok := median(r, "raw_save_mbps", mib); ok {
+					p += fmt.Sprintf("; gVisor's checkpoint alone %.0f MB/s", sv)
+				}
+				return p + ")", c/z >= 0.8, okz && okc
+			})
+			t.Holds = v.holds()
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// restoreHolds says whether a restore target holds: for first and cached restores,
+// for cached ones only, or not at all; any is false when nothing was measured.
+func restoreHolds(any, firstOK, cachedOK bool) string {
+	switch {
+	case !any:
+		return "not measured"
+	case firstOK:
+		return "yes"
+	case cachedOK:
+		return "only for cached restores"
+	}
+	return "no"
+}
+
+// earlierTargets are the targets of the first restore and plain-start work.
+func earlierTargets(rep *report) []target {
+	r, cfg := rep.res, rep.cfg
+	var out []target
+	ratioTarget := func(st lab.Storage, limit float64) target {
+		t := target{Target: fmt.Sprintf("restore from the %s ≤ %gx raw runsc restore", storeName(st), limit)}
+		var parts []string
+		firstOK, cachedOK, any := true, true, false
+		for _, mib := range cfg.sizes {
+			floor, ok1 := median(r, "raw_restore", mib)
+			first, ok2 := median(r, "restore_first_"+string(st), mib)
+			cached, ok3 := median(r, "restore_cached_"+string(st), mib)
+			if !ok1 || !ok2 || !ok3 {
+				continue
+			}
+			any = true
+			p := fmt.Sprintf("%s: first %.2fx, cached %.2fx", sizeName(mib), first/floor, cached/floor)
+			// What containerd and ctr cost on any start, measured with the standard shim.
+			if runcShim, ok := median(r, "plain_runc_shim", 0); ok {
+				if direct, ok := median(r, "plain_runsc", 0); ok && runcShim > direct {
+					fixed := runcShim - direct
+					p += fmt.Sprintf(" (less containerd's and ctr's %.0f ms: first %.2fx)", fixed*1e3, (first-fixed)/floor)
+				}
+			}
+			parts = append(parts, p)
+			firstOK = firstOK && first/floor <= limit
+			cachedOK = cachedOK && cached/floor <= limit
+		}
+		t.Measured = strings.Join(parts, "; ")
+		t.Holds = restoreHolds(any, firstOK, cachedOK)
+		return t
+	}
+	for _, st := range cfg.stores {
+		limit := 1.25
+		if st == lab.GCS {
+			limit = 1.5
+		}
+		out = append(out, ratioTarget(st, limit))
+	}
+
+	{
+		t := target{Target: fmt.Sprintf("restore ≥ 5x faster than cold start (%gs init) at every size", cfg.seconds)}
+		var parts []string
+		firstOK, cachedOK, any := true, true, false
+		for _, mib := range cfg.sizes {
+			cold, ok := median(r, "cold", mib)
+			if !ok {
+				continue
+			}
+			var ps []string
+			for _, st := range cfg.stores {
+				first, ok1 := median(r, "restore_first_"+string(st), mib)
+				cached, ok2 := median(r, "restore_cached_"+string(st), mib)
+				if !ok1 || !ok2 {
+					continue
+				}
+				any = true
+				ps = append(ps, fmt.Sprintf("%s %.1fx first / %.1fx cached", st, cold/first, cold/cached))
+				firstOK = firstOK && cold/first >= 5
+				cachedOK = cachedOK && cold/cached >= 5
+			}
+			parts = append(parts, sizeName(mib)+": "+strings.Join(ps, ", "))
+		}
+		t.Measured = strings.Join(parts, "; ")
+		t.Holds = restoreHolds(any, firstOK, cachedOK)
+		out = append(out, t)
+	}
+
+	{
+		t := target{Target: "shim overhead on a plain start ≤ 10%"}
+		shim, ok1 := median(r, "plain_shim", 0)
+		direct, ok2 := median(r, "plain_runsc", 0)
+		if ok1 && ok2 {
+			t.Measured = fmt.Sprintf("%.0f ms through the shim vs %.0f ms runsc run: %+.0f%%", shim*1e3, direct*1e3, 100*(shim/direct-1))
+			if runcShim, ok := median(r, "plain_runc_shim", 0); ok {
+				t.Measured += fmt.Sprintf("; containerd's runc shim driving runsc: %.0f ms, so our shim adds %+.0f%% over the standard one", runcShim*1e3, 100*(shim/runcShim-1))
+			}
+			// The overhead rows of the table are medians of each set's own ratio, which
+			// differ from these ratios of medians.
+			t.Measured += " (ratios of the medians)"
+		}
+		t.Holds = yesNo(ok1 && ok2, shim/direct-1 <= 0.10)
+		out = append(out, t)
+	}
+	return out
+}
+
+func yesNo(measured, ok bool) string {
+	switch {
+	case !measured:
+		return "not measured"
+	case ok:
+		return "yes"
+	}
+	return "no"
+}
