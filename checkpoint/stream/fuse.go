@@ -37,6 +37,11 @@ func (l localFile) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
 // frame that failed verification twice) is EIO to runsc, which then stops the sandbox.
 type fileNode struct {
 	fs.Inode
+	// ctx ends with the image. A read waits under it, not under the FUSE request's
+	// context: the kernel interrupts a request whenever the reading thread gets a signal,
+	// which gVisor's threads get all the time (systrap), and an interrupted read answered
+	// with an error would fail the restore.
+	ctx  context.Context
 	name string
 	src  servedFile
 	// onReadError is told the first read error.
@@ -65,7 +70,7 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 }
 
 func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	got, err := n.src.ReadAt(ctx, dest, off)
+	got, err := n.src.ReadAt(n.ctx, dest, off)
 	if err != nil && err != io.EOF {
 		if n.onReadError != nil {
 			n.onReadError(n.name, err)
@@ -95,12 +100,13 @@ type mount struct {
 	once   sync.Once
 }
 
-// mountFiles mounts a FUSE file system at dir serving files by name. It fails where FUSE
+// mountFiles mounts a FUSE file system at dir serving files by name; reads wait under
+// ctx. It fails where FUSE
 // is not available (no /dev/fuse, no right to mount).
-func mountFiles(dir string, files map[string]servedFile, onReadError func(string, error)) (*mount, error) {
+func mountFiles(ctx context.Context, dir string, files map[string]servedFile, onReadError func(string, error)) (*mount, error) {
 	root := &dirNode{}
 	for name, src := range files {
-		root.files = append(root.files, &fileNode{name: name, src: src, onReadError: onReadError})
+		root.files = append(root.files, &fileNode{ctx: ctx, name: name, src: src, onReadError: onReadError})
 	}
 	forever := time.Hour
 	server, err := fs.Mount(dir, root, &fs.Options{

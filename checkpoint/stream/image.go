@@ -133,7 +133,7 @@ func openClaim(ctx context.Context, src Source, claim cache.Claim, x *storage.Fr
 		err = img.open(fctx, src, dir, x)
 	}
 	if err == nil {
-		err = img.serve(src, dir, mountDir)
+		err = img.serve(fctx, src, dir, mountDir)
 	}
 	if err != nil {
 		cancel()
@@ -267,7 +267,7 @@ func (img *Image) open(ctx context.Context, src Source, dir string, x *storage.F
 }
 
 // serve mounts the image files at mountDir.
-func (img *Image) serve(src Source, dir, mountDir string) error {
+func (img *Image) serve(ctx context.Context, src Source, dir, mountDir string) error {
 	files := map[string]servedFile{PagesFile: img.pages}
 	for _, f := range src.Files {
 		name, _ := src.LocalName(f.Name)
@@ -284,7 +284,7 @@ func (img *Image) serve(src Source, dir, mountDir string) error {
 	if err := os.MkdirAll(mountDir, 0o700); err != nil {
 		return err
 	}
-	m, err := mountFiles(mountDir, files, func(name string, err error) {
+	m, err := mountFiles(ctx, mountDir, files, func(name string, err error) {
 		log.L.WithError(err).Errorf("podsnapshot: the restored sandbox could not read %s of its snapshot", name)
 	})
 	if err != nil {
