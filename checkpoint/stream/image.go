@@ -18,6 +18,7 @@ import (
 
 	"github.com/containerd/log"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
 	"github.com/podsnapshot/podsnapshot/storage"
@@ -281,6 +282,8 @@ func (img *Image) serve(ctx context.Context, src Source, dir, mountDir string) e
 		img.files = append(img.files, lf)
 		files[name] = localFile{f: lf, size: f.RawSize}
 	}
+	// A shim that died while serving leaves its mount behind, dead (ENOTCONN): detach it.
+	_ = unix.Unmount(mountDir, unix.MNT_DETACH)
 	if err := os.MkdirAll(mountDir, 0o700); err != nil {
 		return err
 	}
