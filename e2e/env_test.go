@@ -259,11 +259,18 @@ func (e *env) logLine(id, want string) string {
 	return found
 }
 
-// committed waits for the snapshot that container id committed and returns it.
+// committed waits up to a minute for the snapshot that container id committed and
+// returns it.
 func (e *env) committed(id string) *manifest.Manifest {
 	e.t.Helper()
+	return e.committedWithin(id, 60*time.Second)
+}
+
+// committedWithin is committed with another wait.
+func (e *env) committedWithin(id string, timeout time.Duration) *manifest.Manifest {
+	e.t.Helper()
 	var uuid string
-	harness.Eventually(e.t, 60*time.Second, "snapshot of "+id+" committed", func() bool {
+	harness.Eventually(e.t, timeout, "snapshot of "+id+" committed", func() bool {
 		line := e.logLine(id, "podsnapshot: committed")
 		if i := strings.Index(line, "snapshot="); i >= 0 {
 			uuid = strings.Fields(line[i+len("snapshot="):])[0]

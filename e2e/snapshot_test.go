@@ -155,7 +155,7 @@ func TestCorruptSnapshotStartsColdAndIsMarkedFailed(t *testing.T) {
 		if pages == "" {
 			t.Fatalf("no pages file in snapshot %s: %+v", m.UUID, m.Files)
 		}
-		flipByte(t, e, pages)
+		flipByte(t, e, pages, -1)
 
 		log2 := e.start("again", myApp, slowinit...)
 		out := harness.WaitForOutput(t, log2, "memory ok", time.Minute)
@@ -175,8 +175,9 @@ func TestCorruptSnapshotStartsColdAndIsMarkedFailed(t *testing.T) {
 	})
 }
 
-// flipByte inverts one byte in the middle of a stored object.
-func flipByte(t *testing.T, e *env, name string) {
+// flipByte inverts one byte of a stored object: the one at off, or, for off < 0, the
+// one in the middle.
+func flipByte(t *testing.T, e *env, name string, off int64) {
 	t.Helper()
 	ctx := context.Background()
 	rc, err := e.store.Get(ctx, name)
@@ -184,7 +185,10 @@ func flipByte(t *testing.T, e *env, name string) {
 	data, err := io.ReadAll(rc)
 	rc.Close()
 	must(t, err)
-	data[len(data)/2] ^= 0xff
+	if off < 0 {
+		off = int64(len(data) / 2)
+	}
+	data[off] ^= 0xff
 	_, err = e.store.Put(ctx, name, bytes.NewReader(data))
 	must(t, err)
 }

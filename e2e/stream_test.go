@@ -1,9 +1,7 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
-	"io"
 	"os"
 	"path"
 	"strconv"
@@ -42,7 +40,7 @@ func TestStreamedRestoreCorruptFrame(t *testing.T) {
 		}
 		last := x.Len() - 1
 		off, size := x.Stored(last, 1)
-		flipByteAt(t, e, pages.Name, off+size/2)
+		flipByte(t, e, pages.Name, off+size/2)
 
 		log2 := e.start("again", myApp, big...)
 		var back *manifest.Manifest
@@ -73,18 +71,4 @@ func TestStreamedRestoreCorruptFrame(t *testing.T) {
 		}
 		e.remove("third")
 	})
-}
-
-// flipByteAt inverts the byte at off of a stored object.
-func flipByteAt(t *testing.T, e *env, name string, off int64) {
-	t.Helper()
-	ctx := context.Background()
-	rc, err := e.store.Get(ctx, name)
-	must(t, err)
-	data, err := io.ReadAll(rc)
-	rc.Close()
-	must(t, err)
-	data[off] ^= 0xff
-	_, err = e.store.Put(ctx, name, bytes.NewReader(data))
-	must(t, err)
 }

@@ -1,14 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
@@ -52,7 +50,7 @@ func TestTorch(t *testing.T) {
 	if !strings.Contains(out, "checkpoint result: resume") {
 		t.Fatalf("the cold start's checkpoint did not succeed:\n%s", out)
 	}
-	snap := torchCommitted(e, "cold", 5*time.Minute)
+	snap := e.committedWithin("cold", 5*time.Minute) // over 1 GiB to store
 
 	// The saved copy goes on serving the same model.
 	if reply := torchInfer(t, e, "cold", "infer-cold"); reply[1] != warmup {
@@ -106,27 +104,4 @@ func torchInfer(t *testing.T, e *env, id, execID string) []string {
 		t.Fatalf("GET /infer in %s answered %q", id, res.Stdout)
 	}
 	return m
-}
-
-// torchCommitted is e.committed with a longer wait: the snapshot holds over 1 GiB.
-func torchCommitted(e *env, id string, timeout time.Duration) *manifest.Manifest {
-	e.t.Helper()
-	var uuid string
-	harness.Eventually(e.t, timeout, "snapshot of "+id+" committed", func() bool {
-		line := e.logLine(id, "podsnapshot: committed")
-		if i := strings.Index(line, "snapshot="); i >= 0 {
-			uuid = strings.Fields(line[i+len("snapshot="):])[0]
-			return true
-		}
-		return false
-	})
-	ms, _, err := e.repo.List(context.Background(), "test")
-	must(e.t, err)
-	for _, m := range ms {
-		if m.UUID == uuid {
-			return m
-		}
-	}
-	e.t.Fatalf("snapshot %s logged as committed but not in %s", uuid, e.storeURL)
-	return nil
 }

@@ -219,18 +219,27 @@ func (c *Cache) publish(tmp, final, key string) error {
 // fillPrivate fetches into a private directory of a disabled cache. Its prefix is not
 // one an enabled cache sharing Dir removes: the caller owns it until it removes it.
 func (c *Cache) fillPrivate(key string, fetch func(dir string) error) (string, bool, error) {
-	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-		return "", false, fmt.Errorf("snapshot cache: %w", err)
-	}
-	tmp, err := os.MkdirTemp(c.Dir, ".private-"+key+"-")
+	tmp, err := c.privateDir(key)
 	if err != nil {
-		return "", false, fmt.Errorf("snapshot cache: %w", err)
+		return "", false, err
 	}
 	if err := fetch(tmp); err != nil {
 		os.RemoveAll(tmp)
 		return "", false, err
 	}
 	return tmp, false, nil
+}
+
+// privateDir creates a private directory for key in a disabled cache.
+func (c *Cache) privateDir(key string) (string, error) {
+	if err := os.MkdirAll(c.Dir, 0o700); err != nil {
+		return "", fmt.Errorf("snapshot cache: %w", err)
+	}
+	tmp, err := os.MkdirTemp(c.Dir, ".private-"+key+"-")
+	if err != nil {
+		return "", fmt.Errorf("snapshot cache: %w", err)
+	}
+	return tmp, nil
 }
 
 // isEntry reports whether path is a directory (not a link) holding EntryMarker (a

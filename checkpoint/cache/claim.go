@@ -48,12 +48,9 @@ func (c *Cache) Claim(key string, size int64) (Claim, error) {
 		return Claim{}, fmt.Errorf("snapshot cache %s: negative size %d", c.Dir, size)
 	}
 	if !c.Enabled() {
-		if err := os.MkdirAll(c.Dir, 0o700); err != nil {
-			return Claim{}, fmt.Errorf("snapshot cache: %w", err)
-		}
-		tmp, err := os.MkdirTemp(c.Dir, ".private-"+key+"-")
+		tmp, err := c.privateDir(key)
 		if err != nil {
-			return Claim{}, fmt.Errorf("snapshot cache: %w", err)
+			return Claim{}, err
 		}
 		return Claim{Fill: &Filling{Dir: tmp, Private: true, c: c, key: key, release: func() {}}}, nil
 	}

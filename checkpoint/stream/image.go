@@ -69,6 +69,7 @@ type Image struct {
 	Cached bool
 
 	pages  *File
+	data   *os.File // pages.img's data file (in files)
 	mnt    *mount
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the fill goroutine ended
@@ -249,7 +250,7 @@ func (img *Image) open(ctx context.Context, src Source, dir string, x *storage.F
 	if err != nil {
 		return err
 	}
-	img.files = append(img.files, data)
+	img.files, img.data = append(img.files, data), data
 	prog, err := os.OpenFile(filepath.Join(dir, progressFile), os.O_RDWR, 0)
 	if err != nil {
 		return err

@@ -65,7 +65,7 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 		}
 		if fl, ok := src.Cache.TakeOver(img.fillDir, src.Key, raw); ok {
 			_, err := os.Stat(filepath.Join(img.fillDir, linkedFile))
-			f.setFetch(fetcher(src.Store, x, img.files[0], err == nil))
+			f.setFetch(fetcher(src.Store, x, img.data, err == nil))
 			img.mu.Lock()
 			img.fill = fl
 			img.mu.Unlock()
