@@ -70,13 +70,15 @@ demo: deps build
 	$(GO) run ./hack/demo -storage $(STORAGE) $(if $(WORKLOAD),-workload $(WORKLOAD)) $(if $(MIB),-mib $(MIB)) $(if $(SECONDS),-seconds $(SECONDS))
 
 # Benchmarks on a private containerd (needs root; see docs/benchmarks.md): SIZES in MiB,
-# RUNS per figure, STORES local,gcs; e.g. `make bench SIZES=64 RUNS=1 STORES=local`.
+# RUNS per figure, STORES local,gcs, TORCH=false to skip the torch model server; e.g.
+# `make bench SIZES=64 RUNS=1 STORES=local TORCH=false`.
 SIZES ?= 64,512,2048
 RUNS ?= 3
 STORES ?= local,gcs
+TORCH ?= true
 bench: deps build
-	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) \
-		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES)'
+	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) -torch=$(TORCH) \
+		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES) TORCH=$(TORCH)'
 
 # The image of podsnapshot-agent (node agent and controller, deploy/kubernetes) as an OCI
 # archive: only the static binary. Import it on each node: ctr -n k8s.io images import.

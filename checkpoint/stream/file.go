@@ -39,12 +39,16 @@ type File struct {
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
-	have    []bool        // frame verified in data
-	busy    []bool        // frame being fetched by this process
-	missing int           // frames not yet in have
-	fetch   fetchFunc     // nil while another process fills: frames are awaited
-	failed  error         // a frame could not be had: every read fails with it
-	changed chan struct{} // closed and replaced whenever have or failed changes
+	have    []bool    // frame verified in data
+	busy    []bool    // frame being fetched by this process
+	missing int       // frames not yet in have
+	fetch   fetchFunc // nil while another process fills: frames are awaited
+	failed  error     // a frame could not be had: every read fails with it
+	// arrived holds, for each frame a reader waits for, a channel closed when it is
+	// there: a frame wakes only its own readers (up to 128 of gVisor's loader threads
+	// wait at once; waking them all for every frame costs CPU the restore needs).
+	arrived map[int]chan struct{}
+	ended   chan struct{} // closed once every frame is there or the file failed
 	waiting int           // readers waiting for a frame
 	fetched int           // frames this process brought in
 	stored  int64         // their stored bytes
@@ -54,8 +58,12 @@ type File struct {
 // are read now: frames already present are not fetched again).
 func newFile(ctx context.Context, x *storage.FrameIndex, url string, data, prog *os.File) (*File, error) {
 	f := &File{ctx: ctx, x: x, url: url, data: data, prog: prog,
-		have: make([]bool, x.Len()), busy: make([]bool, x.Len()), changed: make(chan struct{})}
+		have: make([]bool, x.Len()), busy: make([]bool, x.Len()),
+		arrived: make(map[int]chan struct{}), ended: make(chan struct{})}
 	f.missing = x.Len()
+	if f.missing == 0 {
+		close(f.ended)
+	}
 	if err := f.poll(); err != nil {
 		return nil, err
 	}
@@ -79,23 +87,36 @@ func (f *File) Err() error {
 	return f.failed
 }
 
-// ReadAt reads len(p) bytes at off (fewer at the end of the file), waiting until the
-// frames under them are there, or until ctx ends or the file fails (its error, which
-// names the object and frame).
-func (f *File) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+// Ready waits until the frames under the n bytes at off are there, or until ctx ends or
+// the file fails (its error, which names the object and frame). It returns how many of
+// the n bytes the file has (fewer at its end, 0 at or past it); they can then be read
+// from Fd at off.
+func (f *File) Ready(ctx context.Context, off int64, n int) (int, error) {
 	size := f.Size()
-	if off >= size {
-		return 0, io.EOF
-	}
-	p = p[:min(int64(len(p)), size-off)]
-	if len(p) == 0 {
+	if off >= size || n <= 0 {
 		return 0, nil
 	}
-	first, last := f.x.Frames(off, int64(len(p)))
+	n = int(min(int64(n), size-off))
+	first, last := f.x.Frames(off, int64(n))
 	if err := f.await(ctx, first, last); err != nil {
 		return 0, err
 	}
-	return f.data.ReadAt(p, off)
+	return n, nil
+}
+
+// Fd is the data file's descriptor, for reading (or splicing) bytes Ready reported.
+func (f *File) Fd() uintptr { return f.data.Fd() }
+
+// ReadAt reads len(p) bytes at off (fewer at the end of the file) once Ready.
+func (f *File) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
+	n, err := f.Ready(ctx, off, len(p))
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	return f.data.ReadAt(p[:n], off)
 }
 
 // await waits until frames [first, last] are there.
@@ -112,24 +133,32 @@ func (f *File) await(ctx context.Context, first, last int) error {
 		if f.failed != nil {
 			return f.failed
 		}
-		need := false
+		next := -1 // the first frame not there
 		for i := first; i <= last; i++ {
 			if !f.have[i] {
-				need = true
+				if next < 0 {
+					next = i
+				}
 				f.want(i)
 			}
 		}
-		if !need {
+		if next < 0 {
 			return nil
 		}
 		if !counted {
 			counted = true
 			f.waiting++
 		}
-		ch := f.changed
+		ch := f.arrived[next]
+		if ch == nil {
+			ch = make(chan struct{})
+			f.arrived[next] = ch
+		}
+		ended := f.ended
 		f.mu.Unlock()
 		select {
 		case <-ch:
+		case <-ended:
 		case <-ctx.Done():
 			f.mu.Lock()
 			return ctx.Err()
@@ -156,10 +185,20 @@ func (f *File) want(i int) {
 	go f.fetchOne(f.ctx, i)
 }
 
-// notify wakes the waiters. Called with mu held.
-func (f *File) notify() {
-	close(f.changed)
-	f.changed = make(chan struct{})
+// setHave records frame i as there and wakes its readers. Called with mu held.
+func (f *File) setHave(i int) {
+	if f.have[i] {
+		return
+	}
+	f.have[i] = true
+	f.missing--
+	if ch := f.arrived[i]; ch != nil {
+		close(ch)
+		delete(f.arrived, i)
+	}
+	if f.missing == 0 && f.failed == nil {
+		close(f.ended)
+	}
 }
 
 // markPresent records frame i as verified in data, here and in the progress file.
@@ -168,11 +207,9 @@ func (f *File) markPresent(i int) {
 	// frame as another shim's.
 	f.mu.Lock()
 	if !f.have[i] {
-		f.have[i] = true
-		f.missing--
+		f.setHave(i)
 		f.fetched++
 		f.stored += f.x.Info().Frames[i].Size
-		f.notify()
 	}
 	f.mu.Unlock()
 	_, _ = f.prog.WriteAt([]byte{present}, int64(i))
@@ -192,7 +229,9 @@ func (f *File) fail(err error) {
 	defer f.mu.Unlock()
 	if f.failed == nil {
 		f.failed = err
-		f.notify()
+		if f.missing > 0 {
+			close(f.ended)
+		}
 	}
 }
 
@@ -205,20 +244,14 @@ func (f *File) poll() error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	changed := false
 	for i, b := range buf {
 		switch {
 		case b == present && !f.have[i]:
-			f.have[i] = true
-			f.missing--
-			changed = true
+			f.setHave(i)
 		case b == wanted && f.fetch != nil && !f.have[i] && !f.busy[i]:
 			f.busy[i] = true
 			go f.fetchOne(f.ctx, i)
 		}
-	}
-	if changed {
-		f.notify()
 	}
 	return nil
 }
@@ -338,17 +371,8 @@ func (f *File) fill(ctx context.Context, workers, batch int) {
 	}
 	wg.Wait()
 	// Frames readers asked for may still be arriving.
-	for {
-		f.mu.Lock()
-		done, ch := f.missing == 0 || f.failed != nil, f.changed
-		f.mu.Unlock()
-		if done {
-			return
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return
-		}
+	select {
+	case <-f.ended:
+	case <-ctx.Done():
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"sync"
 	"syscall"
@@ -16,10 +15,12 @@ import (
 )
 
 // servedFile is a read-only file the image directory serves: a File arriving, or a
-// local file already complete.
+// local file already complete. Ready waits until the n bytes at off can be read from Fd
+// and says how many there are (fewer at the end of the file).
 type servedFile interface {
 	Size() int64
-	ReadAt(ctx context.Context, p []byte, off int64) (int, error)
+	Ready(ctx context.Context, off int64, n int) (int, error)
+	Fd() uintptr
 }
 
 // localFile serves a complete local file.
@@ -29,8 +30,9 @@ type localFile struct {
 }
 
 func (l localFile) Size() int64 { return l.size }
-func (l localFile) ReadAt(_ context.Context, p []byte, off int64) (int, error) {
-	return l.f.ReadAt(p, off)
+func (l localFile) Fd() uintptr { return l.f.Fd() }
+func (l localFile) Ready(_ context.Context, off int64, n int) (int, error) {
+	return int(max(0, min(int64(n), l.size-off))), nil
 }
 
 // fileNode is one file of the mount: read-only, its size fixed. A read that fails (a
@@ -44,6 +46,10 @@ type fileNode struct {
 	ctx  context.Context
 	name string
 	src  servedFile
+	// direct: reads bypass the kernel's page cache of the mount (FOPEN_DIRECT_IO). The
+	// pages file is read once, in pieces of 256 KiB by up to 128 threads (gVisor's
+	// stateio defaults); caching it would hold a second copy of every page.
+	direct bool
 	// onReadError is told the first read error.
 	onReadError func(name string, err error)
 }
@@ -65,19 +71,24 @@ func (n *fileNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC) != 0 {
 		return nil, 0, syscall.EROFS
 	}
+	if n.direct {
+		return nil, fuse.FOPEN_DIRECT_IO, 0
+	}
 	// The bytes never change: the kernel may keep what it read in its page cache.
 	return nil, fuse.FOPEN_KEEP_CACHE, 0
 }
 
+// Read answers with the bytes spliced from the file behind src (no copy through the
+// shim's memory) once they are there.
 func (n *fileNode) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	got, err := n.src.ReadAt(n.ctx, dest, off)
-	if err != nil && err != io.EOF {
+	got, err := n.src.Ready(n.ctx, off, len(dest))
+	if err != nil {
 		if n.onReadError != nil {
 			n.onReadError(n.name, err)
 		}
 		return nil, syscall.EIO
 	}
-	return fuse.ReadResultData(dest[:got]), 0
+	return fuse.ReadResultFd(n.src.Fd(), off, got), 0
 }
 
 // dirNode is the mount's root: the image files.
@@ -106,7 +117,8 @@ type mount struct {
 func mountFiles(ctx context.Context, dir string, files map[string]servedFile, onReadError func(string, error)) (*mount, error) {
 	root := &dirNode{}
 	for name, src := range files {
-		root.files = append(root.files, &fileNode{ctx: ctx, name: name, src: src, onReadError: onReadError})
+		_, arriving := src.(*File)
+		root.files = append(root.files, &fileNode{ctx: ctx, name: name, src: src, direct: arriving, onReadError: onReadError})
 	}
 	forever := time.Hour
 	server, err := fs.Mount(dir, root, &fs.Options{
@@ -114,10 +126,11 @@ func mountFiles(ctx context.Context, dir string, files map[string]servedFile, on
 			AllowOther:        true, // runsc's sandbox reads through the fd it was given
 			FsName:            "podsnapshot",
 			Name:              "podsnapshot",
-			MaxWrite:          1 << 20, // also max_read: runsc reads pages in large pieces
+			MaxWrite:          1 << 20, // also max_read: runsc reads pages in pieces of 256 KiB
 			MaxReadAhead:      1 << 20,
 			DirectMountStrict: true, // the shim runs as root; there is no fusermount
-			// Reads in flight at once, each up to MaxWrite: bounds the shim's buffers.
+			// Asynchronous requests (readahead of the cached small files) in flight at once.
+			// The sandbox's direct reads of pages.img are synchronous: up to its 128.
 			MaxBackground: 16,
 		},
 		EntryTimeout: &forever,

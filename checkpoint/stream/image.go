@@ -55,8 +55,7 @@ type Source struct {
 	// Cache is the node cache; a disabled one streams into a private directory.
 	Cache *cache.Cache
 	// OnCorrupt is called once, from any goroutine, when a frame failed verification
-	// twice or the completed file does not match its checksum: the stored snapshot is
-	// bad. Reads of the failed frame fail (runsc's sandbox then stops).
+	// twice: the stored snapshot is bad. Reads of the failed frame fail (runsc's sandbox then stops).
 	OnCorrupt func(err error)
 }
 

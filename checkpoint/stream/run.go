@@ -2,13 +2,11 @@ package stream
 
 import (
 	"context"
-	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
 	"time"
 
-	"github.com/cespare/xxhash/v2"
 	"github.com/containerd/log"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
@@ -18,7 +16,7 @@ import (
 // The sequential download: fillWorkers ranged reads at a time, each of fillBatch frames
 // (16 MiB of raw pages at the default frame size).
 const (
-	fillWorkers = 2
+	fillWorkers = 4
 	fillBatch   = 4
 )
 
@@ -32,8 +30,8 @@ const (
 )
 
 // run brings every frame of pages.img into the fill, as its filler or waiting for the
-// filler (and taking over should it die), then, as the filler, verifies the whole file
-// and publishes the fill as the node cache entry.
+// filler (and taking over should it die), then, as the filler, publishes the fill as the
+// node cache entry (every frame was verified as it came in).
 func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, raw int64) {
 	defer close(img.done)
 	f := img.pages
@@ -86,10 +84,6 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 	if ctx.Err() != nil {
 		return
 	}
-	if err := verifyWhole(f, x); err != nil {
-		img.bad(src, err)
-		return
-	}
 	img.publish()
 }
 
@@ -132,26 +126,6 @@ func (img *Image) publish() {
 		return
 	}
 	img.published = entry
-}
-
-// verifyWhole checks the complete file against its XXH64: the frames passed their
-// checks, so a mismatch means the stored object is not the file the manifest describes.
-// It runs after the pod resumed, off its critical path.
-func verifyWhole(f *File, x *storage.FrameIndex) error {
-	h := xxhash.New()
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < x.Info().RawSize; {
-		n, err := f.data.ReadAt(buf[:min(int64(len(buf)), x.Info().RawSize-off)], off)
-		h.Write(buf[:n])
-		off += int64(n)
-		if err != nil {
-			return err
-		}
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != x.Info().XXH64 {
-		return storage.Corruptf(f.url, "xxh64 mismatch of the streamed file: got %s, want %s", got, x.Info().XXH64)
-	}
-	return nil
 }
 
 // closeWait bounds how long Close waits for the background download to stop.

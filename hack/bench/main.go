@@ -49,6 +49,7 @@ type config struct {
 	runs    int
 	stores  []lab.Storage
 	seconds float64
+	torch   bool // also measure the torch model server
 	md      string
 	json    string
 	command string
@@ -61,10 +62,11 @@ func main() {
 	seconds := flag.Float64("seconds", 10, "the workload's initialisation time")
 	md := flag.String("md", "docs/benchmarks.md", "markdown report to write (relative to the repository root)")
 	js := flag.String("json", "docs/benchmarks.json", "JSON results to write (relative to the repository root)")
+	torch := flag.Bool("torch", true, "also measure the torch model server (about 3 minutes)")
 	command := flag.String("command", "", "the command line to record in the report (default: this program's)")
 	flag.Parse()
 
-	cfg := config{runs: *runs, seconds: *seconds, md: *md, json: *js, command: *command}
+	cfg := config{runs: *runs, seconds: *seconds, torch: *torch, md: *md, json: *js, command: *command}
 	for _, s := range strings.Split(*sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n <= 0 {
@@ -98,7 +100,7 @@ func main() {
 
 func usage(msg string) {
 	fmt.Fprintln(os.Stderr, "bench: "+msg)
-	fmt.Fprintln(os.Stderr, "usage: bench [-sizes 64,512,2048] [-runs 3] [-stores local,gcs] [-seconds 10] [-md FILE] [-json FILE]")
+	fmt.Fprintln(os.Stderr, "usage: bench [-sizes 64,512,2048] [-runs 3] [-stores local,gcs] [-seconds 10] [-torch=false] [-md FILE] [-json FILE]")
 	os.Exit(2)
 }
 
@@ -136,6 +138,11 @@ func run(ctx context.Context, cfg config) error {
 
 	for i, st := range cfg.stores {
 		if err := runLab(ctx, rep, st, i == 0); err != nil {
+			return err
+		}
+	}
+	if cfg.torch {
+		if err := measureTorch(ctx, rep); err != nil {
 			return err
 		}
 	}
@@ -253,6 +260,16 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				res.add("downloads_conc_"+s, mib, cc.downloads)
 				logf("  4 restores at once: median %.2fs, slowest %.2fs; %d streamed, %.2f downloads of pages.img (%d of %d stored bytes); the shims: %s",
 					cc.median().Seconds(), cc.slowest().Seconds(), cc.streamed, cc.downloads, cc.fetchedBytes, c.pagesStored, strings.Join(cc.parts, ", "))
+			}
+			if cc := c.concurrentCached; cc != nil {
+				res.add("restore_conc_cached_max_"+s, mib, cc.slowest().Seconds())
+				logf("  4 cached restores at once: median %.2fs, slowest %.2fs; the shims: %s",
+					cc.median().Seconds(), cc.slowest().Seconds(), strings.Join(cc.parts, ", "))
+			}
+			for name, rr := range map[string]*restoreRun{"first": &c.first, "cached": &c.cached, "whole": &c.whole} {
+				if rr.cpuBusy > 0 {
+					res.add("cpu_busy_"+name+"_"+s, mib, 100*rr.cpuBusy)
+				}
 			}
 			res.add("commit_"+s, mib, c.triggerToCommitted.Seconds())
 			res.add("upload_"+s, mib, float64(c.uploadMs)/1e3)

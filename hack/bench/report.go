@@ -39,6 +39,8 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("restore_conc_"+s, "4 restores at once of one snapshot on one node, fake-gcs-server (node cache empty): each to ready, median of the 4", "s",
 			"after the restores above, the node cache emptied, 4 `ctr run`s of the same restore (default config: streaming) started together; each: its ctr run invoked -> its `checkpoint result: restore` seen; the median of the 4 in each run")
 		r.define("restore_conc_max_"+s, "  4 at once: the slowest of the 4", "s", "the largest of the 4 in each run")
+		r.define("restore_conc_cached_max_"+s, "  4 at once from the node cache: the slowest of the 4", "s",
+			"after the 4 above, their streamed snapshot in the node cache: the same 4 `ctr run`s again, none downloading; what 4 sandboxes restoring together cost on this machine, the scale for the row above")
 		r.define("downloads_conc_"+s, "  4 at once: downloads of pages.img by the 4 shims together", "x",
 			"the sum of fetched_bytes (stored bytes a shim downloaded) over the 4 shims' `frames fetched by this shim` lines / the stored size of the pages file (its manifest, `podsnapshot inspect`): 1.00 is one download shared by all 4")
 	}
@@ -63,6 +65,10 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("restore_first_memok_"+s, "first restore to `memory ok`, "+name, "s", "ctr run invoked -> the restored workload has read all its memory back (streaming: every page it reads has arrived)")
 		r.define("restore_cached_memok_"+s, "cached restore to `memory ok`, "+name, "s", "the second restore (node cache), to `memory ok`")
 		r.define("restore_whole_memok_"+s, "first restore to `memory ok`, "+name+", stream_restore = false", "s", "the whole-download restore, to `memory ok`")
+		r.define("cpu_busy_first_"+s, "  host CPU busy, first restore to `memory ok`, "+name, "%",
+			"/proc/stat: busy time (all but idle and iowait) / all CPU time of every core, from ctr run to `memory ok`: near 100% the restore waited for CPU, not for bytes")
+		r.define("cpu_busy_cached_"+s, "  host CPU busy, cached restore to `memory ok`, "+name, "%", "as above, the cached restore")
+		r.define("cpu_busy_whole_"+s, "  host CPU busy, first restore to `memory ok`, "+name+", stream_restore = false", "%", "as above, the whole-download restore")
 	}
 	if slices.Contains(stores, lab.GCS) {
 		r.define("emulator_serve_s", "fake-gcs-server alone: time to serve the stored snapshot", "s",
@@ -117,6 +123,16 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		"the same containerd, ctr, image and log file; the standard shim instead of ours: the reference for what our shim adds")
 	r.define("plain_overhead", "shim overhead vs `runsc run`, per set of runs", "%", "(shim / runsc run) - 1: containerd, ctr and the shim together")
 	r.define("plain_overhead_runc_shim", "shim overhead vs containerd's runc shim, per set of runs", "%", "(shim / runc shim) - 1: what our shim adds over the standard one")
+	r.define("torch_cold", "torch: cold start to first inference", "s",
+		"the model server (Debian's python3-torch, 16 Linear layers, 1 GiB of weights from a file in the image; local store): ctr run invoked -> its warm-up inference's line: import torch, load the weights, the first inference")
+	r.define("torch_restore", "torch: restore to first inference", "s",
+		"the same spec again, node cache empty, default config (streaming from the local store): ctr run invoked -> the first GET /infer answered (by `ctr task exec ... wget`, its ~0.1 s included), its output equal to the warm-up's before the checkpoint")
+	r.define("torch_ratio", "torch: cold start / restore, to first inference", "x", "per run")
+	r.define("torch_raw_mb", "torch: snapshot size, raw", "MB", "raw bytes of the shim's committed line, exclude_zero_pages = false (the default)")
+	r.define("torch_stored_mb", "torch: snapshot size, stored", "MB", "stored bytes of the committed line, exclude_zero_pages = false")
+	r.define("torch_raw_mb_zero", "torch: snapshot size, raw, exclude_zero_pages = true", "MB",
+		"the same cycle with a shim config setting exclude_zero_pages = true (runsc's exclude-committed-zero-pages): pages of zeros left out of the image")
+	r.define("torch_stored_mb_zero", "torch: snapshot size, stored, exclude_zero_pages = true", "MB", "")
 }
 
 func fmtValue(v float64, unit string) string {
@@ -200,6 +216,14 @@ func renderMarkdown(rep *report) string {
 	for _, k := range []string{"plain_shim", "plain_runc_shim", "plain_runsc", "plain_overhead", "plain_overhead_runc_shim"} {
 		st, ok := r.stat(k, 0)
 		w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
+	}
+
+	if _, ok := r.stat("torch_cold", 0); ok {
+		w("\n## A real model server: torch\n\n| measurement | value | unit |\n|---|---|---|\n")
+		for _, k := range []string{"torch_cold", "torch_restore", "torch_ratio", "torch_raw_mb", "torch_stored_mb", "torch_raw_mb_zero", "torch_stored_mb_zero"} {
+			st, ok := r.stat(k, 0)
+			w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
+		}
 	}
 
 	w("\n## Targets\n\n| target | measured (medians) | holds |\n|---|---|---|\n")

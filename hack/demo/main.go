@@ -106,7 +106,7 @@ func run(ctx context.Context, cfg config) (err error) {
 	var measureErr error
 	if cfg.workload == "slowinit" {
 		measureErr = measure(ctx, l, cfg, &res)
-	} else if measureErr = useApp(ctx, l, cfg.workload); measureErr == nil {
+	} else if measureErr = l.UseApp(ctx, cfg.workload); measureErr == nil {
 		measureErr = measureApp(ctx, l, cfg, &res)
 	}
 	if measureErr != nil && ctx.Err() == nil {

@@ -3,10 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
-	goruntime "runtime"
 	"strings"
 	"time"
 
@@ -81,36 +78,6 @@ var apps = map[string]app{
 		}
 		return "GET /infer (first request) = " + strings.ReplaceAll(strings.TrimSpace(reply), "\n", "; "), nil
 	}},
-}
-
-// useApp builds the image of workload name from this checkout, imports it and
-// makes it the one l.Run starts (with the image's own command). It also gives the
-// sandbox runsc's own loopback (network=none): under ctr the container's fresh network
-// namespace has its loopback down, which runsc would skip, leaving redis, nginx and
-// the torch server no 127.0.0.1.
-func useApp(ctx context.Context, l *lab.Lab, name string) error {
-	spec, err := ociarchive.AppSpec(name, ociarchive.DefaultBusybox, l.Repo)
-	if err != nil {
-		return fmt.Errorf("image for %s: %w (run `make deps`)", name, err)
-	}
-	archive := filepath.Join(l.Dir, name+".tar")
-	logf("building image %s", spec.Name)
-	if _, err := ociarchive.BuildFile(archive, spec); err != nil {
-		return fmt.Errorf("build image %s: %w", spec.Name, err)
-	}
-	if _, err := l.Ctr(ctx, "images", "import", "--platform", "linux/"+goruntime.GOARCH, archive); err != nil {
-		return err
-	}
-	l.Image, l.ImageArchive = spec.Name, archive
-	f, err := os.OpenFile(l.ShimConfig, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return fmt.Errorf("shim config: %w", err)
-	}
-	_, err = f.WriteString("\n[runsc.flags]\nnetwork = \"none\"\n")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // measureApp is measure for a real program: cold start to its ready line, the snapshot,

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
+)
+
+// torchRun is one cycle of the torch model server (ociarchive.TorchImage: Debian's
+// python3-torch, 1 GiB of weights): cold start, its snapshot, and a restore, each to its
+// first inference.
+type torchRun struct {
+	coldToInference    time.Duration // ctr run invoked -> the warm-up inference's line
+	restoreToInference time.Duration // ctr run invoked -> the first GET /infer answered
+	rawBytes           int64         // the snapshot's raw and stored bytes (committed line)
+	storedBytes        int64
+}
+
+// measureTorch runs the torch model server in its own lab on the local store, once with
+// the shim's defaults and once with exclude_zero_pages = true, and records both.
+func measureTorch(ctx context.Context, rep *report) (err error) {
+	l, err := lab.Start(ctx, lab.Options{Storage: lab.Local, Namespace: "bench", Logf: logf})
+	if err != nil {
+		return fmt.Errorf("set up the torch lab: %w", err)
+	}
+	defer func() {
+		logf("cleaning up the torch lab")
+		cr := l.Close()
+		logf("cleanup: %s", cr)
+		if err == nil && !cr.Clean() {
+			err = fmt.Errorf("cleanup incomplete: %s", cr)
+		}
+	}()
+	if err := l.UseApp(ctx, "torch"); err != nil {
+		return err
+	}
+	b, err := os.ReadFile(l.ShimConfig)
+	if err != nil {
+		return err
+	}
+	zeroConfig := filepath.Join(l.Dir, "podsnapshot-zero-pages.toml")
+	// A top-level key: before the first table.
+	if err := os.WriteFile(zeroConfig, append([]byte("exclude_zero_pages = true\n"), b...), 0o644); err != nil {
+		return err
+	}
+	for i, c := range []struct{ suffix, config string }{{"", l.ShimConfig}, {"_zero", zeroConfig}} {
+		for r := 0; r < rep.cfg.runs; r++ {
+			logf("torch, exclude_zero_pages = %v, run %d/%d: cold start, checkpoint, restore", i == 1, r+1, rep.cfg.runs)
+			t, err := torchCycle(ctx, l, c.config, fmt.Sprintf("torch%d-%d", i, r))
+			if err != nil {
+				return fmt.Errorf("torch, exclude_zero_pages = %v, run %d: %w", i == 1, r+1, err)
+			}
+			res := rep.res
+			if i == 0 {
+				res.add("torch_cold", 0, t.coldToInference.Seconds())
+				res.add("torch_restore", 0, t.restoreToInference.Seconds())
+				res.add("torch_ratio", 0, t.coldToInference.Seconds()/t.restoreToInference.Seconds())
+			}
+			res.add("torch_raw_mb"+c.suffix, 0, float64(t.rawBytes)/1e6)
+			res.add("torch_stored_mb"+c.suffix, 0, float64(t.storedBytes)/1e6)
+			logf("  cold start to first inference %.2fs, restore to first inference %.2fs (%.1fx); snapshot %.1f MB raw, %.1f MB stored",
+				t.coldToInference.Seconds(), t.restoreToInference.Seconds(), t.coldToInference.Seconds()/t.restoreToInference.Seconds(),
+				float64(t.rawBytes)/1e6, float64(t.storedBytes)/1e6)
+		}
+	}
+	return nil
+}
+
+// torchCycle cold-starts the model server with shim config cfg, waits for its snapshot,
+// restores it once from the local store (node cache empty) and asks it for an
+// inference, which must equal the warm-up before the checkpoint; then deletes the
+// snapshot and empties the node cache.
+func torchCycle(ctx context.Context, l *lab.Lab, cfg, prefix string) (*torchRun, error) {
+	opts := shimOptions(cfg, []string{lab.AppLabel})
+	t := &torchRun{}
+	coldID, warmID := prefix+"-cold", prefix+"-restored"
+	cold, err := l.RunWith(ctx, coldID, opts)
+	if err != nil {
+		return nil, fmt.Errorf("cold start: %w", err)
+	}
+	warmup, err := l.WaitOutput(ctx, cold, 5*time.Minute, "warm-up inference", func(s string) bool { return strings.HasPrefix(s, "warmup ") })
+	if err != nil {
+		return nil, fmt.Errorf("cold start: %w", err)
+	}
+	t.coldToInference = warmup.Seen.Sub(cold.Invoked)
+	_, entry, err := l.ShimLine(ctx, 5*time.Minute, coldID, "podsnapshot: committed")
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	uuid := entry.Fields["snapshot"]
+	t.rawBytes, t.storedBytes = entry.Int("raw_bytes"), entry.Int("stored_bytes")
+	if uuid == "" || t.rawBytes <= 0 || t.storedBytes <= 0 {
+		return nil, fmt.Errorf("checkpoint: no snapshot, raw_bytes, stored_bytes in the shim's committed line")
+	}
+	if err := l.Remove(ctx, coldID); err != nil {
+		return nil, err
+	}
+	if err := emptyNodeCache(l); err != nil {
+		return nil, err
+	}
+
+	warm, err := l.RunWith(ctx, warmID, opts)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	back, err := l.WaitOutput(ctx, warm, 5*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if !strings.HasSuffix(back.Text, ": restore") {
+		_, d, _ := l.ShimLine(ctx, time.Second, warmID, "decision=")
+		return nil, fmt.Errorf("restore: the workload read %q: it started cold; the shim said: %s", back.Text, d.Msg)
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/infer", ociarchive.TorchPort)
+	reply, err := l.Ctr(ctx, "task", "exec", "--exec-id", "infer", warmID, "wget", "-qO-", url)
+	if err != nil {
+		return nil, fmt.Errorf("restore: GET /infer: %w", err)
+	}
+	t.restoreToInference = time.Since(warm.Invoked)
+	if !strings.Contains(reply, "\nrequest=1 warmup_match=yes ") {
+		return nil, fmt.Errorf("restore: GET /infer answered %q, not the warm-up's output", reply)
+	}
+	if err := l.Remove(ctx, warmID); err != nil {
+		return nil, err
+	}
+	if _, err := l.CLI(ctx, "rm", "-n", l.Namespace, uuid); err != nil {
+		return nil, err
+	}
+	return t, emptyNodeCache(l)
+}
