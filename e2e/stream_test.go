@@ -28,29 +28,13 @@ func TestStreamedRestoreCorruptFrame(t *testing.T) {
 		m := e.committed("orig")
 		e.remove("orig")
 
-		var pages storage.FileInfo
-		for _, f := range m.Files {
-			if strings.TrimSuffix(path.Base(f.Name), ".zst") == "pages.img" {
-				pages = f
-			}
-		}
-		x, err := storage.NewFrameIndex(pages)
-		if err != nil {
-			t.Fatalf("pages of snapshot %s not framed: %v", m.UUID, err)
-		}
+		pages, x := framedPages(t, m)
 		last := x.Len() - 1
 		off, size := x.Stored(last, 1)
 		flipByte(t, e, pages.Name, off+size/2)
 
 		log2 := e.start("again", myApp, big...)
-		var back *manifest.Manifest
-		harness.Eventually(t, time.Minute, "snapshot marked Failed", func() bool {
-			back, err = e.repo.Get(context.Background(), m.Namespace, m.Policy, m.UUID)
-			return err == nil && back.State == manifest.StateFailed
-		})
-		if want := "frame " + strconv.Itoa(last) + " failed verification twice"; !strings.Contains(back.Reason, want) {
-			t.Fatalf("failed snapshot's reason %q does not say %q", back.Reason, want)
-		}
+		e.awaitFailedFrame(m, last)
 		time.Sleep(2 * time.Second) // what the workload prints after the failure
 		raw, _ := os.ReadFile(log2)
 		out := string(raw)
@@ -71,4 +55,80 @@ func TestStreamedRestoreCorruptFrame(t *testing.T) {
 		}
 		e.remove("third")
 	})
+}
+
+// TestStreamedRestoreCorruptFrameAfterResume: a byte flipped in a frame three quarters
+// into 1 GiB of pages, so that the restored pod has resumed (its workload read
+// `restore`) before the frame arrives: a restored pod cannot start cold any more. The
+// frame fails its check twice; the snapshot is marked Failed naming the frame; the
+// sandbox's read of it fails, so the pod ends without ever reporting its memory intact,
+// and the shim's log says which frame of which object it could not read.
+func TestStreamedRestoreCorruptFrameAfterResume(t *testing.T) {
+	// fake-gcs-server: a local store's linked pages are verified faster than runsc
+	// restores, leaving no frame to arrive after the resume.
+	e := newEnv(t, gcsStore)
+	big := []string{"slowinit", "-mib", "1024", "-seconds", "1", "-checkpoint"}
+	log1 := e.start("late-orig", myApp, big...)
+	harness.WaitForOutput(t, log1, "checkpoint result: resume", 3*time.Minute)
+	m := e.committedWithin("late-orig", 3*time.Minute)
+	e.remove("late-orig")
+
+	pages, x := framedPages(t, m)
+	bad := x.Len() * 3 / 4
+	off, size := x.Stored(bad, 1)
+	flipByte(t, e, pages.Name, off+size/2)
+
+	log2 := e.start("late", myApp, big...)
+	harness.WaitForOutput(t, log2, "checkpoint result: ", time.Minute)
+	if out := readFile(log2); !strings.Contains(out, "checkpoint result: restore") {
+		t.Fatalf("the pod did not resume from the snapshot before frame %d was found corrupt (decision: %s); its output:\n%s",
+			bad, e.decision("late"), out)
+	}
+	e.awaitFailedFrame(m, bad)
+	harness.Eventually(t, time.Minute, "the restored pod ends", func() bool { return e.exitLine("late") != "" })
+	if out := readFile(log2); strings.Contains(out, "memory ok") {
+		t.Fatalf("the restored workload read corrupt memory as intact:\n%s", out)
+	}
+	want := "frame " + strconv.Itoa(bad) + " failed verification twice"
+	var why string
+	for _, line := range strings.Split(e.cd.Logs(), "\n") {
+		if strings.Contains(line, "could not read pages.img") && strings.Contains(line, want) {
+			why = line
+		}
+	}
+	if why == "" {
+		t.Fatalf("the shim's log does not say the sandbox could not read pages.img (%s)", want)
+	}
+	t.Logf("the restored pod ended: %s; the shim: %s", e.exitLine("late"), why)
+	e.remove("late")
+}
+
+// framedPages returns snapshot m's pages file and its frame index.
+func framedPages(t *testing.T, m *manifest.Manifest) (storage.FileInfo, *storage.FrameIndex) {
+	t.Helper()
+	for _, f := range m.Files {
+		if strings.TrimSuffix(path.Base(f.Name), ".zst") == "pages.img" {
+			x, err := storage.NewFrameIndex(f)
+			if err != nil {
+				t.Fatalf("pages of snapshot %s not framed: %v", m.UUID, err)
+			}
+			return f, x
+		}
+	}
+	t.Fatalf("snapshot %s has no pages.img", m.UUID)
+	return storage.FileInfo{}, nil
+}
+
+// awaitFailedFrame waits for snapshot m to be marked Failed, its reason naming frame i.
+func (e *env) awaitFailedFrame(m *manifest.Manifest, i int) {
+	e.t.Helper()
+	var back *manifest.Manifest
+	harness.Eventually(e.t, time.Minute, "snapshot marked Failed", func() bool {
+		var err error
+		back, err = e.repo.Get(context.Background(), m.Namespace, m.Policy, m.UUID)
+		return err == nil && back.State == manifest.StateFailed
+	})
+	if want := "frame " + strconv.Itoa(i) + " failed verification twice"; !strings.Contains(back.Reason, want) {
+		e.t.Fatalf("failed snapshot's reason %q does not say %q", back.Reason, want)
+	}
 }

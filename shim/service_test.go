@@ -43,6 +43,22 @@ func TestLoadConfigFromRuntimeOptions(t *testing.T) {
 		t.Fatalf("bad config error = %v, want file and key named", err)
 	}
 
+	// containerd's CRI sends a runtime's inline options table as ConfigBody (TOML) when it
+	// has no ConfigPath: the same keys as the file.
+	opts, _ = typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("stream_restore = false\nwork_dir = \"/var/lib/x\"\n")})
+	cfg, err = loadConfig(opts)
+	if err != nil || cfg.StreamRestore || cfg.WorkDir != "/var/lib/x" {
+		t.Fatalf("loadConfig of an inline options table = %+v, %v", cfg, err)
+	}
+	opts, _ = typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigBody: []byte("stream_restor = false\n")})
+	if _, err := loadConfig(opts); err == nil || !strings.Contains(err.Error(), "ConfigBody") || !strings.Contains(err.Error(), "stream_restor") {
+		t.Fatalf("bad inline config error = %v, want the options table and key named", err)
+	}
+	opts, _ = typeurl.MarshalAnyToProto(&runtimeoptions.Options{ConfigPath: path, ConfigBody: []byte("stream_restore = false\n")})
+	if _, err := loadConfig(opts); err == nil || !strings.Contains(err.Error(), "ConfigBody") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("ConfigPath and ConfigBody both set: %v", err)
+	}
+
 	wrong, _ := typeurl.MarshalAnyToProto(&eventstypes.TaskStart{ContainerID: "x"})
 	if _, err := loadConfig(wrong); err == nil || !strings.Contains(err.Error(), "runtimeoptions.v1.Options") {
 		t.Fatalf("options of another type: %v", err)

@@ -147,8 +147,10 @@ type PodSnapshotPolicySpec struct {
 	RetentionConfig *RetentionConfig `json:"retentionConfig,omitempty"`
 	// SnapshotGroupingRules is optional: unset puts all of the policy's snapshots in one group.
 	SnapshotGroupingRules *SnapshotGroupingRules `json:"snapshotGroupingRules,omitempty"`
-	// SnapshotScope is whole-pod (default) or rootfs-only.
+	// SnapshotScope is whole-pod (default) or rootfs-only. rootfs-only is refused until it
+	// is implemented: a policy under it would otherwise snapshot the whole pod.
 	// +kubebuilder:default=whole-pod
+	// +kubebuilder:validation:XValidation:rule="self != 'rootfs-only'",message="rootfs-only is not implemented yet: this version snapshots whole pods only (whole-pod)"
 	SnapshotScope SnapshotScope `json:"snapshotScope,omitempty"`
 }
 
