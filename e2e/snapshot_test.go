@@ -338,6 +338,13 @@ func TestManualCheckpoint(t *testing.T) {
 		e := newEnv(t, kind)
 		log1 := e.start("manual1", []string{"app=manual"}, "counter", "-interval", "200ms")
 		harness.WaitForOutput(t, log1, "count 5", time.Minute)
+		// ctr's flags the shim cannot honour are refused, named, and nothing is saved.
+		if r := e.cd.Ctr(t, "task", "checkpoint", "--exit", "manual1"); r.ExitCode == 0 || !strings.Contains(r.Stderr+r.Stdout, "exit (ctr --exit)") {
+			t.Fatalf("ctr task checkpoint --exit under postCheckpoint: resume: %s", r)
+		}
+		if n := len(e.snapshots()); n != 0 {
+			t.Fatalf("%d snapshots after a refused checkpoint, want 0", n)
+		}
 		out, code := e.cli("checkpoint", "--address", e.cd.Address, "--namespace", e.cd.Namespace, "manual1")
 		if code != 0 || !strings.Contains(out, "committed") {
 			t.Fatalf("podsnapshot checkpoint: exit %d\n%s", code, out)

@@ -12,8 +12,11 @@ import (
 	"time"
 
 	eventstypes "github.com/containerd/containerd/api/events"
+	runcopts "github.com/containerd/containerd/api/types/runc/options"
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/v2/core/runtime"
+	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
+	"github.com/containerd/errdefs"
 	runc "github.com/containerd/go-runc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -175,5 +178,42 @@ func TestFileURIOutput(t *testing.T) {
 	}
 	if _, err := p.openOutput(context.Background(), "binary:///usr/bin/logger"); err == nil {
 		t.Fatal("binary:// URIs are not supported and must say so")
+	}
+}
+
+// ctr task checkpoint's flags arrive as runc's CheckpointOptions: what the shim cannot
+// honour is refused, naming the flag; --exit is what postCheckpoint: stop does anyway.
+func TestCheckpointOptions(t *testing.T) {
+	any := func(o *runcopts.CheckpointOptions) *ptypes.Any {
+		a, err := typeurl.MarshalAnyToProto(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	for _, c := range []struct {
+		opts *ptypes.Any
+		stop bool
+		want string // "" accepted
+	}{
+		{nil, false, ""},
+		{any(&runcopts.CheckpointOptions{}), false, ""},
+		{any(&runcopts.CheckpointOptions{Exit: true}), true, ""},
+		{any(&runcopts.CheckpointOptions{Exit: true}), false, "exit (ctr --exit)"},
+		{any(&runcopts.CheckpointOptions{ImagePath: "/tmp/x"}), true, "image_path (ctr --image-path)"},
+		{any(&runcopts.CheckpointOptions{WorkPath: "/tmp/w", FileLocks: true}), false, "work_path (ctr --work-path), file_locks"},
+		{any(&runcopts.CheckpointOptions{OpenTcp: true}), false, "open_tcp"},
+	} {
+		err := checkOptions(c.opts, c.stop)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("checkOptions(%v, stop %v) = %v, want accepted", c.opts, c.stop, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !errdefs.IsInvalidArgument(err)):
+			t.Errorf("checkOptions(%v, stop %v) = %v, want an invalid-argument error naming %q", c.opts, c.stop, err, c.want)
+		}
+	}
+	wrong, _ := typeurl.MarshalAnyToProto(&eventstypes.TaskStart{ContainerID: "x"})
+	if err := checkOptions(wrong, false); err == nil || !strings.Contains(err.Error(), "CheckpointOptions") {
+		t.Errorf("options of another type: %v", err)
 	}
 }

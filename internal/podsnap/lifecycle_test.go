@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -389,5 +390,19 @@ func TestFailedCommitRemovesItsImage(t *testing.T) {
 		if strings.HasPrefix(en.Name(), "manual-") {
 			t.Fatalf("the failed checkpoint's image %s is still on the node", en.Name())
 		}
+	}
+}
+
+// A podsnapshot.gke.io annotation other than ps-name (a typo of it, say) is named in a
+// warning instead of passing unnoticed.
+func TestUnknownAnnotations(t *testing.T) {
+	got := unknownAnnotations(map[string]string{
+		PSNameAnnotation:               "x",
+		"podsnapshot.gke.io/ps_name":   "y",
+		"podsnapshot.gke.io/psname":    "z",
+		"dev.gvisor.spec.mount.a.type": "bind",
+	})
+	if want := []string{"podsnapshot.gke.io/ps_name", "podsnapshot.gke.io/psname"}; !slices.Equal(got, want) {
+		t.Fatalf("unknownAnnotations = %q, want %q", got, want)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,19 @@ import (
 
 // PSNameAnnotation names the snapshot (its UUID) to restore from, instead of the newest.
 const PSNameAnnotation = "podsnapshot.gke.io/ps-name"
+
+// unknownAnnotations returns the podsnapshot.gke.io annotations other than
+// PSNameAnnotation, sorted.
+func unknownAnnotations(annotations map[string]string) []string {
+	var out []string
+	for k := range annotations {
+		if strings.HasPrefix(k, "podsnapshot.gke.io/") && k != PSNameAnnotation {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // uploadCodec compresses snapshots on their way to storage. One encoder goroutine keeps
 // the shim near 20 MiB during an upload (parallel zstd held about 200 MiB on a 2-core
@@ -148,6 +163,11 @@ func decide(ctx context.Context, id, decision, why string) {
 func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	start := time.Now()
 	id, spec, cfg := sb.Task.ID(), sb.Spec, sb.Config
+	if unknown := unknownAnnotations(spec.Annotations); len(unknown) > 0 {
+		// A typo of ps-name would otherwise restore the newest snapshot without a word.
+		log.G(ctx).WithField("id", id).Warnf("podsnapshot: ignoring annotation %s: the only podsnapshot.gke.io annotation is %s",
+			strings.Join(unknown, ", "), PSNameAnnotation)
+	}
 	ns := spec.Annotations[oci.SandboxNamespaceAnnotation]
 	if ns == "" {
 		ns = n.Namespace
@@ -277,6 +297,10 @@ func hasPolicyIn(set *policy.Set, namespace string) bool {
 func (p *Pod) workloadTriggered() bool {
 	return p.entry.Policy.Spec.TriggerConfig.Type == v1.TriggerWorkload
 }
+
+// Stops reports whether the pod's policy stops it after a checkpoint (postCheckpoint:
+// stop); set at Plan, never changed.
+func (p *Pod) Stops() bool { return p != nil && p.stop }
 
 // Restores reports whether the pod is to restore from a snapshot at Start.
 func (p *Pod) Restores() bool {

@@ -170,6 +170,7 @@ type RetentionConfig struct {
 	// "7d", "1y2mo", "90min". Empty: keep.
 	// +kubebuilder:validation:MaxLength=64
 	// +kubebuilder:validation:XValidation:rule="self == '' || self.matches('^([0-9]+y)?([0-9]+mo)?([0-9]+d)?([0-9]+h)?([0-9]+min)?$')",message="must be <integer><unit> terms, largest unit first, units y, mo, d, h, min (e.g. 7d, 1y2mo, 90min)"
+	// +kubebuilder:validation:XValidation:rule="self == '' || self.matches('[1-9]')",message="must be longer than 0: leave it empty to keep snapshots until deleted"
 	LastAccessTimeout string `json:"lastAccessTimeout,omitempty"`
 }
 

@@ -116,8 +116,12 @@ func validatePolicy(pol *PodSnapshotPolicy) field.ErrorList {
 	errs = append(errs, oneOf(tc.Child("type"), s.TriggerConfig.Type, triggerTypes)...)
 	errs = append(errs, oneOf(tc.Child("postCheckpoint"), s.TriggerConfig.PostCheckpoint, postCheckpoints)...)
 	if rc := s.RetentionConfig; rc != nil && rc.LastAccessTimeout != "" {
-		if _, err := retention.ParseDuration(rc.LastAccessTimeout); err != nil {
+		if d, err := retention.ParseDuration(rc.LastAccessTimeout); err != nil {
 			errs = append(errs, field.Invalid(spec.Child("retentionConfig", "lastAccessTimeout"), rc.LastAccessTimeout, err.Error()))
+		} else if d <= 0 {
+			// 0 would read as "delete at once" and act as "keep": refuse it.
+			errs = append(errs, field.Invalid(spec.Child("retentionConfig", "lastAccessTimeout"), rc.LastAccessTimeout,
+				"must be longer than 0: leave it empty to keep snapshots until deleted"))
 		}
 	}
 	if g := s.SnapshotGroupingRules; g != nil {
