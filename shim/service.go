@@ -218,7 +218,9 @@ func (s *Service) newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
-	if lvl, err := logrus.ParseLevel(cfg.LogLevel); err == nil && !logrus.IsLevelEnabled(logrus.DebugLevel) {
+	// containerd's -debug starts the shim at debug: log_level only ever adds detail to
+	// that (trace), never takes it away.
+	if lvl, err := logrus.ParseLevel(cfg.LogLevel); err == nil && (lvl > logrus.GetLevel() || !logrus.IsLevelEnabled(logrus.DebugLevel)) {
 		logrus.SetLevel(lvl)
 	}
 	spec, err := oci.ReadSpec(r.Bundle)
