@@ -7,7 +7,6 @@
 package shim
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -17,7 +16,6 @@ import (
 
 	eventstypes "github.com/containerd/containerd/api/events"
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
-	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	"github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -35,7 +33,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sirupsen/logrus"
 
-	"github.com/podsnapshot/podsnapshot/internal/config"
 	"github.com/podsnapshot/podsnapshot/internal/podsnap"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
@@ -133,35 +130,6 @@ func (s *Service) getProcess(id, execID string) (*container, *process, error) {
 		return nil, nil, errgrpc.ToGRPCf(errdefs.ErrNotFound, "process %s of container %s not found", execID, id)
 	}
 	return c, p, nil
-}
-
-// loadConfig reads the node config named by the task's runtime options
-// (runtimeoptions.v1.Options): the file at ConfigPath, as CRI and `ctr
-// --runtime-config-path` send it; else ConfigBody, the runtime's inline `options` table
-// that containerd's CRI sends when it has no ConfigPath (the same keys as the file);
-// else the default file.
-func loadConfig(opts *ptypes.Any) (config.Config, error) {
-	if opts == nil || opts.GetTypeUrl() == "" {
-		return config.Load("")
-	}
-	var ro runtimeoptions.Options
-	if err := typeurl.UnmarshalTo(opts, &ro); err != nil {
-		return config.Config{}, fmt.Errorf("runtime options of type %s (want runtimeoptions.v1.Options with ConfigPath): %w", opts.GetTypeUrl(), err)
-	}
-	if path := ro.GetConfigPath(); path != "" {
-		if len(bytes.TrimSpace(ro.GetConfigBody())) > 0 {
-			return config.Config{}, fmt.Errorf("runtime options set both ConfigPath (%s) and an inline config (ConfigBody): use one", path)
-		}
-		return config.Load(path)
-	}
-	if body := ro.GetConfigBody(); len(bytes.TrimSpace(body)) > 0 {
-		cfg, err := config.Parse(body)
-		if err != nil {
-			return cfg, fmt.Errorf("shim config in the runtime's options table (runtimeoptions ConfigBody): %w", err)
-		}
-		return cfg, nil
-	}
-	return config.Load("")
 }
 
 // Create creates a container: mounts its rootfs and runs `runsc create`. A sandbox
