@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -211,10 +212,11 @@ func (c *container) resume(ctx context.Context) error {
 }
 
 // checkpoint snapshots the pod of sandbox c (which a policy matched) to its store and
-// returns once the snapshot is committed. containerd's client pauses a task before it
+// returns once the snapshot is committed; opts are containerd's checkpoint options
+// (checkOptions). containerd's client pauses a task before it
 // checkpoints it and resumes it after; runsc checkpoints a running sandbox, so a paused
 // one runs for the checkpoint and is paused again afterwards.
-func (c *container) checkpoint(ctx context.Context) (string, error) {
+func (c *container) checkpoint(ctx context.Context, opts *ptypes.Any) (string, error) {
 	r, err := c.ready(ctx)
 	if err != nil {
 		return "", err
@@ -222,6 +224,9 @@ func (c *container) checkpoint(ctx context.Context) (string, error) {
 	if c.pod == nil {
 		return "", fmt.Errorf("%w: pod of container %s is not matched by any PodSnapshotPolicy: nothing to checkpoint to",
 			errdefs.ErrFailedPrecondition, c.id)
+	}
+	if err := checkOptions(opts, c.pod.Stops()); err != nil {
+		return "", err
 	}
 	st := c.init.info().state
 	if st != stateRunning && st != statePaused {

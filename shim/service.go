@@ -466,10 +466,7 @@ func (s *Service) Checkpoint(ctx context.Context, r *taskAPI.CheckpointTaskReque
 	if err != nil {
 		return nil, err
 	}
-	if err := checkOptions(r.Options, sb.pod.Stops()); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	uuid, err := sb.checkpoint(ctx)
+	uuid, err := sb.checkpoint(ctx, r.Options)
 	if err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}

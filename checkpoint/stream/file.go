@@ -107,18 +107,6 @@ func (f *File) Ready(ctx context.Context, off int64, n int) (int, error) {
 // Fd is the data file's descriptor, for reading (or splicing) bytes Ready reported.
 func (f *File) Fd() uintptr { return f.data.Fd() }
 
-// ReadAt reads len(p) bytes at off (fewer at the end of the file) once Ready.
-func (f *File) ReadAt(ctx context.Context, p []byte, off int64) (int, error) {
-	n, err := f.Ready(ctx, off, len(p))
-	if err != nil {
-		return 0, err
-	}
-	if n == 0 && len(p) > 0 {
-		return 0, io.EOF
-	}
-	return f.data.ReadAt(p[:n], off)
-}
-
 // await waits until frames [first, last] are there.
 func (f *File) await(ctx context.Context, first, last int) error {
 	f.mu.Lock()

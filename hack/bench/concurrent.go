@@ -183,18 +183,25 @@ func emptyNodeCache(l *lab.Lab) error {
 	return nil
 }
 
-// writeWholeConfig writes, beside the lab's shim config, a copy with stream_restore =
-// false: a restore through it downloads and verifies the whole snapshot into the node
-// cache before runsc restores. It returns its path.
-func writeWholeConfig(l *lab.Lab) (string, error) {
+// writeConfigWith writes, beside the lab's shim config, a copy named name that also sets
+// the top-level key to value (a TOML literal), and returns its path. The key must not be
+// set already.
+func writeConfigWith(l *lab.Lab, name, key, value string) (string, error) {
 	b, err := os.ReadFile(l.ShimConfig)
 	if err != nil {
 		return "", err
 	}
-	if strings.Contains(string(b), "stream_restore") {
-		return "", fmt.Errorf("%s already sets stream_restore", l.ShimConfig)
+	if strings.Contains(string(b), key) {
+		return "", fmt.Errorf("%s already sets %s", l.ShimConfig, key)
 	}
-	p := filepath.Join(l.Dir, "podsnapshot-whole.toml")
+	p := filepath.Join(l.Dir, name)
 	// A top-level key: before the first table.
-	return p, os.WriteFile(p, append([]byte("stream_restore = false\n"), b...), 0o644)
+	return p, os.WriteFile(p, append([]byte(key+" = "+value+"\n"), b...), 0o644)
+}
+
+// writeWholeConfig writes a copy of the lab's shim config with stream_restore = false: a
+// restore through it downloads and verifies the whole snapshot into the node cache
+// before runsc restores. It returns its path.
+func writeWholeConfig(l *lab.Lab) (string, error) {
+	return writeConfigWith(l, "podsnapshot-whole.toml", "stream_restore", "false")
 }

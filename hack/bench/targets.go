@@ -100,19 +100,31 @@ func streamingTargets(rep *report) []target {
 		t.Holds = "not measured (" + why + ")"
 		return t
 	}
+	// sized is a target checked size by size (bySize over sizes, nil: every size of the
+	// run), or not measured when the run lacks its store (have false: lacks says which);
+	// more, when set, adds a check beyond the sizes.
+	const noGCS, noLocal = "no fake-gcs-server store in this run", "no local store in this run"
+	sized := func(text string, have bool, lacks string, sizes []int, figure func(mib int) (string, bool, bool), more func(*target, *verdict)) target {
+		t := target{Target: text}
+		if !have {
+			return notMeasured(t, lacks)
+		}
+		var v verdict
+		t.Measured = bySize(cfg, sizes, &v, figure)
+		if more != nil {
+			more(&t, &v)
+		}
+		t.Holds = v.holds()
+		return t
+	}
 
 	// 1. The first restore from the emulator against the cached one, and its growth.
-	{
-		t := target{Target: "restore to ready from fake-gcs-server with an empty node cache ≤ 1.3x the cached restore at 512 MiB and 2 GiB, and its 2 GiB figure ≤ 1.3x its 512 MiB figure"}
-		if !gcs {
-			out = append(out, notMeasured(t, "no fake-gcs-server store in this run"))
-		} else {
-			var v verdict
-			t.Measured = bySize(cfg, []int{512, 2048}, &v, func(mib int) (string, bool, bool) {
-				first, ok1 := median(r, "restore_first_gcs", mib)
-				cached, ok2 := median(r, "restore_cached_gcs", mib)
-				return fmt.Sprintf("%.3f s / %.3f s cached = %.2fx", first, cached, first/cached), first/cached <= 1.3, ok1 && ok2
-			})
+	out = append(out, sized("restore to ready from fake-gcs-server with an empty node cache ≤ 1.3x the cached restore at 512 MiB and 2 GiB, and its 2 GiB figure ≤ 1.3x its 512 MiB figure",
+		gcs, noGCS, []int{512, 2048}, func(mib int) (string, bool, bool) {
+			first, ok1 := median(r, "restore_first_gcs", mib)
+			cached, ok2 := median(r, "restore_cached_gcs", mib)
+			return fmt.Sprintf("%.3f s / %.3f s cached = %.2fx", first, cached, first/cached), first/cached <= 1.3, ok1 && ok2
+		}, func(t *target, v *verdict) {
 			f512, ok1 := median(r, "restore_first_gcs", 512)
 			f2g, ok2 := median(r, "restore_first_gcs", 2048)
 			if ok1 && ok2 {
@@ -121,81 +133,51 @@ func streamingTargets(rep *report) []target {
 			} else if slices.Contains(cfg.sizes, 512) && slices.Contains(cfg.sizes, 2048) {
 				v.miss("the 2 GiB / 512 MiB figure")
 			}
-			t.Holds = v.holds()
-			out = append(out, t)
-		}
-	}
+		}))
 
 	// 2. The first restore from the emulator to "memory ok" against what the emulator
 	// alone and the node cache allow.
-	{
-		t := target{Target: "first restore to `memory ok` from fake-gcs-server ≤ 1.2x the larger of the emulator's own time to serve the stored bytes and the cached restore to `memory ok`"}
-		if !gcs {
-			out = append(out, notMeasured(t, "no fake-gcs-server store in this run"))
-		} else {
-			var v verdict
-			t.Measured = bySize(cfg, nil, &v, func(mib int) (string, bool, bool) {
-				first, ok1 := median(r, "restore_first_memok_gcs", mib)
-				serve, ok2 := median(r, "emulator_serve_s", mib)
-				cached, ok3 := median(r, "restore_cached_memok_gcs", mib)
-				bound := max(serve, cached)
-				busy := ""
-				if b, ok := median(r, "cpu_busy_first_gcs", mib); ok {
-					bc, _ := median(r, "cpu_busy_cached_gcs", mib)
-					busy = fmt.Sprintf(" (host CPU busy %.0f%%, cached %.0f%%)", b, bc)
-				}
-				return fmt.Sprintf("%.3f s vs the larger of emulator %.3f s and cached %.3f s = %.2fx%s", first, serve, cached, first/bound, busy),
-					first/bound <= 1.2, ok1 && ok2 && ok3
-			})
-			t.Holds = v.holds()
-			out = append(out, t)
-		}
-	}
+	out = append(out, sized("first restore to `memory ok` from fake-gcs-server ≤ 1.2x the larger of the emulator's own time to serve the stored bytes and the cached restore to `memory ok`",
+		gcs, noGCS, nil, func(mib int) (string, bool, bool) {
+			first, ok1 := median(r, "restore_first_memok_gcs", mib)
+			serve, ok2 := median(r, "emulator_serve_s", mib)
+			cached, ok3 := median(r, "restore_cached_memok_gcs", mib)
+			bound := max(serve, cached)
+			busy := ""
+			if b, ok := median(r, "cpu_busy_first_gcs", mib); ok {
+				bc, _ := median(r, "cpu_busy_cached_gcs", mib)
+				busy = fmt.Sprintf(" (host CPU busy %.0f%%, cached %.0f%%)", b, bc)
+			}
+			return fmt.Sprintf("%.3f s vs the larger of emulator %.3f s and cached %.3f s = %.2fx%s", first, serve, cached, first/bound, busy),
+				first/bound <= 1.2, ok1 && ok2 && ok3
+		}, nil))
 
 	// 3. The first restore from the local store against the runsc floor.
-	{
-		t := target{Target: "first restore from the local store ≤ 1.2x the raw `runsc create` + `runsc restore --background` floor at 64 MiB, 512 MiB and 2 GiB"}
-		if !local {
-			out = append(out, notMeasured(t, "no local store in this run"))
-		} else {
-			var v verdict
-			t.Measured = bySize(cfg, []int{64, 512, 2048}, &v, func(mib int) (string, bool, bool) {
-				first, ok1 := median(r, "restore_first_local", mib)
-				floor, ok2 := median(r, "raw_restore", mib)
-				return fmt.Sprintf("%.3f s / floor %.3f s = %.2fx", first, floor, first/floor), first/floor <= 1.2, ok1 && ok2
-			})
-			t.Holds = v.holds()
-			out = append(out, t)
-		}
-	}
+	out = append(out, sized("first restore from the local store ≤ 1.2x the raw `runsc create` + `runsc restore --background` floor at 64 MiB, 512 MiB and 2 GiB",
+		local, noLocal, []int{64, 512, 2048}, func(mib int) (string, bool, bool) {
+			first, ok1 := median(r, "restore_first_local", mib)
+			floor, ok2 := median(r, "raw_restore", mib)
+			return fmt.Sprintf("%.3f s / floor %.3f s = %.2fx", first, floor, first/floor), first/floor <= 1.2, ok1 && ok2
+		}, nil))
 
 	// 4. Four restores of one snapshot at once.
-	{
-		t := target{Target: "4 concurrent restores of one snapshot on one node (fake-gcs-server, node cache empty): one download of the pages file, each ≤ 1.5x a lone first restore"}
-		if !gcs {
-			out = append(out, notMeasured(t, "no fake-gcs-server store in this run"))
-		} else {
-			var v verdict
-			t.Measured = bySize(cfg, nil, &v, func(mib int) (string, bool, bool) {
-				dl, ok1 := r.stat("downloads_conc_gcs", mib)
-				med, ok2 := median(r, "restore_conc_gcs", mib)
-				slow, ok3 := median(r, "restore_conc_max_gcs", mib)
-				lone, ok4 := median(r, "restore_first_gcs", mib)
-				scale := ""
-				if cached, ok := median(r, "restore_conc_cached_max_gcs", mib); ok {
-					lc, _ := median(r, "restore_cached_gcs", mib)
-					scale = fmt.Sprintf(" (for scale, 4 at once all from the node cache: slowest %.3f s = %.2fx a lone cached restore)", cached, cached/lc)
-				}
-				// One download: in no run did the 4 shims fetch more than the pages file's
-				// stored bytes (a rounding margin of 0.1%): no frame twice.
-				return fmt.Sprintf("%.2f downloads (runs %.2f–%.2f); each %.3f s (median of 4), slowest %.3f s = %.2fx the lone first restore %.3f s%s",
-						dl.Median, dl.Min, dl.Max, med, slow, slow/lone, lone, scale),
-					dl.Max <= 1.001 && slow/lone <= 1.5, ok1 && ok2 && ok3 && ok4
-			})
-			t.Holds = v.holds()
-			out = append(out, t)
-		}
-	}
+	out = append(out, sized("4 concurrent restores of one snapshot on one node (fake-gcs-server, node cache empty): one download of the pages file, each ≤ 1.5x a lone first restore",
+		gcs, noGCS, nil, func(mib int) (string, bool, bool) {
+			dl, ok1 := r.stat("downloads_conc_gcs", mib)
+			med, ok2 := median(r, "restore_conc_gcs", mib)
+			slow, ok3 := median(r, "restore_conc_max_gcs", mib)
+			lone, ok4 := median(r, "restore_first_gcs", mib)
+			scale := ""
+			if cached, ok := median(r, "restore_conc_cached_max_gcs", mib); ok {
+				lc, _ := median(r, "restore_cached_gcs", mib)
+				scale = fmt.Sprintf(" (for scale, 4 at once all from the node cache: slowest %.3f s = %.2fx a lone cached restore)", cached, cached/lc)
+			}
+			// One download: in no run did the 4 shims fetch more than the pages file's
+			// stored bytes (a rounding margin of 0.1%): no frame twice.
+			return fmt.Sprintf("%.2f downloads (runs %.2f–%.2f); each %.3f s (median of 4), slowest %.3f s = %.2fx the lone first restore %.3f s%s",
+					dl.Median, dl.Min, dl.Max, med, slow, slow/lone, lone, scale),
+				dl.Max <= 1.001 && slow/lone <= 1.5, ok1 && ok2 && ok3 && ok4
+		}, nil))
 
 	// 5. The torch model server: restore against cold start, and the zero-page exclusion.
 	{
@@ -253,28 +235,19 @@ func streamingTargets(rep *report) []target {
 	}
 
 	// 8. The commit path against the compressor alone.
-	{
-		t := target{Target: "trigger → committed, local store, ≥ 80% of the standalone compressor's throughput at 512 MiB and 2 GiB"}
-		if !local {
-			out = append(out, notMeasured(t, "no local store in this run"))
-		} else {
-			var v verdict
-			t.Measured = bySize(cfg, []int{512, 2048}, &v, func(mib int) (string, bool, bool) {
-				z, okz := median(r, "zstd_mbps", mib)
-				c, okc := median(r, "commit_mbps_local", mib)
-				p := fmt.Sprintf("%.0f%% (%.0f MB/s vs zstd %.0f MB/s", 100*c/z, c, z)
-				if u, ok := median(r, "upload_mbps_local", mib); ok {
-					p += fmt.Sprintf("; upload part alone %.0f%%", 100*u/z)
-				}
-				if sv, ok := median(r, "raw_save_mbps", mib); ok {
-					p += fmt.Sprintf("; gVisor's checkpoint alone %.0f MB/s", sv)
-				}
-				return p + ")", c/z >= 0.8, okz && okc
-			})
-			t.Holds = v.holds()
-			out = append(out, t)
-		}
-	}
+	out = append(out, sized("trigger → committed, local store, ≥ 80% of the standalone compressor's throughput at 512 MiB and 2 GiB",
+		local, noLocal, []int{512, 2048}, func(mib int) (string, bool, bool) {
+			z, okz := median(r, "zstd_mbps", mib)
+			c, okc := median(r, "commit_mbps_local", mib)
+			p := fmt.Sprintf("%.0f%% (%.0f MB/s vs zstd %.0f MB/s", 100*c/z, c, z)
+			if u, ok := median(r, "upload_mbps_local", mib); ok {
+				p += fmt.Sprintf("; upload part alone %.0f%%", 100*u/z)
+			}
+			if sv, ok := median(r, "raw_save_mbps", mib); ok {
+				p += fmt.Sprintf("; gVisor's checkpoint alone %.0f MB/s", sv)
+			}
+			return p + ")", c/z >= 0.8, okz && okc
+		}, nil))
 	return out
 }
 

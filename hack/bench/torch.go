@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -40,13 +38,8 @@ func measureTorch(ctx context.Context, rep *report) (err error) {
 	if err := l.UseApp(ctx, "torch"); err != nil {
 		return err
 	}
-	b, err := os.ReadFile(l.ShimConfig)
+	zeroConfig, err := writeConfigWith(l, "podsnapshot-zero-pages.toml", "exclude_zero_pages", "true")
 	if err != nil {
-		return err
-	}
-	zeroConfig := filepath.Join(l.Dir, "podsnapshot-zero-pages.toml")
-	// A top-level key: before the first table.
-	if err := os.WriteFile(zeroConfig, append([]byte("exclude_zero_pages = true\n"), b...), 0o644); err != nil {
 		return err
 	}
 	for i, c := range []struct{ suffix, config string }{{"", l.ShimConfig}, {"_zero", zeroConfig}} {

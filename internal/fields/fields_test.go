@@ -232,6 +232,9 @@ func enumValues(t *testing.T) map[string][][2]string {
 	return out
 }
 
+// identsOf caches, by file, the identifiers a file uses (a selector x.name included).
+var identsOf = map[string]map[string]bool{}
+
 // mentions reports whether the Go file at rel (from the repository root) uses name as
 // an identifier or a selector (x.name).
 func mentions(t *testing.T, rel, name string) bool {
@@ -239,21 +242,22 @@ func mentions(t *testing.T, rel, name string) bool {
 	if strings.HasSuffix(rel, "_test.go") {
 		t.Fatalf("%s: a test file does not count as reading a field", rel)
 	}
-	f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(root(t), rel), nil, 0)
-	if err != nil {
-		t.Fatalf("%v", err)
-	}
-	found := false
-	ast.Inspect(f, func(n ast.Node) bool {
-		switch x := n.(type) {
-		case *ast.SelectorExpr:
-			found = found || x.Sel.Name == name
-		case *ast.Ident:
-			found = found || x.Name == name
+	idents, ok := identsOf[rel]
+	if !ok {
+		f, err := parser.ParseFile(token.NewFileSet(), filepath.Join(root(t), rel), nil, 0)
+		if err != nil {
+			t.Fatalf("%v", err)
 		}
-		return !found
-	})
-	return found
+		idents = map[string]bool{}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if id, ok := n.(*ast.Ident); ok {
+				idents[id.Name] = true
+			}
+			return true
+		})
+		identsOf[rel] = idents
+	}
+	return idents[name]
 }
 
 // decodeWith decodes base with the field at path (dotted, from the document's root) set

@@ -163,11 +163,6 @@ func decide(ctx context.Context, id, decision, why string) {
 func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	start := time.Now()
 	id, spec, cfg := sb.Task.ID(), sb.Spec, sb.Config
-	if unknown := unknownAnnotations(spec.Annotations); len(unknown) > 0 {
-		// A typo of ps-name would otherwise restore the newest snapshot without a word.
-		log.G(ctx).WithField("id", id).Warnf("podsnapshot: ignoring annotation %s: the only podsnapshot.gke.io annotation is %s",
-			strings.Join(unknown, ", "), PSNameAnnotation)
-	}
 	ns := spec.Annotations[oci.SandboxNamespaceAnnotation]
 	if ns == "" {
 		ns = n.Namespace
@@ -258,6 +253,11 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		},
 	}
 
+	if unknown := unknownAnnotations(spec.Annotations); len(unknown) > 0 {
+		// A typo of ps-name would otherwise restore the newest snapshot without a word.
+		log.G(ctx).WithField("id", id).Warnf("podsnapshot: ignoring annotation %s: the only podsnapshot.gke.io annotation is %s",
+			strings.Join(unknown, ", "), PSNameAnnotation)
+	}
 	why, reason, restores := p.find(ctx, spec.Annotations[PSNameAnnotation])
 	if restores {
 		if p.fetch.cached {
