@@ -14,6 +14,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/hostproc"
 	"github.com/podsnapshot/podsnapshot/storage"
 	_ "github.com/podsnapshot/podsnapshot/storage/gcs"
 	_ "github.com/podsnapshot/podsnapshot/storage/local"
@@ -41,6 +42,7 @@ type env struct {
 	kubeletPodsDir string
 	storeURL       string // "" without a store
 	gcs            *harness.FakeGCS
+	gate           *harness.GCSGate // the shim's way to gcs, with envOptions.gate
 	envVars        []string // extra environment for the CLI (STORAGE_EMULATOR_HOST)
 	store          storage.Store
 	repo           *repo.Repo
@@ -101,22 +103,40 @@ spec:
 
 func newEnv(t *testing.T, kind storeKind) *env {
 	t.Helper()
-	return newEnvWith(t, kind, false, "")
+	return newEnvWith(t, kind, envOptions{})
 }
 
 // newCRIEnv is newEnv with containerd's CRI plugins on (see harness.CRIConfig): pods run
 // with `crictl runp --runtime podsnapshot` under the shim with this env's config.
 func newCRIEnv(t *testing.T, kind storeKind) *env {
 	t.Helper()
-	return newEnvWith(t, kind, true, "")
+	return newEnvWith(t, kind, envOptions{cri: true})
 }
 
-// newEnvWith makes the env; kubeletPodsDir is the shim's kubelet_pods_dir, default (""):
-// a directory of the env's (newKubeEnv passes its kubelet's).
-func newEnvWith(t *testing.T, kind storeKind, cri bool, kubeletPodsDir string) *env {
+// envOptions are the variants of an env.
+type envOptions struct {
+	// cri: containerd serves CRI (newCRIEnv).
+	cri bool
+	// kubeletPodsDir is the shim's kubelet_pods_dir; "": a directory of the env's
+	// (newKubeEnv passes its kubelet's).
+	kubeletPodsDir string
+	// gate: the shim reaches fake-gcs-server through a harness.GCSGate (env.gate), so a
+	// test can hold back a range of an object.
+	gate bool
+}
+
+// newEnvWith makes the env.
+func newEnvWith(t *testing.T, kind storeKind, o envOptions) *env {
 	t.Helper()
 	harness.LeakCheck(t)
-	e := &env{t: t, dir: t.TempDir(), kubeletPodsDir: kubeletPodsDir}
+	e := &env{t: t, dir: t.TempDir(), kubeletPodsDir: o.kubeletPodsDir}
+	// After containerd's cleanup (which kills a shim a failed test left behind) and
+	// before t.TempDir's: a FUSE mount of a killed shim would keep the directory.
+	t.Cleanup(func() {
+		if err := hostproc.UnmountBelow(e.dir); err != nil {
+			t.Errorf("unmount below %s: %v", e.dir, err)
+		}
+	})
 	e.policyDir = filepath.Join(e.dir, "policies")
 	e.workDir = filepath.Join(e.dir, "work")
 	if e.kubeletPodsDir == "" {
@@ -135,8 +155,13 @@ func newEnvWith(t *testing.T, kind storeKind, cri bool, kubeletPodsDir string) *
 		e.gcs.CreateBucket(t, "snapshots")
 		e.storeURL = "gs://snapshots/pods"
 		e.writePolicy("store.yaml", storageConfig("gcs:\n      bucket: snapshots\n      path: pods"))
-		containerdEnv = append(containerdEnv, e.gcs.Env())
 		e.envVars = append(e.envVars, e.gcs.Env())
+		if o.gate {
+			e.gate = harness.NewGCSGate(t, e.gcs)
+			containerdEnv = append(containerdEnv, e.gate.Env())
+		} else {
+			containerdEnv = append(containerdEnv, e.gcs.Env())
+		}
 	}
 	if kind != noStore {
 		e.writePolicy("policies.yaml", policies)
@@ -150,7 +175,7 @@ func newEnvWith(t *testing.T, kind storeKind, cri bool, kubeletPodsDir string) *
 	}
 	e.config = e.writeConfig("shim.toml", e.workDir)
 	opts := harness.ContainerdOptions{ShimDir: harness.BuildShim(t), Env: containerdEnv}
-	if cri {
+	if o.cri {
 		// Before containerd: the network's cleanup must run after containerd's.
 		e.net = harness.NewCNINetwork(t)
 		opts.EnableCRI, opts.Namespace = true, harness.CRINamespace

@@ -51,7 +51,7 @@ func newKubeEnv(t *testing.T, kind storeKind) *kubeEnv {
 		os.RemoveAll(dir)
 	})
 	kubeletDir := filepath.Join(dir, "kubelet")
-	e := newEnvWith(t, kind, true, filepath.Join(kubeletDir, "pods"))
+	e := newEnvWith(t, kind, envOptions{cri: true, kubeletPodsDir: filepath.Join(kubeletDir, "pods")})
 	start := time.Now()
 	c, err := kube.Start(kube.Options{Dir: dir, KubeletDir: kubeletDir, CRIEndpoint: e.cd.Address, Logf: t.Logf})
 	if err != nil {

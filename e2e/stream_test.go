@@ -58,15 +58,16 @@ func TestStreamedRestoreCorruptFrame(t *testing.T) {
 }
 
 // TestStreamedRestoreCorruptFrameAfterResume: a byte flipped in a frame three quarters
-// into 1 GiB of pages, so that the restored pod has resumed (its workload read
-// `restore`) before the frame arrives: a restored pod cannot start cold any more. The
-// frame fails its check twice; the snapshot is marked Failed naming the frame; the
-// sandbox's read of it fails, so the pod ends without ever reporting its memory intact,
-// and the shim's log says which frame of which object it could not read.
+// into 1 GiB of pages, and that frame held back at the store (a proxy in front of
+// fake-gcs-server) until the restored pod has resumed (its workload read `restore`): a
+// restored pod cannot start cold any more. Then the frame arrives, fails its check twice,
+// and the snapshot is marked Failed naming the frame; the sandbox's read of it fails, so
+// the pod ends without ever reporting its memory intact, and the shim's log says which
+// frame of which object it could not read.
 func TestStreamedRestoreCorruptFrameAfterResume(t *testing.T) {
-	// fake-gcs-server: a local store's linked pages are verified faster than runsc
-	// restores, leaving no frame to arrive after the resume.
-	e := newEnv(t, gcsStore)
+	// Without the hold, the sandbox's page loader can reach the frame before the workload
+	// prints, and the pod ends before the test sees it resume.
+	e := newEnvWith(t, gcsStore, envOptions{gate: true})
 	big := []string{"slowinit", "-mib", "1024", "-seconds", "1", "-checkpoint"}
 	log1 := e.start("late-orig", myApp, big...)
 	harness.WaitForOutput(t, log1, "checkpoint result: resume", 3*time.Minute)
@@ -78,11 +79,13 @@ func TestStreamedRestoreCorruptFrameAfterResume(t *testing.T) {
 	off, size := x.Stored(bad, 1)
 	flipByte(t, e, pages.Name, off+size/2)
 
+	release := e.gate.Hold(pages.Name, off, off+size)
 	log2 := e.start("late", myApp, big...)
 	harness.WaitForOutput(t, log2, "checkpoint result: ", time.Minute)
+	release()
 	if out := readFile(log2); !strings.Contains(out, "checkpoint result: restore") {
-		t.Fatalf("the pod did not resume from the snapshot before frame %d was found corrupt (decision: %s); its output:\n%s",
-			bad, e.decision("late"), out)
+		t.Fatalf("the pod did not resume from the snapshot (decision: %s); its output:\n%s",
+			e.decision("late"), out)
 	}
 	e.awaitFailedFrame(m, bad)
 	harness.Eventually(t, time.Minute, "the restored pod ends", func() bool { return e.exitLine("late") != "" })

@@ -1,0 +1,142 @@
+package harness
+
+import (
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// GCSGate is an HTTP proxy in front of a FakeGCS that can hold back the reads of one byte
+// range of one object: a test decides when a frame of a snapshot arrives at the shim,
+// instead of racing the sandbox's page loader. Everything else passes through at once.
+// Point the shim at it with Env (STORAGE_EMULATOR_HOST is plain HTTP).
+type GCSGate struct {
+	// Host is "127.0.0.1:PORT", the proxy's address.
+	Host string
+
+	mu sync.Mutex
+	// held is the range being held back and its release channel; nil: nothing held.
+	held *heldRange // guarded by mu
+}
+
+// heldRange is [off, end) of the object named object; reads intersecting it wait for open
+// to close.
+type heldRange struct {
+	object   string
+	off, end int64
+	open     chan struct{}
+	once     sync.Once
+}
+
+// NewGCSGate starts a proxy to f on 127.0.0.1 at a free port; it stops at cleanup, after
+// releasing whatever it holds.
+func NewGCSGate(t testing.TB, f *FakeGCS) *GCSGate {
+	t.Helper()
+	target, err := url.Parse(f.URL)
+	if err != nil {
+		t.Fatalf("harness: fake-gcs-server URL %q: %v", f.URL, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("harness: listen for the GCS gate: %v", err)
+	}
+	g := &GCSGate{Host: ln.Addr().String()}
+	// SetURL also sets the Host header to the server's: fake-gcs-server routes XML API
+	// reads (GET /BUCKET/NAME) by it and answers 404 for another host.
+	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if h := g.holding(r); h != nil {
+			select {
+			case <-h.open:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		g.release()
+		_ = srv.Close()
+	})
+	return g
+}
+
+// Env returns STORAGE_EMULATOR_HOST=Host, for ContainerdOptions.Env.
+func (g *GCSGate) Env() string { return "STORAGE_EMULATOR_HOST=" + g.Host }
+
+// Hold makes ranged reads of object (its full name in the bucket) that intersect the
+// bytes [off, end) wait until the returned release is called (any number of times; the
+// gate's cleanup calls it too). One range is held at a time.
+func (g *GCSGate) Hold(object string, off, end int64) (release func()) {
+	h := &heldRange{object: object, off: off, end: end, open: make(chan struct{})}
+	g.mu.Lock()
+	g.held = h
+	g.mu.Unlock()
+	return func() { h.once.Do(func() { close(h.open) }) }
+}
+
+func (g *GCSGate) release() {
+	g.mu.Lock()
+	h := g.held
+	g.mu.Unlock()
+	if h != nil {
+		h.once.Do(func() { close(h.open) })
+	}
+}
+
+// holding returns the held range r must wait for, or nil. A read of the object's bytes
+// is held when its path names the object (decoded, the JSON API's
+// /download/storage/v1/b/B/o/NAME?alt=media and the XML API's /B/NAME) and its Range
+// header intersects the range; a read without a Range header (the whole object)
+// intersects any range. The object's metadata (/storage/v1/b/B/o/NAME without
+// alt=media) is never held.
+func (g *GCSGate) holding(r *http.Request) *heldRange {
+	g.mu.Lock()
+	h := g.held
+	g.mu.Unlock()
+	if h == nil || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, h.object) {
+		return nil
+	}
+	if strings.HasPrefix(r.URL.Path, "/storage/v1/") && r.URL.Query().Get("alt") != "media" {
+		return nil
+	}
+	off, end, ok := parseRange(r.Header.Get("Range"))
+	if !ok {
+		return h
+	}
+	if off < h.end && (end < 0 || end > h.off) {
+		return h
+	}
+	return nil
+}
+
+// parseRange reads "bytes=A-B" (B inclusive) or "bytes=A-" into [A, B+1) or [A, -1).
+// ok is false without a single range of that form.
+func parseRange(v string) (off, end int64, ok bool) {
+	spec, found := strings.CutPrefix(v, "bytes=")
+	if !found || strings.Contains(spec, ",") {
+		return 0, 0, false
+	}
+	a, b, found := strings.Cut(spec, "-")
+	if !found {
+		return 0, 0, false
+	}
+	off, err := strconv.ParseInt(a, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	if b == "" {
+		return off, -1, true
+	}
+	last, err := strconv.ParseInt(b, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	return off, last + 1, true
+}
