@@ -43,7 +43,7 @@ type env struct {
 	storeURL       string // "" without a store
 	gcs            *harness.FakeGCS
 	gate           *harness.GCSGate // the shim's way to gcs, with envOptions.gate
-	envVars        []string // extra environment for the CLI (STORAGE_EMULATOR_HOST)
+	envVars        []string         // extra environment for the CLI (STORAGE_EMULATOR_HOST)
 	store          storage.Store
 	repo           *repo.Repo
 	imageCache     map[string]harness.Image
