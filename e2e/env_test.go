@@ -90,6 +90,36 @@ spec:
 apiVersion: podsnapshot.gke.io/v1
 kind: PodSnapshotPolicy
 metadata:
+  name: rootfs
+  namespace: test
+spec:
+  storageConfigName: store
+  selector:
+    matchLabels:
+      app: rootfs
+  snapshotScope: rootfs-only
+  triggerConfig:
+    type: workload
+    postCheckpoint: resume
+---
+apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotPolicy
+metadata:
+  name: rootfs-manual
+  namespace: test
+spec:
+  storageConfigName: store
+  selector:
+    matchLabels:
+      app: rootfs-manual
+  snapshotScope: rootfs-only
+  triggerConfig:
+    type: manual
+    postCheckpoint: stop
+---
+apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotPolicy
+metadata:
   name: manual
   namespace: test
 spec:

@@ -73,8 +73,6 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 		{strings.Replace(guidePolicy, "postCheckpoint: resume", "postCheckpoint: pause", 1), "spec.triggerConfig.postCheckpoint"},
 		{strings.Replace(guidePolicy, "    postCheckpoint: resume\n", "    postCheckpoint: resume\n  retentionConfig:\n    lastAccessTimeout: 7days\n", 1), "spec.retentionConfig.lastAccessTimeout"},
 		{strings.Replace(guidePolicy, "  triggerConfig:\n", "  snapshotScope: everything\n  triggerConfig:\n", 1), "spec.snapshotScope"},
-		// Part of the API, not implemented yet: refused rather than snapshotting whole pods.
-		{strings.Replace(guidePolicy, "  triggerConfig:\n", "  snapshotScope: rootfs-only\n  triggerConfig:\n", 1), "rootfs-only is not implemented yet"},
 		{strings.Replace(guideStorageConfig(storePath), "    local:\n", "    gcs: {bucket: b1}\n    local:\n", 1), "spec.snapshotStorageConfig"},
 		{strings.Replace(guideStorageConfig(storePath), `path: "`+storePath+`"`, `path: "relative/dir"`, 1), "spec.snapshotStorageConfig.local.path"},
 	} {

@@ -3,6 +3,7 @@ package shim
 import (
 	"bytes"
 	"fmt"
+	"maps"
 
 	runtimeoptions "github.com/containerd/containerd/api/types/runtimeoptions/v1"
 	ptypes "github.com/containerd/containerd/v2/pkg/protobuf/types"
@@ -38,4 +39,19 @@ func loadConfig(opts *ptypes.Any) (config.Config, error) {
 		return cfg, nil
 	}
 	return config.Load("")
+}
+
+// runscFlags are the global runsc flags of the shim's commands: the config's, plus
+// allow-rootfs-tar-annotation, without which runsc refuses the root file system layer a
+// rootfs-only restore gives a container (podsnap.AnnRootfsUpperTar). A pod cannot set
+// that annotation itself: the shim drops it from every spec
+// (podsnap.DropInternalAnnotations). It shapes no saved state, so it is not part of the
+// compatibility tuple.
+func runscFlags(cfg map[string]string) map[string]string {
+	out := maps.Clone(cfg)
+	if out == nil {
+		out = map[string]string{}
+	}
+	out["allow-rootfs-tar-annotation"] = "true"
+	return out
 }

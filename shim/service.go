@@ -217,7 +217,7 @@ func (s *Service) newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest
 			Path:    cfg.Runsc.Path,
 			Root:    runsc.DefaultRoot(cfg.Runsc.Root, s.namespace),
 			LogPath: filepath.Join(r.Bundle, "runsc.log"),
-			Flags:   cfg.Runsc.Flags,
+			Flags:   runscFlags(cfg.Runsc.Flags),
 			Monitor: reaper.Default,
 		},
 	}

@@ -171,3 +171,20 @@ func (c *container) Checkpoint(ctx context.Context, dir string, leaveRunning boo
 	return c.runsc.Checkpoint(ctx, c.id, runsc.CheckpointOpts{ImagePath: dir, LeaveRunning: leaveRunning, Compression: "none",
 		ExcludeCommittedZeroPages: c.cfg.ExcludeZeroPages})
 }
+
+// TarRootfs writes the upper layer of c's rootfs overlay into a tar archive at file
+// (`runsc tar rootfs-upper`).
+func (c *container) TarRootfs(ctx context.Context, file string) error {
+	return c.runsc.TarRootfsUpper(ctx, c.id, runsc.TarRootfsUpperOpts{File: file})
+}
+
+// Freeze pauses c's sandbox (`runsc pause`: every container of it) without changing
+// the state containerd sees; Thaw resumes it.
+func (c *container) Freeze(ctx context.Context) error {
+	return c.runsc.Pause(ctx, c.id, runsc.PauseOpts{})
+}
+
+// Thaw resumes a sandbox Freeze paused (`runsc resume`).
+func (c *container) Thaw(ctx context.Context) error {
+	return c.runsc.Resume(ctx, c.id, runsc.ResumeOpts{})
+}

@@ -16,16 +16,49 @@ const (
 	PagesFile      = "pages.img.zst"
 )
 
+// Root file system layers of a rootfs-only snapshot: one tar archive per container,
+// "rootfs-<container name>.tar.zst" (`runsc tar rootfs-upper`: the container's rootfs
+// overlay upper layer, deletions as overlayfs whiteouts, character devices 0/0).
+const (
+	rootfsPrefix = "rootfs-"
+	rootfsSuffix = ".tar.zst"
+)
+
+// RootfsFile is the file name of container's root file system layer, zstd-compressed.
+func RootfsFile(container string) string { return rootfsPrefix + container + rootfsSuffix }
+
+// RootfsContainer returns the container whose layer file (a name relative to a
+// snapshot's directory, with ".zst" or without) holds, and whether file is a layer file.
+func RootfsContainer(file string) (string, bool) {
+	name, ok := strings.CutPrefix(file, rootfsPrefix)
+	if !ok {
+		return "", false
+	}
+	if n, ok := strings.CutSuffix(name, rootfsSuffix); ok {
+		name = n
+	} else if n, ok := strings.CutSuffix(name, strings.TrimSuffix(rootfsSuffix, ".zst")); ok {
+		name = n
+	} else {
+		return "", false
+	}
+	if name == "" || strings.ContainsAny(name, "/") {
+		return "", false
+	}
+	return name, true
+}
+
 // IsImageFile reports whether file, a name relative to a snapshot's directory, is one of
 // the image files a snapshot may list: CheckpointFile, PagesMetaFile or PagesFile, with
-// ".zst" (zstd) or without (stored uncompressed).
+// ".zst" (zstd) or without (stored uncompressed), or a root file system layer
+// (RootfsFile).
 func IsImageFile(file string) bool {
 	for _, f := range []string{CheckpointFile, PagesMetaFile, PagesFile} {
 		if file == f || file == strings.TrimSuffix(f, ".zst") {
 			return true
 		}
 	}
-	return false
+	_, ok := RootfsContainer(file)
+	return ok
 }
 
 // PolicyPrefix is the object-name prefix of one policy's snapshots: "<namespace>/<policy>/".

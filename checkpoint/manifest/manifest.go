@@ -56,6 +56,11 @@ type Manifest struct {
 	// each with its snapkey.ContainerKey, in the order they joined the sandbox. A restore
 	// waits until each of them has arrived with that key.
 	Containers []ContainerKey `json:"containers,omitempty"`
+	// Scope is what the snapshot holds: ScopeWholePod (memory, processes and file
+	// systems: checkpoint.img, pages_meta.img, pages.img) or ScopeRootfsOnly (one root
+	// file system layer per container, RootfsFile). Empty in manifests written before
+	// scopes existed: whole-pod.
+	Scope string `json:"scope,omitempty"`
 	// Compat is the node's compatibility tuple at checkpoint.
 	Compat compat.Tuple `json:"compat"`
 	// Labels are the pod's labels at checkpoint.
@@ -101,6 +106,36 @@ type Source struct {
 type ContainerKey struct {
 	Name string `json:"name"`
 	Key  string `json:"key"`
+}
+
+// Snapshot scopes (Manifest.Scope), the values of a policy's spec.snapshotScope.
+const (
+	ScopeWholePod   = "whole-pod"
+	ScopeRootfsOnly = "rootfs-only"
+)
+
+// RootfsOnly reports whether m holds root file system layers only (no memory).
+func (m *Manifest) RootfsOnly() bool { return m.Scope == ScopeRootfsOnly }
+
+// ScopeName is m's scope for display: Scope, or ScopeWholePod when empty.
+func (m *Manifest) ScopeName() string {
+	if m.Scope == "" {
+		return ScopeWholePod
+	}
+	return m.Scope
+}
+
+// RootfsLayers maps each container of a rootfs-only snapshot to its layer file in
+// m.Files.
+func (m *Manifest) RootfsLayers() map[string]storage.FileInfo {
+	out := map[string]storage.FileInfo{}
+	prefix := m.Dir() + "/"
+	for _, f := range m.Files {
+		if c, ok := RootfsContainer(strings.TrimPrefix(f.Name, prefix)); ok {
+			out[c] = f
+		}
+	}
+	return out
 }
 
 // IndexKey is the key the snapshot is indexed and looked up by: SandboxKey, or Key when

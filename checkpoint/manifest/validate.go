@@ -77,10 +77,33 @@ func (m *Manifest) Validate() error {
 		errs = append(errs, field.Required(field.NewPath("createdAt"), ""))
 	}
 	errs = append(errs, m.validateFiles()...)
+	errs = append(errs, m.validateScope()...)
 	if len(errs) > 0 {
 		return &ValidationError{Dir: m.Dir(), Errs: errs}
 	}
 	return nil
+}
+
+// validateScope checks scope is empty, whole-pod or rootfs-only, and that the files
+// are of that scope: root file system layers for rootfs-only, memory image files
+// otherwise.
+func (m *Manifest) validateScope() field.ErrorList {
+	p := field.NewPath("scope")
+	switch m.Scope {
+	case "", ScopeWholePod, ScopeRootfsOnly:
+	default:
+		return field.ErrorList{field.NotSupported(p, m.Scope, []string{ScopeWholePod, ScopeRootfsOnly})}
+	}
+	var errs field.ErrorList
+	prefix := m.Dir() + "/"
+	for i, f := range m.Files {
+		_, layer := RootfsContainer(strings.TrimPrefix(f.Name, prefix))
+		if layer != m.RootfsOnly() {
+			errs = append(errs, field.Invalid(field.NewPath("files").Index(i).Child("name"), f.Name,
+				"not a file of a "+m.ScopeName()+" snapshot"))
+		}
+	}
+	return errs
 }
 
 func (m *Manifest) validateState() field.ErrorList {
@@ -128,7 +151,7 @@ func (m *Manifest) validateFiles() field.ErrorList {
 			errs = append(errs, field.Invalid(p.Child("name"), f.Name, "the manifest does not list itself"))
 		case !IsImageFile(strings.TrimPrefix(f.Name, prefix)):
 			errs = append(errs, field.Invalid(p.Child("name"), f.Name, "must be "+prefix+" followed by an image file name ("+
-				strings.Join([]string{CheckpointFile, PagesMetaFile, PagesFile}, ", ")+", or one without .zst)"))
+				strings.Join([]string{CheckpointFile, PagesMetaFile, PagesFile, RootfsFile("CONTAINER")}, ", ")+", or one without .zst)"))
 		case seen[f.Name]:
 			errs = append(errs, field.Duplicate(p.Child("name"), f.Name))
 		}

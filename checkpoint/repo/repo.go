@@ -93,9 +93,13 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 		}
 		return err
 	}
-	for _, f := range ImageFiles {
+	files, err := commitFiles(m, dir)
+	if err != nil {
+		return fail(fmt.Errorf("commit snapshot %s: %w", m.UUID, err))
+	}
+	for _, f := range files {
 		src, err := os.Open(filepath.Join(dir, f.Local))
-		if errors.Is(err, os.ErrNotExist) && f.Local != "checkpoint.img" {
+		if errors.Is(err, os.ErrNotExist) && f.Local != "checkpoint.img" && !m.RootfsOnly() {
 			continue
 		}
 		if err != nil {
@@ -132,6 +136,42 @@ func (r *Repo) Commit(ctx context.Context, m *manifest.Manifest, dir string) err
 		return fail(fmt.Errorf("commit snapshot %s: manifest: %w", m.UUID, err))
 	}
 	return nil
+}
+
+// imageFile is a file of an image directory and the object it is stored as.
+type imageFile struct{ Local, Object string }
+
+// commitFiles lists the files of image directory dir that Commit stores for m: the memory
+// image (ImageFiles), or, for a rootfs-only snapshot, every "rootfs-<container>.tar" in
+// dir (sorted), one root file system layer per container; dir without one is an error.
+func commitFiles(m *manifest.Manifest, dir string) ([]imageFile, error) {
+	if !m.RootfsOnly() {
+		out := make([]imageFile, len(ImageFiles))
+		for i, f := range ImageFiles {
+			out[i] = imageFile(f)
+		}
+		return out, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var out []imageFile
+	for _, e := range entries {
+		if c, ok := manifest.RootfsContainer(e.Name()); ok && e.Type().IsRegular() && !strings.HasSuffix(e.Name(), ".zst") {
+			out = append(out, imageFile{e.Name(), manifest.RootfsFile(c)})
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no root file system layer (%s) in %s", RootfsLocal("CONTAINER"), dir)
+	}
+	return out, nil
+}
+
+// RootfsLocal is the local file name of container's root file system layer in an image
+// directory: "rootfs-<container>.tar", stored as manifest.RootfsFile.
+func RootfsLocal(container string) string {
+	return strings.TrimSuffix(manifest.RootfsFile(container), ".zst")
 }
 
 // store stores the image file src under name with codec, in frames. A file stored
@@ -331,9 +371,13 @@ func (r *Repo) Download(ctx context.Context, m *manifest.Manifest, dir string) e
 }
 
 // localName maps an object name to the image file it holds: ".../pages.img.zst"
-// (zstd) and ".../pages.img" (stored uncompressed) are pages.img.
+// (zstd) and ".../pages.img" (stored uncompressed) are pages.img,
+// ".../rootfs-main.tar.zst" is rootfs-main.tar.
 func localName(object string) (string, bool) {
 	base := object[strings.LastIndex(object, "/")+1:]
+	if c, ok := manifest.RootfsContainer(base); ok {
+		return RootfsLocal(c), true
+	}
 	for _, f := range ImageFiles {
 		if f.Object == base || strings.TrimSuffix(f.Object, ".zst") == base {
 			return f.Local, true

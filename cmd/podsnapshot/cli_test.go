@@ -50,11 +50,11 @@ func TestLsTable(t *testing.T) {
 
 	r = f.run("ls", "-o", "wide").must(t)
 	lines := r.lines()
-	if !reflect.DeepEqual(lines[0], []string{"NAME", "STATUS", "POLICY", "AGE", "KEY", "SIZE", "STORE"}) {
+	if !reflect.DeepEqual(lines[0], []string{"NAME", "STATUS", "POLICY", "AGE", "KEY", "SCOPE", "SIZE", "STORE"}) {
 		t.Errorf("wide header %q", lines[0])
 	}
 	_, stored := old.Sizes()
-	wantRow := []string{old.UUID, "AllSnapshotsAvailable", "web", "2d2h", old.Key[:16], humanBytes(stored), "file://" + f.store}
+	wantRow := []string{old.UUID, "AllSnapshotsAvailable", "web", "2d2h", old.Key[:16], "whole-pod", humanBytes(stored), "file://" + f.store}
 	if len(lines) != 3 || !reflect.DeepEqual(lines[1], wantRow) {
 		t.Errorf("wide rows %q\nwant first %q", lines, wantRow)
 	}

@@ -22,7 +22,8 @@ NAME STATUS POLICY AGE, as kubectl prints PodSnapshots. STATUS is the reason of 
 Ready condition: AllSnapshotsAvailable (committed), Failed (see 'podsnapshot inspect
 NAME' for why) or AwaitingCheckpoint.
 
-  -o wide   adds KEY (the snapshot key, shortened), SIZE (bytes stored) and STORE
+  -o wide   adds KEY (the snapshot key, shortened), SCOPE (whole-pod, or rootfs-only:
+            root file system layers, no memory), SIZE (bytes stored) and STORE
   -o json   a kubectl-style List of PodSnapshot objects; -o yaml the same in YAML
 
 Manifests that cannot be read are warnings on stderr. A store that cannot be opened or

@@ -16,17 +16,17 @@ import (
 // wideHeader is what -o wide adds.
 var (
 	tableHeader = []string{"NAME", "STATUS", "POLICY", "AGE"}
-	wideHeader  = []string{"KEY", "SIZE", "STORE"}
+	wideHeader  = []string{"KEY", "SCOPE", "SIZE", "STORE"}
 )
 
 // tableRow is s's line of `podsnapshot ls` at now: NAME (the UUID), STATUS
-// (Manifest.Status), POLICY, AGE, and with wide KEY (manifest.ShortKey), SIZE (bytes
-// stored) and STORE (the store's URL).
+// (Manifest.Status), POLICY, AGE, and with wide KEY (manifest.ShortKey), SCOPE
+// (whole-pod or rootfs-only), SIZE (bytes stored) and STORE (the store's URL).
 func tableRow(s snapshot, now time.Time, wide bool) []string {
 	row := []string{s.UUID, s.Status(), s.Policy, age(s.CreatedAt, now)}
 	if wide {
 		_, stored := s.Sizes()
-		row = append(row, manifest.ShortKey(s.Key), humanBytes(stored), s.store.url)
+		row = append(row, manifest.ShortKey(s.Key), s.ScopeName(), humanBytes(stored), s.store.url)
 	}
 	return row
 }
@@ -41,7 +41,7 @@ func age(t, now time.Time) string {
 }
 
 // writeTable prints snaps as kubectl does: the header NAME STATUS POLICY AGE (preceded
-// by NAMESPACE when withNamespace, followed by KEY SIZE STORE when wide), then one
+// by NAMESPACE when withNamespace, followed by KEY SCOPE SIZE STORE when wide), then one
 // tableRow per snapshot, columns padded with spaces, 3 between columns. It returns the
 // writer's error.
 func writeTable(w io.Writer, snaps []snapshot, withNamespace, wide bool, now time.Time) error {

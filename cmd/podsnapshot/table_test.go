@@ -37,8 +37,8 @@ func TestWriteTable(t *testing.T) {
 	buf.Reset()
 	_ = writeTable(&buf, snaps[:1], true, true, now)
 	want = "" +
-		"NAMESPACE   NAME                                   STATUS                  POLICY   AGE   KEY                SIZE     STORE\n" +
-		"default     0b6c5c8e-4f0e-4a5d-9d4e-2c1f7a9b3e10   AllSnapshotsAvailable   my-app   5m    abababababababab   2.0KiB   file:///store\n"
+		"NAMESPACE   NAME                                   STATUS                  POLICY   AGE   KEY                SCOPE       SIZE     STORE\n" +
+		"default     0b6c5c8e-4f0e-4a5d-9d4e-2c1f7a9b3e10   AllSnapshotsAvailable   my-app   5m    abababababababab   whole-pod   2.0KiB   file:///store\n"
 	if buf.String() != want {
 		t.Errorf("wide, with namespace:\n%s\nwant:\n%s", buf.String(), want)
 	}

@@ -111,8 +111,8 @@ func Images(t testing.TB) map[string]Image {
 	return images
 }
 
-// Workload returns the host path of a built workload binary (counter, slowinit, pause),
-// for tests that run it outside containerd, e.g. directly under runsc.
+// Workload returns the host path of a built workload binary (counter, slowinit, fsinit,
+// pause), for tests that run it outside containerd, e.g. directly under runsc.
 func Workload(t testing.TB, name string) string {
 	t.Helper()
 	Images(t)

@@ -60,10 +60,9 @@ var policyFields = map[string]handling{
 	"PodSnapshotPolicy spec.snapshotGroupingRules.groupByLabelValue.labels":                      {readIn: "checkpoint/api/v1/helpers.go"},
 	"PodSnapshotPolicy spec.snapshotGroupingRules.groupRetentionPolicy":                          {readIn: "checkpoint/api/v1/helpers.go"},
 	"PodSnapshotPolicy spec.snapshotGroupingRules.groupRetentionPolicy.maxSnapshotCountPerGroup": {readIn: "checkpoint/api/v1/helpers.go"},
-	// Only whole-pod is implemented: the field is never read, rootfs-only is refused.
-	"PodSnapshotPolicy spec.snapshotScope":             {defaultOnly: true},
-	"PodSnapshotPolicy spec.snapshotScope=whole-pod":   {defaultOnly: true},
-	"PodSnapshotPolicy spec.snapshotScope=rootfs-only": {refused: "rootfs-only"},
+	"PodSnapshotPolicy spec.snapshotScope":                                                       {readIn: "internal/podsnap/rootfs.go"},
+	"PodSnapshotPolicy spec.snapshotScope=whole-pod":                                             {defaultOnly: true},
+	"PodSnapshotPolicy spec.snapshotScope=rootfs-only":                                           {readIn: "internal/podsnap/rootfs.go"},
 
 	"PodSnapshot spec.policyName":             {readIn: "internal/controller/sync.go"},
 	"PodSnapshotManualTrigger spec.targetPod": {readIn: "internal/agent/triggers.go"},

@@ -61,7 +61,11 @@ func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 		t0 := time.Now()
 		uuid := p.takeSnapshot()
 		p.rep.write(ctx, report.Report{Kind: report.CheckpointStarted, Snapshot: uuid})
-		_, err = p.commit(uuid, dir, t0)
+		if p.rootfsOnly() {
+			err = p.commitRootfsAfterTrigger(ctx, uuid, dir, t0)
+		} else {
+			_, err = p.commit(uuid, dir, t0)
+		}
 		p.busy.Unlock()
 		if p.stop {
 			p.result <- err
@@ -133,7 +137,11 @@ func (p *Pod) Checkpoint(ctx context.Context) (*manifest.Manifest, error) {
 		p.tookCheckpoint.Store(true)
 	}
 	p.rep.write(ctx, report.Report{Kind: report.CheckpointStarted, Snapshot: uuid})
-	if err := p.sb.Checkpoint(ctx, dir, !p.stop); err != nil {
+	save := func() error { return p.sb.Checkpoint(ctx, dir, !p.stop) }
+	if p.rootfsOnly() {
+		save = func() error { return p.saveRootfs(ctx, dir, p.stop) }
+	}
+	if err := save(); err != nil {
 		p.tookCheckpoint.Store(false)
 		os.RemoveAll(dir)
 		p.reportCheckpointFailed(ctx, uuid, err.Error())
@@ -189,6 +197,7 @@ func (p *Pod) commit(uuid, dir string, started time.Time) (_ *manifest.Manifest,
 	}
 	m := manifest.New(p.namespace, p.policyName(), key, p.tuple, t0)
 	m.UUID = uuid
+	m.Scope = p.scope()
 	if len(members) > 0 {
 		m.SandboxKey = p.sandboxKey
 		m.Containers = members

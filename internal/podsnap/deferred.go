@@ -187,8 +187,8 @@ func recordedNames(rec []manifest.ContainerKey) string {
 // sandbox, which restores at once, or when its download failed (a cold start follows).
 func (p *Pod) deferRestore(ctx context.Context) bool {
 	m, f := p.restoring()
-	if m == nil || len(m.Containers) == 0 {
-		return false
+	if m == nil || len(m.Containers) == 0 || m.RootfsOnly() {
+		return false // a rootfs-only pod's containers start one by one on their layers
 	}
 	// The download has run alongside runsc create; the sandbox's Start waits for the
 	// rest of it here, so that the restore of the pod (under d.mu, which Kill and Delete

@@ -168,6 +168,17 @@ func (f *fakeTask) Checkpoint(ctx context.Context, dir string, leaveRunning bool
 	return nil
 }
 
+// TarRootfs writes a layer holding one file, "layer of <id>".
+func (f *fakeTask) TarRootfs(ctx context.Context, file string) error {
+	if err := f.record("tar"); err != nil {
+		return err
+	}
+	return os.WriteFile(file, []byte("layer of "+f.id), 0o600)
+}
+
+func (f *fakeTask) Freeze(ctx context.Context) error { return f.record("freeze") }
+func (f *fakeTask) Thaw(ctx context.Context) error   { return f.record("thaw") }
+
 // callLog returns the calls so far, joined by ", ".
 func (f *fakeTask) callLog() string {
 	f.mu.Lock()

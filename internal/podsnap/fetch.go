@@ -77,6 +77,11 @@ func (p *Pod) find(ctx context.Context, psName string) (why, reason string, rest
 	if m == nil {
 		return why, findReason(why), false
 	}
+	if m.ScopeName() != p.scope() {
+		why = fmt.Sprintf("incompatible snapshot %s/%s: it holds scope %s, policy %s asks for %s",
+			p.namespace, m.UUID, m.ScopeName(), p.entry.ID(), p.scope())
+		return why, report.ReasonIncompatible, false
+	}
 	f := &fetch{m: m, done: make(chan struct{})}
 	p.restore, p.fetch = m, f
 	if dir, ok := p.repo.Cached(p.nodeCache, m); ok {
@@ -91,7 +96,7 @@ func (p *Pod) find(ctx context.Context, psName string) (why, reason string, rest
 	go func() {
 		defer close(f.done)
 		defer dcancel()
-		if p.cfg.StreamRestore {
+		if p.cfg.StreamRestore && !m.RootfsOnly() { // layers are read whole at start
 			img, err := p.repo.Stream(dctx, p.nodeCache, m, filepath.Join(p.workDir, "image"))
 			switch {
 			case err == nil:

@@ -327,6 +327,8 @@ func TestDropInternalAnnotations(t *testing.T) {
 		"dev.gvisor.internal.checkpoint.path":   "/etc",
 		"dev.gvisor.internal.checkpoint.enable": "true",
 		"dev.gvisor.spec.mount.data.type":       "tmpfs",
+		"dev.gvisor.tar.rootfs.upper":           "/etc/shadow",
+		"dev.gvisor.tar.rootfs.upper.main":      "/etc/shadow",
 	}}
 	must := func(err error) {
 		t.Helper()
@@ -337,7 +339,7 @@ func TestDropInternalAnnotations(t *testing.T) {
 	must(oci.WriteSpec(bundle, spec))
 	dropped, err := DropInternalAnnotations(bundle, spec)
 	must(err)
-	if strings.Join(dropped, ",") != "dev.gvisor.internal.checkpoint.enable,dev.gvisor.internal.checkpoint.path" {
+	if strings.Join(dropped, ",") != "dev.gvisor.internal.checkpoint.enable,dev.gvisor.internal.checkpoint.path,dev.gvisor.tar.rootfs.upper,dev.gvisor.tar.rootfs.upper.main" {
 		t.Fatalf("dropped %v", dropped)
 	}
 	onDisk, err := oci.ReadSpec(bundle)

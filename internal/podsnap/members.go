@@ -23,6 +23,9 @@ type member struct {
 	name, image, imageDigest string
 	key                      string
 	keyErr                   error
+	// layered: t was created naming its root file system layer of the pod's rootfs-only
+	// snapshot (joinRootfs); its Start makes the layer (startMemberOnLayer).
+	layered bool
 }
 
 // Join is called at Create of container t joining the pod's sandbox, before `runsc
@@ -35,7 +38,8 @@ func (p *Pod) Join(ctx context.Context, t Task, spec *specs.Spec) (deferred bool
 	}
 	m := p.describe(ctx, t, spec)
 	deferred = p.joinDeferred(ctx, m)
-	if !deferred {
+	m.layered = !deferred && p.joinRootfs(m)
+	if !deferred && !m.layered {
 		if err := p.enableMemberTrigger(t); err != nil {
 			log.G(ctx).WithError(err).WithField("id", t.ID()).Warn("the container cannot trigger the pod's checkpoint")
 		}

@@ -63,6 +63,12 @@ var uploadCodec = storage.Zstd{Concurrency: 1}
 // CPU seconds per GB on upload and a decompression on restore for little less to store.
 const minUploadRatio = 1.1
 
+// criSandboxName is the name a CRI pod's sandbox (pause) container is recorded under: it
+// has no name of its own. "POD" (the kubelet's old name for it) is no valid container
+// name, so it never collides with a container of the pod, which may well be called
+// "main".
+const criSandboxName = "POD"
+
 // lookupTimeout bounds how long an unreachable store can delay Create before the pod
 // starts cold (at most 5 s added, README "A snapshot problem never fails a pod").
 const lookupTimeout = 4 * time.Second
@@ -204,10 +210,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	switch {
 	case name != "":
 	case spec.Annotations[oci.SandboxNameAnnotation] != "":
-		// A CRI pod's sandbox (pause) container has no name of its own. "POD" (the
-		// kubelet's old name for it) is no valid container name, so it never collides
-		// with a container of the pod, which may well be called "main".
-		name = "POD"
+		name = criSandboxName
 	default:
 		name = "main" // a container run without Kubernetes (ctr)
 	}
@@ -260,6 +263,9 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	}
 	why, reason, restores := p.find(ctx, spec.Annotations[PSNameAnnotation])
 	if restores {
+		if p.restore.RootfsOnly() {
+			p.planRootfs(p.restore, p.fetch)
+		}
 		if p.fetch.cached {
 			decide(ctx, id, "restore", why)
 		} else {
@@ -302,14 +308,15 @@ func (p *Pod) workloadTriggered() bool {
 // stop); set at Plan, never changed.
 func (p *Pod) Stops() bool { return p != nil && p.stop }
 
-// Restores reports whether the pod is to restore from a snapshot at Start.
+// Restores reports whether the pod's sandbox is to restore from a snapshot at Start
+// (`runsc restore`); a pod on a rootfs-only snapshot's layers starts.
 func (p *Pod) Restores() bool {
 	if p == nil {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.restore != nil
+	return p.restore != nil && !p.restore.RootfsOnly()
 }
 
 // restoring returns the snapshot the pod restores from and its fetch; nil, nil for a

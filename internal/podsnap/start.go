@@ -25,6 +25,9 @@ func (p *Pod) Start(ctx context.Context, t Task) error {
 		if handled, err := p.startDeferred(ctx, t); handled {
 			return err
 		}
+		if mb := p.memberOf(t); mb != nil && mb.layered {
+			p.startMemberOnLayer(ctx, mb)
+		}
 		return launch(ctx, t)
 	}
 	if p.deferRestore(ctx) {
@@ -52,6 +55,9 @@ func (p *Pod) restoreOrStart(ctx context.Context) error {
 	m, f := p.restoring()
 	if m == nil {
 		return p.launch(ctx, p.sb)
+	}
+	if m.RootfsOnly() {
+		return p.startOnLayers(ctx, m, f)
 	}
 	id := p.sb.ID()
 	why, fetched := f.await(ctx, p.namespace, p.entry.ID())
@@ -158,6 +164,11 @@ func (p *Pod) logRestored(ctx context.Context, m *manifest.Manifest, f *fetch, n
 	log.G(ctx).WithFields(log.Fields{"id": p.sb.ID(), "decision": "restored", "reason": v1.EventReason}).Infof(
 		"podsnapshot: restored: %s", msg)
 	p.reportRestored(ctx, m, f, total, msg)
+	p.touchLater(ctx, m)
+}
+
+// touchLater records, in the background, that m was used to restore (Repo.Touch).
+func (p *Pod) touchLater(ctx context.Context, m *manifest.Manifest) {
 	p.touches.Add(1)
 	go func() {
 		defer p.touches.Done()

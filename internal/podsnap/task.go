@@ -42,6 +42,10 @@ type Task interface {
 	Exit(status int)
 	// Exited reports whether the task has ended.
 	Exited() bool
+	// TarRootfs writes the upper layer of the task's rootfs overlay (what its processes
+	// wrote; deletions as overlayfs whiteouts) into a tar archive at file (`runsc tar
+	// rootfs-upper`); the task must run (its sandbox may be frozen).
+	TarRootfs(ctx context.Context, file string) error
 
 	// Sandbox tasks only: the root container of the runsc sandbox.
 
@@ -51,6 +55,10 @@ type Task interface {
 	// the sandbox gone. gVisor waits for the checkpoint after the current one, so a watch
 	// must be armed before the workload can trigger: before `runsc start`.
 	WatchCheckpoint(ctx context.Context) <-chan error
+	// Freeze pauses every container of the sandbox (`runsc pause`) for a consistent
+	// rootfs-only snapshot, without a state change containerd sees; Thaw resumes them.
+	Freeze(ctx context.Context) error
+	Thaw(ctx context.Context) error
 	// Checkpoint saves the sandbox into dir (`runsc checkpoint`, uncompressed);
 	// leaveRunning keeps it running afterwards (postCheckpoint resume).
 	Checkpoint(ctx context.Context, dir string, leaveRunning bool) error

@@ -28,16 +28,25 @@ const (
 	annCheckpointExcludeZeroPages = annCheckpointPrefix + "exclude-committed-zero-pages"
 )
 
+// AnnRootfsUpperTar is gVisor's annotation naming a tar archive that runsc applies to a
+// container's rootfs overlay before it starts (runsc/specutils: RootfsTarUpperPath);
+// AnnRootfsUpperTar+"."+name for the container called name in a pod of several
+// containers. runsc accepts it only under --allow-rootfs-tar-annotation, which the shim
+// sets.
+const AnnRootfsUpperTar = "dev.gvisor.tar.rootfs.upper"
+
 // DropInternalAnnotations removes gVisor's internal annotations (dev.gvisor.internal.*)
-// that came with a container's spec, and rewrites the spec in bundle when there were
-// any. CRI passes pod annotations matching the handler's pod_annotations (dev.gvisor.*)
-// to the shim, and these would let any pod author make runsc write a checkpoint of the
-// pod into any host directory (checkpoint.path); only the lifecycle sets them. It
-// returns the names removed, sorted.
+// and its root file system layer annotations (AnnRootfsUpperTar, with or without a
+// container name) that came with a container's spec, and rewrites the spec in bundle
+// when there were any. CRI passes pod annotations matching the handler's
+// pod_annotations (dev.gvisor.*) to the shim, and these would let any pod author make
+// runsc write a checkpoint of the pod into any host directory (checkpoint.path) or read
+// any host file into the pod (a layer); only the lifecycle sets them. It returns the
+// names removed, sorted.
 func DropInternalAnnotations(bundle string, spec *specs.Spec) ([]string, error) {
 	var dropped []string
 	for k := range spec.Annotations {
-		if strings.HasPrefix(k, annInternalPrefix) {
+		if strings.HasPrefix(k, annInternalPrefix) || k == AnnRootfsUpperTar || strings.HasPrefix(k, AnnRootfsUpperTar+".") {
 			dropped = append(dropped, k)
 		}
 	}
@@ -74,7 +83,7 @@ func (p *Pod) enableWorkloadTrigger() error {
 	if err := p.sb.WriteSpec(map[string]string{
 		annCheckpointPath:        dir,
 		annCheckpointEnable:      "true",
-		annCheckpointResume:      fmt.Sprint(!p.stop),
+		annCheckpointResume:      fmt.Sprint(!p.stop || p.rootfsOnly()),
 		annCheckpointCompression: "none",
 		annCheckpointDirect:      fmt.Sprint(direct),
 

@@ -141,6 +141,15 @@ func (r *Runsc) Resume(ctx context.Context, id string, o ResumeOpts) error {
 	return err
 }
 
+// TarRootfsUpper runs `runsc tar rootfs-upper`: the upper layer of the container's
+// rootfs overlay (what its processes wrote, deleted files as overlayfs whiteouts) into a
+// tar archive at o.File. The container's sandbox must run (it may be paused); a
+// container whose rootfs has no overlay (runsc --overlay2=none) fails.
+func (r *Runsc) TarRootfsUpper(ctx context.Context, id string, o TarRootfsUpperOpts) error {
+	_, err := r.do(ctx, "tar rootfs-upper "+id, o.args(id), nil)
+	return err
+}
+
 // Ps runs `runsc ps --format json` and returns the container's pids inside the sandbox.
 func (r *Runsc) Ps(ctx context.Context, id string, o PsOpts) ([]int, error) {
 	out, err := r.do(ctx, "ps "+id, o.args(id), nil)

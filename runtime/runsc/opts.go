@@ -209,6 +209,16 @@ type ResumeOpts struct{}
 
 func (ResumeOpts) args(id string) []string { return []string{"resume", id} }
 
+// TarRootfsUpperOpts are the options of `runsc tar rootfs-upper`.
+type TarRootfsUpperOpts struct {
+	// File receives the tar archive (created or truncated by runsc); required.
+	File string
+}
+
+func (o TarRootfsUpperOpts) args(id string) []string {
+	return []string{"tar", "rootfs-upper", "--file", o.File, id}
+}
+
 // PsOpts are the options of `runsc ps` (none yet; the output is always JSON, which Ps
 // parses).
 type PsOpts struct{}

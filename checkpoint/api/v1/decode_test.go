@@ -100,8 +100,6 @@ func TestDecodeErrors(t *testing.T) {
 			`spec.retentionConfig.lastAccessTimeout: Invalid value: "3w": unknown unit "w" (units: y, mo, d, h, min)`},
 		{"zero duration", policy(okSpec + "  retentionConfig: {lastAccessTimeout: 0d0h}\n"),
 			`spec.retentionConfig.lastAccessTimeout: Invalid value: "0d0h": must be longer than 0: leave it empty to keep snapshots until deleted`},
-		{"rootfs-only", policy(okSpec + "  snapshotScope: rootfs-only\n"),
-			`spec.snapshotScope: Invalid value: "rootfs-only": rootfs-only is not implemented yet`},
 		{"negative count", policy(okSpec + "  snapshotGroupingRules: {groupRetentionPolicy: {maxSnapshotCountPerGroup: -2}}\n"),
 			`spec.snapshotGroupingRules.groupRetentionPolicy.maxSnapshotCountPerGroup: Invalid value: -2: must be greater than or equal to 0`},
 		{"duplicate group label", policy(okSpec + "  snapshotGroupingRules: {groupByLabelValue: {labels: [app, app]}}\n"),

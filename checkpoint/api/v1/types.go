@@ -114,7 +114,8 @@ type SnapshotScope string
 const (
 	// ScopeWholePod saves memory, processes and file systems (the default).
 	ScopeWholePod SnapshotScope = "whole-pod"
-	// ScopeRootfsOnly saves only the root file system changes.
+	// ScopeRootfsOnly saves only each container's root file system changes (gVisor's
+	// rootfs overlay upper layer): a restored pod starts its processes afresh on them.
 	ScopeRootfsOnly SnapshotScope = "rootfs-only"
 )
 
@@ -147,10 +148,10 @@ type PodSnapshotPolicySpec struct {
 	RetentionConfig *RetentionConfig `json:"retentionConfig,omitempty"`
 	// SnapshotGroupingRules is optional: unset puts all of the policy's snapshots in one group.
 	SnapshotGroupingRules *SnapshotGroupingRules `json:"snapshotGroupingRules,omitempty"`
-	// SnapshotScope is whole-pod (default) or rootfs-only. rootfs-only is refused until it
-	// is implemented: a policy under it would otherwise snapshot the whole pod.
+	// SnapshotScope is whole-pod (default: memory, processes and file systems) or
+	// rootfs-only (each container's root file system changes; the restored pod starts
+	// cold on them).
 	// +kubebuilder:default=whole-pod
-	// +kubebuilder:validation:XValidation:rule="self != 'rootfs-only'",message="rootfs-only is not implemented yet: this version snapshots whole pods only (whole-pod)"
 	SnapshotScope SnapshotScope `json:"snapshotScope,omitempty"`
 }
 

@@ -86,10 +86,6 @@ func validateLocal(l *LocalStorage, p *field.Path) field.ErrorList {
 	return nil
 }
 
-// errRootfsOnly refuses the rootfs-only scope, part of the API but not implemented yet:
-// accepted, it would snapshot the whole pod.
-const errRootfsOnly = "rootfs-only is not implemented yet: this version snapshots whole pods only (whole-pod)"
-
 var (
 	triggerTypes    = []TriggerType{TriggerWorkload, TriggerManual}
 	postCheckpoints = []PostCheckpoint{PostCheckpointResume, PostCheckpointStop}
@@ -128,9 +124,6 @@ func validatePolicy(pol *PodSnapshotPolicy) field.ErrorList {
 		errs = append(errs, validateGrouping(g, spec.Child("snapshotGroupingRules"))...)
 	}
 	errs = append(errs, oneOf(spec.Child("snapshotScope"), s.SnapshotScope, scopes)...)
-	if s.SnapshotScope == ScopeRootfsOnly {
-		errs = append(errs, field.Invalid(spec.Child("snapshotScope"), s.SnapshotScope, errRootfsOnly))
-	}
 	return errs
 }
 

@@ -13,8 +13,9 @@
 //	    -add /bin/busybox=/bin/busybox -cmd '["/bin/busybox","sh"]'
 //
 // Presets: "busybox" (podsnapshot.test/busybox:latest, busybox and its applets),
-// "workloads" (podsnapshot.test/workloads:latest, the same plus /bin/counter and
-// /bin/slowinit compiled from internal/testenv/workloads), "pause"
+// "workloads" (podsnapshot.test/workloads:latest, the same plus /bin/counter,
+// /bin/slowinit and /bin/fsinit compiled from internal/testenv/workloads and the files
+// under /etc/fsinit that fsinit changes: delete-me, modify-me, dir/a, dir/b), "pause"
 // (podsnapshot.test/pause:latest, the CRI tests' sandbox image: only /pause from
 // internal/testenv/workloads/pause), "redis", "python" and "nginx"
 // (podsnapshot.test/NAME:latest: busybox plus the Debian program with its shared-library

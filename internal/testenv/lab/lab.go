@@ -322,8 +322,8 @@ func (l *Lab) startContainerd(ctx context.Context) error {
 	return nil
 }
 
-// importImage builds the workloads image (static counter and slowinit on busybox) from
-// this checkout and imports it.
+// importImage builds the workloads image (static counter, slowinit and fsinit on
+// busybox, plus fsinit's /etc/fsinit files) from this checkout and imports it.
 func (l *Lab) importImage(ctx context.Context) error {
 	l.logf("building image %s", l.Image)
 	images, err := ociarchive.BuildImages(ctx, l.Repo, ociarchive.DefaultBusybox, filepath.Join(l.Dir, "image"), l.Image)

@@ -15,8 +15,9 @@ const (
 	// BusyboxImage holds busybox (static) with a symlink per applet in /bin.
 	// Default command: sh.
 	BusyboxImage = "podsnapshot.test/busybox:latest"
-	// WorkloadsImage is BusyboxImage plus /bin/counter and /bin/slowinit from
-	// internal/testenv/workloads. Default command: /bin/counter.
+	// WorkloadsImage is BusyboxImage plus /bin/counter, /bin/slowinit and /bin/fsinit
+	// from internal/testenv/workloads, and the files under /etc/fsinit that fsinit
+	// changes (FsinitFiles). Default command: /bin/counter.
 	WorkloadsImage = "podsnapshot.test/workloads:latest"
 	// PauseImage is the sandbox image of the CRI tests (containerd's pinned "sandbox"
 	// image): only /pause from internal/testenv/workloads/pause, which waits for SIGTERM.
@@ -28,7 +29,23 @@ const (
 const DefaultBusybox = "/bin/busybox"
 
 // Workloads are the programs under internal/testenv/workloads that WorkloadsImage carries in /bin.
-var Workloads = []string{"counter", "slowinit"}
+var Workloads = []string{"counter", "slowinit", "fsinit"}
+
+// FsinitFiles are the files of WorkloadsImage that the fsinit workload changes on its
+// first run, so a snapshot of the root file system holds changes to image files too
+// (see internal/testenv/workloads/fsinit): it deletes /etc/fsinit/delete-me, overwrites
+// /etc/fsinit/modify-me and replaces the directory /etc/fsinit/dir (a and b) by one
+// holding only c.
+func FsinitFiles() []File {
+	return []File{
+		{Path: "/etc/fsinit", Mode: fs.ModeDir | 0o755},
+		{Path: "/etc/fsinit/delete-me", Mode: 0o644, Data: []byte("delete me\n")},
+		{Path: "/etc/fsinit/modify-me", Mode: 0o644, Data: []byte("original\n")},
+		{Path: "/etc/fsinit/dir", Mode: fs.ModeDir | 0o755},
+		{Path: "/etc/fsinit/dir/a", Mode: 0o644, Data: []byte("a\n")},
+		{Path: "/etc/fsinit/dir/b", Mode: 0o644, Data: []byte("b\n")},
+	}
+}
 
 // Pause is the program under internal/testenv/workloads that PauseImage carries as /pause.
 const Pause = "pause"
@@ -85,7 +102,7 @@ func BusyboxSpec(busybox string) (Spec, error) {
 }
 
 // WorkloadsSpec is the spec of WorkloadsImage; binDir holds the built workloads (see
-// BuildPrograms).
+// BuildPrograms). Beside them go FsinitFiles.
 func WorkloadsSpec(busybox, binDir string) (Spec, error) {
 	spec, err := BusyboxSpec(busybox)
 	if err != nil {
@@ -99,6 +116,7 @@ func WorkloadsSpec(busybox, binDir string) (Spec, error) {
 		}
 		spec.Files = append(spec.Files, File{Path: "/bin/" + w, Mode: 0o755, Source: src})
 	}
+	spec.Files = append(spec.Files, FsinitFiles()...)
 	spec.Cmd = []string{"/bin/counter"}
 	return spec, nil
 }

@@ -1,0 +1,307 @@
+package podsnap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/log"
+
+	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
+	"github.com/podsnapshot/podsnapshot/internal/report"
+)
+
+// A rootfs-only snapshot (policy spec.snapshotScope: rootfs-only) holds each container's
+// root file system changes and no memory: the upper layer of gVisor's rootfs overlay,
+// saved with `runsc tar rootfs-upper` and applied to a new container of the same name by
+// gVisor itself through the AnnRootfsUpperTar annotation, before its processes start.
+// The restored pod starts cold on those files.
+//
+// Why tar and not gVisor's `runsc fscheckpoint`: the pinned runsc has both, and both
+// brought a container's files back here. fscheckpoint is marked experimental, saves the
+// whole sandbox into gVisor's own multi-file format, and restores only at the sandbox's
+// `runsc create --fs-restore-image-path` (runsc refuses it for a container joining an
+// existing sandbox, which is how CRI creates a pod's containers). The tar layer is per
+// container, applied at that container's create or start, and is a plain tar archive
+// (deletions are overlayfs whiteouts) that `tar tvf` can read.
+
+// rootfsOnly reports whether the pod's policy snapshots root file systems only.
+func (p *Pod) rootfsOnly() bool {
+	return p.entry.Policy.Spec.SnapshotScope == v1.ScopeRootfsOnly
+}
+
+// scope is the manifest scope of the pod's snapshots.
+func (p *Pod) scope() string {
+	if p.rootfsOnly() {
+		return manifest.ScopeRootfsOnly
+	}
+	return manifest.ScopeWholePod
+}
+
+// layerTask is a container whose root file system a rootfs-only snapshot saves.
+type layerTask struct {
+	t    Task
+	name string
+}
+
+// layerTasks returns the containers of the pod that have a root file system of their
+// own to save: the sandbox container unless it is a CRI pod's pause container (gVisor
+// applies a layer only to a named container of a pod of several), and each member.
+func (p *Pod) layerTasks() []layerTask {
+	var out []layerTask
+	if p.sandbox.Name != criSandboxName {
+		out = append(out, layerTask{p.sb, p.sandbox.Name})
+	}
+	p.membersMu.Lock()
+	defer p.membersMu.Unlock()
+	for _, m := range p.members {
+		if !m.t.Exited() {
+			out = append(out, layerTask{m.t, m.name})
+		}
+	}
+	return out
+}
+
+// saveRootfs writes the root file system layer of each container of the pod into dir
+// (repo.RootfsLocal names), with the sandbox frozen so that the layers are of one
+// moment. Afterwards the sandbox runs on, or, with stop (postCheckpoint: stop), is
+// killed: it ends as a stopped whole-pod checkpoint ends it.
+func (p *Pod) saveRootfs(ctx context.Context, dir string, stop bool) (err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("root file system snapshot directory: %w", err)
+	}
+	tasks := p.layerTasks()
+	if len(tasks) == 0 {
+		return errors.New("the pod has no container with a root file system of its own to save")
+	}
+	if err := p.sb.Freeze(ctx); err != nil {
+		return fmt.Errorf("pause sandbox %s: %w", p.sb.ID(), err)
+	}
+	defer func() {
+		if terr := p.sb.Thaw(ctx); terr != nil {
+			log.G(ctx).WithError(terr).Warn("podsnapshot: could not resume the sandbox after its root file system snapshot")
+		}
+		if stop && err == nil {
+			// The layers are saved: the pod stops as postCheckpoint: stop says. runsc
+			// signals no paused sandbox, so the kill follows the resume (its workload
+			// may run for the few milliseconds between; the layers are as paused).
+			if kerr := p.sb.Kill(ctx, 9); kerr != nil {
+				log.G(ctx).WithError(kerr).Warn("podsnapshot: could not stop the sandbox after its root file system snapshot")
+			}
+		}
+	}()
+	for _, lt := range tasks {
+		if err := lt.t.TarRootfs(ctx, filepath.Join(dir, repo.RootfsLocal(lt.name))); err != nil {
+			return fmt.Errorf("container %s: %w", lt.name, err)
+		}
+	}
+	return nil
+}
+
+// commitRootfsAfterTrigger saves and commits the layers once the workload's trigger
+// completed: gVisor's /proc/gvisor/checkpoint always saves the whole sandbox, so its
+// memory image (in imageDir) is discarded and the layers are read from the running
+// sandbox. The trigger's annotations keep the sandbox running after gVisor's save
+// (rootfsResume), so that its files can be read; postCheckpoint: stop then ends it here.
+func (p *Pod) commitRootfsAfterTrigger(ctx context.Context, uuid, imageDir string, t0 time.Time) error {
+	discardImage(imageDir, true)
+	dir := filepath.Join(p.workDir, "rootfs-"+t0.UTC().Format("20060102T150405.000000000"))
+	if err := p.saveRootfs(ctx, dir, p.stop); err != nil {
+		os.RemoveAll(dir)
+		err = fmt.Errorf("root file system snapshot: %w", err)
+		log.L.WithError(err).WithFields(log.Fields{"id": p.sb.ID(), "reason": v1.EventReason, "snapshot": uuid}).
+			Error("podsnapshot: checkpoint not committed")
+		p.reportCheckpointFailed(ctx, uuid, err.Error())
+		return err
+	}
+	_, err := p.commit(uuid, dir, t0)
+	return err
+}
+
+// rootfsLayerAnnotation is the annotation naming the layer of container name: gVisor
+// reads AnnRootfsUpperTar for a container outside a CRI pod, and
+// AnnRootfsUpperTar.<name> for a named container of a pod (runsc/specutils:
+// RootfsTarUpperPath).
+func (p *Pod) rootfsLayerAnnotation(name string, member bool) string {
+	if member {
+		return AnnRootfsUpperTar + "." + name
+	}
+	return AnnRootfsUpperTar
+}
+
+// layerFile returns the fetched layer of container name (with its key, for a member)
+// in the fetch's directory, and whether the snapshot has one for it.
+func layerFile(m *manifest.Manifest, f *fetch, name string) (string, bool) {
+	if f == nil || f.dir == "" {
+		return "", false
+	}
+	if _, ok := m.RootfsLayers()[name]; !ok {
+		return "", false
+	}
+	return filepath.Join(f.dir, repo.RootfsLocal(name)), true
+}
+
+// startOnLayers runs the created sandbox of a pod that restores a rootfs-only snapshot:
+// it waits for the download, gives the sandbox container its layer (when it has one:
+// a cached snapshot's was given at Plan; a downloaded one's needs a new `runsc create`)
+// and starts it. A failed download or start is a cold start, without layers.
+func (p *Pod) startOnLayers(ctx context.Context, m *manifest.Manifest, f *fetch) error {
+	id := p.sb.ID()
+	why, fetched := f.await(ctx, p.namespace, p.entry.ID())
+	if fetched {
+		t0 := time.Now()
+		err := p.applySandboxLayer(ctx, m, f)
+		if err == nil {
+			err = p.sb.Launch(ctx, "")
+		}
+		if err == nil {
+			p.running(p.sb)
+			if p.sandbox.Name == criSandboxName {
+				// Its containers get their layers as they start (startMemberOnLayer).
+				decide(ctx, id, "restore", fmt.Sprintf("%s; the pod's containers start on their root file system layers (scope %s)", why, m.ScopeName()))
+			} else {
+				p.logRootfsRestored(ctx, m, f, p.sandbox.Name, time.Since(t0))
+			}
+			return nil
+		}
+		why = fmt.Sprintf("start on the root file system of snapshot %s/%s failed: %v", p.namespace, m.UUID, err)
+	} else if p.sb.Exited() {
+		return fmt.Errorf("container %s was killed while its snapshot downloaded", id)
+	}
+	reason := report.ReasonRestoreFailed
+	if !fetched {
+		reason = f.failReason()
+	}
+	decide(ctx, id, "cold start", why)
+	p.dropRestore(fetched)
+	// The sandbox may carry the layer annotation: made afresh without it.
+	if err := p.sb.WriteSpec(nil); err != nil {
+		return fmt.Errorf("rewrite the spec of %s for a cold start: %w", id, err)
+	}
+	err := p.recreate(ctx)
+	p.reportColdStart(ctx, reason, why)
+	if err != nil {
+		return err
+	}
+	return p.launch(ctx, p.sb)
+}
+
+// applySandboxLayer gives the sandbox container its layer of m: already at Plan for a
+// snapshot found in the node cache; else its bundle is rewritten and runsc creates it
+// again (runsc opens a sandbox's layer at create). A CRI pause container has none.
+func (p *Pod) applySandboxLayer(ctx context.Context, m *manifest.Manifest, f *fetch) error {
+	path, ok := layerFile(m, f, p.sandbox.Name)
+	if !ok || f.cached || p.sandbox.Name == criSandboxName {
+		return nil
+	}
+	if err := p.sb.WriteSpec(map[string]string{p.rootfsLayerAnnotation(p.sandbox.Name, false): path}); err != nil {
+		return err
+	}
+	if err := p.sb.Destroy(ctx); err != nil {
+		return err
+	}
+	return p.sb.Create(ctx)
+}
+
+// planRootfs is Plan's part for a pod restoring rootfs-only snapshot m: a sandbox
+// container with a layer in the node cache gets it now, before `runsc create`.
+func (p *Pod) planRootfs(m *manifest.Manifest, f *fetch) {
+	if !f.cached || p.sandbox.Name == criSandboxName {
+		return
+	}
+	if path, ok := layerFile(m, f, p.sandbox.Name); ok {
+		if err := p.sb.WriteSpec(map[string]string{p.rootfsLayerAnnotation(p.sandbox.Name, false): path}); err != nil {
+			log.L.WithError(err).Warn("podsnapshot: the root file system layer will be given at Start")
+			f.cached = false // applySandboxLayer tries again
+		}
+	}
+}
+
+// memberLayerPath is where member container name finds its layer: a path in the pod's
+// work dir, named in its spec at Create, made at its Start (startMemberOnLayer).
+func (p *Pod) memberLayerPath(name string) string {
+	return filepath.Join(p.workDir, "rootfs", repo.RootfsLocal(name))
+}
+
+// joinRootfs is Join's part for container mb of a pod restoring a rootfs-only snapshot:
+// a container the snapshot has a layer for, with the same key, is created naming its
+// layer path (runsc reads it at the container's start).
+func (p *Pod) joinRootfs(mb *member) bool {
+	m, _ := p.restoring()
+	if m == nil || !m.RootfsOnly() || mb.keyErr != nil {
+		return false
+	}
+	if _, ok := m.RootfsLayers()[mb.name]; !ok || !recordedWithKey(m, mb.name, mb.key) {
+		return false
+	}
+	if err := mb.t.WriteSpec(map[string]string{p.rootfsLayerAnnotation(mb.name, true): p.memberLayerPath(mb.name)}); err != nil {
+		log.L.WithError(err).WithField("id", mb.t.ID()).Warn("podsnapshot: the container starts without its root file system layer")
+		return false
+	}
+	return true
+}
+
+// recordedWithKey reports whether m records container name with key.
+func recordedWithKey(m *manifest.Manifest, name, key string) bool {
+	for _, c := range m.Containers {
+		if c.Name == name {
+			return c.Key == key
+		}
+	}
+	return false
+}
+
+// startMemberOnLayer makes the layer of member mb at its path before it starts: a link
+// to the fetched layer, or, when the download failed or the pod gave up waiting for it
+// (restore_wait_seconds), an empty tar archive: the container then starts on its image
+// alone, as a cold start, and the log says why.
+func (p *Pod) startMemberOnLayer(ctx context.Context, mb *member) {
+	m, f := p.restoring()
+	path := p.memberLayerPath(mb.name)
+	_ = os.MkdirAll(filepath.Dir(path), 0o700)
+	why := ""
+	if m == nil || f == nil {
+		why = "the pod's snapshot was dropped"
+	} else {
+		wctx, cancel := context.WithTimeout(ctx, p.cfg.RestoreWait())
+		w, ok := f.await(wctx, p.namespace, p.entry.ID())
+		cancel()
+		src, has := layerFile(m, f, mb.name)
+		switch {
+		case !ok:
+			why = w
+		case !has:
+			why = fmt.Sprintf("snapshot %s/%s has no layer for container %s", p.namespace, m.UUID, mb.name)
+		default:
+			t0 := time.Now()
+			if err := os.Symlink(src, path); err != nil {
+				why = fmt.Sprintf("link its layer: %v", err)
+				break
+			}
+			p.logRootfsRestored(ctx, m, f, mb.name, time.Since(t0))
+			return
+		}
+	}
+	decide(ctx, mb.t.ID(), "cold start", fmt.Sprintf("container %s starts without its root file system layer: %s", mb.name, why))
+	if err := os.WriteFile(path, make([]byte, 1024), 0o600); err != nil { // an empty tar archive
+		log.G(ctx).WithError(err).Warn("podsnapshot: could not write an empty layer")
+	}
+}
+
+// logRootfsRestored logs and reports that container name starts on its root file
+// system layer from m: the time since the lookup began, of which the download and the
+// start's preparation (took).
+func (p *Pod) logRootfsRestored(ctx context.Context, m *manifest.Manifest, f *fetch, name string, took time.Duration) {
+	total := time.Since(p.lookupStart)
+	msg := fmt.Sprintf("Successfully restored the root file system of container %s from PodSnapshot %s/%s (scope %s) in %d ms (download %d ms, layer %d ms); its processes start fresh",
+		name, p.namespace, m.UUID, m.ScopeName(), total.Milliseconds(), f.took.Milliseconds(), took.Milliseconds())
+	log.G(ctx).WithFields(log.Fields{"id": p.sb.ID(), "decision": "restored", "reason": v1.EventReason, "scope": m.ScopeName()}).
+		Infof("podsnapshot: restored: %s", msg)
+	p.reportRestored(ctx, m, f, total, msg)
+	p.touchLater(ctx, m)
+}

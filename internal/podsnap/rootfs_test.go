@@ -1,0 +1,125 @@
+package podsnap
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+)
+
+// newRootfsEnv is newEnv with the policy's snapshotScope rootfs-only.
+func newRootfsEnv(t *testing.T, trigger, post string) *env {
+	t.Helper()
+	e := newEnv(t, trigger, post)
+	p := filepath.Join(e.cfg.PolicyDir, "p.yaml")
+	b, err := os.ReadFile(p)
+	must(t, err)
+	must(t, os.WriteFile(p, []byte(strings.Replace(string(b), "  triggerConfig:", "  snapshotScope: rootfs-only\n  triggerConfig:", 1)), 0o600))
+	return e
+}
+
+// A workload trigger of a rootfs-only pod of two containers: gVisor's memory image is
+// discarded, each container's layer is saved with the sandbox frozen, the sandbox runs
+// on; a second pod's containers are created naming their layers and find them linked at
+// start, and nothing restores memory.
+func TestRootfsOnlyWorkloadTriggerThenStart(t *testing.T) {
+	e := newRootfsEnv(t, "workload", "stop")
+	pd := createPod(t, e, "first")
+	for _, name := range []string{"writer", "server"} {
+		c, _ := pd.join(name, "/bin/"+name)
+		must(t, pd.p.Start(context.Background(), c))
+	}
+	if pd.sb.annots[annCheckpointResume] != "true" {
+		t.Fatalf("resume annotation %q: gVisor's save must leave the sandbox running to read its files", pd.sb.annots[annCheckpointResume])
+	}
+	pd.sb.checkpoints <- nil
+	eventually(t, "the commit", func() bool { return len(e.committed()) == 1 })
+	m := e.committed()[0]
+	var files []string
+	for _, f := range m.Files {
+		files = append(files, strings.TrimPrefix(f.Name, m.Dir()+"/"))
+	}
+	if m.Scope != manifest.ScopeRootfsOnly || strings.Join(files, ",") != "rootfs-server.tar,rootfs-writer.tar" {
+		t.Fatalf("scope %q files %v: want two layers and no memory image", m.Scope, files)
+	}
+	if got := pd.sb.callLog(); !strings.Contains(got, "freeze, thaw, kill 9") {
+		t.Fatalf("sandbox calls %q: want it frozen, then resumed and killed (postCheckpoint: stop)", got)
+	}
+	if got := pd.p.SandboxExited(137); got != 0 {
+		t.Fatalf("exit status after a committed stop = %d, want 0", got)
+	}
+
+	p2, sb2 := e.plan("second", "pod-second")
+	if p2.Restores() || p2.restore == nil || !p2.restore.RootfsOnly() {
+		t.Fatal("the second pod does not start on the layers")
+	}
+	must(t, p2.Start(context.Background(), sb2))
+	if got := sb2.callLog(); got != "start" {
+		t.Fatalf("pause container calls %q, want a plain start", got)
+	}
+	pd2 := &pod{p: p2, sb: sb2, members: map[string]*fakeTask{}}
+	c, deferred := pd2.join("writer", "/bin/writer")
+	if deferred {
+		t.Fatal("a container of a rootfs-only restore waits")
+	}
+	want := p2.memberLayerPath("writer")
+	if got := c.annots[AnnRootfsUpperTar+".writer"]; got != want {
+		t.Fatalf("layer annotation %q, want %q", got, want)
+	}
+	must(t, p2.Start(context.Background(), c))
+	b, err := os.ReadFile(want)
+	must(t, err)
+	if string(b) != "layer of first-writer" {
+		t.Fatalf("layer at start holds %q", b)
+	}
+	// A container the snapshot has no layer for starts on its image.
+	other, _ := pd2.join("other", "/bin/other")
+	if _, ok := other.annots[AnnRootfsUpperTar+".other"]; ok {
+		t.Fatal("a container without a layer was given one")
+	}
+}
+
+// The manual trigger saves the layers of a pod of one container (ctr) and resumes it;
+// the same spec then starts on its layer from the node cache, named at Plan.
+func TestRootfsOnlyManualOfOneContainer(t *testing.T) {
+	e := newRootfsEnv(t, "manual", "resume")
+	sb := newFakeTask("one")
+	spec := containerSpec("")
+	delete(spec.Annotations, "io.kubernetes.cri.container-type")
+	delete(spec.Annotations, "io.kubernetes.cri.container-name")
+	spec.Annotations["io.kubernetes.cri.sandbox-namespace"] = "default"
+	p := e.node.Plan(context.Background(), Sandbox{Task: sb, Spec: spec, Config: e.cfg})
+	t.Cleanup(p.commits.Wait)
+	t.Cleanup(p.touches.Wait)
+	must(t, p.Start(context.Background(), sb))
+	m, err := p.Checkpoint(context.Background())
+	must(t, err)
+	if got := sb.callLog(); !strings.HasSuffix(got, "freeze, tar, thaw") {
+		t.Fatalf("calls %q: want freeze, tar, thaw", got)
+	}
+	if len(m.RootfsLayers()) != 1 || m.RootfsLayers()["main"].Name == "" {
+		t.Fatalf("layers %v", m.RootfsLayers())
+	}
+	// First restore downloads: the sandbox is created again naming its layer.
+	sb2 := newFakeTask("two")
+	p2 := e.node.Plan(context.Background(), Sandbox{Task: sb2, Spec: spec, Config: e.cfg})
+	t.Cleanup(p2.touches.Wait)
+	must(t, p2.Start(context.Background(), sb2))
+	if got := sb2.callLog(); got != "writespec, destroy, create, start" {
+		t.Fatalf("calls %q", got)
+	}
+	if !strings.HasSuffix(sb2.annots[AnnRootfsUpperTar], "rootfs-main.tar") {
+		t.Fatalf("annotations %v", sb2.annots)
+	}
+	// Next: from the node cache, named at Plan, no second create.
+	sb3 := newFakeTask("three")
+	p3 := e.node.Plan(context.Background(), Sandbox{Task: sb3, Spec: spec, Config: e.cfg})
+	t.Cleanup(p3.touches.Wait)
+	must(t, p3.Start(context.Background(), sb3))
+	if got := sb3.callLog(); got != "writespec, start" {
+		t.Fatalf("calls %q", got)
+	}
+}
