@@ -70,15 +70,17 @@ demo: deps build
 	$(GO) run ./hack/demo -storage $(STORAGE) $(if $(WORKLOAD),-workload $(WORKLOAD)) $(if $(MIB),-mib $(MIB)) $(if $(SECONDS),-seconds $(SECONDS))
 
 # Benchmarks on a private containerd (needs root; see docs/benchmarks.md): SIZES in MiB,
-# RUNS per figure, STORES local,gcs, TORCH=false to skip the torch model server; e.g.
-# `make bench SIZES=64 RUNS=1 STORES=local TORCH=false`.
+# RUNS per figure, STORES local,gcs, TORCH=false to skip the torch model server,
+# ROOTFS=false to skip the rootfs-only scope (SIZES=none runs only it and torch); e.g.
+# `make bench SIZES=64 RUNS=1 STORES=local TORCH=false ROOTFS=false`.
 SIZES ?= 64,512,2048
 RUNS ?= 3
 STORES ?= local,gcs
 TORCH ?= true
+ROOTFS ?= true
 bench: deps build
-	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) -torch=$(TORCH) \
-		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES) TORCH=$(TORCH)'
+	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) -torch=$(TORCH) -rootfs=$(ROOTFS) \
+		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES) TORCH=$(TORCH) ROOTFS=$(ROOTFS)'
 
 # The image of podsnapshot-agent (node agent and controller, deploy/kubernetes) as an OCI
 # archive: only the static binary. Import it on each node: ctr -n k8s.io images import.

@@ -113,38 +113,40 @@ while :; do sleep 1; done`
 // TestRootfsOnlyPodOfTwo (issue 17, must-show 3): each container's root file system
 // comes back into the container of the same name, in a CRI pod of two.
 func TestRootfsOnlyPodOfTwo(t *testing.T) {
-	e := newCRIEnv(t, localStore)
-	p := e.startPod("fs-pod", "rootfs")
-	p.add("a", rootfsAScript)
-	p.add("b", rootfsBScript)
-	harness.WaitForOutput(t, p.log("a"), "checkpoint result: resume", 2*time.Minute)
-	m := e.committedWithin(p.id, time.Minute)
-	layers := m.RootfsLayers()
-	if len(layers) != 2 || layers["a"].Name == "" || layers["b"].Name == "" || len(m.Files) != 2 {
-		t.Fatalf("snapshot %s: files %v; want the layers of a and b only", m.UUID, m.Files)
-	}
-	p.remove()
+	forStores(t, func(t *testing.T, kind storeKind) {
+		e := newCRIEnv(t, kind)
+		p := e.startPod("fs-pod", "rootfs")
+		p.add("a", rootfsAScript)
+		p.add("b", rootfsBScript)
+		harness.WaitForOutput(t, p.log("a"), "checkpoint result: resume", 2*time.Minute)
+		m := e.committedWithin(p.id, time.Minute)
+		layers := m.RootfsLayers()
+		if len(layers) != 2 || layers["a"].Name == "" || layers["b"].Name == "" || len(m.Files) != 2 {
+			t.Fatalf("snapshot %s: files %v; want the layers of a and b only", m.UUID, m.Files)
+		}
+		p.remove()
 
-	p2 := e.startPod("fs-pod", "rootfs")
-	p2.add("a", rootfsAScript)
-	p2.add("b", rootfsBScript)
-	outA := harness.WaitForOutput(t, p2.log("a"), "found ", time.Minute)
-	outB := harness.WaitForOutput(t, p2.log("b"), "found ", time.Minute)
-	if !strings.Contains(outA, "found a wrote this") || !strings.Contains(outB, "found b wrote this") {
-		t.Fatalf("the layers came back into the wrong containers:\na: %s\nb: %s", outA, outB)
-	}
-	if strings.Contains(outA, "checkpoint result") {
-		t.Fatalf("a started from scratch:\n%s", outA)
-	}
-	for _, c := range []string{"a", "b"} {
-		found := false
-		for _, line := range strings.Split(e.cd.Logs(), "\n") {
-			if strings.Contains(line, "decision=restored") && strings.Contains(line, "root file system of container "+c+" ") {
-				found = true
+		p2 := e.startPod("fs-pod", "rootfs")
+		p2.add("a", rootfsAScript)
+		p2.add("b", rootfsBScript)
+		outA := harness.WaitForOutput(t, p2.log("a"), "found ", time.Minute)
+		outB := harness.WaitForOutput(t, p2.log("b"), "found ", time.Minute)
+		if !strings.Contains(outA, "found a wrote this") || !strings.Contains(outB, "found b wrote this") {
+			t.Fatalf("the layers came back into the wrong containers:\na: %s\nb: %s", outA, outB)
+		}
+		if strings.Contains(outA, "checkpoint result") {
+			t.Fatalf("a started from scratch:\n%s", outA)
+		}
+		for _, c := range []string{"a", "b"} {
+			found := false
+			for _, line := range strings.Split(e.cd.Logs(), "\n") {
+				if strings.Contains(line, "decision=restored") && strings.Contains(line, "root file system of container "+c+" ") {
+					found = true
+				}
+			}
+			if !found {
+				t.Fatalf("no restore line for container %s", c)
 			}
 		}
-		if !found {
-			t.Fatalf("no restore line for container %s", c)
-		}
-	}
+	})
 }

@@ -51,6 +51,7 @@ func (m *Manifest) PodSnapshot(storeURL string) *v1.PodSnapshot {
 	if storeURL != "" {
 		ps.Status.StoragePath = strings.TrimSuffix(storeURL, "/") + "/" + m.Dir()
 	}
+	ps.Status.SnapshotScope = v1.SnapshotScope(m.ScopeName())
 	if !m.LastAccessTime.IsZero() {
 		t := metav1.NewTime(m.LastAccessTime)
 		ps.Status.LastAccessTime = &t

@@ -18,11 +18,17 @@
 //     downloaded before runsc restores), through a second shim config;
 //  9. on fake-gcs-server, four restores of one snapshot at once on one node (node cache
 //     empty): each one's time, and how many downloads of the pages file their shims
-//     made together (the fetched_bytes of their stream lines / its stored size).
+//     made together (the fetched_bytes of their stream lines / its stored size);
+//  10. with -rootfs (the default), per store: a workload whose set-up writes 500 MiB of
+//     files over 10 s (fsinit) under a policy with snapshotScope: rootfs-only: cold start
+//     to ready, trigger -> committed and the layer's size, and restores of the same spec
+//     on its root file system layer (first from the store, then from the node cache),
+//     each to ready with its files checked (rootfs.go).
 //
-// Each figure is the median of -runs runs with min and max.
+// Each figure is the median of -runs runs with min and max. -sizes none skips 1-9 (the
+// whole-pod and plain-start figures), for example to run the rootfs-only section alone:
 //
-//	go run ./hack/bench [-sizes 64,512,2048] [-runs 3] [-stores local,gcs] [-seconds 10]
+//	go run ./hack/bench [-sizes 64,512,2048|none] [-runs 3] [-stores local,gcs] [-seconds 10] [-torch=false] [-rootfs=false]
 //
 // It needs root, `make deps` and `make build`; it runs on internal/testenv/lab, as the demo does, and removes
 // everything it started, also on error or Ctrl-C.
@@ -50,24 +56,29 @@ type config struct {
 	stores  []lab.Storage
 	seconds float64
 	torch   bool // also measure the torch model server
+	rootfs  bool // also measure the rootfs-only scope (fsinit)
 	md      string
 	json    string
 	command string
 }
 
 func main() {
-	sizes := flag.String("sizes", "64,512,2048", "workload sizes in MiB, comma-separated")
+	sizes := flag.String("sizes", "64,512,2048", "workload sizes in MiB, comma-separated; none: no whole-pod or plain-start figures")
 	runs := flag.Int("runs", 3, "runs per figure (the median, min and max are reported)")
 	stores := flag.String("stores", "local,gcs", "snapshot stores: local, gcs (fake-gcs-server)")
 	seconds := flag.Float64("seconds", 10, "the workload's initialisation time")
 	md := flag.String("md", "docs/benchmarks.md", "markdown report to write (relative to the repository root)")
 	js := flag.String("json", "docs/benchmarks.json", "JSON results to write (relative to the repository root)")
 	torch := flag.Bool("torch", true, "also measure the torch model server (about 3 minutes)")
+	rootfs := flag.Bool("rootfs", true, "also measure the rootfs-only snapshot scope: fsinit writing 500 MiB of files over 10 s (about 20 s per run on the local store, 30 s on fake-gcs-server)")
 	command := flag.String("command", "", "the command line to record in the report (default: this program's)")
 	flag.Parse()
 
-	cfg := config{runs: *runs, seconds: *seconds, torch: *torch, md: *md, json: *js, command: *command}
+	cfg := config{runs: *runs, seconds: *seconds, torch: *torch, rootfs: *rootfs, md: *md, json: *js, command: *command}
 	for _, s := range strings.Split(*sizes, ",") {
+		if *sizes == "none" {
+			break
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || n <= 0 {
 			usage(fmt.Sprintf("-sizes: %q is not a positive number of MiB", s))
@@ -83,6 +94,9 @@ func main() {
 	}
 	if cfg.runs < 1 || cfg.seconds < 0 || flag.NArg() > 0 {
 		usage("-runs must be at least 1, -seconds not negative, no arguments")
+	}
+	if len(cfg.sizes) == 0 && !cfg.rootfs && !cfg.torch {
+		usage("-sizes none with -rootfs=false and -torch=false measures nothing")
 	}
 	if cfg.command == "" {
 		cfg.command = "go run ./hack/bench " + strings.Join(os.Args[1:], " ")
@@ -100,7 +114,7 @@ func main() {
 
 func usage(msg string) {
 	fmt.Fprintln(os.Stderr, "bench: "+msg)
-	fmt.Fprintln(os.Stderr, "usage: bench [-sizes 64,512,2048] [-runs 3] [-stores local,gcs] [-seconds 10] [-torch=false] [-md FILE] [-json FILE]")
+	fmt.Fprintln(os.Stderr, "usage: bench [-sizes 64,512,2048|none] [-runs 3] [-stores local,gcs] [-seconds 10] [-torch=false] [-rootfs=false] [-md FILE] [-json FILE]")
 	os.Exit(2)
 }
 
@@ -134,9 +148,13 @@ func run(ctx context.Context, cfg config) error {
 	}
 	defer os.RemoveAll(rep.images)
 	defineMetrics(rep.res, cfg.stores)
+	defineRootfsMetrics(rep.res, cfg.stores)
 	logf("load average before: %s", rep.loadBefore)
 
 	for i, st := range cfg.stores {
+		if len(cfg.sizes) == 0 && !cfg.rootfs {
+			break // nothing to measure in a store's lab
+		}
 		if err := runLab(ctx, rep, st, i == 0); err != nil {
 			return err
 		}
@@ -167,6 +185,7 @@ func run(ctx context.Context, cfg config) error {
 
 // runLab brings up a lab with store st and measures in it; the first lab also measures
 // what does not depend on the store (the runsc floor, the compressor, plain starts).
+// Last come the rootfs-only cycles (-rootfs).
 func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err error) {
 	cfg := rep.cfg
 	l, err := lab.Start(ctx, lab.Options{Storage: st, Namespace: "bench", Logf: logf})
@@ -186,7 +205,7 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 	}
 	res := rep.res
 
-	if first {
+	if first && len(cfg.sizes) > 0 {
 		if err := measureDirect(ctx, rep, l); err != nil {
 			return err
 		}
@@ -298,6 +317,10 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				c.first.toMemOK.Seconds(), c.cached.toReady.Seconds(), c.whole.toReady.Seconds(),
 				mibStr(c.shimPeakUpload), mibStr(c.first.shimPeak))
 		}
+	}
+	if cfg.rootfs {
+		// After the whole-pod cycles, in the same lab: its own policy and label.
+		return measureRootfs(ctx, rep, l)
 	}
 	return nil
 }

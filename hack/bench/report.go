@@ -187,10 +187,66 @@ func renderMarkdown(rep *report) string {
 	}
 	w("- load average (1, 5, 15 min): %s before, %s after, highest 1-minute value sampled between phases %.2f (these include the benchmark itself; other engineers' tests share this machine, so expect noise)\n",
 		rep.loadBefore, rep.loadAfter, rep.loadMax)
-	w("- workload: `slowinit -mib N -seconds %g -checkpoint` (the workloads test image); its memory pattern is nearly incompressible, so stored ≈ raw size\n", cfg.seconds)
-	w("- runs: %d per figure and store; stores: %s\n\n", cfg.runs, storesList(cfg.stores))
+	if len(cfg.sizes) > 0 {
+		w("- workload: `slowinit -mib N -seconds %g -checkpoint` (the workloads test image); its memory pattern is nearly incompressible, so stored ≈ raw size\n", cfg.seconds)
+	} else {
+		w("- sizes: none (-sizes none): no whole-pod or plain-start figures in this run\n")
+	}
+	if cfg.rootfs {
+		w("- rootfs-only workload: `%s` under a PodSnapshotPolicy with snapshotScope: rootfs-only\n", strings.Join(rootfsCommand(), " "))
+	}
+	w("- runs: %d per figure and store; stores: %s\n", cfg.runs, storesList(cfg.stores))
+	if len(cfg.sizes) > 0 {
+		renderSizes(rep, w)
+	}
+	if rootfsMeasured(rep) {
+		renderRootfs(rep, w)
+	}
 
-	w("## Results\n\n")
+	if _, ok := r.stat("torch_cold", 0); ok {
+		w("\n## A real model server: torch\n\n| measurement | value | unit |\n|---|---|---|\n")
+		for _, k := range []string{"torch_cold", "torch_restore", "torch_ratio", "torch_raw_mb", "torch_stored_mb", "torch_raw_mb_zero", "torch_stored_mb_zero"} {
+			st, ok := r.stat(k, 0)
+			w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
+		}
+	}
+
+	w("\n## Targets\n\n| target | measured (medians) | holds |\n|---|---|---|\n")
+	for _, t := range evaluateTargets(rep) {
+		w("| %s | %s | %s |\n", t.Target, t.Measured, t.Holds)
+	}
+
+	w("\n## What each row measures\n\n")
+	for _, m := range r.order {
+		if m.Note != "" && r.samples[m.Key] != nil {
+			w("- %s: %s.\n", strings.TrimSpace(m.Label), m.Note)
+		}
+	}
+	if len(cfg.sizes) > 0 {
+		renderSizeNotes(w)
+	}
+	for _, n := range rep.notes {
+		w("- %s\n", n)
+	}
+	return b.String()
+}
+
+// renderSizeNotes explains the whole-pod and plain-start rows.
+func renderSizeNotes(w func(string, ...any)) {
+	w("- Restore rows end at the restored workload's `checkpoint result: restore` line, the same state as the cold start's `ready` line; " +
+		"the `memory ok` rows end once it has also read back all of its memory. A streaming restore (stream_restore = true, the default) is ready before its pages have all arrived: " +
+		"its `memory ok` row includes the wait for the pages the workload reads; the `stream_restore = false` rows are the old path, the whole snapshot downloaded before runsc restores.\n")
+	w("- The shim's overhead on a plain start vs `runsc run` includes containerd and ctr (image snapshot, rootfs mount, shim start, task API), not only the shim binary; " +
+		"containerd's runc shim driving the same runsc pays all of that too, so our shim vs that reference is what the shim itself adds; " +
+		"all three write to a file and are measured to the first output line; one warm-up run of each is not counted.\n")
+	w("- The runsc floor uses the same runsc binary and flags, the same root filesystem and command, and `runsc create` + `runsc restore --detach --background` as the shim does; " +
+		"its image is uncompressed and still in the page cache, like a node-cache entry.\n")
+}
+
+// renderSizes writes the whole-pod results by size and the plain starts.
+func renderSizes(rep *report, w func(string, ...any)) {
+	cfg, r := rep.cfg, rep.res
+	w("\n## Results\n\n")
 	w("| measurement |")
 	for _, mib := range cfg.sizes {
 		w(" %s |", sizeName(mib))
@@ -217,38 +273,6 @@ func renderMarkdown(rep *report) string {
 		st, ok := r.stat(k, 0)
 		w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
 	}
-
-	if _, ok := r.stat("torch_cold", 0); ok {
-		w("\n## A real model server: torch\n\n| measurement | value | unit |\n|---|---|---|\n")
-		for _, k := range []string{"torch_cold", "torch_restore", "torch_ratio", "torch_raw_mb", "torch_stored_mb", "torch_raw_mb_zero", "torch_stored_mb_zero"} {
-			st, ok := r.stat(k, 0)
-			w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
-		}
-	}
-
-	w("\n## Targets\n\n| target | measured (medians) | holds |\n|---|---|---|\n")
-	for _, t := range evaluateTargets(rep) {
-		w("| %s | %s | %s |\n", t.Target, t.Measured, t.Holds)
-	}
-
-	w("\n## What each row measures\n\n")
-	for _, m := range r.order {
-		if m.Note != "" && r.samples[m.Key] != nil {
-			w("- %s: %s.\n", strings.TrimSpace(m.Label), m.Note)
-		}
-	}
-	w("- Restore rows end at the restored workload's `checkpoint result: restore` line, the same state as the cold start's `ready` line; " +
-		"the `memory ok` rows end once it has also read back all of its memory. A streaming restore (stream_restore = true, the default) is ready before its pages have all arrived: " +
-		"its `memory ok` row includes the wait for the pages the workload reads; the `stream_restore = false` rows are the old path, the whole snapshot downloaded before runsc restores.\n")
-	w("- The shim's overhead on a plain start vs `runsc run` includes containerd and ctr (image snapshot, rootfs mount, shim start, task API), not only the shim binary; " +
-		"containerd's runc shim driving the same runsc pays all of that too, so our shim vs that reference is what the shim itself adds; " +
-		"all three write to a file and are measured to the first output line; one warm-up run of each is not counted.\n")
-	w("- The runsc floor uses the same runsc binary and flags, the same root filesystem and command, and `runsc create` + `runsc restore --detach --background` as the shim does; " +
-		"its image is uncompressed and still in the page cache, like a node-cache entry.\n")
-	for _, n := range rep.notes {
-		w("- %s\n", n)
-	}
-	return b.String()
 }
 
 func mdLabel(s string) string {
@@ -272,20 +296,23 @@ type jsonMetric struct {
 }
 
 type jsonReport struct {
-	Date       string       `json:"date"`
-	DurationS  float64      `json:"duration_s"`
-	Command    string       `json:"command"`
-	Machine    lab.Machine  `json:"machine"`
-	LoadBefore string       `json:"load_before"`
-	LoadAfter  string       `json:"load_after"`
-	LoadMax1m  float64      `json:"load_max_1m"`
-	SizesMiB   []int        `json:"sizes_mib"`
-	Runs       int          `json:"runs"`
-	Stores     []string     `json:"stores"`
-	InitS      float64      `json:"init_seconds"`
-	Metrics    []jsonMetric `json:"metrics"`
-	Targets    []target     `json:"targets"`
-	Notes      []string     `json:"notes,omitempty"`
+	Date       string      `json:"date"`
+	DurationS  float64     `json:"duration_s"`
+	Command    string      `json:"command"`
+	Machine    lab.Machine `json:"machine"`
+	LoadBefore string      `json:"load_before"`
+	LoadAfter  string      `json:"load_after"`
+	LoadMax1m  float64     `json:"load_max_1m"`
+	SizesMiB   []int       `json:"sizes_mib"`
+	Runs       int         `json:"runs"`
+	Stores     []string    `json:"stores"`
+	InitS      float64     `json:"init_seconds"`
+	// RootfsWorkload is the command of the rootfs-only section (its rootfs_* metrics),
+	// when it ran.
+	RootfsWorkload string       `json:"rootfs_workload,omitempty"`
+	Metrics        []jsonMetric `json:"metrics"`
+	Targets        []target     `json:"targets"`
+	Notes          []string     `json:"notes,omitempty"`
 }
 
 func writeFiles(rep *report, mdPath, jsonPath string) error {
@@ -296,6 +323,9 @@ func writeFiles(rep *report, mdPath, jsonPath string) error {
 	}
 	for _, s := range rep.cfg.stores {
 		jr.Stores = append(jr.Stores, string(s))
+	}
+	if rootfsMeasured(rep) {
+		jr.RootfsWorkload = strings.Join(rootfsCommand(), " ")
 	}
 	for _, m := range rep.res.order {
 		by := map[string]Stat{}

@@ -252,6 +252,9 @@ func (r *reporter) ensureSnapshot(ctx context.Context, rep report.Report) error 
 		if ps.Status.StoragePath == "" && rep.StoragePath != "" {
 			ps.Status.StoragePath = rep.StoragePath
 		}
+		if ps.Status.SnapshotScope == "" && rep.Scope != "" {
+			ps.Status.SnapshotScope = v1.SnapshotScope(rep.Scope)
+		}
 		kubeapi.Awaiting(ps, rep.Time)
 	}))
 }

@@ -172,6 +172,7 @@ func (s *syncer) adopt(ctx context.Context, m *manifest.Manifest, url string) (*
 		ps.Status.Conditions = view.Status.Conditions
 		ps.Status.LastAccessTime = view.Status.LastAccessTime
 		ps.Status.StoragePath = view.Status.StoragePath
+		ps.Status.SnapshotScope = view.Status.SnapshotScope
 	})
 }
 

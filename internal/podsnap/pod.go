@@ -98,6 +98,9 @@ type Pod struct {
 	stop       bool   // postCheckpoint: stop
 	// lookupStart is when the snapshot lookup began, at the sandbox's Create.
 	lookupStart time.Time
+	// layerNamed: the sandbox container's spec names its downloaded root file system
+	// layer itself, not a placeholder (rootfs.go planRootfs); set at Plan.
+	layerNamed bool
 	// rep writes the pod's reports for the node agent (report.go); nil for a pod
 	// without a Kubernetes name (ctr).
 	rep *reporter
@@ -191,7 +194,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		return nil
 	}
 	entry := match.Entry
-	rep := newReporter(cfg, spec, ns, id, entry.Policy.Name)
+	rep := newReporter(cfg, spec, ns, id, entry.Policy.Name, scopeOf(entry.Policy.Spec.SnapshotScope))
 	// coldWithout starts the matched pod cold without a lifecycle: it cannot checkpoint.
 	coldWithout := func(reason, why string) *Pod {
 		decide(ctx, id, "cold start", why)

@@ -50,12 +50,13 @@ type reporter struct {
 	pod     report.Pod
 	sandbox string // the sandbox's containerd ID
 	policy  string // the policy's name, in pod.Namespace
+	scope   string // the policy's snapshot scope (manifest.Scope*)
 }
 
 // newReporter returns the reporter of the pod whose sandbox spec is spec, matched by
 // policy in namespace ns, under node config cfg; nil when the spec names no Kubernetes
 // pod (annotation io.kubernetes.cri.sandbox-name: a ctr container).
-func newReporter(cfg config.Config, spec *specs.Spec, ns, sandboxID, policy string) *reporter {
+func newReporter(cfg config.Config, spec *specs.Spec, ns, sandboxID, policy, scope string) *reporter {
 	name := spec.Annotations[oci.SandboxNameAnnotation]
 	if name == "" {
 		return nil
@@ -65,6 +66,7 @@ func newReporter(cfg config.Config, spec *specs.Spec, ns, sandboxID, policy stri
 		pod:     report.Pod{Namespace: ns, Name: name, UID: spec.Annotations[oci.SandboxUIDAnnotation]},
 		sandbox: sandboxID,
 		policy:  policy,
+		scope:   scope,
 	}
 }
 
@@ -74,7 +76,7 @@ func (r *reporter) write(ctx context.Context, rep report.Report) {
 	if r == nil {
 		return
 	}
-	rep.Pod, rep.SandboxID, rep.Policy = r.pod, r.sandbox, r.policy
+	rep.Pod, rep.SandboxID, rep.Policy, rep.Scope = r.pod, r.sandbox, r.policy, r.scope
 	rep.Message = oneLine(rep.Message)
 	if err := r.spool.Write(rep); err != nil {
 		log.G(ctx).WithError(err).WithFields(log.Fields{"id": r.sandbox, "report": rep.Kind, "snapshot": rep.Snapshot}).

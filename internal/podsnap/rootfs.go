@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -36,8 +37,11 @@ func (p *Pod) rootfsOnly() bool {
 }
 
 // scope is the manifest scope of the pod's snapshots.
-func (p *Pod) scope() string {
-	if p.rootfsOnly() {
+func (p *Pod) scope() string { return scopeOf(p.entry.Policy.Spec.SnapshotScope) }
+
+// scopeOf is the manifest scope of a policy's snapshotScope (whole-pod when unset).
+func scopeOf(s v1.SnapshotScope) string {
+	if s == v1.ScopeRootfsOnly {
 		return manifest.ScopeRootfsOnly
 	}
 	return manifest.ScopeWholePod
@@ -147,15 +151,15 @@ func layerFile(m *manifest.Manifest, f *fetch, name string) (string, bool) {
 }
 
 // startOnLayers runs the created sandbox of a pod that restores a rootfs-only snapshot:
-// it waits for the download, gives the sandbox container its layer (when it has one:
-// a cached snapshot's was given at Plan; a downloaded one's needs a new `runsc create`)
-// and starts it. A failed download or start is a cold start, without layers.
+// it waits for the download, gives the sandbox container its layer (applySandboxLayer)
+// and starts it. A failed download is a cold start on the empty placeholder Plan gave
+// it; a failed start, a cold start of a sandbox made afresh without a layer.
 func (p *Pod) startOnLayers(ctx context.Context, m *manifest.Manifest, f *fetch) error {
 	id := p.sb.ID()
 	why, fetched := f.await(ctx, p.namespace, p.entry.ID())
 	if fetched {
 		t0 := time.Now()
-		err := p.applySandboxLayer(ctx, m, f)
+		err := p.applySandboxLayer(m, f)
 		if err == nil {
 			err = p.sb.Launch(ctx, "")
 		}
@@ -179,52 +183,109 @@ func (p *Pod) startOnLayers(ctx context.Context, m *manifest.Manifest, f *fetch)
 	}
 	decide(ctx, id, "cold start", why)
 	p.dropRestore(fetched)
-	// The sandbox may carry the layer annotation: made afresh without it.
-	if err := p.sb.WriteSpec(nil); err != nil {
-		return fmt.Errorf("rewrite the spec of %s for a cold start: %w", id, err)
-	}
-	err := p.recreate(ctx)
-	p.reportColdStart(ctx, reason, why)
-	if err != nil {
-		return err
+	// Nothing of the layer may be applied: the placeholder is emptied.
+	_ = os.Truncate(p.layerPath(p.sandbox.Name), 0)
+	if fetched || p.workloadTriggered() {
+		// A failed start leaves no usable sandbox, and a workload trigger needs its
+		// annotations at create: made afresh, without the layer.
+		if err := p.sb.WriteSpec(nil); err != nil {
+			return fmt.Errorf("rewrite the spec of %s for a cold start: %w", id, err)
+		}
+		err := p.recreate(ctx)
+		p.reportColdStart(ctx, reason, why)
+		if err != nil {
+			return err
+		}
+	} else {
+		p.reportColdStart(ctx, reason, why)
 	}
 	return p.launch(ctx, p.sb)
 }
 
-// applySandboxLayer gives the sandbox container its layer of m: already at Plan for a
-// snapshot found in the node cache; else its bundle is rewritten and runsc creates it
-// again (runsc opens a sandbox's layer at create). A CRI pause container has none.
-func (p *Pod) applySandboxLayer(ctx context.Context, m *manifest.Manifest, f *fetch) error {
-	path, ok := layerFile(m, f, p.sandbox.Name)
-	if !ok || f.cached || p.sandbox.Name == criSandboxName {
+// applySandboxLayer gives the sandbox container its downloaded layer of m, unless Plan
+// named the layer file itself (p.layerNamed): copied into the placeholder that `runsc
+// create` opened (planRootfs), which gVisor reads when the container starts; the same
+// open file, so no second `runsc create` (which cost about a second on the 2-core VM).
+// A CRI pause container has none.
+func (p *Pod) applySandboxLayer(m *manifest.Manifest, f *fetch) error {
+	if p.layerNamed || p.sandbox.Name == criSandboxName {
 		return nil
 	}
-	if err := p.sb.WriteSpec(map[string]string{p.rootfsLayerAnnotation(p.sandbox.Name, false): path}); err != nil {
-		return err
+	src, ok := layerFile(m, f, p.sandbox.Name)
+	if !ok {
+		return nil
 	}
-	if err := p.sb.Destroy(ctx); err != nil {
-		return err
-	}
-	return p.sb.Create(ctx)
+	return copyInto(p.layerPath(p.sandbox.Name), src)
 }
 
-// planRootfs is Plan's part for a pod restoring rootfs-only snapshot m: a sandbox
-// container with a layer in the node cache gets it now, before `runsc create`.
+// copyInto copies file src over the existing file dst, keeping dst's inode (a process
+// that has dst open reads the new bytes). Go's io.Copy between files uses
+// copy_file_range: the bytes do not pass through the shim.
+func copyInto(dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy layer %s to %s: %w", src, dst, err)
+	}
+	return out.Close()
+}
+
+// layerPlanWait bounds how long Plan waits for the download of a sandbox container's
+// layer, so that `runsc create` can open the downloaded file itself: the Create RPC
+// takes the download's time (tens of ms from a local store, under a second from Cloud
+// Storage for 500 MiB here) instead of a copy of the whole layer at Start. A slower
+// download goes on alongside `runsc create` and is copied into the placeholder.
+const layerPlanWait = 10 * time.Second
+
+// planRootfs is Plan's part for a pod restoring rootfs-only snapshot m, before `runsc
+// create` of its sandbox container (runsc opens the layer at create and gVisor reads it
+// at start): the container is given its layer file in the node cache (found there, or
+// downloaded within layerPlanWait), else an empty placeholder in the pod's work dir
+// that applySandboxLayer fills at Start. A CRI pause container has no layer; its
+// containers get theirs as they join.
 func (p *Pod) planRootfs(m *manifest.Manifest, f *fetch) {
-	if !f.cached || p.sandbox.Name == criSandboxName {
+	name := p.sandbox.Name
+	if _, ok := m.RootfsLayers()[name]; !ok || name == criSandboxName {
 		return
 	}
-	if path, ok := layerFile(m, f, p.sandbox.Name); ok {
-		if err := p.sb.WriteSpec(map[string]string{p.rootfsLayerAnnotation(p.sandbox.Name, false): path}); err != nil {
-			log.L.WithError(err).Warn("podsnapshot: the root file system layer will be given at Start")
-			f.cached = false // applySandboxLayer tries again
+	if !f.cached {
+		select {
+		case <-f.done:
+		case <-time.After(layerPlanWait):
 		}
+	}
+	path := p.layerPath(name)
+	select {
+	case <-f.done:
+		if src, ok := layerFile(m, f, name); ok && f.failed == "" {
+			path, p.layerNamed = src, true
+		}
+	default:
+	}
+	if !p.layerNamed {
+		_ = os.MkdirAll(filepath.Dir(path), 0o700)
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			log.L.WithError(err).Warn("podsnapshot: the container starts without its root file system layer")
+			return
+		}
+	}
+	if err := p.sb.WriteSpec(map[string]string{p.rootfsLayerAnnotation(name, false): path}); err != nil {
+		log.L.WithError(err).Warn("podsnapshot: the container starts without its root file system layer")
 	}
 }
 
-// memberLayerPath is where member container name finds its layer: a path in the pod's
-// work dir, named in its spec at Create, made at its Start (startMemberOnLayer).
-func (p *Pod) memberLayerPath(name string) string {
+// layerPath is where container name finds its layer: a path in the pod's work dir,
+// named in its spec at Create, filled at its Start (applySandboxLayer,
+// startMemberOnLayer).
+func (p *Pod) layerPath(name string) string {
 	return filepath.Join(p.workDir, "rootfs", repo.RootfsLocal(name))
 }
 
@@ -239,7 +300,7 @@ func (p *Pod) joinRootfs(mb *member) bool {
 	if _, ok := m.RootfsLayers()[mb.name]; !ok || !recordedWithKey(m, mb.name, mb.key) {
 		return false
 	}
-	if err := mb.t.WriteSpec(map[string]string{p.rootfsLayerAnnotation(mb.name, true): p.memberLayerPath(mb.name)}); err != nil {
+	if err := mb.t.WriteSpec(map[string]string{p.rootfsLayerAnnotation(mb.name, true): p.layerPath(mb.name)}); err != nil {
 		log.L.WithError(err).WithField("id", mb.t.ID()).Warn("podsnapshot: the container starts without its root file system layer")
 		return false
 	}
@@ -262,7 +323,7 @@ func recordedWithKey(m *manifest.Manifest, name, key string) bool {
 // alone, as a cold start, and the log says why.
 func (p *Pod) startMemberOnLayer(ctx context.Context, mb *member) {
 	m, f := p.restoring()
-	path := p.memberLayerPath(mb.name)
+	path := p.layerPath(mb.name)
 	_ = os.MkdirAll(filepath.Dir(path), 0o700)
 	why := ""
 	if m == nil || f == nil {

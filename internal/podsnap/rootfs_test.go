@@ -65,7 +65,7 @@ func TestRootfsOnlyWorkloadTriggerThenStart(t *testing.T) {
 	if deferred {
 		t.Fatal("a container of a rootfs-only restore waits")
 	}
-	want := p2.memberLayerPath("writer")
+	want := p2.layerPath("writer")
 	if got := c.annots[AnnRootfsUpperTar+".writer"]; got != want {
 		t.Fatalf("layer annotation %q, want %q", got, want)
 	}
@@ -103,23 +103,77 @@ func TestRootfsOnlyManualOfOneContainer(t *testing.T) {
 	if len(m.RootfsLayers()) != 1 || m.RootfsLayers()["main"].Name == "" {
 		t.Fatalf("layers %v", m.RootfsLayers())
 	}
-	// First restore downloads: the sandbox is created again naming its layer.
+	// First restore downloads: Plan waits for the layer (layerPlanWait) and names it.
 	sb2 := newFakeTask("two")
 	p2 := e.node.Plan(context.Background(), Sandbox{Task: sb2, Spec: spec, Config: e.cfg})
 	t.Cleanup(p2.touches.Wait)
+	if got := sb2.annots[AnnRootfsUpperTar]; !p2.layerNamed || !strings.HasPrefix(got, e.cfg.Cache()) || !strings.HasSuffix(got, "rootfs-main.tar") {
+		t.Fatalf("annotations %v, want the downloaded layer in the node cache", sb2.annots)
+	}
 	must(t, p2.Start(context.Background(), sb2))
-	if got := sb2.callLog(); got != "writespec, destroy, create, start" {
+	if got := sb2.callLog(); got != "writespec, start" {
 		t.Fatalf("calls %q", got)
 	}
-	if !strings.HasSuffix(sb2.annots[AnnRootfsUpperTar], "rootfs-main.tar") {
-		t.Fatalf("annotations %v", sb2.annots)
-	}
-	// Next: from the node cache, named at Plan, no second create.
+	// Next: from the node cache, named at Plan.
 	sb3 := newFakeTask("three")
 	p3 := e.node.Plan(context.Background(), Sandbox{Task: sb3, Spec: spec, Config: e.cfg})
 	t.Cleanup(p3.touches.Wait)
 	must(t, p3.Start(context.Background(), sb3))
 	if got := sb3.callLog(); got != "writespec, start" {
 		t.Fatalf("calls %q", got)
+	}
+}
+
+// A corrupt layer is a cold start on the empty placeholder runsc opened at create: the
+// sandbox is not made again (a manual policy needs no annotations), and the snapshot is
+// marked Failed.
+func TestRootfsOnlyCorruptLayerStartsCold(t *testing.T) {
+	e := newRootfsEnv(t, "manual", "resume")
+	spec := containerSpec("")
+	delete(spec.Annotations, "io.kubernetes.cri.container-type")
+	delete(spec.Annotations, "io.kubernetes.cri.container-name")
+	spec.Annotations["io.kubernetes.cri.sandbox-namespace"] = "default"
+	sb := newFakeTask("one")
+	p := e.node.Plan(context.Background(), Sandbox{Task: sb, Spec: spec, Config: e.cfg})
+	t.Cleanup(p.commits.Wait)
+	must(t, p.Start(context.Background(), sb))
+	m, err := p.Checkpoint(context.Background())
+	must(t, err)
+	obj := filepath.Join(e.store, m.Files[0].Name)
+	data, err := os.ReadFile(obj)
+	must(t, err)
+	data[len(data)/2] ^= 0xff
+	must(t, os.WriteFile(obj, data, 0o600))
+
+	sb2 := newFakeTask("two")
+	p2 := e.node.Plan(context.Background(), Sandbox{Task: sb2, Spec: spec, Config: e.cfg})
+	must(t, p2.Start(context.Background(), sb2))
+	if got := sb2.callLog(); got != "writespec, start" {
+		t.Fatalf("calls %q, want a plain start on the placeholder", got)
+	}
+	if fi, err := os.Stat(p2.layerPath("main")); err != nil || fi.Size() != 0 {
+		t.Fatalf("placeholder after a failed download: %v, %v", fi, err)
+	}
+	got, err := e.repo().Get(context.Background(), "default", "my-app", m.UUID)
+	must(t, err)
+	if got.State != manifest.StateFailed {
+		t.Fatalf("corrupt snapshot state = %s, want Failed", got.State)
+	}
+}
+
+// copyInto writes over the placeholder runsc holds open: the open file reads the layer.
+func TestCopyIntoKeepsTheOpenFile(t *testing.T) {
+	dir := t.TempDir()
+	dst, src := filepath.Join(dir, "placeholder"), filepath.Join(dir, "layer")
+	must(t, os.WriteFile(dst, nil, 0o600))
+	must(t, os.WriteFile(src, []byte("the layer"), 0o600))
+	held, err := os.Open(dst)
+	must(t, err)
+	defer held.Close()
+	must(t, copyInto(dst, src))
+	b := make([]byte, 32)
+	n, _ := held.Read(b)
+	if string(b[:n]) != "the layer" {
+		t.Fatalf("the open placeholder reads %q", b[:n])
 	}
 }

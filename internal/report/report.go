@@ -78,6 +78,9 @@ type Report struct {
 	Policy string `json:"policy"`
 	// Snapshot is the PodSnapshot's name: the snapshot's UUID.
 	Snapshot string `json:"snapshot,omitempty"`
+	// Scope is the snapshot's scope: whole-pod or rootfs-only (the policy's
+	// spec.snapshotScope).
+	Scope string `json:"scope,omitempty"`
 	// StoragePath is where the snapshot's files are, e.g. "gs://bucket/path/ns/policy/uuid"
 	// or "file:///var/lib/podsnapshot/store/ns/policy/uuid".
 	StoragePath string `json:"storagePath,omitempty"`

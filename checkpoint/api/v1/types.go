@@ -125,6 +125,7 @@ const (
 // +kubebuilder:storageversion
 // +kubebuilder:printcolumn:name="Storage",type=string,JSONPath=`.spec.storageConfigName`
 // +kubebuilder:printcolumn:name="Trigger",type=string,JSONPath=`.spec.triggerConfig.type`
+// +kubebuilder:printcolumn:name="Scope",type=string,JSONPath=`.spec.snapshotScope`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type PodSnapshotPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -210,6 +211,7 @@ type GroupRetentionPolicy struct {
 // +kubebuilder:subresource:status
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].reason`
 // +kubebuilder:printcolumn:name="Policy",type=string,JSONPath=`.spec.policyName`
+// +kubebuilder:printcolumn:name="Scope",type=string,JSONPath=`.status.snapshotScope`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type PodSnapshot struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -259,6 +261,10 @@ type PodSnapshotStatus struct {
 	SourcePod string `json:"sourcePod,omitempty"`
 	// NodeName is the node that took it: a local store's files are on that node only.
 	NodeName string `json:"nodeName,omitempty"`
+	// SnapshotScope is what the snapshot holds: whole-pod (memory, processes and file
+	// systems) or rootfs-only (each container's root file system changes), as its
+	// policy's spec.snapshotScope said when it was taken.
+	SnapshotScope SnapshotScope `json:"snapshotScope,omitempty"`
 }
 
 // PodSnapshotManualTrigger (namespaced) asks for one checkpoint of a pod.
