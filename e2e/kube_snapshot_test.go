@@ -119,6 +119,9 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 	if p := k.jsonpath("podsnapshot", "-n", "test", uuid, "-o", "jsonpath={.status.storagePath}"); p != k.storeURL+"/test/example-pod-snapshot-policy/"+uuid {
 		t.Fatalf("storagePath %q", p)
 	}
+	if s := k.jsonpath("podsnapshot", "-n", "test", uuid, "-o", "jsonpath={.status.snapshotScope}"); s != "whole-pod" {
+		t.Fatalf("snapshotScope %q", s)
+	}
 	harness.Eventually(t, 30*time.Second, "the pod's log shows the checkpoint result", func() bool {
 		out, _ := k.kube.Kubectl("-n", "test", "logs", "counter")
 		return strings.Contains(out, "checkpoint result: resume")

@@ -73,13 +73,15 @@ func TestSnapshotLifecycle(t *testing.T) {
 
 	cold := rep(report.ColdStart, "counter", "u1")
 	cold.Reason, cold.Message = report.ReasonNoSnapshot, "cold start: no snapshot for key 1234"
+	cold.Scope = "rootfs-only"
 	must(t, sp.Write(cold))
 	r.drain(ctx)
 	ps := getSnap(t, c)
 	if got := readyReason(ps); got != v1.ReasonAwaitingCheckpoint {
 		t.Fatalf("Ready reason after cold start = %q, want AwaitingCheckpoint", got)
 	}
-	if !kubeapi.HasFinalizer(ps) || ps.Status.NodeName != node || ps.Status.SourcePod != "default/counter" || ps.Spec.PolicyName != "counter-policy" {
+	if !kubeapi.HasFinalizer(ps) || ps.Status.NodeName != node || ps.Status.SourcePod != "default/counter" || ps.Spec.PolicyName != "counter-policy" ||
+		ps.Status.SnapshotScope != v1.ScopeRootfsOnly {
 		t.Fatalf("created PodSnapshot = %+v", ps)
 	}
 
