@@ -66,6 +66,12 @@ func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 		} else {
 			_, err = p.commit(uuid, dir, t0)
 		}
+		if errors.Is(err, errLayersNotSaved) {
+			// The sandbox was not stopped: it runs on, as after a failed save.
+			p.tookCheckpoint.Store(false)
+			p.busy.Unlock()
+			return
+		}
 		p.busy.Unlock()
 		if p.stop {
 			p.result <- err

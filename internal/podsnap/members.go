@@ -91,10 +91,11 @@ func (m *member) container() snapkey.Container {
 // podKey returns the key of the whole pod (the sandbox and every container that joined
 // it) and the record of the joined containers for the manifest. A container whose key
 // could not be computed fails it: a snapshot that could never be matched is not stored.
+// A container that exited and was replaced by a later one of the same name (kubelet
+// restarts a container as a new one and keeps the old until garbage collection) is
+// left out: the pod is the replacement.
 func (p *Pod) podKey() (string, []manifest.ContainerKey, []manifest.ContainerInfo, error) {
-	p.membersMu.Lock()
-	members := append([]*member(nil), p.members...)
-	p.membersMu.Unlock()
+	members := p.currentMembers()
 	in := snapkey.Input{
 		Namespace:   p.namespace,
 		Policy:      p.policyName(),
@@ -117,6 +118,27 @@ func (p *Pod) podKey() (string, []manifest.ContainerKey, []manifest.ContainerInf
 		return "", nil, nil, fmt.Errorf("snapshot key: %w", err)
 	}
 	return key, keys, infos, nil
+}
+
+// currentMembers returns the members in order, without those replaced: exited, with a
+// later member of the same name.
+func (p *Pod) currentMembers() []*member {
+	p.membersMu.Lock()
+	defer p.membersMu.Unlock()
+	var out []*member
+	for i, m := range p.members {
+		replaced := false
+		for _, later := range p.members[i+1:] {
+			if later.name == m.name {
+				replaced = true
+			}
+		}
+		if replaced && m.t.Exited() {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
 }
 
 // memberOf returns the record of container t, nil if t is not a member.

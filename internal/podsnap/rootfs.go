@@ -7,7 +7,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/containerd/log"
 
@@ -61,9 +64,7 @@ func (p *Pod) layerTasks() []layerTask {
 	if p.sandbox.Name != criSandboxName {
 		out = append(out, layerTask{p.sb, p.sandbox.Name})
 	}
-	p.membersMu.Lock()
-	defer p.membersMu.Unlock()
-	for _, m := range p.members {
+	for _, m := range p.currentMembers() {
 		if !m.t.Exited() {
 			out = append(out, layerTask{m.t, m.name})
 		}
@@ -87,6 +88,9 @@ func (p *Pod) saveRootfs(ctx context.Context, dir string, stop bool) (err error)
 		return fmt.Errorf("pause sandbox %s: %w", p.sb.ID(), err)
 	}
 	defer func() {
+		// However the caller's context ends, the sandbox must not stay paused.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
 		if terr := p.sb.Thaw(ctx); terr != nil {
 			log.G(ctx).WithError(terr).Warn("podsnapshot: could not resume the sandbox after its root file system snapshot")
 		}
@@ -100,6 +104,9 @@ func (p *Pod) saveRootfs(ctx context.Context, dir string, stop bool) (err error)
 		}
 	}()
 	for _, lt := range tasks {
+		if !validLayerName(lt.name) {
+			return fmt.Errorf("container name %q cannot name a layer file", lt.name)
+		}
 		if err := lt.t.TarRootfs(ctx, filepath.Join(dir, repo.RootfsLocal(lt.name))); err != nil {
 			return fmt.Errorf("container %s: %w", lt.name, err)
 		}
@@ -111,21 +118,28 @@ func (p *Pod) saveRootfs(ctx context.Context, dir string, stop bool) (err error)
 // completed: gVisor's /proc/gvisor/checkpoint always saves the whole sandbox, so its
 // memory image (in imageDir) is discarded and the layers are read from the running
 // sandbox. The trigger's annotations keep the sandbox running after gVisor's save
-// (rootfsResume), so that its files can be read; postCheckpoint: stop then ends it here.
+// (the resume annotation), so that its files can be read; postCheckpoint: stop then ends
+// it here. When the layers cannot be saved, the sandbox runs on, as after a failed
+// whole-pod save (the workload has read `resume`: gVisor's own save succeeded), the
+// failure is reported and logged, and errLayersNotSaved is returned.
 func (p *Pod) commitRootfsAfterTrigger(ctx context.Context, uuid, imageDir string, t0 time.Time) error {
 	discardImage(imageDir, true)
 	dir := filepath.Join(p.workDir, "rootfs-"+t0.UTC().Format("20060102T150405.000000000"))
 	if err := p.saveRootfs(ctx, dir, p.stop); err != nil {
 		os.RemoveAll(dir)
-		err = fmt.Errorf("root file system snapshot: %w", err)
+		err = fmt.Errorf("%w: %w", errLayersNotSaved, err)
 		log.L.WithError(err).WithFields(log.Fields{"id": p.sb.ID(), "reason": v1.EventReason, "snapshot": uuid}).
-			Error("podsnapshot: checkpoint not committed")
+			Error("podsnapshot: checkpoint not committed; the pod runs on")
 		p.reportCheckpointFailed(ctx, uuid, err.Error())
 		return err
 	}
 	_, err := p.commit(uuid, dir, t0)
 	return err
 }
+
+// errLayersNotSaved wraps the error of a rootfs-only checkpoint whose layers could not
+// be read from the sandbox: nothing was stored and the sandbox was not stopped.
+var errLayersNotSaved = errors.New("root file system snapshot not taken")
 
 // rootfsLayerAnnotation is the annotation naming the layer of container name: gVisor
 // reads AnnRootfsUpperTar for a container outside a CRI pod, and
@@ -156,6 +170,13 @@ func layerFile(m *manifest.Manifest, f *fetch, name string) (string, bool) {
 // it; a failed start, a cold start of a sandbox made afresh without a layer.
 func (p *Pod) startOnLayers(ctx context.Context, m *manifest.Manifest, f *fetch) error {
 	id := p.sb.ID()
+	if p.sandbox.Name == criSandboxName {
+		// A CRI pause container has no layer: it starts now, and each container waits
+		// for its own layer as it starts (startMemberOnLayer, restore_wait_seconds).
+		decide(ctx, id, "restore", fmt.Sprintf("snapshot %s/%s (policy %s, scope %s): the pod's containers start on their root file system layers",
+			p.namespace, m.UUID, p.entry.ID(), m.ScopeName()))
+		return p.launch(ctx, p.sb)
+	}
 	why, fetched := f.await(ctx, p.namespace, p.entry.ID())
 	if fetched {
 		t0 := time.Now()
@@ -165,12 +186,7 @@ func (p *Pod) startOnLayers(ctx context.Context, m *manifest.Manifest, f *fetch)
 		}
 		if err == nil {
 			p.running(p.sb)
-			if p.sandbox.Name == criSandboxName {
-				// Its containers get their layers as they start (startMemberOnLayer).
-				decide(ctx, id, "restore", fmt.Sprintf("%s; the pod's containers start on their root file system layers (scope %s)", why, m.ScopeName()))
-			} else {
-				p.logRootfsRestored(ctx, m, f, p.sandbox.Name, time.Since(t0))
-			}
+			p.logRootfsRestored(ctx, m, f, p.sandbox.Name, time.Since(t0))
 			return nil
 		}
 		why = fmt.Sprintf("start on the root file system of snapshot %s/%s failed: %v", p.namespace, m.UUID, err)
@@ -277,9 +293,21 @@ func (p *Pod) planRootfs(m *manifest.Manifest, f *fetch) {
 			return
 		}
 	}
-	if err := p.sb.WriteSpec(map[string]string{p.rootfsLayerAnnotation(name, false): path}); err != nil {
+	// gVisor reads the named annotation when the spec carries a CRI container name, the
+	// plain one otherwise: both are given.
+	if err := p.sb.WriteSpec(map[string]string{
+		p.rootfsLayerAnnotation(name, false): path,
+		p.rootfsLayerAnnotation(name, true):  path,
+	}); err != nil {
 		log.L.WithError(err).Warn("podsnapshot: the container starts without its root file system layer")
 	}
+}
+
+// validLayerName reports whether container name may name a layer file: no path
+// separator, not "." or "..". CRI names are DNS labels; a direct CRI client could send
+// anything.
+func validLayerName(name string) bool {
+	return name != "" && name != "." && name != ".." && !strings.ContainsAny(name, "/\\\x00")
 }
 
 // layerPath is where container name finds its layer: a path in the pod's work dir,
@@ -294,10 +322,22 @@ func (p *Pod) layerPath(name string) string {
 // layer path (runsc reads it at the container's start).
 func (p *Pod) joinRootfs(mb *member) bool {
 	m, _ := p.restoring()
-	if m == nil || !m.RootfsOnly() || mb.keyErr != nil {
+	if m == nil || !m.RootfsOnly() {
 		return false
 	}
-	if _, ok := m.RootfsLayers()[mb.name]; !ok || !recordedWithKey(m, mb.name, mb.key) {
+	why := ""
+	switch _, has := m.RootfsLayers()[mb.name]; {
+	case mb.keyErr != nil:
+		why = mb.keyErr.Error()
+	case !validLayerName(mb.name):
+		why = fmt.Sprintf("container name %q cannot name a layer file", mb.name)
+	case !has:
+		why = fmt.Sprintf("snapshot %s/%s has no layer for a container of that name", p.namespace, m.UUID)
+	case !recordedWithKey(m, mb.name, mb.key):
+		why = fmt.Sprintf("the container's spec or image differs from the one snapshot %s/%s recorded under its name", p.namespace, m.UUID)
+	}
+	if why != "" {
+		decide(context.Background(), mb.t.ID(), "cold start", fmt.Sprintf("container %s starts without a root file system layer: %s", mb.name, why))
 		return false
 	}
 	if err := mb.t.WriteSpec(map[string]string{p.rootfsLayerAnnotation(mb.name, true): p.layerPath(mb.name)}); err != nil {
@@ -317,14 +357,19 @@ func recordedWithKey(m *manifest.Manifest, name, key string) bool {
 	return false
 }
 
-// startMemberOnLayer makes the layer of member mb at its path before it starts: a link
-// to the fetched layer, or, when the download failed or the pod gave up waiting for it
-// (restore_wait_seconds), an empty tar archive: the container then starts on its image
-// alone, as a cold start, and the log says why.
+// startMemberOnLayer makes the layer of member mb at its path before it starts: a hard
+// link to (or, across file systems, a copy of) the fetched layer, so that the node cache
+// may drop its entry before runsc opens the file; or, when the download failed or the pod
+// gave up waiting for it (restore_wait_seconds), an empty tar archive: the container then
+// starts on its image alone, as a cold start, and the log says why. A container started
+// again (kubelet restarts it under the same name) gets the layer again: its start is the
+// image plus the layer, as the first time.
 func (p *Pod) startMemberOnLayer(ctx context.Context, mb *member) {
 	m, f := p.restoring()
 	path := p.layerPath(mb.name)
 	_ = os.MkdirAll(filepath.Dir(path), 0o700)
+	// What an earlier start of the same name left is replaced, never written through.
+	_ = os.Remove(path)
 	why := ""
 	if m == nil || f == nil {
 		why = "the pod's snapshot was dropped"
@@ -332,26 +377,62 @@ func (p *Pod) startMemberOnLayer(ctx context.Context, mb *member) {
 		wctx, cancel := context.WithTimeout(ctx, p.cfg.RestoreWait())
 		w, ok := f.await(wctx, p.namespace, p.entry.ID())
 		cancel()
-		src, has := layerFile(m, f, mb.name)
-		switch {
-		case !ok:
+		if !ok {
 			why = w
-		case !has:
+		} else if src, has := layerFile(m, f, mb.name); !has {
 			why = fmt.Sprintf("snapshot %s/%s has no layer for container %s", p.namespace, m.UUID, mb.name)
-		default:
+		} else {
 			t0 := time.Now()
-			if err := os.Symlink(src, path); err != nil {
-				why = fmt.Sprintf("link its layer: %v", err)
-				break
+			if err := linkOrCopy(src, path); err != nil {
+				why = fmt.Sprintf("its layer could not be put in place: %v", err)
+			} else {
+				p.logRootfsRestored(ctx, m, f, mb.name, time.Since(t0))
+				return
 			}
-			p.logRootfsRestored(ctx, m, f, mb.name, time.Since(t0))
-			return
 		}
 	}
 	decide(ctx, mb.t.ID(), "cold start", fmt.Sprintf("container %s starts without its root file system layer: %s", mb.name, why))
-	if err := os.WriteFile(path, make([]byte, 1024), 0o600); err != nil { // an empty tar archive
+	_ = os.Remove(path)
+	if err := writeNew(path, make([]byte, 1024)); err != nil { // an empty tar archive
 		log.G(ctx).WithError(err).Warn("podsnapshot: could not write an empty layer")
 	}
+}
+
+// linkOrCopy makes dst (which must not exist) the file src: a hard link, or a copy where
+// they are on different file systems.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return nil
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	return out.Close()
+}
+
+// writeNew creates file path, which must not exist (a link left there is not followed),
+// with data.
+func writeNew(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // logRootfsRestored logs and reports that container name starts on its root file
