@@ -173,9 +173,15 @@ func TestImages(t *testing.T) {
 		t.Errorf("command %q, want /bin/counter", v.Config.Config.Cmd)
 	}
 	checkFiles(t, v.Files, map[string]string{
-		"bin/busybox": "", "bin/counter": "", "bin/slowinit": "",
+		"bin/busybox": "", "bin/counter": "", "bin/slowinit": "", "bin/fsinit": "",
 		"bin/sh": "busybox", "bin/echo": "busybox", "bin/sleep": "busybox", "bin/wget": "busybox", "bin/nc": "busybox",
 	})
+	// The files fsinit deletes, modifies and replaces (rootfs-only tests).
+	for _, name := range []string{"etc/fsinit/delete-me", "etc/fsinit/modify-me", "etc/fsinit/dir/a", "etc/fsinit/dir/b"} {
+		if hdr, ok := v.Files[name]; !ok || hdr.Typeflag != tar.TypeReg {
+			t.Errorf("layer lacks the regular file %s", name)
+		}
+	}
 }
 
 // TestPauseImage checks the CRI sandbox image: entrypoint /pause, and nothing of
