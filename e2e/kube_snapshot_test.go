@@ -73,6 +73,8 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 		{strings.Replace(guidePolicy, "postCheckpoint: resume", "postCheckpoint: pause", 1), "spec.triggerConfig.postCheckpoint"},
 		{strings.Replace(guidePolicy, "    postCheckpoint: resume\n", "    postCheckpoint: resume\n  retentionConfig:\n    lastAccessTimeout: 7days\n", 1), "spec.retentionConfig.lastAccessTimeout"},
 		{strings.Replace(guidePolicy, "  triggerConfig:\n", "  snapshotScope: everything\n  triggerConfig:\n", 1), "spec.snapshotScope"},
+		{strings.Replace(guidePolicy, "    matchLabels:\n", "    matchExpressions: [{key: tier, operator: Like, values: [a]}]\n    matchLabels:\n", 1), "selector operators are In, NotIn, Exists and DoesNotExist"},
+		{strings.Replace(guidePolicy, "    matchLabels:\n", "    matchExpressions: [{key: tier, operator: In}]\n    matchLabels:\n", 1), "In and NotIn need values"},
 		{strings.Replace(guideStorageConfig(storePath), "    local:\n", "    gcs: {bucket: b1}\n    local:\n", 1), "spec.snapshotStorageConfig"},
 		{strings.Replace(guideStorageConfig(storePath), `path: "`+storePath+`"`, `path: "relative/dir"`, 1), "spec.snapshotStorageConfig.local.path"},
 	} {
@@ -83,6 +85,11 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 	}
 	if out := k.jsonpath("podsnapshotpolicies,podsnapshotstorageconfigs", "-A", "-o", "name"); out != "" {
 		t.Fatalf("a refused apply left objects: %q", out)
+	}
+	// Valid operators pass the same rules.
+	ok := strings.Replace(guidePolicy, "    matchLabels:\n", "    matchExpressions: [{key: tier, operator: In, values: [a]}, {key: canary, operator: DoesNotExist}]\n    matchLabels:\n", 1)
+	if out, err := k.kube.KubectlInput(ok, "apply", "--dry-run=server", "-f", "-"); err != nil {
+		t.Fatalf("kubectl apply --dry-run=server of a policy with valid selector operators: %v\n%s", err, out)
 	}
 
 	// 2. The guide's manifests apply unchanged; the policy is on the node within seconds.

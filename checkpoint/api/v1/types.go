@@ -136,7 +136,12 @@ type PodSnapshotPolicy struct {
 // PodSnapshotPolicySpec is the spec of a PodSnapshotPolicy.
 type PodSnapshotPolicySpec struct {
 	// Selector (required) picks the pods of the policy's namespace it applies to; an empty
-	// selector ({}) selects every pod of the namespace.
+	// selector ({}) selects every pod of the namespace. Operators are In, NotIn (with
+	// values), Exists and DoesNotExist (without), as the node checks; the API server
+	// refuses the others too (the CEL rules below), instead of a policy that loads
+	// nowhere.
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="selector operators are In, NotIn, Exists and DoesNotExist"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, (e.operator in ['In', 'NotIn']) == (has(e.values) && size(e.values) > 0))",message="In and NotIn need values; Exists and DoesNotExist take none"
 	Selector *metav1.LabelSelector `json:"selector"`
 	// StorageConfigName (required) names a PodSnapshotStorageConfig.
 	// +kubebuilder:validation:MinLength=1
