@@ -155,14 +155,7 @@ func rootfsCycle(ctx context.Context, l *lab.Lab, prefix string) (*rootfsRun, er
 	if c.snapshot == "" {
 		return nil, fmt.Errorf("checkpoint: no snapshot in the shim's line: %s", committed.Text)
 	}
-	// As in shimCycle: the workload's "ready <time>" and the log line's time, both the
-	// host's clock; else the arrival times.
-	c.triggerToCommitted = committed.Seen.Sub(ready.Seen)
-	if trig, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(ready.Text, "ready ")); err == nil && !entry.Time.IsZero() {
-		if d := entry.Time.Sub(trig); d > 0 {
-			c.triggerToCommitted = d
-		}
-	}
+	c.triggerToCommitted = triggerToCommitted(ready, committed, entry)
 	if err := l.Remove(ctx, coldID); err != nil {
 		return nil, err
 	}

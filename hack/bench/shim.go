@@ -99,14 +99,7 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int,
 	if c.snapshot == "" || c.rawBytes <= 0 || c.storedBytes <= 0 {
 		return nil, fmt.Errorf("checkpoint: no snapshot, raw_bytes, stored_bytes in the shim's line: %s", committed.Text)
 	}
-	// The workload's "ready <time>" (written just before it triggers) and the log line's
-	// time= are both the host's clock, free of polling delay; else arrival times.
-	c.triggerToCommitted = committed.Seen.Sub(ready.Seen)
-	if trig, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(ready.Text, "ready ")); err == nil && !entry.Time.IsZero() {
-		if d := entry.Time.Sub(trig); d > 0 {
-			c.triggerToCommitted = d
-		}
-	}
+	c.triggerToCommitted = triggerToCommitted(ready, committed, entry)
 	if err := l.Remove(ctx, coldID); err != nil {
 		return nil, err
 	}
@@ -353,4 +346,18 @@ func (c cpuTimes) busySince(before cpuTimes) float64 {
 		return 0
 	}
 	return float64(c.busy-before.busy) / float64(c.total-before.total)
+}
+
+// triggerToCommitted is the time from the workload's trigger to the shim's committed
+// line: the workload's "ready <time>" (written just before it triggers) and the log
+// line's time= are both the host's clock, free of polling delay; else the lines'
+// arrival times.
+func triggerToCommitted(ready, committed lab.Line, entry lab.LogEntry) time.Duration {
+	d := committed.Seen.Sub(ready.Seen)
+	if trig, err := time.Parse(time.RFC3339Nano, strings.TrimPrefix(ready.Text, "ready ")); err == nil && !entry.Time.IsZero() {
+		if t := entry.Time.Sub(trig); t > 0 {
+			d = t
+		}
+	}
+	return d
 }

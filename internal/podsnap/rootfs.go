@@ -201,21 +201,15 @@ func (p *Pod) startOnLayers(ctx context.Context, m *manifest.Manifest, f *fetch)
 	p.dropRestore(fetched)
 	// Nothing of the layer may be applied: the placeholder is emptied.
 	_ = os.Truncate(p.layerPath(p.sandbox.Name), 0)
-	if fetched || p.workloadTriggered() {
+	remake := fetched || p.workloadTriggered()
+	if remake {
 		// A failed start leaves no usable sandbox, and a workload trigger needs its
 		// annotations at create: made afresh, without the layer.
 		if err := p.sb.WriteSpec(nil); err != nil {
 			return fmt.Errorf("rewrite the spec of %s for a cold start: %w", id, err)
 		}
-		err := p.recreate(ctx)
-		p.reportColdStart(ctx, reason, why)
-		if err != nil {
-			return err
-		}
-	} else {
-		p.reportColdStart(ctx, reason, why)
 	}
-	return p.launch(ctx, p.sb)
+	return p.startSandboxCold(ctx, remake, reason, why)
 }
 
 // applySandboxLayer gives the sandbox container its downloaded layer of m, unless Plan

@@ -82,6 +82,9 @@ func TestRootfsMemberLayerOutlivesCacheEntry(t *testing.T) {
 	e := newRootfsEnv(t, "workload", "stop")
 	pd := restoredPodOfWriter(t, e)
 	_, f := pd.p.restoring()
+	if f != nil {
+		<-f.done // the pause container does not wait for the download
+	}
 	if f == nil || f.private || f.dir == "" {
 		t.Fatal("want a restore from the node cache")
 	}

@@ -89,7 +89,14 @@ func (p *Pod) restoreOrStart(ctx context.Context) error {
 	p.dropRestore(fetched)
 	// After a failed download nothing has run in the sandbox, and it is what a cold start
 	// of a manual policy creates (only a workload trigger changes the spec): start it.
-	if fetched || p.workloadTriggered() {
+	return p.startSandboxCold(ctx, fetched || p.workloadTriggered(), reason, why)
+}
+
+// startSandboxCold starts the sandbox cold after its snapshot was given up (reason, why: the
+// cold-start report's), made afresh first when remake is set (`runsc restore` or start
+// ran, or the workload trigger's annotations must be given at create).
+func (p *Pod) startSandboxCold(ctx context.Context, remake bool, reason, why string) error {
+	if remake {
 		err := p.recreate(ctx)
 		p.reportColdStart(ctx, reason, why)
 		if err != nil {
@@ -167,14 +174,17 @@ func (p *Pod) logRestored(ctx context.Context, m *manifest.Manifest, f *fetch, n
 	p.touchLater(ctx, m)
 }
 
-// touchLater records, in the background, that m was used to restore (Repo.Touch).
-func (p *Pod) touchLater(ctx context.Context, m *manifest.Manifest) {
+// touchLater records, in the background, that m was used to restore (Repo.Touch). It
+// touches a copy: the containers of a rootfs-only restore each record their start, at
+// once, and Touch sets the manifest's LastAccessTime.
+func (p *Pod) touchLater(ctx context.Context, shared *manifest.Manifest) {
+	m := *shared
 	p.touches.Add(1)
 	go func() {
 		defer p.touches.Done()
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer cancel()
-		if err := p.repo.Touch(tctx, m); err != nil {
+		if err := p.repo.Touch(tctx, &m); err != nil {
 			log.G(ctx).WithError(err).Warn("could not record the snapshot's last access time")
 		}
 	}()

@@ -56,8 +56,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv/workloads/trigger"
 )
 
 const (
@@ -65,9 +66,6 @@ const (
 	numFiles = 8
 	// markerName is the marker file in -dir: present means the set-up ran before.
 	markerName = ".fsinit-done"
-	// checkpointFile is gVisor's trigger: writing "1" starts a checkpoint, reading
-	// blocks until it is over and returns how this copy of the process came back.
-	checkpointFile = "/proc/gvisor/checkpoint"
 
 	// The files the workloads image carries under /etc/fsinit (relative to root) and
 	// what the set-up makes of them.
@@ -83,15 +81,11 @@ const (
 // FSINIT_ROOT) point it at a copy.
 var root = "/"
 
-// errUnavailable is returned by triggerCheckpoint when the checkpoint file cannot be
-// opened.
-var errUnavailable = errors.New("checkpoint file unavailable")
-
 func main() {
 	dir := flag.String("dir", "/data", "directory in the root file system for the files (created if missing)")
 	mib := flag.Int("mib", 64, "MiB of files to write")
 	seconds := flag.Float64("seconds", 2, "seconds to spread the writing over")
-	checkpoint := flag.Bool("checkpoint", false, "after ready, trigger a gVisor checkpoint through "+checkpointFile)
+	checkpoint := flag.Bool("checkpoint", false, "after ready, trigger a gVisor checkpoint through "+trigger.File)
 	interval := flag.Duration("interval", time.Second, "time between two count lines")
 	flag.Parse()
 	if *mib < 0 || *seconds < 0 || *interval <= 0 || *dir == "" || flag.NArg() != 0 {
@@ -124,9 +118,9 @@ func main() {
 	fmt.Printf("ready %s\n", time.Now().UTC().Format(time.RFC3339Nano))
 
 	if *checkpoint {
-		result, err := triggerCheckpoint()
+		result, err := trigger.Checkpoint()
 		switch {
-		case errors.Is(err, errUnavailable):
+		case errors.Is(err, trigger.ErrUnavailable):
 			fmt.Fprintf(os.Stderr, "fsinit: checkpoint: %v\n", err)
 			result = "unavailable"
 		case err != nil:
@@ -413,38 +407,4 @@ func checkDir() error {
 		return fmt.Errorf("%s holds %q, want %q", p, b, newDirData)
 	}
 	return nil
-}
-
-// triggerCheckpoint writes "1" to gVisor's checkpoint file and reads the result from the
-// same descriptor, as slowinit's does. Raw syscalls keep the descriptor blocking: the read
-// must wait in the kernel until the checkpoint is over (the sandbox is frozen meanwhile
-// anyway). A file that cannot be opened gives errUnavailable.
-func triggerCheckpoint() (string, error) {
-	fd, err := syscall.Open(checkpointFile, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return "", fmt.Errorf("%w: open %s: %w", errUnavailable, checkpointFile, err)
-	}
-	defer syscall.Close(fd)
-	if _, err := syscall.Write(fd, []byte("1")); err != nil {
-		return "", fmt.Errorf("write %s: %w", checkpointFile, err)
-	}
-	var buf [64]byte
-	for {
-		n, err := syscall.Read(fd, buf[:])
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		if errors.Is(err, syscall.EAGAIN) {
-			// Not expected on a blocking descriptor, but harmless to wait out.
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			return "", fmt.Errorf("read %s: %w", checkpointFile, err)
-		}
-		if n == 0 {
-			return "", fmt.Errorf("read %s: empty result", checkpointFile)
-		}
-		return strings.TrimSpace(string(buf[:n])), nil
-	}
 }

@@ -23,14 +23,14 @@ package main
 
 import (
 	"encoding/binary"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv/workloads/trigger"
 )
 
 const (
@@ -38,15 +38,12 @@ const (
 	// pageMagic starts every page of the filled memory, so the pattern can be found in a
 	// memory dump (for example an uncompressed gVisor pages file) with grep.
 	pageMagic = "PODSNAPSHOT-PAGE"
-	// checkpointFile is gVisor's trigger: writing "1" starts a checkpoint, reading
-	// blocks until it is over and returns how this copy of the process came back.
-	checkpointFile = "/proc/gvisor/checkpoint"
 )
 
 func main() {
 	mib := flag.Int("mib", 64, "MiB of memory to fill")
 	seconds := flag.Float64("seconds", 5, "seconds to spread the filling over")
-	checkpoint := flag.Bool("checkpoint", false, "after ready, trigger a gVisor checkpoint through "+checkpointFile)
+	checkpoint := flag.Bool("checkpoint", false, "after ready, trigger a gVisor checkpoint through "+trigger.File)
 	interval := flag.Duration("interval", time.Second, "time between two count lines")
 	flag.Parse()
 	if *mib < 0 || *seconds < 0 || *interval <= 0 {
@@ -65,7 +62,7 @@ func main() {
 	fmt.Printf("ready %s\n", time.Now().UTC().Format(time.RFC3339Nano))
 
 	if *checkpoint {
-		result, err := triggerCheckpoint()
+		result, err := trigger.Checkpoint()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "slowinit: checkpoint: %v\n", err)
 			result = "error"
@@ -145,37 +142,4 @@ func verify(mem []byte) string {
 		}
 	}
 	return "memory ok"
-}
-
-// triggerCheckpoint writes "1" to gVisor's checkpoint file and reads the result from the
-// same descriptor. Raw syscalls keep the descriptor blocking: the read must wait in the
-// kernel until the checkpoint is over (the sandbox is frozen meanwhile anyway).
-func triggerCheckpoint() (string, error) {
-	fd, err := syscall.Open(checkpointFile, syscall.O_RDWR|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return "", fmt.Errorf("open %s: %w", checkpointFile, err)
-	}
-	defer syscall.Close(fd)
-	if _, err := syscall.Write(fd, []byte("1")); err != nil {
-		return "", fmt.Errorf("write %s: %w", checkpointFile, err)
-	}
-	var buf [64]byte
-	for {
-		n, err := syscall.Read(fd, buf[:])
-		if errors.Is(err, syscall.EINTR) {
-			continue
-		}
-		if errors.Is(err, syscall.EAGAIN) {
-			// Not expected on a blocking descriptor, but harmless to wait out.
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		if err != nil {
-			return "", fmt.Errorf("read %s: %w", checkpointFile, err)
-		}
-		if n == 0 {
-			return "", fmt.Errorf("read %s: empty result", checkpointFile)
-		}
-		return strings.TrimSpace(string(buf[:n])), nil
-	}
 }
