@@ -57,79 +57,39 @@ const (
 	gcsStore   storeKind = "gcs"
 )
 
-// policies are the test policies, one per trigger mode, selected by the label app.
-const policies = `
-apiVersion: podsnapshot.gke.io/v1
+// policies are the test policies, one per trigger mode and scope, each selecting the
+// pods labelled app=<its name>.
+var policies = strings.Join([]string{
+	testPolicy("my-app", "workload", "resume", ""),
+	testPolicy("stopper", "workload", "stop", ""),
+	testPolicy("rootfs", "workload", "resume", "rootfs-only"),
+	testPolicy("rootfs-manual", "manual", "stop", "rootfs-only"),
+	testPolicy("manual", "manual", "", ""),
+}, "---\n")
+
+// testPolicy is the YAML of policy name in namespace test over storage config "store",
+// selecting app=<name>; post and scope are left out when empty (their defaults).
+func testPolicy(name, trigger, post, scope string) string {
+	y := fmt.Sprintf(`apiVersion: podsnapshot.gke.io/v1
 kind: PodSnapshotPolicy
 metadata:
-  name: my-app
+  name: %s
   namespace: test
 spec:
   storageConfigName: store
   selector:
     matchLabels:
-      app: my-app
-  triggerConfig:
-    type: workload
-    postCheckpoint: resume
----
-apiVersion: podsnapshot.gke.io/v1
-kind: PodSnapshotPolicy
-metadata:
-  name: stopper
-  namespace: test
-spec:
-  storageConfigName: store
-  selector:
-    matchLabels:
-      app: stopper
-  triggerConfig:
-    type: workload
-    postCheckpoint: stop
----
-apiVersion: podsnapshot.gke.io/v1
-kind: PodSnapshotPolicy
-metadata:
-  name: rootfs
-  namespace: test
-spec:
-  storageConfigName: store
-  selector:
-    matchLabels:
-      app: rootfs
-  snapshotScope: rootfs-only
-  triggerConfig:
-    type: workload
-    postCheckpoint: resume
----
-apiVersion: podsnapshot.gke.io/v1
-kind: PodSnapshotPolicy
-metadata:
-  name: rootfs-manual
-  namespace: test
-spec:
-  storageConfigName: store
-  selector:
-    matchLabels:
-      app: rootfs-manual
-  snapshotScope: rootfs-only
-  triggerConfig:
-    type: manual
-    postCheckpoint: stop
----
-apiVersion: podsnapshot.gke.io/v1
-kind: PodSnapshotPolicy
-metadata:
-  name: manual
-  namespace: test
-spec:
-  storageConfigName: store
-  selector:
-    matchLabels:
-      app: manual
-  triggerConfig:
-    type: manual
-`
+      app: %s
+`, name, name)
+	if scope != "" {
+		y += "  snapshotScope: " + scope + "\n"
+	}
+	y += "  triggerConfig:\n    type: " + trigger + "\n"
+	if post != "" {
+		y += "    postCheckpoint: " + post + "\n"
+	}
+	return y
+}
 
 func newEnv(t *testing.T, kind storeKind) *env {
 	t.Helper()

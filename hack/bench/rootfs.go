@@ -130,26 +130,18 @@ func rootfsCycle(ctx context.Context, l *lab.Lab, prefix string) (*rootfsRun, er
 	if err != nil {
 		return nil, fmt.Errorf("cold start: %w", err)
 	}
-	ready, err := l.WaitOutput(ctx, cold, rootfsSeconds*time.Second+3*time.Minute, `"ready" line`, func(s string) bool { return strings.HasPrefix(s, "ready ") })
+	ready, err := coldReady(ctx, l, cold, rootfsSeconds*time.Second+3*time.Minute)
 	if err != nil {
-		_, d, _ := l.ShimLine(ctx, time.Second, coldID, "decision=")
-		return nil, fmt.Errorf("cold start: %w (shim: %s)", err, d.Msg)
+		return nil, err
 	}
 	c.coldToReady = ready.Seen.Sub(cold.Invoked)
 	if out := outputLines(cold.Output); !slices.Contains(out, "setup done") {
 		_, d, _ := l.ShimLine(ctx, time.Second, coldID, "decision=")
 		return nil, fmt.Errorf("cold start: no `setup done` before ready (a snapshot left over?): output %q; shim: %s", out, d.Msg)
 	}
-	res, err := l.WaitOutput(ctx, cold, 10*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	committed, entry, err := awaitCommit(ctx, l, cold)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %w", err)
-	}
-	if !strings.HasSuffix(res.Text, ": resume") {
-		return nil, fmt.Errorf("checkpoint: the workload read %q, want resume", res.Text)
-	}
-	committed, entry, err := l.ShimLine(ctx, 10*time.Minute, coldID, "podsnapshot: committed")
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %w", err)
+		return nil, err
 	}
 	c.snapshot, c.uploadMs = entry.Fields["snapshot"], entry.Int("upload_ms")
 	if c.snapshot == "" {

@@ -70,25 +70,16 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int,
 	if err != nil {
 		return nil, fmt.Errorf("cold start: %w", err)
 	}
-	initTimeout := time.Duration(seconds*float64(time.Second)) + 3*time.Minute
-	ready, err := l.WaitOutput(ctx, cold, initTimeout, `"ready" line`, func(s string) bool { return strings.HasPrefix(s, "ready ") })
+	ready, err := coldReady(ctx, l, cold, time.Duration(seconds*float64(time.Second))+3*time.Minute)
 	if err != nil {
-		_, d, _ := l.ShimLine(ctx, time.Second, coldID, "decision=")
-		return nil, fmt.Errorf("cold start: %w (shim: %s)", err, d.Msg)
+		return nil, err
 	}
 	c.coldToReady = ready.Seen.Sub(cold.Invoked)
 	cpu0 := shimCPU(coldID)
 
-	res, err := l.WaitOutput(ctx, cold, 10*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	committed, entry, err := awaitCommit(ctx, l, cold)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %w", err)
-	}
-	if !strings.HasSuffix(res.Text, ": resume") {
-		return nil, fmt.Errorf("checkpoint: the workload read %q, want resume", res.Text)
-	}
-	committed, entry, err := l.ShimLine(ctx, 10*time.Minute, coldID, "podsnapshot: committed")
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint: %w", err)
+		return nil, err
 	}
 	c.shimPeakUpload = shimPeak(coldID)
 	if cpu1 := shimCPU(coldID); cpu0 >= 0 && cpu1 >= 0 {
@@ -360,4 +351,32 @@ func triggerToCommitted(ready, committed lab.Line, entry lab.LogEntry) time.Dura
 		}
 	}
 	return d
+}
+
+// coldReady waits up to timeout for the "ready" line of cold-started task cold; an error
+// carries the shim's decision line.
+func coldReady(ctx context.Context, l *lab.Lab, cold *lab.Task, timeout time.Duration) (lab.Line, error) {
+	ready, err := l.WaitOutput(ctx, cold, timeout, `"ready" line`, func(s string) bool { return strings.HasPrefix(s, "ready ") })
+	if err != nil {
+		_, d, _ := l.ShimLine(ctx, time.Second, cold.ID, "decision=")
+		return lab.Line{}, fmt.Errorf("cold start: %w (shim: %s)", err, d.Msg)
+	}
+	return ready, nil
+}
+
+// awaitCommit waits for task cold's workload to read "resume" from its checkpoint
+// trigger, then for the shim's committed line of it, and returns that line.
+func awaitCommit(ctx context.Context, l *lab.Lab, cold *lab.Task) (lab.Line, lab.LogEntry, error) {
+	res, err := l.WaitOutput(ctx, cold, 10*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	if err != nil {
+		return lab.Line{}, lab.LogEntry{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	if !strings.HasSuffix(res.Text, ": resume") {
+		return lab.Line{}, lab.LogEntry{}, fmt.Errorf("checkpoint: the workload read %q, want resume", res.Text)
+	}
+	committed, entry, err := l.ShimLine(ctx, 10*time.Minute, cold.ID, "podsnapshot: committed")
+	if err != nil {
+		return lab.Line{}, lab.LogEntry{}, fmt.Errorf("checkpoint: %w", err)
+	}
+	return committed, entry, nil
 }

@@ -141,19 +141,13 @@ func (p *Pod) commitRootfsAfterTrigger(ctx context.Context, uuid, imageDir strin
 // be read from the sandbox: nothing was stored and the sandbox was not stopped.
 var errLayersNotSaved = errors.New("root file system snapshot not taken")
 
-// rootfsLayerAnnotation is the annotation naming the layer of container name: gVisor
-// reads AnnRootfsUpperTar for a container outside a CRI pod, and
-// AnnRootfsUpperTar.<name> for a named container of a pod (runsc/specutils:
-// RootfsTarUpperPath).
-func (p *Pod) rootfsLayerAnnotation(name string, member bool) string {
-	if member {
-		return AnnRootfsUpperTar + "." + name
-	}
-	return AnnRootfsUpperTar
-}
+// namedLayerAnnotation is the annotation naming the layer of container name in a pod of
+// several (a spec with a CRI container name); gVisor reads the plain AnnRootfsUpperTar
+// for a container without one (runsc/specutils: RootfsTarUpperPath).
+func namedLayerAnnotation(name string) string { return AnnRootfsUpperTar + "." + name }
 
-// layerFile returns the fetched layer of container name (with its key, for a member)
-// in the fetch's directory, and whether the snapshot has one for it.
+// layerFile returns the fetched layer of container name in the fetch's directory, and
+// whether the snapshot has one for it.
 func layerFile(m *manifest.Manifest, f *fetch, name string) (string, bool) {
 	if f == nil || f.dir == "" {
 		return "", false
@@ -232,17 +226,26 @@ func (p *Pod) applySandboxLayer(m *manifest.Manifest, f *fetch) error {
 // that has dst open reads the new bytes). Go's io.Copy between files uses
 // copy_file_range: the bytes do not pass through the shim.
 func copyInto(dst, src string) error {
+	return copyFile(dst, os.O_WRONLY|os.O_TRUNC, src)
+}
+
+// copyFile opens dst with flag and copies src into it; a dst it created (O_EXCL) and
+// could not fill is removed.
+func copyFile(dst string, flag int, src string) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_TRUNC, 0)
+	out, err := os.OpenFile(dst, flag, 0o600)
 	if err != nil {
 		return err
 	}
 	if _, err := io.Copy(out, in); err != nil {
 		out.Close()
+		if flag&os.O_EXCL != 0 {
+			os.Remove(dst)
+		}
 		return fmt.Errorf("copy layer %s to %s: %w", src, dst, err)
 	}
 	return out.Close()
@@ -266,19 +269,20 @@ func (p *Pod) planRootfs(m *manifest.Manifest, f *fetch) {
 	if _, ok := m.RootfsLayers()[name]; !ok || name == criSandboxName {
 		return
 	}
-	if !f.cached {
+	done := f.cached // a cached fetch is done at once
+	if !done {
 		select {
 		case <-f.done:
+			done = true
 		case <-time.After(layerPlanWait):
 		}
 	}
 	path := p.layerPath(name)
-	select {
-	case <-f.done:
-		if src, ok := layerFile(m, f, name); ok && f.failed == "" {
+	if done && f.failed == "" {
+		// f's fields may be read only once it is done.
+		if src, ok := layerFile(m, f, name); ok {
 			path, p.layerNamed = src, true
 		}
-	default:
 	}
 	if !p.layerNamed {
 		_ = os.MkdirAll(filepath.Dir(path), 0o700)
@@ -289,10 +293,7 @@ func (p *Pod) planRootfs(m *manifest.Manifest, f *fetch) {
 	}
 	// gVisor reads the named annotation when the spec carries a CRI container name, the
 	// plain one otherwise: both are given.
-	if err := p.sb.WriteSpec(map[string]string{
-		p.rootfsLayerAnnotation(name, false): path,
-		p.rootfsLayerAnnotation(name, true):  path,
-	}); err != nil {
+	if err := p.sb.WriteSpec(map[string]string{AnnRootfsUpperTar: path, namedLayerAnnotation(name): path}); err != nil {
 		log.L.WithError(err).Warn("podsnapshot: the container starts without its root file system layer")
 	}
 }
@@ -334,7 +335,7 @@ func (p *Pod) joinRootfs(mb *member) bool {
 		decide(context.Background(), mb.t.ID(), "cold start", fmt.Sprintf("container %s starts without a root file system layer: %s", mb.name, why))
 		return false
 	}
-	if err := mb.t.WriteSpec(map[string]string{p.rootfsLayerAnnotation(mb.name, true): p.layerPath(mb.name)}); err != nil {
+	if err := mb.t.WriteSpec(map[string]string{namedLayerAnnotation(mb.name): p.layerPath(mb.name)}); err != nil {
 		log.L.WithError(err).WithField("id", mb.t.ID()).Warn("podsnapshot: the container starts without its root file system layer")
 		return false
 	}
@@ -386,7 +387,6 @@ func (p *Pod) startMemberOnLayer(ctx context.Context, mb *member) {
 		}
 	}
 	decide(ctx, mb.t.ID(), "cold start", fmt.Sprintf("container %s starts without its root file system layer: %s", mb.name, why))
-	_ = os.Remove(path)
 	if err := writeNew(path, make([]byte, 1024)); err != nil { // an empty tar archive
 		log.G(ctx).WithError(err).Warn("podsnapshot: could not write an empty layer")
 	}
@@ -398,21 +398,7 @@ func linkOrCopy(src, dst string) error {
 	if err := os.Link(src, dst); err == nil {
 		return nil
 	}
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(dst)
-		return err
-	}
-	return out.Close()
+	return copyFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, src)
 }
 
 // writeNew creates file path, which must not exist (a link left there is not followed),

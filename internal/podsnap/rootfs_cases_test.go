@@ -180,10 +180,7 @@ func TestRootfsCancelledCheckpointResumesSandbox(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	sb := &ctxTask{fakeTask: newFakeTask("one"), cancel: cancel}
-	spec := containerSpec("")
-	delete(spec.Annotations, "io.kubernetes.cri.container-type")
-	delete(spec.Annotations, "io.kubernetes.cri.container-name")
-	spec.Annotations["io.kubernetes.cri.sandbox-namespace"] = "default"
+	spec := ctrSpec()
 	p := e.node.Plan(context.Background(), Sandbox{Task: sb, Spec: spec, Config: e.cfg})
 	t.Cleanup(p.commits.Wait)
 	must(t, p.Start(context.Background(), sb))

@@ -7,8 +7,21 @@ import (
 	"strings"
 	"testing"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
 )
+
+// ctrSpec is the spec of a container run with ctr (no CRI annotations) in namespace
+// default: a sandbox of one container, recorded as "main".
+func ctrSpec() *specs.Spec {
+	return &specs.Spec{
+		Process:     &specs.Process{Cwd: "/"},
+		Root:        &specs.Root{Path: "rootfs"},
+		Annotations: map[string]string{oci.SandboxNamespaceAnnotation: "default"},
+	}
+}
 
 // newRootfsEnv is newEnv with the policy's snapshotScope rootfs-only.
 func newRootfsEnv(t *testing.T, trigger, post string) *env {
@@ -87,10 +100,7 @@ func TestRootfsOnlyWorkloadTriggerThenStart(t *testing.T) {
 func TestRootfsOnlyManualOfOneContainer(t *testing.T) {
 	e := newRootfsEnv(t, "manual", "resume")
 	sb := newFakeTask("one")
-	spec := containerSpec("")
-	delete(spec.Annotations, "io.kubernetes.cri.container-type")
-	delete(spec.Annotations, "io.kubernetes.cri.container-name")
-	spec.Annotations["io.kubernetes.cri.sandbox-namespace"] = "default"
+	spec := ctrSpec()
 	p := e.node.Plan(context.Background(), Sandbox{Task: sb, Spec: spec, Config: e.cfg})
 	t.Cleanup(p.commits.Wait)
 	t.Cleanup(p.touches.Wait)
@@ -129,10 +139,7 @@ func TestRootfsOnlyManualOfOneContainer(t *testing.T) {
 // marked Failed.
 func TestRootfsOnlyCorruptLayerStartsCold(t *testing.T) {
 	e := newRootfsEnv(t, "manual", "resume")
-	spec := containerSpec("")
-	delete(spec.Annotations, "io.kubernetes.cri.container-type")
-	delete(spec.Annotations, "io.kubernetes.cri.container-name")
-	spec.Annotations["io.kubernetes.cri.sandbox-namespace"] = "default"
+	spec := ctrSpec()
 	sb := newFakeTask("one")
 	p := e.node.Plan(context.Background(), Sandbox{Task: sb, Spec: spec, Config: e.cfg})
 	t.Cleanup(p.commits.Wait)
