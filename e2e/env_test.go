@@ -43,6 +43,7 @@ type env struct {
 	storeURL       string // "" without a store
 	gcs            *harness.FakeGCS
 	gate           *harness.GCSGate // the shim's way to gcs, with envOptions.gate
+	localGate      *harness.GatedDir // the shim's local store, with envOptions.gate
 	envVars        []string         // extra environment for the CLI (STORAGE_EMULATOR_HOST)
 	store          storage.Store
 	repo           *repo.Repo
@@ -110,8 +111,9 @@ type envOptions struct {
 	// kubeletPodsDir is the shim's kubelet_pods_dir; "": a directory of the env's
 	// (newKubeEnv passes its kubelet's).
 	kubeletPodsDir string
-	// gate: the shim reaches fake-gcs-server through a harness.GCSGate (env.gate), so a
-	// test can hold back a range of an object.
+	// gate: the shim reaches fake-gcs-server through a harness.GCSGate (env.gate), or
+	// its local store through a harness.GatedDir (env.localGate), so a test can hold back
+	// a range of an object.
 	gate bool
 }
 
@@ -136,10 +138,15 @@ func newEnvWith(t *testing.T, kind storeKind, o envOptions) *env {
 	must(t, os.MkdirAll(e.policyDir, 0o755))
 
 	var containerdEnv []string
+	testStoreURL := "" // the test's own way to the store, when not the shim's
 	switch kind {
 	case localStore:
 		e.storeURL = "file://" + filepath.Join(e.dir, "store")
 		e.writePolicy("store.yaml", storageConfig("local:\n      path: "+filepath.Join(e.dir, "store")))
+		if o.gate {
+			e.localGate = harness.NewGatedDir(t, filepath.Join(e.dir, "store"), filepath.Join(e.dir, "store-backing"))
+			testStoreURL = "file://" + e.localGate.Backing
+		}
 	case gcsStore:
 		e.gcs = harness.StartFakeGCS(t)
 		e.gcs.CreateBucket(t, "snapshots")
@@ -158,7 +165,10 @@ func newEnvWith(t *testing.T, kind storeKind, o envOptions) *env {
 		if e.gcs != nil {
 			t.Setenv("STORAGE_EMULATOR_HOST", e.gcs.Host)
 		}
-		st, err := storage.Open(context.Background(), e.storeURL)
+		if testStoreURL == "" {
+			testStoreURL = e.storeURL
+		}
+		st, err := storage.Open(context.Background(), testStoreURL)
 		must(t, err)
 		t.Cleanup(func() { st.Close() })
 		e.store, e.repo = st, &repo.Repo{Store: st}

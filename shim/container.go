@@ -284,6 +284,9 @@ type bundleState struct {
 	RunscRoot  string            `json:"runscRoot"`
 	RunscFlags map[string]string `json:"runscFlags,omitempty"`
 	Rootfs     string            `json:"rootfs,omitempty"`
+	// WorkDir is the node config's work_dir, where a pod's work dir is left behind when
+	// its shim dies (swept by `shim delete`).
+	WorkDir string `json:"workDir,omitempty"`
 }
 
 const bundleStateFile = "podsnapshot-state.json"

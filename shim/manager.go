@@ -24,6 +24,7 @@ import (
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
 
+	"github.com/podsnapshot/podsnapshot/internal/workdir"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 	"github.com/podsnapshot/podsnapshot/version"
@@ -176,6 +177,17 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	if err := mount.UnmountRecursive(rootfs, 0); err != nil {
 		log.G(ctx).WithError(err).Warn("unmount rootfs")
+	}
+	// The dead shim's pod work dir (its lock went with it), and any other dead shim's:
+	// a FUSE mount nobody serves, checkpoint images that never reached storage.
+	if st.WorkDir != "" {
+		removed, err := workdir.Sweep(st.WorkDir)
+		for _, dir := range removed {
+			log.G(ctx).Infof("removed %s, the work dir of a pod whose shim died", dir)
+		}
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("work dirs of dead shims not all removed")
+		}
 	}
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
 }

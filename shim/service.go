@@ -156,6 +156,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 	}
 	if err := writeBundleState(r.Bundle, bundleState{
 		RunscPath: c.runsc.Path, RunscRoot: c.runsc.Root, RunscFlags: c.runsc.Flags, Rootfs: c.rootfs,
+		WorkDir: c.cfg.WorkDir,
 	}); err != nil {
 		return nil, errgrpc.ToGRPC(err)
 	}

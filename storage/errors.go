@@ -14,6 +14,10 @@ var (
 	ErrExists = errors.New("already exists")
 	// ErrCorrupt: stored or decoded bytes do not match their recorded size or checksum.
 	ErrCorrupt = errors.New("corrupt object")
+	// ErrOutOfRange: a ranged read starts past the end of the object (Store.GetRange).
+	// The store cannot tell whether the object is shorter than it should be; a caller
+	// that knows its size (a framed read, from the manifest) treats it as corruption.
+	ErrOutOfRange = errors.New("range starts past the end of the object")
 )
 
 // CorruptError is a checksum, size or decoding mismatch of one object. It matches

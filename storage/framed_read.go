@@ -2,6 +2,7 @@ package storage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -28,8 +29,9 @@ type FrameBuffers struct {
 // one ranged read and calls fn with each frame's index and raw bytes, in order. Each
 // frame is checked (FrameIndex.Check) and decoded before fn sees it; raw is valid only
 // during fn. bufs (nil: allocate) are reused. Errors: the store's (naming the object); a
-// *CorruptError naming the object and the frame when its bytes do not match or do not
-// decode to its raw size; fn's error as it is.
+// *CorruptError naming the object and the frame when its bytes do not match, do not
+// decode to its raw size, or are not there (the object ends early: a truncated object is
+// corrupt at once, never an error worth retrying); fn's error as it is.
 func ReadFrames(ctx context.Context, st Store, x *FrameIndex, first, n int, bufs *FrameBuffers, fn func(i int, raw []byte) error) error {
 	if bufs == nil {
 		bufs = &FrameBuffers{}
@@ -38,6 +40,10 @@ func ReadFrames(ctx context.Context, st Store, x *FrameIndex, first, n int, bufs
 	url := st.URL(info.Name)
 	off, size := x.Stored(first, n)
 	rc, err := st.GetRange(ctx, info.Name, off, size)
+	if errors.Is(err, ErrOutOfRange) {
+		// The manifest says the object holds these bytes: it was cut short.
+		return Corruptf(url, "frame %d: object ends before it: %v", first, err)
+	}
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,13 @@ const DefaultFrameSize = 4 << 20
 // MaxFrameSize bounds FileInfo.FrameSize (bytes): a frame is decoded in memory.
 const MaxFrameSize = 64 << 20
 
+// MaxStoredFrame is the most stored bytes a frame of raw raw bytes can take: zstd's
+// worst case (incompressible data in raw blocks: 3 bytes of header per 128 KiB block,
+// plus the frame header and checksum) with room to spare. NewFrameIndex refuses a
+// manifest whose frame claims more, so that a bad manifest cannot make a reader allocate
+// an arbitrary buffer.
+func MaxStoredFrame(raw int64) int64 { return raw + raw>>7 + 1024 }
+
 // Frame is one frame of a framed file as stored.
 type Frame struct {
 	// Size is the frame's stored size in bytes.
@@ -42,8 +49,9 @@ type FrameIndex struct {
 
 // NewFrameIndex checks info's frame list against its sizes and returns its index. Errors
 // name the object (info.Name): FrameSize outside 1..MaxFrameSize, a frame count other
-// than ceil(RawSize/FrameSize), stored sizes that do not add up to StoredSize, or, for
-// codec none, a frame whose stored size is not its raw size.
+// than ceil(RawSize/FrameSize), a frame's stored size over MaxStoredFrame, stored sizes
+// that do not add up to StoredSize, or, for codec none, a frame whose stored size is not
+// its raw size.
 func NewFrameIndex(info FileInfo) (*FrameIndex, error) {
 	if info.FrameSize <= 0 || info.FrameSize > MaxFrameSize {
 		return nil, fmt.Errorf("%s: frameSize %d outside 1..%d", info.Name, info.FrameSize, MaxFrameSize)
@@ -54,8 +62,9 @@ func NewFrameIndex(info FileInfo) (*FrameIndex, error) {
 	}
 	x := &FrameIndex{info: info, stored: make([]int64, len(info.Frames)+1)}
 	for i, f := range info.Frames {
-		if f.Size <= 0 {
-			return nil, fmt.Errorf("%s: frame %d: stored size %d", info.Name, i, f.Size)
+		if f.Size <= 0 || f.Size > MaxStoredFrame(x.RawLen(i)) {
+			// Bounded before any buffer of that size is allocated (ReadFrames).
+			return nil, fmt.Errorf("%s: frame %d: stored size %d outside 1..%d", info.Name, i, f.Size, MaxStoredFrame(x.RawLen(i)))
 		}
 		if info.Codec == CodecNone && f.Size != x.RawLen(i) {
 			return nil, fmt.Errorf("%s: frame %d: stored size %d, raw size %d (codec none)", info.Name, i, f.Size, x.RawLen(i))

@@ -94,6 +94,35 @@ func TestFramedCorrupt(t *testing.T) {
 	}
 }
 
+// TestFramedTruncated: an object cut short is corrupt at once, naming the frame, whether
+// the cut falls inside the frames read or before their first byte (the store's
+// ErrOutOfRange), for both codecs; nothing to retry.
+func TestFramedTruncated(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	st, _ := local.New(root)
+	const frame = 32 << 10
+	for _, codec := range []storage.Codec{storage.Zstd{}, storage.None{}} {
+		name := "t/pages.img." + codec.Name()
+		info, err := storage.UploadFramed(ctx, st, name, bytes.NewReader(storetest.Random(8*frame, 4)), codec, frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		x, _ := storage.NewFrameIndex(info)
+		half, _ := x.Stored(4, 1)
+		if err := os.Truncate(filepath.Join(root, name), half-100); err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range []struct{ first, want int }{{2, 3}, {6, 6}} {
+			err := storage.ReadFrames(ctx, st, x, c.first, 2, nil, func(int, []byte) error { return nil })
+			want := fmt.Sprintf("frame %d: object ends", c.want)
+			if !errors.Is(err, storage.ErrCorrupt) || !bytes.Contains([]byte(err.Error()), []byte(want)) {
+				t.Errorf("%s: frames %d-%d of a truncated object: %v; want corrupt, %q", codec.Name(), c.first, c.first+1, err, want)
+			}
+		}
+	}
+}
+
 // TestFrameIndexRefuses: inconsistent frame lists are refused naming the object.
 func TestFrameIndexRefuses(t *testing.T) {
 	good := storage.FileInfo{Name: "p", RawSize: 10, StoredSize: 10, Codec: "none", FrameSize: 4,
@@ -106,6 +135,10 @@ func TestFrameIndexRefuses(t *testing.T) {
 		"sum":        func(f *storage.FileInfo) { f.StoredSize = 11 },
 		"none sizes": func(f *storage.FileInfo) { f.Frames = []storage.Frame{{Size: 3}, {Size: 5}, {Size: 2}} },
 		"frame size": func(f *storage.FileInfo) { f.FrameSize = storage.MaxFrameSize + 1 },
+		// A zstd frame claiming 1 TiB: refused before a reader allocates a buffer for it.
+		"stored frame": func(f *storage.FileInfo) {
+			f.Codec, f.Frames[2].Size, f.StoredSize = "zstd", 1<<40, 8+1<<40
+		},
 	} {
 		f := good
 		f.Frames = append([]storage.Frame(nil), good.Frames...)

@@ -44,7 +44,7 @@ type Store interface {
 	Get(ctx context.Context, name string) (io.ReadCloser, error)
 
 	// GetRange streams length bytes from offset off; length < 0 reads to the end. A range
-	// past the end is cut short at the end; off > size is an error.
+	// past the end is cut short at the end; off > size is an error wrapping ErrOutOfRange.
 	GetRange(ctx context.Context, name string, off, length int64) (io.ReadCloser, error)
 
 	// Stat returns the object's info.

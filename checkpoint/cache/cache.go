@@ -107,7 +107,7 @@ func (c *Cache) Get(key string) (dir string, ok bool) {
 }
 
 // Fill makes the entry of key by calling fetch on an empty temporary directory and, if
-// fetch succeeds, renaming it into place. size is the bytes fetch will write (the sum of
+// fetch succeeds, making it durable (fsync) and renaming it into place. size is the bytes fetch will write (the sum of
 // the files' raw sizes): room for it is made before fetch runs (see the package doc), and
 // a fetch that wrote more is an error. It returns the entry's directory and whether it
 // is cached (false: caching is disabled and the caller owns and removes dir). An entry
@@ -150,9 +150,9 @@ func (c *Cache) Fill(key string, size int64, fetch func(dir string) error) (dir 
 		os.RemoveAll(tmp)
 		return "", false, fmt.Errorf("snapshot cache %s: the fetch wrote %d bytes, %d were declared", c.Dir, got, size)
 	}
-	if err := os.WriteFile(filepath.Join(tmp, EntryMarker), []byte(key), 0o600); err != nil {
+	if _, err := syncFill(tmp, key); err != nil {
 		os.RemoveAll(tmp)
-		return "", false, fmt.Errorf("snapshot cache: %w", err)
+		return "", false, err
 	}
 	if err := c.publish(tmp, final, key); err != nil {
 		return "", false, err
@@ -211,6 +211,9 @@ func (c *Cache) publish(tmp, final, key string) error {
 			return fmt.Errorf("snapshot cache: %w", err)
 		}
 	}
+	// The rename itself, durable: otherwise a power loss may undo it (the fill is then a
+	// crashed fill's leftovers, removed at the next fill).
+	_ = syncPath(c.Dir)
 	now := c.now()
 	_ = os.Chtimes(final, now, now)
 	return nil

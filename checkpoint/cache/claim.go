@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +31,9 @@ type Filling struct {
 	// Private: caching is disabled; Publish leaves Dir where it is and the caller owns
 	// and removes it.
 	Private bool
+	// Synced is how long Publish spent making the fill durable (fsync) before it became
+	// the entry; set by Publish.
+	Synced  time.Duration
 	c       *Cache
 	key     string
 	size    int64
@@ -114,7 +118,8 @@ func (c *Cache) TakeOver(dir, key string, size int64) (f *Filling, ok bool) {
 }
 
 // Publish makes the filled directory the entry of its key (see Fill: the size declared
-// at Claim bounds it, the marker is written, an entry made meanwhile wins) and returns
+// at Claim bounds it, the marker is written, the files are made durable, an entry made
+// meanwhile wins) and returns
 // the entry's directory; for a private fill it returns Dir unchanged. On error the fill
 // is removed.
 func (f *Filling) Publish() (string, error) {
@@ -126,10 +131,12 @@ func (f *Filling) Publish() (string, error) {
 		os.RemoveAll(f.Dir)
 		return "", fmt.Errorf("snapshot cache %s: the fill wrote %d bytes, %d were declared", f.c.Dir, got, f.size)
 	}
-	if err := os.WriteFile(filepath.Join(f.Dir, EntryMarker), []byte(f.key), 0o600); err != nil {
+	synced, err := syncFill(f.Dir, f.key)
+	if err != nil {
 		os.RemoveAll(f.Dir)
-		return "", fmt.Errorf("snapshot cache: %w", err)
+		return "", err
 	}
+	f.Synced = synced
 	final := filepath.Join(f.c.Dir, f.key)
 	if err := f.c.publish(f.Dir, final, f.key); err != nil {
 		return "", err

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
@@ -23,8 +24,25 @@ const markFailedTimeout = time.Minute
 // holds none or is disabled (nil, or MaxBytes 0). The entry is the cache's: the caller
 // only reads it. Entries are keyed by CacheKey: a manifest of another store, namespace or
 // policy, or with other files, reusing m's UUID never gets m's entry.
+//
+// An entry whose files are not the sizes m records (cut short in place: a local store's
+// uncompressed object is hard-linked into it) is discarded and not returned: a restore
+// trusts an entry without reading it first.
 func (r *Repo) Cached(c *cache.Cache, m *manifest.Manifest) (dir string, ok bool) {
-	return c.Get(CacheKey(r.Store.URL(""), m))
+	key := CacheKey(r.Store.URL(""), m)
+	dir, ok = c.Get(key)
+	if !ok {
+		return "", false
+	}
+	for _, f := range m.Files {
+		name, known := localName(f.Name)
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if !known || err != nil || fi.Size() != f.RawSize {
+			_ = c.Discard(key)
+			return "", false
+		}
+	}
+	return dir, true
 }
 
 // CacheKey is the node cache key of m read from the store at storeURL: the sha256 (64

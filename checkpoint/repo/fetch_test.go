@@ -86,6 +86,17 @@ func TestFetchIntoCache(t *testing.T) {
 	if got, ok := r.Cached(c, m); !ok || got != dir {
 		t.Fatalf("Cached = %q, %v; want %q", got, ok, dir)
 	}
+	// An entry cut short (a power loss before its pages were written back, or a local
+	// store's object cut in place under its hard link) is discarded, not restored from.
+	if err := os.Truncate(filepath.Join(dir, "pages.img"), 10); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := r.Cached(c, m); ok {
+		t.Fatalf("Cached of a truncated entry = %q", got)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the truncated entry is still there: %v", err)
+	}
 }
 
 // Issue 14 item 1: the node cache was keyed by UUID alone, so a manifest of another store
@@ -267,5 +278,30 @@ func expectEmpty(t *testing.T, dir string) {
 	}
 	if len(left) != 0 {
 		t.Fatalf("files left in %s: %v", dir, left)
+	}
+}
+
+// A restore's access-time update from the manifest it read never brings back a snapshot
+// that was marked Failed since (a corrupt frame found right after the restore).
+func TestTouchKeepsFailed(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	m := commit(t, r, strings.Repeat("f", 64), here, time.Now(), 2)
+	stale := reread(t, r, m)
+	if err := r.MarkFailed(ctx, reread(t, r, m), "data corrupt: frame 3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Touch(ctx, stale); err != nil {
+		t.Fatal(err)
+	}
+	if back := reread(t, r, m); back.State != manifest.StateFailed || back.Reason != "data corrupt: frame 3" {
+		t.Fatalf("after Touch of a stale copy: %s %q", back.State, back.Reason)
+	}
+	fresh := commit(t, r, strings.Repeat("f", 64), here, time.Now(), 3)
+	if err := r.Touch(ctx, reread(t, r, fresh)); err != nil {
+		t.Fatal(err)
+	}
+	if back := reread(t, r, fresh); back.State != manifest.StateCommitted || back.LastAccessTime.IsZero() {
+		t.Fatalf("after Touch: %s, last access %v", back.State, back.LastAccessTime)
 	}
 }

@@ -29,6 +29,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -60,6 +61,11 @@ type Repo struct {
 	MinRatio float64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// rewriteMu serializes this Repo's manifest rewrites (MarkFailed, Touch), so that a
+	// restore's access-time update never puts back the Committed state a corrupt-frame
+	// finding of the same restore has just replaced.
+	rewriteMu sync.Mutex
 }
 
 func (r *Repo) now() time.Time {
@@ -389,15 +395,35 @@ func localName(object string) (string, bool) {
 // MarkFailed rewrites m's manifest with state Failed and reason, so lookups skip it and
 // `podsnapshot ls` shows why. Like Touch it writes only where m was read from (objectOf).
 func (r *Repo) MarkFailed(ctx context.Context, m *manifest.Manifest, reason string) error {
+	r.rewriteMu.Lock()
+	defer r.rewriteMu.Unlock()
 	m.State = manifest.StateFailed
 	m.Reason = reason
 	return r.rewrite(ctx, m)
 }
 
-// Touch records that m was just used to restore a pod (lastAccessTime, for retention).
+// Touch records that m was just used to restore a pod (lastAccessTime, for retention). It
+// rewrites the manifest as it is in the store now, and leaves one that is no longer
+// Committed (marked Failed since m was read) as it is: an access time must not bring a
+// Failed snapshot back. (Between two shims a rewrite can still race: the store has no
+// compare-and-swap here; the window is one read and one write.)
 func (r *Repo) Touch(ctx context.Context, m *manifest.Manifest) error {
-	m.LastAccessTime = r.now().UTC()
-	return r.rewrite(ctx, m)
+	r.rewriteMu.Lock()
+	defer r.rewriteMu.Unlock()
+	name, err := objectOf(m)
+	if err != nil {
+		return err
+	}
+	cur, err := r.read(ctx, name)
+	if err != nil {
+		return err
+	}
+	if cur.State != manifest.StateCommitted {
+		return nil
+	}
+	cur.LastAccessTime = r.now().UTC()
+	m.LastAccessTime = cur.LastAccessTime
+	return r.rewrite(ctx, cur)
 }
 
 func (r *Repo) rewrite(ctx context.Context, m *manifest.Manifest) error {

@@ -10,6 +10,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
+	"github.com/podsnapshot/podsnapshot/storage"
 )
 
 // Stream starts restoring m while its pages arrive (stream.Open): it returns once
@@ -54,4 +55,24 @@ func (r *Repo) Stream(ctx context.Context, c *cache.Cache, m *manifest.Manifest,
 		return nil, r.fetchError(ctx, m, err)
 	}
 	return img, nil
+}
+
+// ProbePages reads frame i of m's pages file (stored in frames) from the store and checks
+// it, within ctx: whether the store answers for the bytes a restore of m would stream. It
+// writes nothing. Errors: the store's, a *storage.CorruptError, or ctx's.
+func (r *Repo) ProbePages(ctx context.Context, m *manifest.Manifest, i int) error {
+	for _, f := range m.Files {
+		if name, _ := localName(f.Name); name != stream.PagesFile || !f.Framed() {
+			continue
+		}
+		x, err := storage.NewFrameIndex(f)
+		if err != nil {
+			return err
+		}
+		if i < 0 || i >= x.Len() {
+			return fmt.Errorf("%s: no frame %d of %d", r.Store.URL(f.Name), i, x.Len())
+		}
+		return storage.ReadFrames(ctx, r.Store, x, i, 1, nil, func(int, []byte) error { return nil })
+	}
+	return fmt.Errorf("snapshot %s/%s: no framed pages file", m.Namespace, m.UUID)
 }

@@ -36,6 +36,11 @@ type File struct {
 	url  string
 	data *os.File // the raw bytes, at their raw offsets
 	prog *os.File // one progress byte per frame
+	// linked: data is the store's own object (a hard link), whose bytes can be cut short
+	// under the file after they were verified; reads check its size.
+	linked bool
+	// onFail is told, once and outside mu, why the file failed; nil: nobody.
+	onFail func(error)
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
@@ -44,6 +49,10 @@ type File struct {
 	missing int       // frames not yet in have
 	fetch   fetchFunc // nil while another process fills: frames are awaited
 	failed  error     // a frame could not be had: every read fails with it
+	// failedCh is closed when failed is set.
+	failedCh chan struct{}
+	// stall is how long a fetch may go without a frame arriving (stallAfter).
+	stall time.Duration
 	// arrived holds, for each frame a reader waits for, a channel closed when it is
 	// there: a frame wakes only its own readers (up to 128 of gVisor's loader threads
 	// wait at once; waking them all for every frame costs CPU the restore needs).
@@ -59,7 +68,8 @@ type File struct {
 func newFile(ctx context.Context, x *storage.FrameIndex, url string, data, prog *os.File) (*File, error) {
 	f := &File{ctx: ctx, x: x, url: url, data: data, prog: prog,
 		have: make([]bool, x.Len()), busy: make([]bool, x.Len()),
-		arrived: make(map[int]chan struct{}), ended: make(chan struct{})}
+		arrived: make(map[int]chan struct{}), ended: make(chan struct{}),
+		failedCh: make(chan struct{}), stall: stallAfter}
 	f.missing = x.Len()
 	if f.missing == 0 {
 		close(f.ended)
@@ -101,7 +111,29 @@ func (f *File) Ready(ctx context.Context, off int64, n int) (int, error) {
 	if err := f.await(ctx, first, last); err != nil {
 		return 0, err
 	}
+	if f.linked {
+		if err := f.checkLinked(off + int64(n)); err != nil {
+			return 0, err
+		}
+	}
 	return n, nil
+}
+
+// checkLinked fails the file when the linked object no longer holds the bytes up to end
+// (it was cut short in the store after its frames were verified): a read would splice
+// fewer bytes than the sandbox asked for, without a word about why.
+func (f *File) checkLinked(end int64) error {
+	fi, err := f.data.Stat()
+	if err != nil {
+		return fmt.Errorf("%s: %w", f.url, err)
+	}
+	if fi.Size() >= end {
+		return nil
+	}
+	first, _ := f.x.Frames(fi.Size(), 1)
+	err = storage.Corruptf(f.url, "frame %d: object ends early: cut to %d bytes after it was verified", first, fi.Size())
+	f.fail(err)
+	return f.Err()
 }
 
 // Fd is the data file's descriptor, for reading (or splicing) bytes Ready reported.
@@ -211,17 +243,27 @@ func (f *File) Fetched() (frames int, stored int64) {
 	return f.fetched, f.stored
 }
 
-// fail makes every read fail with err from now on.
+// fail makes every read fail with err from now on, and tells onFail (the first error
+// only).
 func (f *File) fail(err error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.failed == nil {
+	first := f.failed == nil
+	if first {
 		f.failed = err
+		close(f.failedCh)
 		if f.missing > 0 {
 			close(f.ended)
 		}
 	}
+	onFail := f.onFail
+	f.mu.Unlock()
+	if first && onFail != nil {
+		onFail(err)
+	}
 }
+
+// Failed is closed when the file has failed (Err says why).
+func (f *File) Failed() <-chan struct{} { return f.failedCh }
 
 // poll reads the progress file and takes up the frames another process made present.
 // At the filler it also queues the frames other processes want.
@@ -244,13 +286,38 @@ func (f *File) poll() error {
 	return nil
 }
 
-// Retry policy of a frame fetch: a corrupt frame is fetched once more, then the file
-// fails; other errors (the store unreachable) are retried with backoff until
-// fetchGiveUp has passed.
+// Retry policy of a frame fetch. A frame that fails its check, or is not there (the
+// object ends early), is fetched once more, then the file fails: the stored snapshot is
+// bad. A fetch during which no frame arrives for stallAfter is abandoned as stalled and
+// the frame fetched once more, then the file fails: the store stopped answering. Other
+// errors (the store unreachable) are retried with backoff until fetchGiveUp has passed.
+// A restored sandbox waits for its pages meanwhile, so these bound how long a fault
+// leaves it hanging before its reads fail and the pod ends: at most 2 x stallAfter for a
+// store that holds the connection open without a byte, fetchGiveUp for one that refuses.
 const (
-	fetchGiveUp  = 2 * time.Minute
+	stallAfter   = 10 * time.Second
+	fetchGiveUp  = 30 * time.Second
 	fetchBackoff = 200 * time.Millisecond
 )
+
+// ErrStalled is matched (errors.Is) by the error of a fetch during which no frame arrived
+// for the stall deadline: the store holds the read open without answering. The error is
+// a *StallError.
+var ErrStalled = errors.New("the store stopped answering")
+
+// StallError says which frame of which object the store stalled on.
+type StallError struct {
+	URL   string
+	Frame int
+	After time.Duration // the stall deadline that passed
+}
+
+func (e *StallError) Error() string {
+	return fmt.Sprintf("%s: frame %d: %v: no frame arrived in %s", e.URL, e.Frame, ErrStalled, e.After)
+}
+
+// Is reports whether target is ErrStalled.
+func (e *StallError) Is(target error) bool { return target == ErrStalled }
 
 // fetchOne fetches frame i with the retry policy, failing the file if it cannot.
 func (f *File) fetchOne(ctx context.Context, i int) {
@@ -262,10 +329,7 @@ func (f *File) fetchOne(ctx context.Context, i int) {
 // fetchRetrying fetches frames [first, first+n) and, on error, each frame not yet there
 // on its own with the retry policy. It clears busy for frames it did not get.
 func (f *File) fetchRetrying(ctx context.Context, first, n int) error {
-	f.mu.Lock()
-	fetch := f.fetch
-	f.mu.Unlock()
-	err := fetch(ctx, first, n, f.markPresent)
+	err := f.attempt(ctx, first, n)
 	if err == nil {
 		return nil
 	}
@@ -273,30 +337,81 @@ func (f *File) fetchRetrying(ctx context.Context, first, n int) error {
 		if f.has(i) {
 			continue
 		}
-		deadline := time.Now().Add(fetchGiveUp)
-		corrupt := errors.Is(err, storage.ErrCorrupt)
-		for {
-			err = fetch(ctx, i, 1, f.markPresent)
-			if err == nil {
-				break
-			}
-			if errors.Is(err, storage.ErrCorrupt) {
-				if corrupt {
-					return fmt.Errorf("%s: frame %d failed verification twice: %w", f.url, i, err)
-				}
-				corrupt = true
-				continue
-			}
-			if ctx.Err() != nil || time.Now().After(deadline) {
-				return fmt.Errorf("%s: frame %d: %w", f.url, i, err)
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(fetchBackoff):
-			}
+		if err := f.refetch(ctx, i, err); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// refetch fetches frame i on its own after a fetch of it failed with prev, with the
+// retry policy.
+func (f *File) refetch(ctx context.Context, i int, prev error) error {
+	deadline := time.Now().Add(fetchGiveUp)
+	corrupt, stalled := errors.Is(prev, storage.ErrCorrupt), errors.Is(prev, ErrStalled)
+	for {
+		err := f.attempt(ctx, i, 1)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, storage.ErrCorrupt):
+			if corrupt {
+				return fmt.Errorf("%s: frame %d failed verification twice: %w", f.url, i, err)
+			}
+			corrupt = true
+			continue
+		case errors.Is(err, ErrStalled):
+			if stalled {
+				return fmt.Errorf("%s: frame %d: fetched twice, %w", f.url, i, err)
+			}
+			stalled = true
+			continue
+		case ctx.Err() != nil || time.Now().After(deadline):
+			return fmt.Errorf("%s: frame %d: %w", f.url, i, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(fetchBackoff):
+		}
+	}
+}
+
+// attempt is one fetch of frames [first, first+n) under the stall deadline: it fails
+// with ErrStalled when no frame arrives for f.stall, without waiting for the fetch to
+// notice its cancelled context (a read stuck in the kernel may not).
+func (f *File) attempt(ctx context.Context, first, n int) error {
+	f.mu.Lock()
+	fetch := f.fetch
+	f.mu.Unlock()
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	arrived := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- fetch(actx, first, n, func(i int) {
+			f.markPresent(i)
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	t := time.NewTimer(f.stall)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-arrived:
+			t.Reset(f.stall)
+		case <-t.C:
+			next := first
+			for next < first+n-1 && f.has(next) {
+				next++
+			}
+			return &StallError{URL: f.url, Frame: next, After: f.stall}
+		}
+	}
 }
 
 // has reports whether frame i is there.

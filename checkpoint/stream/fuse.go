@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -121,6 +122,14 @@ func mountFiles(ctx context.Context, dir string, files map[string]servedFile, on
 		root.files = append(root.files, &fileNode{ctx: ctx, name: name, src: src, direct: arriving, onReadError: onReadError})
 	}
 	forever := time.Hour
+	// go-fuse (v2.12.1) opens /dev/fuse without O_CLOEXEC and, for a direct mount, never
+	// sets it: every process the shim starts afterwards (`runsc wait`, runsc commands)
+	// would inherit the device and keep the connection open after the shim died, so that
+	// the dead mount hangs whoever touches it (the sandbox, `runsc delete`) instead of
+	// failing at once (ENOTCONN). No fork may run until the descriptor is close-on-exec.
+	syscall.ForkLock.Lock()
+	defer syscall.ForkLock.Unlock()
+	defer closeFUSEOnExec()
 	server, err := fs.Mount(dir, root, &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:        true, // runsc's sandbox reads through the fd it was given
@@ -152,4 +161,20 @@ func (m *mount) unmount() {
 			}
 		}
 	})
+}
+
+// closeFUSEOnExec makes every /dev/fuse descriptor of the process close-on-exec (see
+// mountFiles). Called with syscall.ForkLock held.
+func closeFUSEOnExec() {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range fds {
+		if target, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && target == "/dev/fuse" {
+			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.CloseOnExec(fd)
+			}
+		}
+	}
 }

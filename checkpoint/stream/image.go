@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -55,8 +56,12 @@ type Source struct {
 	// Cache is the node cache; a disabled one streams into a private directory.
 	Cache *cache.Cache
 	// OnCorrupt is called once, from any goroutine, when a frame failed verification
-	// twice: the stored snapshot is bad. Reads of the failed frame fail (runsc's sandbox then stops).
+	// twice or is not in the object: the stored snapshot is bad. Every read of pages.img
+	// fails from then on (runsc's sandbox then stops).
 	OnCorrupt func(err error)
+	// Stall is how long a fetch may go without a frame arriving before it is abandoned
+	// (ErrStalled); 0 means stallAfter.
+	Stall time.Duration
 }
 
 // Image is a snapshot image being restored from.
@@ -78,8 +83,8 @@ type Image struct {
 	// The fields below are guarded by mu.
 	fill      *cache.Filling // this shim fills (nil: another shim does, or it is over)
 	fillDir   string
-	published string // the cache entry once published
-	corrupt   bool
+	published string        // the cache entry once published
+	synced    time.Duration // how long publishing it spent in fsync
 }
 
 // Open starts restoring src into the directory mountDir (created, empty): the small
@@ -164,11 +169,12 @@ func (src Source) pagesInfo() (pages storage.FileInfo, raw int64, err error) {
 	return pages, raw, nil
 }
 
-// prepare fills dir with the complete small files, pages.img (a hard link to the store's
-// uncompressed object, verified later frame by frame, or a sparse file of its raw size)
-// and, last, the progress file.
+// prepare checks pages.img's stored size (checkSize), fills dir with the complete small
+// files, pages.img (a hard link to the store's uncompressed object, verified later frame
+// by frame, or a sparse file of its raw size) and, last, the progress file.
 func (src Source) prepare(ctx context.Context, dir string, x *storage.FrameIndex) error {
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return checkSize(gctx, src.Store, x.Info()) })
 	for _, f := range src.Files {
 		name, ok := src.LocalName(f.Name)
 		if !ok {
@@ -210,6 +216,21 @@ func (src Source) prepare(ctx context.Context, dir string, x *storage.FrameIndex
 		return err
 	}
 	return os.Rename(tmp, filepath.Join(dir, progressFile))
+}
+
+// checkSize compares the object's size in the store with the one the manifest records
+// (one metadata call): an object cut short, or replaced by one of another size, is
+// corrupt now, before the pod restores, instead of a frame that never arrives once it
+// runs. The small files need no check: they are downloaded whole and verified first.
+func checkSize(ctx context.Context, st storage.Store, info storage.FileInfo) error {
+	obj, err := st.Stat(ctx, info.Name)
+	if err != nil {
+		return err
+	}
+	if obj.Size != info.StoredSize {
+		return storage.Corruptf(st.URL(info.Name), "size mismatch: the store holds %d bytes, the manifest says %d", obj.Size, info.StoredSize)
+	}
+	return nil
 }
 
 // preparedWait bounds how long a shim waits for another's fill to have its small files.
@@ -259,6 +280,15 @@ func (img *Image) open(ctx context.Context, src Source, dir string, x *storage.F
 	f, err := newFile(ctx, x, url, data, prog)
 	if err != nil {
 		return err
+	}
+	if src.Stall > 0 {
+		f.stall = src.Stall
+	}
+	f.linked = linked
+	f.onFail = func(err error) {
+		if errors.Is(err, storage.ErrCorrupt) && src.OnCorrupt != nil {
+			src.OnCorrupt(err)
+		}
 	}
 	if img.fill != nil {
 		f.fetch = fetcher(src.Store, x, data, linked)
@@ -325,6 +355,10 @@ func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool
 			for i := first; i < first+n; i++ {
 				b := bufs.Stored[:x.RawLen(i)]
 				if _, err := data.ReadAt(b, x.RawOffset(i)); err != nil {
+					if errors.Is(err, io.EOF) {
+						// The store's object was cut short: corrupt, not worth retrying.
+						return storage.Corruptf(url, "frame %d: object ends early", i)
+					}
 					return fmt.Errorf("%s: read frame %d: %w", url, i, err)
 				}
 				if err := x.Check(url, i, b); err != nil {

@@ -2,7 +2,6 @@ package stream
 
 import (
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"time"
@@ -38,8 +37,11 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 	t0 := time.Now()
 	defer func() {
 		frames, stored := f.Fetched()
+		img.mu.Lock()
+		synced := img.synced
+		img.mu.Unlock()
 		log.L.WithFields(log.Fields{"frames": x.Len(), "fetched_frames": frames, "fetched_bytes": stored,
-			"complete": f.Complete(), "ms": time.Since(t0).Milliseconds()}).
+			"complete": f.Complete(), "ms": time.Since(t0).Milliseconds(), "sync_ms": synced.Milliseconds()}).
 			Infof("podsnapshot: pages of %s: %d of %d frames fetched by this shim, the others shared by another restoring the same snapshot",
 				src.Store.URL(x.Info().Name), frames, x.Len())
 	}()
@@ -77,8 +79,8 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 		}
 	}
 	f.fill(ctx, fillWorkers, fillBatch)
-	if err := f.Err(); err != nil {
-		img.bad(src, err)
+	if f.Err() != nil {
+		img.bad()
 		return
 	}
 	if ctx.Err() != nil {
@@ -94,17 +96,14 @@ func (img *Image) filling() *cache.Filling {
 	return img.fill
 }
 
-// bad handles a snapshot found corrupt: the fill is removed, OnCorrupt told.
-func (img *Image) bad(src Source, err error) {
+// bad removes the fill of a file that failed (its onFail told OnCorrupt).
+func (img *Image) bad() {
 	img.mu.Lock()
 	fl := img.fill
-	img.fill, img.corrupt = nil, true
+	img.fill = nil
 	img.mu.Unlock()
 	if fl != nil {
 		fl.Abort()
-	}
-	if errors.Is(err, storage.ErrCorrupt) && src.OnCorrupt != nil {
-		src.OnCorrupt(err)
 	}
 }
 
@@ -120,7 +119,7 @@ func (img *Image) publish() {
 	os.Remove(filepath.Join(fl.Dir, progressFile))
 	os.Remove(filepath.Join(fl.Dir, linkedFile))
 	entry, err := fl.Publish()
-	img.fill = nil
+	img.fill, img.synced = nil, fl.Synced
 	if err != nil {
 		log.L.WithError(err).Warn("podsnapshot: the streamed snapshot was not kept in the node cache")
 		return
@@ -159,13 +158,23 @@ func (img *Image) Close() {
 	img.closeFiles()
 }
 
-// Err is why pages.img cannot be read (a frame that failed verification twice: an
-// error wrapping storage.ErrCorrupt naming the object and frame), or nil.
+// Err is why pages.img cannot be read, or nil: a frame that failed verification twice
+// or is not in the object (an error wrapping storage.ErrCorrupt), a store that stopped
+// answering (ErrStalled) or kept failing; each names the object and the frame.
 func (img *Image) Err() error {
 	if img == nil || img.pages == nil {
 		return nil
 	}
 	return img.pages.Err()
+}
+
+// Failed is closed when pages.img has become unreadable (Err says why); a restored
+// sandbox can then no longer load its memory. Never closed for a cached image.
+func (img *Image) Failed() <-chan struct{} {
+	if img == nil || img.pages == nil {
+		return nil
+	}
+	return img.pages.Failed()
 }
 
 // Done is closed when the snapshot has fully arrived (or the download ended).

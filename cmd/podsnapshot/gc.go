@@ -8,6 +8,7 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
+	"github.com/podsnapshot/podsnapshot/internal/workdir"
 )
 
 var gcCommand = &command{
@@ -36,6 +37,12 @@ bucket, .podsnapshot-tmp-* files in a local store) are deleted by the upload its
 when it fails; those of an upload cut off by a crash of the shim or of the store are
 deleted here once the upload wrote nothing for --orphan-ttl. They do not say which
 namespace they were for, so with -n they are left alone.
+
+On the node, the work directory of a pod whose shim died (killed or crashed) is removed
+with what is mounted in it: checkpoint images that never reached storage, and the FUSE
+mount a streamed restore was served from. A live shim holds a lock on its pods' work
+directories, so theirs are never touched. (The next shim that starts, and containerd's
+cleanup of the dead shim, do the same.) With -n this is left alone too.
 
 Snapshots of policies that are not in the policy directory are left alone (remove them by
 name with 'podsnapshot rm'). Each deletion is one line with its reason; --dry-run prints
@@ -154,9 +161,15 @@ func runGC(ctx context.Context, c *cli, args []string) error {
 		temps, err = c.collectTemps(ctx, e, now.Add(-*orphanTTL), dryRun, verb)
 		errs = append(errs, err)
 	}
+	dirs := 0
+	if namespace == "" {
+		var err error
+		dirs, err = c.collectWorkDirs(e.cfg.WorkDir, dryRun, verb)
+		errs = append(errs, err)
+	}
 	todo := map[bool]string{false: "deleted", true: "to delete"}[dryRun]
-	fmt.Fprintf(c.stdout, "gc: %d %s, %d kept; %d orphaned objects %s; %d temporary objects %s\n",
-		done, todo, len(snaps)-done, orphans, todo, temps, todo)
+	fmt.Fprintf(c.stdout, "gc: %d %s, %d kept; %d orphaned objects %s; %d temporary objects %s; %d work dirs of dead shims %s\n",
+		done, todo, len(snaps)-done, orphans, todo, temps, todo, dirs, todo)
 	return errors.Join(errs...)
 }
 
@@ -183,6 +196,20 @@ func (c *cli) collectTemps(ctx context.Context, e *env, cutoff time.Time, dryRun
 		}
 	}
 	return n, errors.Join(errs...)
+}
+
+// collectWorkDirs removes (or with dryRun only prints) the pod work directories under
+// workDir whose shim died (workdir.Sweep), one line each; n counts them.
+func (c *cli) collectWorkDirs(workDir string, dryRun bool, verb string) (n int, err error) {
+	find := workdir.Sweep
+	if dryRun {
+		find = workdir.Dead
+	}
+	dirs, err := find(workDir)
+	for _, dir := range dirs {
+		fmt.Fprintf(c.stdout, "%s %s: work dir of a pod whose shim died (its checkpoint images never reached storage)\n", verb, dir)
+	}
+	return len(dirs), err
 }
 
 // failedAt is when s was marked Failed: its manifest's last write in the store (MarkFailed

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/podsnapshot/podsnapshot/internal/workdir"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
 
@@ -52,5 +53,48 @@ func TestGCTemps(t *testing.T) {
 	}
 	if !exists(young) {
 		t.Error("a young temporary file was deleted")
+	}
+}
+
+// TestGCWorkDirs: the work dir of a pod whose shim died (its owner lock is free) is
+// listed by a dry run and removed by gc; a live shim's (locked) and anything that is not
+// a pod's work dir are left, and so is everything with -n.
+func TestGCWorkDirs(t *testing.T) {
+	f := newFixture(t)
+	work := filepath.Join(f.dir, "work")
+	live, err := workdir.Claim(filepath.Join(work, "k8s.io", "live"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Release()
+	dead, err := workdir.Claim(filepath.Join(work, "k8s.io", "dead"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dead.Path, "pages.img"), []byte("pod memory"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dead.Release()
+	cache := filepath.Join(work, "cache", "entry")
+	if err := os.MkdirAll(cache, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	r := f.run("gc", "--dry-run").must(t)
+	if !strings.Contains(r.stdout, "would delete "+dead.Path+": work dir of a pod whose shim died") ||
+		!strings.Contains(r.stdout, "1 work dirs of dead shims to delete") || strings.Contains(r.stdout, live.Path) {
+		t.Errorf("dry run:\n%s", r.stdout)
+	}
+	if r := f.run("gc", "-n", "default").must(t); !strings.Contains(r.stdout, "0 work dirs of dead shims deleted") {
+		t.Errorf("gc -n:\n%s", r.stdout)
+	}
+	if !exists(dead.Path) {
+		t.Fatal("removed by a dry run or -n")
+	}
+	r = f.run("gc").must(t)
+	if !strings.Contains(r.stdout, "deleted "+dead.Path+": work dir") || !strings.Contains(r.stdout, "1 work dirs of dead shims deleted") {
+		t.Errorf("gc:\n%s", r.stdout)
+	}
+	if exists(dead.Path) || !exists(live.Path) || !exists(cache) {
+		t.Errorf("after gc: dead %v, live %v, cache %v; want only the dead one gone", exists(dead.Path), exists(live.Path), exists(cache))
 	}
 }

@@ -261,6 +261,7 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			res.add("restore_first_runsc_"+s, mib, float64(c.first.runscMs)/1e3)
 			if c.first.streamed {
 				res.add("restore_first_stream_"+s, mib, float64(c.first.streamMs)/1e3)
+				res.add("restore_first_sync_"+s, mib, float64(c.first.syncMs)/1e3)
 			} else {
 				rep.note(fmt.Sprintf("A first restore from the %s at %s did not stream (FUSE unavailable?): it downloaded the whole snapshot first; its decision: %s",
 					storeName(st), sizeName(mib), c.first.decision))

@@ -56,6 +56,8 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("restore_first_runsc_"+s, "  shim: runsc restore, "+name+", first", "s", "the shim's own log line: `runsc restore --background` until it returns")
 		r.define("restore_first_stream_"+s, "  shim: pages.img streamed in full and verified, "+name+", first", "s",
 			"ms of the shim's `frames fetched by this shim` line: from the start of the stream (after the small files) until every frame arrived, the whole file was verified and became the node cache entry; most of it after runsc restore returned, while the workload runs")
+		r.define("restore_first_sync_"+s, "  shim: of which fsync of the node cache entry before it is published, "+name+", first", "s",
+			"sync_ms of the same line: the complete fill's files, marker and directory fsynced before the rename that makes it the node cache entry (a restore trusts an entry without reading it again, so a power loss must not leave one holding zeros); after the pod resumed, while it runs")
 		r.define("restore_cached_runsc_"+s, "  shim: runsc restore, "+name+", cached", "s", "the shim's own log line")
 		r.define("restore_whole_download_"+s, "  shim: lookup + download + verify + decompress, "+name+", stream_restore = false", "s",
 			"the download part of the shim's `restored` line, whole-download restore; it runs alongside runsc create")

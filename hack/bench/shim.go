@@ -53,6 +53,9 @@ type restoreRun struct {
 	streamed     bool
 	fetchedBytes int64
 	streamMs     int64
+	// syncMs: of streamMs, the fsync of the complete fill before it became the node
+	// cache entry (the shim's sync_ms).
+	syncMs int64
 }
 
 var restoredRE = regexp.MustCompile(`in (\d+) ms \(download (\d+) ms, runsc restore (\d+) ms\)`)
@@ -212,7 +215,7 @@ func restoreOnce(ctx context.Context, l *lab.Lab, id string, opts, command []str
 			return err
 		}
 		e := lab.ParseLogEntry(lines[0])
-		rr.fetchedBytes, rr.streamMs = e.Int("fetched_bytes"), e.Int("ms")
+		rr.fetchedBytes, rr.streamMs, rr.syncMs = e.Int("fetched_bytes"), e.Int("ms"), e.Int("sync_ms")
 	}
 	rr.shimPeak = shimPeak(id)
 	return l.Remove(ctx, id)

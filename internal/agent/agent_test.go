@@ -128,6 +128,43 @@ func TestSnapshotLifecycle(t *testing.T) {
 	}
 }
 
+// TestSnapshotFoundBad: a restore that found the snapshot corrupt turns its PodSnapshot
+// Ready False/Failed with the reason (its Checkpoint condition stays Succeeded); a
+// restored pod stopped for its pages gets a Warning event saying why, and is counted.
+func TestSnapshotFoundBad(t *testing.T) {
+	ctx := context.Background()
+	c := newFake(pod("counter", "u1"), pod("counter2", "u2"))
+	r, sp := newReporter(t, c)
+	must(t, sp.Write(rep(report.CheckpointCommitted, "counter", "u1")))
+	r.drain(ctx)
+
+	bad := rep(report.SnapshotFailed, "counter2", "u2")
+	bad.Message = "a restore found it corrupt: gs://b/p/pages.img: frame 7: object ends early"
+	stopped := rep(report.RestoredPodStopped, "counter2", "u2")
+	stopped.Message = "the pod restored from snapshot default/" + uuid + " could not load the rest of its memory"
+	must(t, sp.Write(bad))
+	must(t, sp.Write(stopped))
+	r.drain(ctx)
+	ps := getSnap(t, c)
+	ready := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
+	if ready == nil || ready.Status != metav1.ConditionFalse || ready.Reason != v1.ReasonFailed || ready.Message != bad.Message ||
+		!meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionCheckpoint) {
+		t.Fatalf("PodSnapshot after SnapshotFailed: %+v", ps.Status.Conditions)
+	}
+	msgs := eventMessages(t, c)
+	for _, want := range []string{
+		"PodSnapshot default/" + uuid + " is unusable and marked Failed; later pods start cold: " + bad.Message,
+		"Stopped the pod restored from PodSnapshot default/" + uuid + ": " + stopped.Message,
+	} {
+		if !contains(msgs, want) {
+			t.Errorf("no event %q in %q", want, msgs)
+		}
+	}
+	if got := testutil.ToFloat64(r.metrics.restoredStopped); got != 1 {
+		t.Errorf("restored_pods_stopped = %v, want 1", got)
+	}
+}
+
 // TestReportKeptUntilDelivered: while the API server refuses writes, the report stays in
 // the spool; once it answers, the report is delivered once (no duplicate event).
 func TestReportKeptUntilDelivered(t *testing.T) {

@@ -17,6 +17,7 @@ type metrics struct {
 	restores          *prometheus.CounterVec // source: cache | storage
 	coldStarts        *prometheus.CounterVec // reason: report.Reason*
 	checkpoints       *prometheus.CounterVec // result: committed | failed
+	restoredStopped   prometheus.Counter
 	pending           prometheus.Gauge
 	refused           prometheus.Counter
 }
@@ -42,13 +43,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Pods matched by a policy that started without a snapshot, by reason."}, []string{"reason"}),
 		checkpoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "podsnapshot_checkpoints_total",
 			Help: "Checkpoints by result (committed, failed)."}, []string{"result"}),
+		restoredStopped: prometheus.NewCounter(prometheus.CounterOpts{Name: "podsnapshot_restored_pods_stopped_total",
+			Help: "Restored pods stopped because the rest of their memory could not be read from storage after they resumed."}),
 		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "podsnapshot_reports_pending",
 			Help: "Reports of the shims waiting in the spool to be delivered to the API server."}),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "podsnapshot_reports_refused_total",
 			Help: "Reports the API server refused for good (set aside in the spool as .refused-*)."}),
 	}
 	reg.MustRegister(m.restoreSeconds, m.downloadSeconds, m.checkpointSeconds, m.uploadSeconds, m.storedBytes,
-		m.restores, m.coldStarts, m.checkpoints, m.pending, m.refused)
+		m.restores, m.coldStarts, m.checkpoints, m.restoredStopped, m.pending, m.refused)
 	return m
 }
 
@@ -77,5 +80,7 @@ func (m *metrics) observe(r report.Report) {
 		m.storedBytes.Add(float64(r.StoredBytes))
 	case report.CheckpointFailed:
 		m.checkpoints.WithLabelValues("failed").Inc()
+	case report.RestoredPodStopped:
+		m.restoredStopped.Inc()
 	}
 }

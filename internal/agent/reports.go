@@ -209,6 +209,16 @@ func (r *reporter) handle(ctx context.Context, e report.Entry) error {
 			return err
 		}
 		return r.triggers.failed(ctx, rep)
+	case report.SnapshotFailed:
+		err := kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+			kubeapi.Unusable(ps, rep.Message, rep.Time)
+		}))
+		if err != nil {
+			return err
+		}
+		return r.event(ctx, e, corev1.EventTypeWarning, fmt.Sprintf("PodSnapshot %s is unusable and marked Failed; later pods start cold: %s", snapID, rep.Message))
+	case report.RestoredPodStopped:
+		return r.event(ctx, e, corev1.EventTypeWarning, fmt.Sprintf("Stopped the pod restored from PodSnapshot %s: %s", snapID, rep.Message))
 	case report.SnapshotDeleted:
 		// The shim's retention deleted the files; the object follows (its finalizer finds
 		// no manifest and lets it go).

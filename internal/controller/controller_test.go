@@ -126,6 +126,24 @@ func TestSyncAdoptsAndMarksGone(t *testing.T) {
 	}
 }
 
+// TestSyncMarksFailedInStorage: a snapshot a restore marked Failed in storage (a node
+// whose report never arrived) turns its Ready PodSnapshot Ready False/Failed with the
+// manifest's reason.
+func TestSyncMarksFailedInStorage(t *testing.T) {
+	e := newEnv(t, policy(nil, 0))
+	m := e.commit(time.Hour, 1)
+	must(t, e.s.sync(context.Background()))
+	back, err := e.repo.Get(context.Background(), "default", "web", m.UUID)
+	must(t, err)
+	must(t, e.repo.MarkFailed(context.Background(), back, "data corrupt: file:///s/pages.img: frame 3: object ends early"))
+	must(t, e.s.sync(context.Background()))
+	ps := e.snapshots()[m.UUID]
+	c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
+	if c == nil || c.Status != metav1.ConditionFalse || c.Reason != v1.ReasonFailed || !strings.Contains(c.Message, "marked Failed in storage: data corrupt") {
+		t.Fatalf("Ready after the snapshot was marked Failed = %+v", c)
+	}
+}
+
 // TestRetentionDeletesObjects: lastAccessTimeout and maxSnapshotCountPerGroup are
 // carried out as PodSnapshot deletions; the newest are kept.
 func TestRetentionDeletesObjects(t *testing.T) {

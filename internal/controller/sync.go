@@ -26,7 +26,8 @@ import (
 //   - a committed snapshot in the policy's store without a PodSnapshot gets one (with
 //     the status the manifest says, and the finalizer);
 //   - a Ready PodSnapshot whose manifest is gone from the store gets Ready False/Failed
-//     ("files no longer in storage");
+//     ("files no longer in storage"), and so does one whose manifest a restore marked
+//     Failed (a corrupt file: "marked Failed in storage: <reason>");
 //   - the policy's retention (lastAccessTimeout, maxSnapshotCountPerGroup) over the
 //     store's committed snapshots is carried out as PodSnapshot deletions (the finalizer
 //     then deletes the files); a snapshot without an object is deleted from storage;
@@ -120,7 +121,17 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 		}
 	}
 	for uuid, ps := range objects {
-		if stored[uuid] != nil || ps.DeletionTimestamp != nil || !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
+		if ps.DeletionTimestamp != nil || !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
+			continue
+		}
+		if m := stored[uuid]; m != nil {
+			if m.State == manifest.StateFailed {
+				// A restore found it corrupt and marked it so in storage (its node's report
+				// usually says so first).
+				errs = append(errs, kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, s.c, ps.Namespace, ps.Name, func(ps *v1.PodSnapshot) {
+					kubeapi.Unusable(ps, "marked Failed in storage: "+m.Reason, now)
+				})))
+			}
 			continue
 		}
 		// Only a snapshot of this store whose manifest is really gone: not one the listing
@@ -133,7 +144,7 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 			continue
 		}
 		errs = append(errs, kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, s.c, ps.Namespace, ps.Name, func(ps *v1.PodSnapshot) {
-			kubeapi.FilesGone(ps, "files no longer in storage at "+ps.Status.StoragePath, now)
+			kubeapi.Unusable(ps, "files no longer in storage at "+ps.Status.StoragePath, now)
 		})))
 	}
 	rules, err := p.RetentionRules()
@@ -213,7 +224,7 @@ func (st *stores) list(ctx context.Context, url, namespace string) (*repo.Repo, 
 		return r, ms, nil
 	}
 	// Manifests that cannot be read are left out here; nothing is concluded from their
-	// absence (see FilesGone above: a read must say not found).
+	// absence (see Unusable above: a read must say not found).
 	ms, _, err := r.List(ctx, namespace)
 	if err != nil {
 		return nil, nil, fmt.Errorf("list store %s: %w", url, err)

@@ -124,8 +124,10 @@ func Failed(ps *v1.PodSnapshot, msg string, at time.Time) {
 	SetCondition(&ps.Status.Conditions, v1.ConditionCheckpoint, metav1.ConditionFalse, v1.ReasonFailed, msg, ps.Generation, at)
 }
 
-// FilesGone sets Ready False/Failed: the snapshot's manifest is no longer in storage.
-func FilesGone(ps *v1.PodSnapshot, msg string, at time.Time) {
+// Unusable sets Ready False/Failed with msg: the snapshot can no longer be restored from
+// (its manifest is gone from storage, or a restore found its files corrupt and marked it
+// Failed there). The Checkpoint condition keeps what the checkpoint did.
+func Unusable(ps *v1.PodSnapshot, msg string, at time.Time) {
 	SetCondition(&ps.Status.Conditions, v1.ConditionReady, metav1.ConditionFalse, v1.ReasonFailed, msg, ps.Generation, at)
 }
 

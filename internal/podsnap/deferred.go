@@ -316,6 +316,7 @@ func (p *Pod) restorePod(ctx context.Context, d *deferredRestore) {
 		p.running(a.t)
 	}
 	p.logRestored(ctx, m, f, len(d.arrived)+1, t0.Sub(d.waitingSince), time.Since(t0))
+	p.guardRestored(ctx, m, f)
 }
 
 // startCold gives up the restore and starts the pod cold: a fresh sandbox, then every

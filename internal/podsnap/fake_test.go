@@ -44,6 +44,18 @@ type fakeTask struct {
 	checkpoints chan error
 	// restoredFrom is the image dir of the last restore.
 	restoredFrom string
+	// imageSize is the size of the pages a checkpoint saves; 0 means 1 MiB.
+	imageSize int
+}
+
+// pagesSize is the size of the pages a checkpoint of f saves.
+func (f *fakeTask) pagesSize() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.imageSize > 0 {
+		return f.imageSize
+	}
+	return 1 << 20
 }
 
 func newFakeTask(id string) *fakeTask {
@@ -148,7 +160,7 @@ func (f *fakeTask) WatchCheckpoint(ctx context.Context) <-chan error {
 				f.mu.Lock()
 				dir := f.annots[annCheckpointPath]
 				f.mu.Unlock()
-				writeImage(dir, 1<<20)
+				writeImage(dir, f.pagesSize())
 			}
 			ch <- err
 		case <-f.done:
@@ -164,7 +176,7 @@ func (f *fakeTask) Checkpoint(ctx context.Context, dir string, leaveRunning bool
 	if err := f.record(fmt.Sprintf("checkpoint leaveRunning=%v", leaveRunning)); err != nil {
 		return err
 	}
-	writeImage(dir, 1<<20)
+	writeImage(dir, f.pagesSize())
 	return nil
 }
 

@@ -90,6 +90,10 @@ func (p *Pod) find(ctx context.Context, psName string) (why, reason string, rest
 		return fmt.Sprintf("snapshot %s/%s (policy %s) found in the node cache %s",
 			p.namespace, m.UUID, p.entry.ID(), p.nodeCache.Dir), "", true
 	}
+	if why, ok := p.probeStall(lctx, m); !ok {
+		p.restore, p.fetch = nil, nil
+		return why, report.ReasonStorageUnreachable, false
+	}
 	// The download outlives Create's RPC; Kill, Delete and a Start that gives up cancel it.
 	dctx, dcancel := context.WithCancel(context.WithoutCancel(ctx))
 	f.cancel = dcancel
@@ -145,9 +149,18 @@ func (f *fetch) await(ctx context.Context, namespace, policyID string) (why stri
 		namespace, f.m.UUID, policyID, f.took.Milliseconds()), true
 }
 
-// corrupt is the error of a streamed snapshot found corrupt (a frame that failed
-// verification twice: the snapshot is marked failed), or nil.
+// corrupt is the error of a snapshot the fetch found corrupt (marked failed in storage:
+// a file whose size or checksum is wrong, or a streamed frame bad or missing), or nil;
+// nil too while the fetch is not over.
 func (f *fetch) corrupt() error {
+	select {
+	case <-f.done:
+	default:
+		return nil
+	}
+	if errors.Is(f.err, storage.ErrCorrupt) {
+		return f.err
+	}
 	if f.img == nil {
 		return nil
 	}
@@ -218,7 +231,8 @@ func (f *fetch) release() bool {
 }
 
 // dropRestore forgets the snapshot the pod was to restore from (it starts cold); a
-// private download is removed. When discard is set, the fetched files are removed even
+// private download is removed, and a snapshot the fetch found corrupt is reported
+// (SnapshotFailed). When discard is set, the fetched files are removed even
 // from the node cache: a restore from them failed, and they may be what failed.
 func (p *Pod) dropRestore(discard bool) {
 	p.mu.Lock()
@@ -228,7 +242,13 @@ func (p *Pod) dropRestore(discard bool) {
 	if f == nil {
 		return
 	}
-	if !f.release() || !discard {
+	if !f.release() {
+		return
+	}
+	if err := f.corrupt(); err != nil {
+		p.reportSnapshotFailed(context.Background(), f.m, err)
+	}
+	if !discard {
 		return
 	}
 	dir := f.dir
@@ -253,4 +273,5 @@ func (p *Pod) cleanup() {
 		f.release()
 	}
 	os.RemoveAll(p.workDir)
+	p.owner.Release()
 }

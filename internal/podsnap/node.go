@@ -8,10 +8,12 @@ import (
 	"sync"
 
 	runc "github.com/containerd/go-runc"
+	"github.com/containerd/log"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
 	"github.com/podsnapshot/podsnapshot/internal/config"
+	"github.com/podsnapshot/podsnapshot/internal/workdir"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
@@ -42,6 +44,9 @@ type Node struct {
 	// Monitor runs the runsc commands the node runs itself (`runsc --version`): the
 	// shim's reaper, so that its SIGCHLD loop and the command's wait do not race.
 	Monitor runc.ProcessMonitor
+
+	// swept: the work dirs of dead shims were swept (sweepOnce) by this shim.
+	swept sync.Once
 
 	// mu guards loaders, stores and tuples.
 	mu      sync.Mutex
@@ -123,4 +128,25 @@ func (n *Node) hostname() string {
 	}
 	h, _ := os.Hostname()
 	return h
+}
+
+// sweepOnce removes, once per shim and in the background, the pod work dirs under root
+// that belong to shims that died (workdir.Sweep): their checkpoint images never reached
+// storage and their FUSE mounts are dead. Each shim that starts does it, so a node cleans
+// up after a crashed shim as soon as another pod starts on it.
+func (n *Node) sweepOnce(root string) {
+	if root == "" {
+		return
+	}
+	n.swept.Do(func() {
+		go func() {
+			removed, err := workdir.Sweep(root)
+			for _, dir := range removed {
+				log.L.Infof("podsnapshot: removed %s, the work dir of a pod whose shim died", dir)
+			}
+			if err != nil {
+				log.L.WithError(err).Warn("podsnapshot: work dirs of dead shims not all removed")
+			}
+		}()
+	})
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/snapkey"
 	"github.com/podsnapshot/podsnapshot/internal/config"
 	"github.com/podsnapshot/podsnapshot/internal/report"
+	"github.com/podsnapshot/podsnapshot/internal/workdir"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
@@ -95,7 +96,10 @@ type Pod struct {
 	labels     map[string]string
 	source     manifest.Source
 	workDir    string // <work_dir>/<containerd namespace>/<sandbox id>: this pod's alone
-	stop       bool   // postCheckpoint: stop
+	// owner holds workDir's owner lock while the pod lives (nil when it could not be
+	// taken): a shim that dies leaves it to workdir.Sweep.
+	owner *workdir.Dir
+	stop  bool // postCheckpoint: stop
 	// lookupStart is when the snapshot lookup began, at the sandbox's Create.
 	lookupStart time.Time
 	// layerNamed: the sandbox container's spec names its downloaded root file system
@@ -172,6 +176,7 @@ func decide(ctx context.Context, id, decision, why string) {
 func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	start := time.Now()
 	id, spec, cfg := sb.Task.ID(), sb.Spec, sb.Config
+	n.sweepOnce(cfg.WorkDir)
 	ns := spec.Annotations[oci.SandboxNamespaceAnnotation]
 	if ns == "" {
 		ns = n.Namespace
@@ -259,6 +264,9 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		},
 	}
 
+	if p.owner, err = workdir.Claim(p.workDir); err != nil {
+		log.G(ctx).WithError(err).WithField("id", id).Warn("podsnapshot: the pod's work dir is not locked: should this shim die, only a manual removal cleans it")
+	}
 	if unknown := unknownAnnotations(spec.Annotations); len(unknown) > 0 {
 		// A typo of ps-name would otherwise restore the newest snapshot without a word.
 		log.G(ctx).WithField("id", id).Warnf("podsnapshot: ignoring annotation %s: the only podsnapshot.gke.io annotation is %s",

@@ -230,8 +230,11 @@ func TestReportsColdStartReasons(t *testing.T) {
 	must(t, os.RemoveAll(e.cfg.Cache())) // the cached copy is good
 	p, sb = e.plan("corrupt", "pod-corrupt")
 	must(t, p.Start(context.Background(), sb))
-	if rs := e.reports("corrupt"); kinds(rs) != "ColdStart" || rs[0].Reason != report.ReasonCorrupt ||
-		!strings.Contains(rs[0].Message, "corrupt") || !manifest.IsUUID(rs[0].Snapshot) || rs[0].Snapshot == m.UUID {
+	// The snapshot found corrupt is reported (the agent marks its PodSnapshot Failed),
+	// then the cold start.
+	if rs := e.reports("corrupt"); kinds(rs) != "SnapshotFailed, ColdStart" || rs[0].Snapshot != m.UUID ||
+		!strings.Contains(rs[0].Message, "corrupt") || rs[1].Reason != report.ReasonCorrupt ||
+		!strings.Contains(rs[1].Message, "corrupt") || !manifest.IsUUID(rs[1].Snapshot) || rs[1].Snapshot == m.UUID {
 		t.Fatalf("corrupt: %+v", rs)
 	}
 

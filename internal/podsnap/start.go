@@ -70,6 +70,7 @@ func (p *Pod) restoreOrStart(ctx context.Context) error {
 		if err == nil {
 			p.running(p.sb)
 			p.logRestored(ctx, m, f, 1, 0, time.Since(t0))
+			p.guardRestored(ctx, m, f)
 			return nil
 		}
 		why = fmt.Sprintf("runsc restore from snapshot %s/%s failed: %v", p.namespace, m.UUID, f.explain(err))

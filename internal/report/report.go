@@ -41,6 +41,15 @@ const (
 	CheckpointCommitted Kind = "CheckpointCommitted"
 	// CheckpointFailed: the checkpoint into Snapshot failed; Message says why.
 	CheckpointFailed Kind = "CheckpointFailed"
+	// SnapshotFailed: a restore found Snapshot unusable (a file's size or checksum is
+	// wrong, or a frame is missing from its object) and marked it Failed in storage, so
+	// that later pods start cold; Message says what was wrong. Pod is the pod whose
+	// restore found it.
+	SnapshotFailed Kind = "SnapshotFailed"
+	// RestoredPodStopped: the pod, restored from Snapshot, could not load the rest of its
+	// memory after it resumed (a frame bad or missing in storage, or the store stopped
+	// answering) and was stopped: it cannot go back to a cold start. Message says why.
+	RestoredPodStopped Kind = "RestoredPodStopped"
 	// SnapshotDeleted: the shim's retention (after a commit) deleted Snapshot, another
 	// snapshot of the same policy, from storage; Message says which rule. Pod is the pod
 	// whose commit ran it.

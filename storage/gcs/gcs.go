@@ -203,7 +203,7 @@ func (s *Store) GetRange(ctx context.Context, name string, off, length int64) (i
 		return nil, s.err(name, err)
 	}
 	if off < 0 || off > a.Size {
-		return nil, fmt.Errorf("%s: range offset %d outside object of %d bytes", s.URL(name), off, a.Size)
+		return nil, fmt.Errorf("%s: offset %d of an object of %d bytes: %w", s.URL(name), off, a.Size, storage.ErrOutOfRange)
 	}
 	if length < 0 || off+length > a.Size {
 		length = a.Size - off

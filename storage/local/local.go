@@ -120,7 +120,7 @@ func (s *Store) GetRange(ctx context.Context, name string, off, length int64) (i
 	}
 	if off < 0 || off > fi.Size() {
 		f.Close()
-		return nil, fmt.Errorf("%s: range offset %d outside object of %d bytes", s.URL(name), off, fi.Size())
+		return nil, fmt.Errorf("%s: offset %d of an object of %d bytes: %w", s.URL(name), off, fi.Size(), storage.ErrOutOfRange)
 	}
 	if length < 0 || off+length > fi.Size() {
 		length = fi.Size() - off

@@ -195,8 +195,8 @@ func testRanges(t *testing.T, b Backend) {
 			t.Fatalf("GetRange(%d, %d): %d bytes, %v; want %d bytes", rg.off, rg.n, len(got), err, end-rg.off)
 		}
 	}
-	if _, err := st.GetRange(context.Background(), "r.bin", 1<<20+1, 1); err == nil {
-		t.Fatal("GetRange past the end: no error")
+	if _, err := st.GetRange(context.Background(), "r.bin", 1<<20+1, 1); !errors.Is(err, storage.ErrOutOfRange) {
+		t.Fatalf("GetRange past the end: %v, want an error wrapping ErrOutOfRange", err)
 	}
 }
 
