@@ -42,9 +42,9 @@ type env struct {
 	kubeletPodsDir string
 	storeURL       string // "" without a store
 	gcs            *harness.FakeGCS
-	gate           *harness.GCSGate // the shim's way to gcs, with envOptions.gate
+	gate           *harness.GCSGate  // the shim's way to gcs, with envOptions.gate
 	localGate      *harness.GatedDir // the shim's local store, with envOptions.gate
-	envVars        []string         // extra environment for the CLI (STORAGE_EMULATOR_HOST)
+	envVars        []string          // extra environment for the CLI (STORAGE_EMULATOR_HOST)
 	store          storage.Store
 	repo           *repo.Repo
 	imageCache     map[string]harness.Image

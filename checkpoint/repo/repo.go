@@ -392,14 +392,27 @@ func localName(object string) (string, bool) {
 	return "", false
 }
 
-// MarkFailed rewrites m's manifest with state Failed and reason, so lookups skip it and
-// `podsnapshot ls` shows why. Like Touch it writes only where m was read from (objectOf).
+// MarkFailed rewrites m's manifest, as it is in the store now, with state Failed and
+// reason, so lookups skip it and `podsnapshot ls` shows why. m itself is not changed (a
+// restore finds a snapshot corrupt on its download's goroutine while the pod reads m).
+// A manifest deleted meanwhile stays deleted. Like Touch it writes only where m was read
+// from (objectOf).
 func (r *Repo) MarkFailed(ctx context.Context, m *manifest.Manifest, reason string) error {
 	r.rewriteMu.Lock()
 	defer r.rewriteMu.Unlock()
-	m.State = manifest.StateFailed
-	m.Reason = reason
-	return r.rewrite(ctx, m)
+	name, err := objectOf(m)
+	if err != nil {
+		return err
+	}
+	cur, err := r.read(ctx, name)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	cur.State, cur.Reason = manifest.StateFailed, reason
+	return r.rewrite(ctx, cur)
 }
 
 // Touch records that m was just used to restore a pod (lastAccessTime, for retention). It

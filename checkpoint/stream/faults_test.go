@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -14,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/podsnapshot/podsnapshot/checkpoint/cache"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
 
@@ -112,7 +114,7 @@ func TestLinkedFrameEOF(t *testing.T) {
 	}
 	defer data.Close()
 	var got []int
-	err = fetcher(ts, x, data, true)(context.Background(), 3, 4, func(i int) { got = append(got, i) })
+	err = fetcher(ts, x, data, true)(context.Background(), 3, 4, func(i int) { got = append(got, i) }, func() {})
 	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), "frame 5: object ends early") || len(got) != 2 {
 		t.Fatalf("linked fetch of a cut file: %v (frames %v); want frames 3, 4, then corrupt at frame 5", err, got)
 	}
@@ -216,5 +218,144 @@ func TestFUSEDeviceNotInherited(t *testing.T) {
 	}
 	if found == 0 {
 		t.Fatal("no /dev/fuse descriptor while mounted")
+	}
+}
+
+// TestStreamSharerFailsWithFiller: two shims restore one snapshot; the filler's store
+// stalls (or a frame is bad), the filler's file fails and its fill is aborted (removed).
+// The shim that shares the fill must then fail too (Failed closed, Err set), so that its
+// restored pod is stopped (guardRestored) instead of waiting for ever for frames that
+// nobody fetches any more: TakeOver of a removed fill never succeeds.
+func TestStreamSharerFailsWithFiller(t *testing.T) {
+	pages := pagesData(32 * testFrame)
+	ts, src := snapshot(t, storage.Zstd{}, pages)
+	x, _ := storage.NewFrameIndex(src.Files[2])
+	from, _ := x.Stored(20, 1)
+	src.Store = &stallingStore{testStore: ts, from: from}
+	src.Stall = 100 * time.Millisecond
+	leader := open(t, src)
+	if leader.filling() == nil {
+		t.Fatal("the first Open does not fill")
+	}
+	follower, err := Open(context.Background(), src, filepath.Join(t.TempDir(), "mnt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(follower.Close)
+	if follower.filling() != nil {
+		t.Fatal("the second Open fills too")
+	}
+	select {
+	case <-leader.Failed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the filler's file did not fail")
+	}
+	if !errors.Is(leader.Err(), ErrStalled) {
+		t.Fatalf("filler: %v", leader.Err())
+	}
+	select {
+	case <-follower.Failed():
+	case <-follower.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the sharing shim's pages never fail after its filler gave up (%v): its restored pod would wait for ever; err %v",
+			leader.Err(), follower.Err())
+	}
+	if !errors.Is(follower.Err(), ErrStalled) {
+		t.Fatalf("the sharing shim's file: %v; want it stalled as its filler's", follower.Err())
+	}
+}
+
+// tricklingStore delivers ranged reads of pages.img slowly but steadily: chunk bytes
+// every tick. The store never stops answering.
+type tricklingStore struct {
+	*testStore
+	chunk int
+	tick  time.Duration
+}
+
+func (s *tricklingStore) GetRange(ctx context.Context, name string, off, n int64) (io.ReadCloser, error) {
+	rc, err := s.testStore.GetRange(ctx, name, off, n)
+	if err != nil || !strings.HasSuffix(name, "pages.img") {
+		return rc, err
+	}
+	return &trickle{ReadCloser: rc, ctx: ctx, chunk: s.chunk, tick: s.tick}, nil
+}
+
+type trickle struct {
+	io.ReadCloser
+	ctx   context.Context
+	chunk int
+	tick  time.Duration
+}
+
+func (r *trickle) Read(p []byte) (int, error) {
+	select {
+	case <-r.ctx.Done():
+		return 0, r.ctx.Err()
+	case <-time.After(r.tick):
+	}
+	if len(p) > r.chunk {
+		p = p[:r.chunk]
+	}
+	return r.ReadCloser.Read(p)
+}
+
+// TestStreamSlowStoreNotStalled: a store that keeps sending bytes, only slower than
+// one frame per stall deadline (a congested link: 4 fill reads and the sandbox's
+// demand reads share it), is not a store that "holds the read open without answering".
+// The stall deadline counts bytes, not frames: such a store does not fail the file.
+func TestStreamSlowStoreNotStalled(t *testing.T) {
+	pages := pagesData(8 * testFrame)
+	ts, src := snapshot(t, storage.None{}, pages) // 64 KiB stored per frame
+	// 8 KiB every 50 ms: 160 KiB/s, a frame every 400 ms; bytes every 50 ms.
+	src.Store = &tricklingStore{testStore: ts, chunk: 8 << 10, tick: 50 * time.Millisecond}
+	src.Stall = 250 * time.Millisecond
+	img := open(t, src)
+	if img.pages.linked {
+		t.Fatal("linked: the test needs a fetched file")
+	}
+	all, err := os.ReadFile(filepath.Join(img.Dir, PagesFile))
+	if err != nil || !bytes.Equal(all, pages) {
+		t.Fatalf("read through a slow but answering store: %v (Err %v)", err, img.Err())
+	}
+	waitDone(t, img)
+	if err := img.Err(); err != nil {
+		t.Fatalf("a store that kept sending bytes failed the file: %v", err)
+	}
+}
+
+// TestStreamCloseBoundedWhilePublishing: publish holds img.mu across Filling.Publish,
+// which now fsyncs every file of the fill (seconds for a fill of GiBs) and then takes
+// the node cache's flock. Close waits closeWait for the download and then takes img.mu,
+// so a Delete of the pod waits for the whole fsync (and for any other shim holding the
+// cache lock) instead of closeWait at most. Here the cache lock is held by "another
+// shim" while the fill publishes.
+func TestStreamCloseBoundedWhilePublishing(t *testing.T) {
+	pages := pagesData(8 * testFrame)
+	_, src := snapshot(t, storage.Zstd{}, pages)
+	img, err := Open(context.Background(), src, filepath.Join(t.TempDir(), "mnt"))
+	if errors.Is(err, ErrNoFUSE) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(filepath.Join(src.Cache.Dir, cache.LockFile), unix.O_RDWR|unix.O_CREAT|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	held := closeWait + 5*time.Second
+	go func() { time.Sleep(held); unix.Close(fd) }()
+	if _, err := os.ReadFile(filepath.Join(img.Dir, PagesFile)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the fill is complete: publish runs
+	t0 := time.Now()
+	img.Close()
+	if took := time.Since(t0); took > closeWait+2*time.Second {
+		t.Fatalf("Close took %v; closeWait is %v: it waited for publish's fsync and cache lock under img.mu", took, closeWait)
 	}
 }

@@ -19,11 +19,16 @@ const (
 	absent  = 0
 	present = 1
 	wanted  = 2
+	// The filler gave up the file: it writes one of these into every frame not present,
+	// so that the shims sharing the fill fail too, the same way (pollFailed).
+	failedCorrupt = 3 // a frame bad or missing in the store
+	failedStalled = 4 // the store stopped answering
+	failedOther   = 5 // the store kept failing
 )
 
 // fetchFunc brings frames [first, first+n) into the data file and calls done(i) for each
-// frame once its verified bytes are there.
-type fetchFunc func(ctx context.Context, first, n int, done func(i int)) error
+// frame once its verified bytes are there, and alive whenever bytes came from the store.
+type fetchFunc func(ctx context.Context, first, n int, done func(i int), alive func()) error
 
 // File is a framed file (storage.FrameIndex) whose raw bytes arrive in a local file,
 // frame by frame, and are read by ranges while they arrive: a read of frames not there
@@ -256,24 +261,58 @@ func (f *File) fail(err error) {
 		}
 	}
 	onFail := f.onFail
+	filler := f.fetch != nil
+	var absentFrames []int
+	if first && filler {
+		for i, have := range f.have {
+			if !have {
+				absentFrames = append(absentFrames, i)
+			}
+		}
+	}
 	f.mu.Unlock()
+	if len(absentFrames) > 0 {
+		b := []byte{failedOther}
+		switch {
+		case errors.Is(err, storage.ErrCorrupt):
+			b[0] = failedCorrupt
+		case errors.Is(err, ErrStalled):
+			b[0] = failedStalled
+		}
+		for _, i := range absentFrames {
+			_, _ = f.prog.WriteAt(b, int64(i))
+		}
+	}
 	if first && onFail != nil {
 		onFail(err)
 	}
+}
+
+// sharedFailure is the error of a shim sharing a fill whose filler gave it up: progress
+// byte b at frame i.
+func (f *File) sharedFailure(i int, b byte) error {
+	switch b {
+	case failedCorrupt:
+		return storage.Corruptf(f.url, "frame %d failed verification at the shim that fills this snapshot", i)
+	case failedStalled:
+		return &StallError{URL: f.url, Frame: i, After: f.stall}
+	}
+	return fmt.Errorf("%s: frame %d: the shim that fills this snapshot could not fetch it", f.url, i)
 }
 
 // Failed is closed when the file has failed (Err says why).
 func (f *File) Failed() <-chan struct{} { return f.failedCh }
 
 // poll reads the progress file and takes up the frames another process made present.
-// At the filler it also queues the frames other processes want.
+// At the filler it also queues the frames other processes want; at a shim sharing the
+// fill it fails the file the way the filler's failed, once the filler gave it up.
 func (f *File) poll() error {
 	buf := make([]byte, f.x.Len())
 	if _, err := f.prog.ReadAt(buf, 0); err != nil && err != io.EOF {
 		return fmt.Errorf("progress of %s: %w", f.url, err)
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
+	failedAt, failure := -1, byte(0)
 	for i, b := range buf {
 		switch {
 		case b == present && !f.have[i]:
@@ -281,7 +320,13 @@ func (f *File) poll() error {
 		case b == wanted && f.fetch != nil && !f.have[i] && !f.busy[i]:
 			f.busy[i] = true
 			go f.fetchOne(f.ctx, i)
+		case b >= failedCorrupt && f.fetch == nil && !f.have[i] && failedAt < 0:
+			failedAt, failure = i, b
 		}
+	}
+	f.mu.Unlock()
+	if failedAt >= 0 {
+		f.fail(f.sharedFailure(failedAt, failure))
 	}
 	return nil
 }
@@ -300,7 +345,7 @@ const (
 	fetchBackoff = 200 * time.Millisecond
 )
 
-// ErrStalled is matched (errors.Is) by the error of a fetch during which no frame arrived
+// ErrStalled is matched (errors.Is) by the error of a fetch during which no byte arrived
 // for the stall deadline: the store holds the read open without answering. The error is
 // a *StallError.
 var ErrStalled = errors.New("the store stopped answering")
@@ -313,7 +358,7 @@ type StallError struct {
 }
 
 func (e *StallError) Error() string {
-	return fmt.Sprintf("%s: frame %d: %v: no frame arrived in %s", e.URL, e.Frame, ErrStalled, e.After)
+	return fmt.Sprintf("%s: frame %d: %v: no byte arrived in %s", e.URL, e.Frame, ErrStalled, e.After)
 }
 
 // Is reports whether target is ErrStalled.
@@ -327,17 +372,19 @@ func (f *File) fetchOne(ctx context.Context, i int) {
 }
 
 // fetchRetrying fetches frames [first, first+n) and, on error, each frame not yet there
-// on its own with the retry policy. It clears busy for frames it did not get.
+// on its own with the retry policy, all within one fetchGiveUp for errors that are
+// neither corruption nor a stall.
 func (f *File) fetchRetrying(ctx context.Context, first, n int) error {
 	err := f.attempt(ctx, first, n)
 	if err == nil {
 		return nil
 	}
+	deadline := time.Now().Add(fetchGiveUp)
 	for i := first; i < first+n; i++ {
 		if f.has(i) {
 			continue
 		}
-		if err := f.refetch(ctx, i, err); err != nil {
+		if err := f.refetch(ctx, i, err, deadline); err != nil {
 			return err
 		}
 	}
@@ -345,9 +392,9 @@ func (f *File) fetchRetrying(ctx context.Context, first, n int) error {
 }
 
 // refetch fetches frame i on its own after a fetch of it failed with prev, with the
-// retry policy.
-func (f *File) refetch(ctx context.Context, i int, prev error) error {
-	deadline := time.Now().Add(fetchGiveUp)
+// retry policy; errors that are neither corruption nor a stall are retried until
+// deadline.
+func (f *File) refetch(ctx context.Context, i int, prev error, deadline time.Time) error {
 	corrupt, stalled := errors.Is(prev, storage.ErrCorrupt), errors.Is(prev, ErrStalled)
 	for {
 		err := f.attempt(ctx, i, 1)
@@ -377,8 +424,9 @@ func (f *File) refetch(ctx context.Context, i int, prev error) error {
 }
 
 // attempt is one fetch of frames [first, first+n) under the stall deadline: it fails
-// with ErrStalled when no frame arrives for f.stall, without waiting for the fetch to
-// notice its cancelled context (a read stuck in the kernel may not).
+// with ErrStalled when no byte arrives for f.stall (a slow store that still sends is not
+// stalled), without waiting for the fetch to notice its cancelled context (a read stuck
+// in the kernel may not).
 func (f *File) attempt(ctx context.Context, first, n int) error {
 	f.mu.Lock()
 	fetch := f.fetch
@@ -386,15 +434,15 @@ func (f *File) attempt(ctx context.Context, first, n int) error {
 	actx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	arrived := make(chan struct{}, 1)
+	alive := func() {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+	}
 	done := make(chan error, 1)
 	go func() {
-		done <- fetch(actx, first, n, func(i int) {
-			f.markPresent(i)
-			select {
-			case arrived <- struct{}{}:
-			default:
-			}
-		})
+		done <- fetch(actx, first, n, func(i int) { f.markPresent(i); alive() }, alive)
 	}()
 	t := time.NewTimer(f.stall)
 	defer t.Stop()

@@ -346,7 +346,7 @@ var framePool = sync.Pool{New: func() any { return &storage.FrameBuffers{} }}
 func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool) fetchFunc {
 	url := st.URL(x.Info().Name)
 	if linked {
-		return func(ctx context.Context, first, n int, done func(int)) error {
+		return func(ctx context.Context, first, n int, done func(int), _ func()) error {
 			bufs := framePool.Get().(*storage.FrameBuffers)
 			defer framePool.Put(bufs)
 			if int64(cap(bufs.Stored)) < x.Info().FrameSize {
@@ -369,10 +369,10 @@ func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool
 			return nil
 		}
 	}
-	return func(ctx context.Context, first, n int, done func(int)) error {
+	return func(ctx context.Context, first, n int, done func(int), alive func()) error {
 		bufs := framePool.Get().(*storage.FrameBuffers)
 		defer framePool.Put(bufs)
-		return storage.ReadFrames(ctx, st, x, first, n, bufs, func(i int, raw []byte) error {
+		return storage.ReadFrames(ctx, aliveStore{st, alive}, x, first, n, bufs, func(i int, raw []byte) error {
 			if _, err := data.WriteAt(raw, x.RawOffset(i)); err != nil {
 				return fmt.Errorf("write frame %d of %s: %w", i, url, err)
 			}
@@ -380,4 +380,32 @@ func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool
 			return nil
 		})
 	}
+}
+
+// aliveStore calls alive whenever a ranged read returns bytes: the stall deadline
+// (File.attempt) counts bytes, not frames.
+type aliveStore struct {
+	storage.Store
+	alive func()
+}
+
+func (s aliveStore) GetRange(ctx context.Context, name string, off, n int64) (io.ReadCloser, error) {
+	rc, err := s.Store.GetRange(ctx, name, off, n)
+	if err != nil {
+		return nil, err
+	}
+	return aliveReader{rc, s.alive}, nil
+}
+
+type aliveReader struct {
+	io.ReadCloser
+	alive func()
+}
+
+func (r aliveReader) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if n > 0 {
+		r.alive()
+	}
+	return n, err
 }

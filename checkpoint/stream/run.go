@@ -110,16 +110,23 @@ func (img *Image) bad() {
 // publish makes the complete fill the node cache entry (a private fill stays this
 // shim's until Close).
 func (img *Image) publish() {
+	// The fill is taken out under mu and published without it: Publish fsyncs the
+	// fill (seconds for gigabytes) and waits for the cache lock, and Close, which takes
+	// mu after at most closeWait, must not wait for that.
 	img.mu.Lock()
-	defer img.mu.Unlock()
 	fl := img.fill
 	if fl == nil || fl.Private {
+		img.mu.Unlock()
 		return
 	}
+	img.fill = nil
+	img.mu.Unlock()
 	os.Remove(filepath.Join(fl.Dir, progressFile))
 	os.Remove(filepath.Join(fl.Dir, linkedFile))
 	entry, err := fl.Publish()
-	img.fill, img.synced = nil, fl.Synced
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	img.synced = fl.Synced
 	if err != nil {
 		log.L.WithError(err).Warn("podsnapshot: the streamed snapshot was not kept in the node cache")
 		return

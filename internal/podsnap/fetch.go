@@ -90,9 +90,9 @@ func (p *Pod) find(ctx context.Context, psName string) (why, reason string, rest
 		return fmt.Sprintf("snapshot %s/%s (policy %s) found in the node cache %s",
 			p.namespace, m.UUID, p.entry.ID(), p.nodeCache.Dir), "", true
 	}
-	if why, ok := p.probeStall(lctx, m); !ok {
+	if why, reason, ok := p.probeStall(lctx, m); !ok {
 		p.restore, p.fetch = nil, nil
-		return why, report.ReasonStorageUnreachable, false
+		return why, reason, false
 	}
 	// The download outlives Create's RPC; Kill, Delete and a Start that gives up cancel it.
 	dctx, dcancel := context.WithCancel(context.WithoutCancel(ctx))

@@ -14,6 +14,8 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
 	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
+	"github.com/podsnapshot/podsnapshot/internal/report"
+	"github.com/podsnapshot/podsnapshot/storage"
 )
 
 // A store that stalled a restored pod's pages (stream.ErrStalled) did not show the
@@ -64,26 +66,35 @@ func (p *Pod) rememberStall(ctx context.Context, m *manifest.Manifest, err error
 // probeStall checks, before a restore of m from the store, that a stall this node
 // remembers of it is over: it reads the frame that stalled within probeWait (and ctx).
 // It returns ok when nothing is remembered or the store answered, else why the pod
-// starts cold.
-func (p *Pod) probeStall(ctx context.Context, m *manifest.Manifest) (why string, ok bool) {
+// starts cold and the reason (report.Reason*): StorageUnreachable, or Corrupt when the
+// frame came back bad (the snapshot is then marked Failed).
+func (p *Pod) probeStall(ctx context.Context, m *manifest.Manifest) (why, reason string, ok bool) {
 	path := p.stallFile(m)
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return "", true
+		return "", "", true
 	}
 	var s stall
 	if json.Unmarshal(data, &s) != nil || time.Since(s.At) > stallMemory {
 		os.Remove(path)
-		return "", true
+		return "", "", true
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeWait)
 	defer cancel()
 	t0 := time.Now()
 	if err := p.repo.ProbePages(pctx, m, s.Frame); err != nil {
+		if errors.Is(err, storage.ErrCorrupt) {
+			os.Remove(path)
+			mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer mcancel()
+			merr := p.repo.MarkFailed(mctx, m, "data corrupt: "+err.Error())
+			p.reportSnapshotFailed(ctx, m, err)
+			return fmt.Sprintf("snapshot %s/%s is corrupt (marked failed: %v): %v", m.Namespace, m.UUID, merr == nil, err), report.ReasonCorrupt, false
+		}
 		return fmt.Sprintf("the store stalled reading snapshot %s/%s at %s (%s) and still does not deliver frame %d (probe: %v after %d ms)",
-			m.Namespace, m.UUID, s.At.Format(time.RFC3339), s.Error, s.Frame, err, time.Since(t0).Milliseconds()), false
+			m.Namespace, m.UUID, s.At.Format(time.RFC3339), s.Error, s.Frame, err, time.Since(t0).Milliseconds()), report.ReasonStorageUnreachable, false
 	}
 	os.Remove(path)
 	log.G(ctx).Infof("podsnapshot: the store delivers frame %d of snapshot %s/%s again (it stalled at %s)", s.Frame, m.Namespace, m.UUID, s.At.Format(time.RFC3339))
-	return "", true
+	return "", "", true
 }

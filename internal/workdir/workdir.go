@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
@@ -33,36 +34,57 @@ type Dir struct {
 
 // Claim creates the work directory at path (0700, with its parents) and takes its owner
 // lock, which this process holds until Release. The owner file appears (by rename)
-// already locked, so that a Sweep never sees it unlocked. Errors name path; a directory
-// another live process owns is an error.
+// already locked, so that a Sweep never sees it unlocked. A path reused while a Sweep
+// removes what a dead owner left there is claimed once that is done (within
+// claimPatience). Errors name path; a directory another live process owns is an error.
 func Claim(path string) (*Dir, error) {
+	deadline := time.Now().Add(claimPatience)
+	for {
+		d, busy, err := claim(path)
+		if !busy || time.Now().After(deadline) {
+			return d, err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// claimPatience bounds how long Claim waits for a Sweep of the same path.
+const claimPatience = 2 * time.Second
+
+// claim is one attempt of Claim; busy says another process holds the old owner file's
+// lock (a live owner, or a Sweep removing the directory) or removed the directory under
+// it: worth another try.
+func claim(path string) (d *Dir, busy bool, err error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
-		return nil, fmt.Errorf("work dir %s: %w", path, err)
+		return nil, false, fmt.Errorf("work dir %s: %w", path, err)
 	}
 	tmp, err := os.CreateTemp(path, OwnerFile+".tmp-")
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, true, fmt.Errorf("work dir %s: %w", path, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("work dir %s: %w", path, err)
+		return nil, false, fmt.Errorf("work dir %s: %w", path, err)
 	}
+	drop := func() { tmp.Close(); os.Remove(tmp.Name()) }
 	if err := unix.Flock(int(tmp.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return nil, fmt.Errorf("work dir %s: lock: %w", path, err)
+		drop()
+		return nil, false, fmt.Errorf("work dir %s: lock: %w", path, err)
 	}
-	if owner, err := os.Open(filepath.Join(path, OwnerFile)); err == nil {
-		held := unix.Flock(int(owner.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil
-		owner.Close()
-		if held {
-			tmp.Close()
-			os.Remove(tmp.Name())
-			return nil, fmt.Errorf("work dir %s: owned by another live process", path)
+	// An owner file left by a dead owner stays locked by us until the new one has
+	// replaced it: a Sweep that opened it meanwhile then finds, once it has the lock,
+	// that it no longer owns the directory (sweepOne compares the inodes).
+	if old, err := os.Open(filepath.Join(path, OwnerFile)); err == nil {
+		defer old.Close()
+		if unix.Flock(int(old.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			drop()
+			return nil, true, fmt.Errorf("work dir %s: owned by another live process", path)
 		}
 	}
 	if err := os.Rename(tmp.Name(), filepath.Join(path, OwnerFile)); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return nil, fmt.Errorf("work dir %s: %w", path, err)
+		drop()
+		return nil, errors.Is(err, os.ErrNotExist), fmt.Errorf("work dir %s: %w", path, err)
 	}
-	return &Dir{Path: path, lock: tmp}, nil
+	return &Dir{Path: path, lock: tmp}, false, nil
 }
 
 // Release lets go of the owner lock; the caller has removed the directory, or leaves it
@@ -134,13 +156,21 @@ func walk(root string, remove bool) (dead []string, err error) {
 // sweepOne reports whether dir is a pod work directory whose owner is gone and, with
 // remove, removes it (dead is then false when it could not be).
 func sweepOne(dir string, remove bool) (dead bool, err error) {
-	owner, err := os.OpenFile(filepath.Join(dir, OwnerFile), os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	ownerPath := filepath.Join(dir, OwnerFile)
+	owner, err := os.OpenFile(ownerPath, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return false, nil // not a pod's, or too old to say: left alone
 	}
 	defer owner.Close()
 	if err := unix.Flock(int(owner.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		return false, nil // its shim lives
+	}
+	// Still the owner file, and a regular one: not replaced by a new owner's (Claim)
+	// between the open and the lock.
+	var locked, now unix.Stat_t
+	if unix.Fstat(int(owner.Fd()), &locked) != nil || unix.Lstat(ownerPath, &now) != nil ||
+		locked.Ino != now.Ino || locked.Dev != now.Dev || locked.Mode&unix.S_IFMT != unix.S_IFREG {
+		return false, nil
 	}
 	if !remove {
 		return true, nil

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -124,5 +125,41 @@ func TestSweepAfterKilledOwner(t *testing.T) {
 	}
 	if left, _ := mountinfo.GetMounts(mountinfo.PrefixFilter(root)); len(left) > 0 {
 		t.Fatalf("still mounted: %s", left[0].Mountpoint)
+	}
+}
+
+// TestClaimSweepRace: a work dir left by a dead shim is claimed again (ctr reuses
+// a container ID; the next pod of that sandbox ID) while another shim sweeps. Claim's
+// check of the old owner file takes and drops its lock; a Sweep that opened the old
+// owner file before Claim renamed the new one over it then locks the old, unlocked
+// inode and removes the directory the new owner holds. Whenever Claim succeeds, its
+// directory and owner file must survive a concurrent Sweep.
+func TestClaimSweepRace(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "default", "app")
+	for i := 0; i < 300; i++ {
+		dead, err := Claim(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dead.Release() // its shim died
+		var (
+			wg      sync.WaitGroup
+			claimed *Dir
+			cerr    error
+			removed []string
+		)
+		wg.Add(2)
+		go func() { defer wg.Done(); removed, _ = Sweep(root) }()
+		go func() { defer wg.Done(); claimed, cerr = Claim(dir) }()
+		wg.Wait()
+		if cerr == nil {
+			_, serr := os.Stat(filepath.Join(dir, OwnerFile))
+			if serr != nil {
+				t.Fatalf("iteration %d: Claim succeeded but a concurrent Sweep removed the live dir (removed %v): %v", i, removed, serr)
+			}
+			claimed.Release()
+		}
+		os.RemoveAll(dir)
 	}
 }
