@@ -40,6 +40,18 @@ func (e *env) snapshotOf(id string) *manifest.Manifest {
 	return m
 }
 
+// startRestored starts stream256 as container id, waits for its checkpoint result and
+// fails the test unless it is `restore`; it returns the output file.
+func (e *env) startRestored(id string) string {
+	e.t.Helper()
+	out := e.start(id, myApp, stream256...)
+	harness.WaitForOutput(e.t, out, "checkpoint result: ", time.Minute)
+	if got := readFile(out); !strings.Contains(got, "checkpoint result: restore") {
+		e.t.Fatalf("%s did not resume from the snapshot (decision: %s):\n%s", id, e.decision(id), got)
+	}
+	return out
+}
+
 // truncate cuts the stored object name to size bytes: in place on a local store (the
 // backing file of a gated one), as a shorter replacement in a bucket (objects there are
 // immutable).
@@ -165,11 +177,7 @@ func TestTruncatedAfterResume(t *testing.T) {
 		pages, x := framedPages(t, m)
 		cut, off, release := e.holdMiddle(pages, x)
 
-		log2 := e.start("late", myApp, stream256...)
-		harness.WaitForOutput(t, log2, "checkpoint result: ", time.Minute)
-		if out := readFile(log2); !strings.Contains(out, "checkpoint result: restore") {
-			t.Fatalf("the pod did not resume from the snapshot (decision: %s):\n%s", e.decision("late"), out)
-		}
+		log2 := e.startRestored("late")
 		// Every frame but the held ones has arrived: the object is cut at the first held
 		// frame, and only those can no longer be had.
 		e.awaitFilledBut(x.Len(), heldFrames)
@@ -220,11 +228,7 @@ func TestStoreStallsMidStream(t *testing.T) {
 	pages, x := framedPages(t, m)
 	from, _, release := e.holdMiddle(pages, x)
 	t0 := time.Now()
-	log2 := e.start("stalled", myApp, stream256...)
-	harness.WaitForOutput(t, log2, "checkpoint result: ", time.Minute)
-	if out := readFile(log2); !strings.Contains(out, "checkpoint result: restore") {
-		t.Fatalf("the pod did not resume from the snapshot (decision: %s):\n%s", e.decision("stalled"), out)
-	}
+	e.startRestored("stalled")
 	harness.Eventually(t, time.Minute, "the stalled pod ends", func() bool { return e.exitLine("stalled") != "" })
 	took := time.Since(t0)
 	if took > 30*time.Second {
@@ -268,8 +272,7 @@ func TestShimKilledDuringStreamedRestore(t *testing.T) {
 	_, _, release := e.holdMiddle(pages, x)
 	defer release()
 
-	log2 := e.start("killed", myApp, stream256...)
-	harness.WaitForOutput(t, log2, "checkpoint result: restore", time.Minute)
+	e.startRestored("killed")
 	dir := filepath.Join(e.workDir, e.cd.Namespace, "killed")
 	if mounts := mountsBelow(t, dir); len(mounts) == 0 {
 		t.Fatalf("no FUSE mount under %s while the pod streams", dir)

@@ -400,11 +400,7 @@ func localName(object string) (string, bool) {
 func (r *Repo) MarkFailed(ctx context.Context, m *manifest.Manifest, reason string) error {
 	r.rewriteMu.Lock()
 	defer r.rewriteMu.Unlock()
-	name, err := objectOf(m)
-	if err != nil {
-		return err
-	}
-	cur, err := r.read(ctx, name)
+	cur, err := r.stored(ctx, m)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil
 	}
@@ -415,6 +411,15 @@ func (r *Repo) MarkFailed(ctx context.Context, m *manifest.Manifest, reason stri
 	return r.rewrite(ctx, cur)
 }
 
+// stored reads m's manifest as it is in the store now, from where m was read (objectOf).
+func (r *Repo) stored(ctx context.Context, m *manifest.Manifest) (*manifest.Manifest, error) {
+	name, err := objectOf(m)
+	if err != nil {
+		return nil, err
+	}
+	return r.read(ctx, name)
+}
+
 // Touch records that m was just used to restore a pod (lastAccessTime, for retention). It
 // rewrites the manifest as it is in the store now, and leaves one that is no longer
 // Committed (marked Failed since m was read) as it is: an access time must not bring a
@@ -423,11 +428,7 @@ func (r *Repo) MarkFailed(ctx context.Context, m *manifest.Manifest, reason stri
 func (r *Repo) Touch(ctx context.Context, m *manifest.Manifest) error {
 	r.rewriteMu.Lock()
 	defer r.rewriteMu.Unlock()
-	name, err := objectOf(m)
-	if err != nil {
-		return err
-	}
-	cur, err := r.read(ctx, name)
+	cur, err := r.stored(ctx, m)
 	if err != nil {
 		return err
 	}

@@ -34,6 +34,17 @@ func (s *stallingStore) GetRange(ctx context.Context, name string, off, n int64)
 	return s.testStore.GetRange(ctx, name, off, n)
 }
 
+// stalledAt20 is a snapshot of 32 frames whose store holds every read from frame 20 on
+// open, with the stall deadline stall.
+func stalledAt20(t *testing.T, stall time.Duration) Source {
+	ts, src := snapshot(t, storage.Zstd{}, pagesData(32*testFrame))
+	x, _ := storage.NewFrameIndex(src.Files[2])
+	from, _ := x.Stored(20, 1)
+	src.Store = &stallingStore{testStore: ts, from: from}
+	src.Stall = stall
+	return src
+}
+
 // storePath is the file of object name in the local store under ts.
 func storePath(ts *testStore, name string) string {
 	return strings.TrimPrefix(ts.URL(name), "file://")
@@ -124,12 +135,7 @@ func TestLinkedFrameEOF(t *testing.T) {
 // the stall deadline and one more try, naming the frame; the snapshot is not reported
 // corrupt (its bytes were never seen bad), and the frames before the stall arrived.
 func TestStreamStalled(t *testing.T) {
-	pages := pagesData(32 * testFrame)
-	ts, src := snapshot(t, storage.Zstd{}, pages)
-	x, _ := storage.NewFrameIndex(src.Files[2])
-	from, _ := x.Stored(20, 1)
-	src.Store = &stallingStore{testStore: ts, from: from}
-	src.Stall = 200 * time.Millisecond
+	src := stalledAt20(t, 200*time.Millisecond)
 	corrupt := false
 	src.OnCorrupt = func(error) { corrupt = true }
 	img := open(t, src)
@@ -227,12 +233,7 @@ func TestFUSEDeviceNotInherited(t *testing.T) {
 // restored pod is stopped (guardRestored) instead of waiting for ever for frames that
 // nobody fetches any more: TakeOver of a removed fill never succeeds.
 func TestStreamSharerFailsWithFiller(t *testing.T) {
-	pages := pagesData(32 * testFrame)
-	ts, src := snapshot(t, storage.Zstd{}, pages)
-	x, _ := storage.NewFrameIndex(src.Files[2])
-	from, _ := x.Stored(20, 1)
-	src.Store = &stallingStore{testStore: ts, from: from}
-	src.Stall = 100 * time.Millisecond
+	src := stalledAt20(t, 100*time.Millisecond)
 	leader := open(t, src)
 	if leader.filling() == nil {
 		t.Fatal("the first Open does not fill")

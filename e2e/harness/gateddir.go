@@ -3,7 +3,6 @@ package harness
 import (
 	"context"
 	"os"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,9 +23,7 @@ type GatedDir struct {
 	Dir string
 	// Backing holds the files: change them here (truncate, corrupt) and the shim sees it.
 	Backing string
-
-	mu   sync.Mutex
-	held *heldRange // guarded by mu; nil: nothing held
+	holder
 }
 
 // NewGatedDir mounts a gated loopback of a new empty backing directory at dir (created);
@@ -66,31 +63,9 @@ func NewGatedDir(t testing.TB, dir, backing string) *GatedDir {
 	return g
 }
 
-// Hold makes reads of the file object (its path relative to Dir) that intersect the
-// bytes [off, end) wait until the returned release is called (any number of times;
-// cleanup calls it too). One range is held at a time.
-func (g *GatedDir) Hold(object string, off, end int64) (release func()) {
-	h := &heldRange{object: object, off: off, end: end, open: make(chan struct{})}
-	g.mu.Lock()
-	g.held = h
-	g.mu.Unlock()
-	return func() { h.once.Do(func() { close(h.open) }) }
-}
-
-func (g *GatedDir) release() {
-	g.mu.Lock()
-	h := g.held
-	g.mu.Unlock()
-	if h != nil {
-		h.once.Do(func() { close(h.open) })
-	}
-}
-
 // holding returns the held range a read of n bytes at off of object must wait for, or nil.
 func (g *GatedDir) holding(object string, off int64, n int) *heldRange {
-	g.mu.Lock()
-	h := g.held
-	g.mu.Unlock()
+	h := g.current()
 	if h == nil || h.object != object || off >= h.end || off+int64(n) <= h.off {
 		return nil
 	}

@@ -18,10 +18,7 @@ import (
 type GCSGate struct {
 	// Host is "127.0.0.1:PORT", the proxy's address.
 	Host string
-
-	mu sync.Mutex
-	// held is the range being held back and its release channel; nil: nothing held.
-	held *heldRange // guarded by mu
+	holder
 }
 
 // heldRange is [off, end) of the object named object; reads intersecting it wait for open
@@ -31,6 +28,38 @@ type heldRange struct {
 	off, end int64
 	open     chan struct{}
 	once     sync.Once
+}
+
+// holder keeps the one range a gate holds back (GCSGate, GatedDir).
+type holder struct {
+	mu sync.Mutex
+	// held is the range being held back and its release channel; nil: nothing held.
+	held *heldRange // guarded by mu
+}
+
+// Hold makes reads of object (its name relative to the store's root) that intersect the
+// bytes [off, end) wait until the returned release is called (any number of times; the
+// gate's cleanup calls it too). One range is held at a time.
+func (h *holder) Hold(object string, off, end int64) (release func()) {
+	r := &heldRange{object: object, off: off, end: end, open: make(chan struct{})}
+	h.mu.Lock()
+	h.held = r
+	h.mu.Unlock()
+	return func() { r.once.Do(func() { close(r.open) }) }
+}
+
+// current is the range held, or nil.
+func (h *holder) current() *heldRange {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.held
+}
+
+// release lets go of the range held, if any.
+func (h *holder) release() {
+	if r := h.current(); r != nil {
+		r.once.Do(func() { close(r.open) })
+	}
 }
 
 // NewGCSGate starts a proxy to f on 127.0.0.1 at a free port; it stops at cleanup, after
@@ -70,26 +99,6 @@ func NewGCSGate(t testing.TB, f *FakeGCS) *GCSGate {
 // Env returns STORAGE_EMULATOR_HOST=Host, for ContainerdOptions.Env.
 func (g *GCSGate) Env() string { return "STORAGE_EMULATOR_HOST=" + g.Host }
 
-// Hold makes ranged reads of object (its full name in the bucket) that intersect the
-// bytes [off, end) wait until the returned release is called (any number of times; the
-// gate's cleanup calls it too). One range is held at a time.
-func (g *GCSGate) Hold(object string, off, end int64) (release func()) {
-	h := &heldRange{object: object, off: off, end: end, open: make(chan struct{})}
-	g.mu.Lock()
-	g.held = h
-	g.mu.Unlock()
-	return func() { h.once.Do(func() { close(h.open) }) }
-}
-
-func (g *GCSGate) release() {
-	g.mu.Lock()
-	h := g.held
-	g.mu.Unlock()
-	if h != nil {
-		h.once.Do(func() { close(h.open) })
-	}
-}
-
 // holding returns the held range r must wait for, or nil. A read of the object's bytes
 // is held when its path names the object (decoded, the JSON API's
 // /download/storage/v1/b/B/o/NAME?alt=media and the XML API's /B/NAME) and its Range
@@ -97,9 +106,7 @@ func (g *GCSGate) release() {
 // intersects any range. The object's metadata (/storage/v1/b/B/o/NAME without
 // alt=media) is never held.
 func (g *GCSGate) holding(r *http.Request) *heldRange {
-	g.mu.Lock()
-	h := g.held
-	g.mu.Unlock()
+	h := g.current()
 	if h == nil || r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, h.object) {
 		return nil
 	}

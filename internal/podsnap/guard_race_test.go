@@ -19,13 +19,7 @@ import (
 func TestCorruptAfterResumeNoManifestRace(t *testing.T) {
 	e := newEnv(t, "workload", "resume")
 	e.cfg.StreamRestore = true
-	first, orig := e.plan("sb1", "pod-sb1")
-	orig.imageSize = 20 << 20
-	must(t, first.Start(context.Background(), orig))
-	orig.checkpoints <- nil
-	eventually(t, "the commit", func() bool { return len(e.committed()) == 1 })
-	m := e.committed()[0]
-	must(t, os.RemoveAll(e.cfg.Cache()))
+	m := streamedSnapshot(t, e)
 	for _, f := range m.Files {
 		if strings.Contains(f.Name, "pages.img") {
 			x, err := storage.NewFrameIndex(f)

@@ -36,19 +36,27 @@ func (s *gatedStore) GetRange(ctx context.Context, name string, off, n int64) (i
 	return s.Store.GetRange(ctx, name, off, n)
 }
 
+// streamedSnapshot commits, under e's workload policy, a snapshot whose pages are five
+// frames (20 MiB), and empties the node cache so that the next restore streams from the
+// store.
+func streamedSnapshot(t *testing.T, e *env) *manifest.Manifest {
+	t.Helper()
+	p, sb := e.plan("sb1", "pod-sb1")
+	sb.imageSize = 20 << 20
+	must(t, p.Start(context.Background(), sb))
+	sb.checkpoints <- nil
+	eventually(t, "the commit", func() bool { return len(e.committed()) == 1 })
+	must(t, os.RemoveAll(e.cfg.Cache()))
+	return e.committed()[0]
+}
+
 // A streamed restore whose pages object is cut short after the pod resumed: the pod is
 // stopped (the sandbox killed once gVisor has not done it within stopGrace), the
 // snapshot is marked Failed in storage, and the reports say both, naming the frame.
 func TestRestoredPodStoppedWhenPagesFail(t *testing.T) {
 	e := newEnv(t, "workload", "resume")
 	e.cfg.StreamRestore = true
-	first, orig := e.plan("sb1", "pod-sb1")
-	orig.imageSize = 20 << 20 // five frames
-	must(t, first.Start(context.Background(), orig))
-	orig.checkpoints <- nil
-	eventually(t, "the commit", func() bool { return len(e.committed()) == 1 })
-	m := e.committed()[0]
-	must(t, os.RemoveAll(e.cfg.Cache())) // restore from the store, not the node cache
+	m := streamedSnapshot(t, e)
 	var pages storage.FileInfo
 	for _, f := range m.Files {
 		if strings.Contains(f.Name, "pages.img") {
@@ -108,13 +116,7 @@ func TestRestoredPodStoppedWhenPagesFail(t *testing.T) {
 func TestStallRememberedAndProbed(t *testing.T) {
 	e := newEnv(t, "workload", "resume")
 	e.cfg.StreamRestore = true
-	first, orig := e.plan("sb1", "pod-sb1")
-	orig.imageSize = 20 << 20
-	must(t, first.Start(context.Background(), orig))
-	orig.checkpoints <- nil
-	eventually(t, "the commit", func() bool { return len(e.committed()) == 1 })
-	m := e.committed()[0]
-	must(t, os.RemoveAll(e.cfg.Cache()))
+	m := streamedSnapshot(t, e)
 	url := "file://" + e.store
 	st, err := e.node.store(context.Background(), url)
 	must(t, err)
