@@ -33,6 +33,7 @@ func TestCorruptAfterResumeNoManifestRace(t *testing.T) {
 		}
 	}
 	p, sb := e.plan("late", "pod-late")
+	endPod(t, p, sb)
 	if p == nil || !p.Restores() {
 		t.Fatal("the pod does not restore")
 	}
@@ -44,6 +45,4 @@ func TestCorruptAfterResumeNoManifestRace(t *testing.T) {
 		t.Fatalf("reports: %s", kinds(rs))
 	}
 	eventually(t, "the sandbox killed", func() bool { return strings.Contains(sb.callLog(), "kill 9") })
-	p.SandboxExited(137)
-	p.Delete(context.Background(), sb)
 }

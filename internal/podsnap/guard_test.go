@@ -50,6 +50,17 @@ func streamedSnapshot(t *testing.T, e *env) *manifest.Manifest {
 	return e.committed()[0]
 }
 
+// endPod ends the sandbox sb of pod p at the test's end, passed or failed: its
+// FUSE mount goes with it (a failed test would otherwise leave it, dead, in /tmp).
+func endPod(t *testing.T, p *Pod, sb *fakeTask) {
+	t.Cleanup(func() {
+		if p != nil {
+			p.SandboxExited(137)
+			p.Delete(context.Background(), sb)
+		}
+	})
+}
+
 // A streamed restore whose pages object is cut short after the pod resumed: the pod is
 // stopped (the sandbox killed once gVisor has not done it within stopGrace), the
 // snapshot is marked Failed in storage, and the reports say both, naming the frame.
@@ -78,6 +89,7 @@ func TestRestoredPodStoppedWhenPagesFail(t *testing.T) {
 	e.node.mu.Unlock()
 
 	p, sb := e.plan("late", "pod-late")
+	endPod(t, p, sb)
 	if p == nil || !p.Restores() {
 		t.Fatal("the pod does not restore")
 	}
@@ -106,8 +118,6 @@ func TestRestoredPodStoppedWhenPagesFail(t *testing.T) {
 	if _, f := p.restoring(); !errors.Is(f.img.Err(), storage.ErrCorrupt) {
 		t.Fatalf("image error %v", f.img.Err())
 	}
-	p.SandboxExited(137)
-	p.Delete(context.Background(), sb)
 }
 
 // A stall this node remembers of a snapshot is probed before the next restore of it: the
