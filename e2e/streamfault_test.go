@@ -52,6 +52,17 @@ func (e *env) startRestored(id string) string {
 	return out
 }
 
+// runToMemoryOK starts stream256 as container id and waits until its memory is checked;
+// it fails the test unless its checkpoint result was result (resume: it started cold;
+// restore: it was restored).
+func (e *env) runToMemoryOK(id, result string) {
+	e.t.Helper()
+	out := harness.WaitForOutput(e.t, e.start(id, myApp, stream256...), "memory ok", 2*time.Minute)
+	if !strings.Contains(out, "checkpoint result: "+result) {
+		e.t.Fatalf("%s: want checkpoint result %s (decision: %s):\n%s", id, result, e.decision(id), out)
+	}
+}
+
 // truncate cuts the stored object name to size bytes: in place on a local store (the
 // backing file of a gated one), as a shorter replacement in a bucket (objects there are
 // immutable).
@@ -143,11 +154,7 @@ func TestTruncatedSnapshotStartsCold(t *testing.T) {
 		e.truncate(pages.Name, pages.StoredSize/2)
 
 		t0 := time.Now()
-		log2 := e.start("again", myApp, stream256...)
-		out := harness.WaitForOutput(t, log2, "memory ok", 2*time.Minute)
-		if !strings.Contains(out, "checkpoint result: resume") {
-			t.Fatalf("the pod after the truncation did not start cold:\n%s", out)
-		}
+		e.runToMemoryOK("again", "resume")
 		d := e.decision("again")
 		if !strings.Contains(d, "cold start") || !strings.Contains(d, "size mismatch") || !strings.Contains(d, pages.Name) {
 			t.Fatalf("the cold start does not say the object is cut short: %s", d)
@@ -203,11 +210,7 @@ func TestTruncatedAfterResume(t *testing.T) {
 		t.Logf("the restored pod ended %.1f s after the cut (%s): %s", took.Seconds(), e.exitLine("late"), line)
 		e.remove("late")
 
-		log3 := e.start("third", myApp, stream256...)
-		out := harness.WaitForOutput(t, log3, "memory ok", 2*time.Minute)
-		if !strings.Contains(out, "checkpoint result: resume") {
-			t.Fatalf("the pod after the Failed snapshot did not start cold:\n%s", out)
-		}
+		e.runToMemoryOK("third", "resume")
 		if next := e.committedWithin("third", 2*time.Minute); next.UUID == m.UUID {
 			t.Fatal("no new snapshot committed")
 		}
@@ -253,11 +256,7 @@ func TestStoreStallsMidStream(t *testing.T) {
 	e.remove("still")
 
 	release()
-	log3 := e.start("after", myApp, stream256...)
-	out := harness.WaitForOutput(t, log3, "memory ok", 2*time.Minute)
-	if !strings.Contains(out, "checkpoint result: restore") {
-		t.Fatalf("with the store back, the next pod did not restore (decision %s):\n%s", e.decision("after"), out)
-	}
+	e.runToMemoryOK("after", "restore")
 	e.remove("after")
 }
 

@@ -180,15 +180,7 @@ func (Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	}
 	// The dead shim's pod work dir (its lock went with it), and any other dead shim's:
 	// a FUSE mount nobody serves, checkpoint images that never reached storage.
-	if st.WorkDir != "" {
-		removed, err := workdir.Sweep(st.WorkDir)
-		for _, dir := range removed {
-			log.G(ctx).Infof("removed %s, the work dir of a pod whose shim died", dir)
-		}
-		if err != nil {
-			log.G(ctx).WithError(err).Warn("work dirs of dead shims not all removed")
-		}
-	}
+	workdir.Clean(ctx, st.WorkDir)
 	return shim.StopStatus{ExitedAt: time.Now(), ExitStatus: 128 + int(syscall.SIGKILL)}, nil
 }
 

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 
@@ -59,7 +60,8 @@ func (r *Repo) Stream(ctx context.Context, c *cache.Cache, m *manifest.Manifest,
 
 // ProbePages reads frame i of m's pages file (stored in frames) from the store and checks
 // it, within ctx: whether the store answers for the bytes a restore of m would stream. It
-// writes nothing. Errors: the store's, a *storage.CorruptError, or ctx's.
+// writes nothing but, as Fetch, marks a snapshot found corrupt failed. Errors: the
+// store's, ctx's, or one wrapping storage.ErrCorrupt that says whether it was marked.
 func (r *Repo) ProbePages(ctx context.Context, m *manifest.Manifest, i int) error {
 	for _, f := range m.Files {
 		if name, _ := localName(f.Name); name != stream.PagesFile || !f.Framed() {
@@ -72,7 +74,11 @@ func (r *Repo) ProbePages(ctx context.Context, m *manifest.Manifest, i int) erro
 		if i < 0 || i >= x.Len() {
 			return fmt.Errorf("%s: no frame %d of %d", r.Store.URL(f.Name), i, x.Len())
 		}
-		return storage.ReadFrames(ctx, r.Store, x, i, 1, nil, func(int, []byte) error { return nil })
+		err = storage.ReadFrames(ctx, r.Store, x, i, 1, nil, func(int, []byte) error { return nil })
+		if errors.Is(err, storage.ErrCorrupt) {
+			return r.fetchError(ctx, m, err)
+		}
+		return err
 	}
 	return fmt.Errorf("snapshot %s/%s: no framed pages file", m.Namespace, m.UUID)
 }

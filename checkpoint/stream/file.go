@@ -20,7 +20,7 @@ const (
 	present = 1
 	wanted  = 2
 	// The filler gave up the file: it writes one of these into every frame not present,
-	// so that the shims sharing the fill fail too, the same way (pollFailed).
+	// so that the shims sharing the fill fail too, the same way (poll, sharedFailure).
 	failedCorrupt = 3 // a frame bad or missing in the store
 	failedStalled = 4 // the store stopped answering
 	failedOther   = 5 // the store kept failing
@@ -46,6 +46,8 @@ type File struct {
 	linked bool
 	// onFail is told, once and outside mu, why the file failed; nil: nobody.
 	onFail func(error)
+	// stall is how long a fetch may go without a byte arriving (stallAfter).
+	stall time.Duration
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
@@ -56,8 +58,6 @@ type File struct {
 	failed  error     // a frame could not be had: every read fails with it
 	// failedCh is closed when failed is set.
 	failedCh chan struct{}
-	// stall is how long a fetch may go without a frame arriving (stallAfter).
-	stall time.Duration
 	// arrived holds, for each frame a reader waits for, a channel closed when it is
 	// there: a frame wakes only its own readers (up to 128 of gVisor's loader threads
 	// wait at once; waking them all for every frame costs CPU the restore needs).
@@ -271,25 +271,27 @@ func (f *File) fail(err error) {
 		}
 	}
 	f.mu.Unlock()
-	if len(absentFrames) > 0 {
-		b := []byte{failedOther}
-		switch {
-		case errors.Is(err, storage.ErrCorrupt):
-			b[0] = failedCorrupt
-		case errors.Is(err, ErrStalled):
-			b[0] = failedStalled
-		}
-		for _, i := range absentFrames {
-			_, _ = f.prog.WriteAt(b, int64(i))
-		}
+	for _, i := range absentFrames {
+		_, _ = f.prog.WriteAt([]byte{failureByte(err)}, int64(i))
 	}
 	if first && onFail != nil {
 		onFail(err)
 	}
 }
 
+// failureByte is the progress byte that tells the shims sharing the fill how it failed.
+func failureByte(err error) byte {
+	switch {
+	case errors.Is(err, storage.ErrCorrupt):
+		return failedCorrupt
+	case errors.Is(err, ErrStalled):
+		return failedStalled
+	}
+	return failedOther
+}
+
 // sharedFailure is the error of a shim sharing a fill whose filler gave it up: progress
-// byte b at frame i.
+// byte b (failureByte) at frame i.
 func (f *File) sharedFailure(i int, b byte) error {
 	switch b {
 	case failedCorrupt:
@@ -333,7 +335,7 @@ func (f *File) poll() error {
 
 // Retry policy of a frame fetch. A frame that fails its check, or is not there (the
 // object ends early), is fetched once more, then the file fails: the stored snapshot is
-// bad. A fetch during which no frame arrives for stallAfter is abandoned as stalled and
+// bad. A fetch during which no byte arrives for stallAfter is abandoned as stalled and
 // the frame fetched once more, then the file fails: the store stopped answering. Other
 // errors (the store unreachable) are retried with backoff until fetchGiveUp has passed.
 // A restored sandbox waits for its pages meanwhile, so these bound how long a fault

@@ -59,7 +59,7 @@ type Source struct {
 	// twice or is not in the object: the stored snapshot is bad. Every read of pages.img
 	// fails from then on (runsc's sandbox then stops).
 	OnCorrupt func(err error)
-	// Stall is how long a fetch may go without a frame arriving before it is abandoned
+	// Stall is how long a fetch may go without a byte arriving before it is abandoned
 	// (ErrStalled); 0 means stallAfter.
 	Stall time.Duration
 }

@@ -53,17 +53,19 @@ func (p *Pod) guardRestored(ctx context.Context, m *manifest.Manifest, f *fetch)
 // killed unless gVisor stopped it within stopGrace.
 func (p *Pod) stopRestored(ctx context.Context, m *manifest.Manifest, err error) {
 	id := p.sb.ID()
+	corrupt := errors.Is(err, storage.ErrCorrupt)
 	kept := "the snapshot is kept: its bytes were not found bad, the store did not deliver them; the next restore of it on this node first checks that the store answers"
-	if errors.Is(err, storage.ErrCorrupt) {
+	if corrupt {
 		kept = "the snapshot is marked Failed, later pods start cold"
 	}
 	why := fmt.Sprintf("the pod restored from snapshot %s/%s could not load the rest of its memory: %v; stopping it (%s)",
 		p.namespace, m.UUID, err, kept)
 	decide(ctx, id, "restored pod stopped", why)
-	if errors.Is(err, storage.ErrCorrupt) {
+	if corrupt {
 		p.reportSnapshotFailed(ctx, m, err)
+	} else {
+		p.rememberStall(ctx, m, err)
 	}
-	p.rememberStall(ctx, m, err)
 	p.rep.write(ctx, report.Report{Kind: report.RestoredPodStopped, Snapshot: m.UUID, StoragePath: p.storagePath(m), Message: why})
 	select {
 	case <-p.sandboxGone:

@@ -1,7 +1,6 @@
 package podsnap
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -32,15 +31,7 @@ func TestCorruptAfterResumeNoManifestRace(t *testing.T) {
 			must(t, os.WriteFile(path, b, 0o600))
 		}
 	}
-	p, sb := e.plan("late", "pod-late")
-	endPod(t, p, sb)
-	if p == nil || !p.Restores() {
-		t.Fatal("the pod does not restore")
-	}
-	must(t, p.Start(context.Background(), sb))
-	if _, f := p.restoring(); f.img == nil {
-		t.Skip("no FUSE here")
-	}
+	_, sb := startStreamed(t, e, "late")
 	if rs := e.waitReports("late", 3); kinds(rs) != "Restored, SnapshotFailed, RestoredPodStopped" {
 		t.Fatalf("reports: %s", kinds(rs))
 	}

@@ -50,6 +50,35 @@ func streamedSnapshot(t *testing.T, e *env) *manifest.Manifest {
 	return e.committed()[0]
 }
 
+// gateStore puts a gatedStore holding reads of pages from stored offset from in front
+// of the env's store, for the pods planned from now on.
+func (e *env) gateStore(from int64) *gatedStore {
+	url := "file://" + e.store
+	st, err := e.node.store(context.Background(), url)
+	must(e.t, err)
+	gate := &gatedStore{Store: st, from: from, open: make(chan struct{})}
+	e.node.mu.Lock()
+	e.node.stores[url] = gate
+	e.node.mu.Unlock()
+	return gate
+}
+
+// startStreamed plans and starts sandbox id, which must restore by streaming (the test
+// is skipped where FUSE cannot be mounted); the pod is ended at the test's end.
+func startStreamed(t *testing.T, e *env, id string) (*Pod, *fakeTask) {
+	t.Helper()
+	p, sb := e.plan(id, "pod-"+id)
+	endPod(t, p, sb)
+	if p == nil || !p.Restores() {
+		t.Fatal("the pod does not restore")
+	}
+	must(t, p.Start(context.Background(), sb))
+	if _, f := p.restoring(); f.img == nil {
+		t.Skip("no FUSE here: the snapshot was downloaded whole")
+	}
+	return p, sb
+}
+
 // endPod ends the sandbox sb of pod p at the test's end, passed or failed: its
 // FUSE mount goes with it (a failed test would otherwise leave it, dead, in /tmp).
 func endPod(t *testing.T, p *Pod, sb *fakeTask) {
@@ -80,23 +109,9 @@ func TestRestoredPodStoppedWhenPagesFail(t *testing.T) {
 		t.Fatalf("pages of %d frames: want at least 3", x.Len())
 	}
 	from, _ := x.Stored(x.Len()-2, 1)
-	url := "file://" + e.store
-	st, err := e.node.store(context.Background(), url)
-	must(t, err)
-	gate := &gatedStore{Store: st, from: from, open: make(chan struct{})}
-	e.node.mu.Lock()
-	e.node.stores[url] = gate
-	e.node.mu.Unlock()
+	gate := e.gateStore(from)
 
-	p, sb := e.plan("late", "pod-late")
-	endPod(t, p, sb)
-	if p == nil || !p.Restores() {
-		t.Fatal("the pod does not restore")
-	}
-	must(t, p.Start(context.Background(), sb))
-	if _, f := p.restoring(); f.img == nil {
-		t.Skip("no FUSE here: the snapshot was downloaded whole")
-	}
+	p, sb := startStreamed(t, e, "late")
 	// The pod runs; now the store's object loses its last frames.
 	must(t, os.Truncate(filepath.Join(e.store, pages.Name), from))
 	close(gate.open)
@@ -127,13 +142,7 @@ func TestStallRememberedAndProbed(t *testing.T) {
 	e := newEnv(t, "workload", "resume")
 	e.cfg.StreamRestore = true
 	m := streamedSnapshot(t, e)
-	url := "file://" + e.store
-	st, err := e.node.store(context.Background(), url)
-	must(t, err)
-	gate := &gatedStore{Store: st, from: 0, open: make(chan struct{})}
-	e.node.mu.Lock()
-	e.node.stores[url] = gate
-	e.node.mu.Unlock()
+	gate := e.gateStore(0)
 
 	// What stopRestored leaves after a stall at frame 2.
 	p, _ := e.plan("probe", "pod-probe")

@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	runc "github.com/containerd/go-runc"
-	"github.com/containerd/log"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
@@ -131,22 +130,9 @@ func (n *Node) hostname() string {
 }
 
 // sweepOnce removes, once per shim and in the background, the pod work dirs under root
-// that belong to shims that died (workdir.Sweep): their checkpoint images never reached
-// storage and their FUSE mounts are dead. Each shim that starts does it, so a node cleans
-// up after a crashed shim as soon as another pod starts on it.
+// that belong to shims that died (workdir.Clean): their checkpoint images never reached
+// storage and their FUSE mounts are dead. Each shim of a pod matched by a policy does it,
+// so a node cleans up after a crashed shim as soon as another such pod starts on it.
 func (n *Node) sweepOnce(root string) {
-	if root == "" {
-		return
-	}
-	n.swept.Do(func() {
-		go func() {
-			removed, err := workdir.Sweep(root)
-			for _, dir := range removed {
-				log.L.Infof("podsnapshot: removed %s, the work dir of a pod whose shim died", dir)
-			}
-			if err != nil {
-				log.L.WithError(err).Warn("podsnapshot: work dirs of dead shims not all removed")
-			}
-		}()
-	})
+	n.swept.Do(func() { go workdir.Clean(context.Background(), root) })
 }

@@ -176,7 +176,6 @@ func decide(ctx context.Context, id, decision, why string) {
 func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	start := time.Now()
 	id, spec, cfg := sb.Task.ID(), sb.Spec, sb.Config
-	n.sweepOnce(cfg.WorkDir)
 	ns := spec.Annotations[oci.SandboxNamespaceAnnotation]
 	if ns == "" {
 		ns = n.Namespace
@@ -264,6 +263,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		},
 	}
 
+	n.sweepOnce(cfg.WorkDir)
 	if p.owner, err = workdir.Claim(p.workDir); err != nil {
 		log.G(ctx).WithError(err).WithField("id", id).Warn("podsnapshot: the pod's work dir is not locked: should this shim die, only a manual removal cleans it")
 	}

@@ -83,13 +83,10 @@ func (p *Pod) probeStall(ctx context.Context, m *manifest.Manifest) (why, reason
 	defer cancel()
 	t0 := time.Now()
 	if err := p.repo.ProbePages(pctx, m, s.Frame); err != nil {
-		if errors.Is(err, storage.ErrCorrupt) {
+		if errors.Is(err, storage.ErrCorrupt) { // marked failed by ProbePages
 			os.Remove(path)
-			mctx, mcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-			defer mcancel()
-			merr := p.repo.MarkFailed(mctx, m, "data corrupt: "+err.Error())
 			p.reportSnapshotFailed(ctx, m, err)
-			return fmt.Sprintf("snapshot %s/%s is corrupt (marked failed: %v): %v", m.Namespace, m.UUID, merr == nil, err), report.ReasonCorrupt, false
+			return err.Error(), report.ReasonCorrupt, false
 		}
 		return fmt.Sprintf("the store stalled reading snapshot %s/%s at %s (%s) and still does not deliver frame %d (probe: %v after %d ms)",
 			m.Namespace, m.UUID, s.At.Format(time.RFC3339), s.Error, s.Frame, err, time.Since(t0).Milliseconds()), report.ReasonStorageUnreachable, false

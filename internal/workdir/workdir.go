@@ -9,6 +9,7 @@
 package workdir
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/log"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
@@ -105,6 +107,22 @@ func (d *Dir) Release() {
 // directories removed; errors name the directory.
 func Sweep(root string) (removed []string, err error) {
 	return walk(root, true)
+}
+
+// Clean is Sweep that logs each directory it removed, and its error as a warning: for
+// the shim, which cleans up behind dead shims on its own (at its start, and as `shim
+// delete`). An empty root is a no-op.
+func Clean(ctx context.Context, root string) {
+	if root == "" {
+		return
+	}
+	removed, err := Sweep(root)
+	for _, dir := range removed {
+		log.G(ctx).Infof("podsnapshot: removed %s, the work dir of a pod whose shim died", dir)
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("podsnapshot: work dirs of dead shims not all removed")
+	}
 }
 
 // Dead returns the pod work directories under root that Sweep would remove.
