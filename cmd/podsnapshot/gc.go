@@ -41,7 +41,7 @@ namespace they were for, so with -n they are left alone.
 On the node, the work directory of a pod whose shim died (killed or crashed) is removed
 with what is mounted in it: checkpoint images that never reached storage, and the FUSE
 mount a streamed restore was served from. A live shim holds a lock on its pods' work
-directories, so theirs are never touched. (The next shim that starts, and containerd's
+directories, so theirs are never touched. (The next shim of a matched pod, and containerd's
 cleanup of the dead shim, do the same.) With -n this is left alone too.
 
 Snapshots of policies that are not in the policy directory are left alone (remove them by

@@ -4,7 +4,7 @@
 // root file system layers. The shim serving a pod holds an flock on the directory's
 // owner file (OwnerFile) for as long as it runs, so that a directory left by a shim that
 // died (killed, crashed: its lock went with it) can be told from a live one and removed
-// with what is mounted in it (Sweep): by the next shim that starts, by containerd's
+// with what is mounted in it (Sweep): by the next shim of a matched pod, by containerd's
 // cleanup of the dead shim (`shim delete`), or by `podsnapshot gc`.
 package workdir
 
