@@ -7,7 +7,8 @@
 #                end-to-end on a private containerd, and a single-node Kubernetes on it)
 #   make generate  deep copies and CRDs from checkpoint/api/v1 (controller-gen)
 #   make demo-kubernetes  the GKE guide's walkthrough on a private single-node cluster
-#   make agent-image  podsnapshot-agent's OCI image archive for deploy/kubernetes
+#   make image   the one OCI image (shim, runsc, CLI, agent) as an archive
+#   make push REGISTRY=host:port/path  push it and point deploy/kubernetes at it
 #   make demo    deps + build + snapshot/restore demo with timings
 #   make bench   deps + build + benchmarks into docs/benchmarks.md and docs/benchmarks.json
 include hack/versions.env
@@ -27,7 +28,7 @@ LDFLAGS := -X github.com/podsnapshot/podsnapshot/version.Version=$(VERSION) \
 GOTAGS := disable_grpc_modules
 TEST_TIMEOUT ?= 60m
 
-.PHONY: all deps deps-kube build test unit e2e demo demo-kubernetes bench clean generate verify-generate agent-image
+.PHONY: all deps deps-kube deps-runsc build test unit e2e demo demo-kubernetes bench clean generate verify-generate image push
 
 all: build
 
@@ -82,13 +83,25 @@ bench: deps build
 	$(GO) run ./hack/bench -sizes $(SIZES) -runs $(RUNS) -stores $(STORES) -torch=$(TORCH) -rootfs=$(ROOTFS) \
 		-command 'make bench SIZES=$(SIZES) RUNS=$(RUNS) STORES=$(STORES) TORCH=$(TORCH) ROOTFS=$(ROOTFS)'
 
-# The image of podsnapshot-agent (node agent and controller, deploy/kubernetes) as an OCI
-# archive: only the static binary. Import it on each node: ctr -n k8s.io images import.
-AGENT_IMAGE ?= podsnapshot.local/podsnapshot-agent:latest
-agent-image: build
-	$(GO) run ./internal/testenv/imagebuild -preset none -name $(AGENT_IMAGE) \
-		-add /podsnapshot-agent=$(OUT)/bin/podsnapshot-agent -entrypoint /podsnapshot-agent \
-		-o $(OUT)/podsnapshot-agent.tar
+# The one image (hack/image): the shim, runsc, the CLI and podsnapshot-agent in
+# /opt/podsnapshot/bin. `make image` writes it as an archive for `ctr images import`;
+# `make push REGISTRY=host:port/path` pushes it as REGISTRY/podsnapshot:$(VERSION) and
+# points the images: entry of deploy/kubernetes and deploy/kubernetes/uninstall at it
+# (KUSTOMIZATION= names other kustomization files, comma-separated; INSECURE=true pushes over plain HTTP), so `kubectl apply -k
+# deploy/kubernetes` installs that image on every node (README, "Kubernetes").
+IMAGE ?= podsnapshot.local/podsnapshot:latest
+KUSTOMIZATION ?= deploy/kubernetes/kustomization.yaml,deploy/kubernetes/uninstall/kustomization.yaml
+INSECURE ?= false
+image: build deps-runsc
+	$(GO) run ./hack/image -bin $(OUT)/bin -runsc $(DEPS_BIN)/runsc -version $(VERSION) -name $(IMAGE) -o $(OUT)/podsnapshot.tar
+
+push: build deps-runsc
+	@[ -n "$(REGISTRY)" ] || { echo "make push: set REGISTRY=host:port/path" >&2; exit 2; }
+	$(GO) run ./hack/image -bin $(OUT)/bin -runsc $(DEPS_BIN)/runsc -version $(VERSION) \
+		-push $(REGISTRY)/podsnapshot:$(VERSION) -insecure=$(INSECURE) -kustomization $(KUSTOMIZATION)
+
+deps-runsc:
+	./hack/deps.sh runsc
 
 # The GKE guide's walkthrough on a private single-node Kubernetes (needs root).
 demo-kubernetes: deps deps-kube build

@@ -42,13 +42,17 @@ build_containerd() {
   stamp containerd "$CONTAINERD_VERSION"
 }
 
+# runsc --version prints GVISOR_VERSION (gVisor's own build stamps runsc/version.version;
+# a plain go build leaves VERSION_MISSING). The stamp names the stamping, so a runsc built
+# before it is rebuilt once.
 build_runsc() {
-  if fresh runsc "$GVISOR_VERSION" runsc; then return; fi
+  if fresh runsc "$GVISOR_VERSION stamped" runsc; then return; fi
   log "building runsc $GVISOR_VERSION"
   local d; d=$(scratch runsc)
   (cd "$d" && go get "gvisor.dev/gvisor/runsc@$GVISOR_VERSION" &&
-    CGO_ENABLED=0 go build -o "$bin/runsc" gvisor.dev/gvisor/runsc)
-  stamp runsc "$GVISOR_VERSION"
+    CGO_ENABLED=0 go build -o "$bin/runsc" \
+      -ldflags "-X gvisor.dev/gvisor/runsc/version.version=$GVISOR_VERSION" gvisor.dev/gvisor/runsc)
+  stamp runsc "$GVISOR_VERSION stamped"
 }
 
 build_fake_gcs() {
@@ -87,23 +91,28 @@ build_cni() {
   stamp cni "$CNI_PLUGINS_VERSION"
 }
 
-# The e2e tests' Kubernetes: etcd and kube-apiserver, kube-controller-manager, kubelet,
+# The e2e tests' Kubernetes: etcd and kube-apiserver, kube-controller-manager,
+# kube-scheduler (Deployments and DaemonSets place their pods), kubelet, kube-proxy (the
+# nodes' Service routing: pods reach the API server through the `kubernetes` Service),
 # kubectl, from the modules in hack/kube (their go.mod pins the versions of versions.env;
 # a mismatch is an error rather than a silent build of another version). Static, stripped,
 # with the version stamps `kubectl version` and the API's /version report. About 11
 # minutes of CPU the first time, so `all` leaves it out: `make deps-kube` builds it.
 build_kube() {
-  local cmds="kube-apiserver kube-controller-manager kubelet kubectl"
+  local cmds="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
   local version="$KUBERNETES_VERSION etcd-$ETCD_VERSION"
   # shellcheck disable=SC2086
   if fresh kube "$version" etcd $cmds; then return; fi
+  # Same versions, a command added since: build only the missing ones.
+  local have=""
+  [ "$(cat "$DEPS_DIR/stamps/kube" 2>/dev/null)" = "$version" ] && [ -x "$bin/etcd" ] && have=1
   local src="$top/hack/kube" v
   v=$(cd "$src/k8s" && go list -m -f '{{.Version}}' k8s.io/kubernetes)
   [ "$v" = "$KUBERNETES_VERSION" ] || { log "hack/kube/k8s/go.mod has k8s.io/kubernetes $v, versions.env $KUBERNETES_VERSION"; exit 1; }
   v=$(cd "$src/etcd" && go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)
   [ "$v" = "$ETCD_VERSION" ] || { log "hack/kube/etcd/go.mod has etcd $v, versions.env $ETCD_VERSION"; exit 1; }
-  log "building etcd $ETCD_VERSION"
-  (cd "$src/etcd" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$bin/etcd" .)
+  [ -n "$have" ] || { log "building etcd $ETCD_VERSION"
+  (cd "$src/etcd" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "-s -w" -o "$bin/etcd" .); }
   # gitVersion etc. as Kubernetes' own build sets them (hack/lib/version.sh), in both
   # version packages: component-base's (servers, /version) and client-go's (kubectl).
   local minor=${KUBERNETES_VERSION#v*.} ldflags="-s -w" pkg
@@ -114,6 +123,7 @@ build_kube() {
   done
   local c
   for c in $cmds; do
+    if [ -n "$have" ] && [ -x "$bin/$c" ]; then continue; fi
     log "building $c $KUBERNETES_VERSION"
     (cd "$src/k8s" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -ldflags "$ldflags" \
       -o "$bin/$c" "k8s.io/kubernetes/cmd/$c")

@@ -1,15 +1,20 @@
 // Command podsnapshot-agent connects podsnapshot to a Kubernetes cluster. It runs in one
-// of two roles:
+// of these roles:
 //
 //	podsnapshot-agent --role=agent --node-name=NODE      # on every node (DaemonSet)
 //	podsnapshot-agent --role=controller                  # one active replica (Deployment)
+//	podsnapshot-agent --role=install --host-root=/host   # the DaemonSet's init container
+//	podsnapshot-agent --role=uninstall --host-root=/host # undoes install
+//	podsnapshot-agent --role=wait                        # blocks (the uninstall DaemonSet)
 //
 // The agent mirrors PodSnapshotPolicies and PodSnapshotStorageConfigs into the node's
 // policy_dir, delivers the shims' reports (PodSnapshot objects, Events, the PodRestored
 // condition), carries out manual triggers and deletes its node's local snapshots (package
 // internal/agent). The controller deletes Cloud Storage snapshots with their objects,
 // fails triggers of missing pods and runs retention and the storage reconcile (package
-// internal/controller). Both serve Prometheus metrics and health probes.
+// internal/controller). Both serve Prometheus metrics and health probes. Install puts
+// the shim, runsc and the CLI on the node, adds containerd's handler and labels the node;
+// uninstall takes them off again (package internal/nodeinstall; flags in install.go).
 package main
 
 import (
@@ -46,12 +51,13 @@ type flags struct {
 	metricsAddr, probeAddr, leaseNS, logLevel string
 	leaderElect, localStores, showVersion     bool
 	syncInterval, failedTTL, pollInterval     time.Duration
+	install                                   installFlags
 }
 
 func main() {
 	var f flags
 	fs := flag.CommandLine // controller-runtime registers --kubeconfig here
-	fs.StringVar(&f.role, "role", "agent", "agent (one per node) or controller (one active replica)")
+	fs.StringVar(&f.role, "role", "agent", "agent (one per node), controller (one active replica), install or uninstall (the node's files and containerd's handler), wait (block until SIGTERM)")
 	fs.StringVar(&f.configPath, "config", config.DefaultPath, "the node's podsnapshot config (TOML): policy_dir and report_dir (agent)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (agent; default $NODE_NAME)")
 	fs.StringVar(&f.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's gRPC socket (agent: manual triggers)")
@@ -65,6 +71,7 @@ func main() {
 	fs.DurationVar(&f.pollInterval, "report-poll-interval", 500*time.Millisecond, "agent: how often the report spool is read")
 	fs.StringVar(&f.logLevel, "log-level", "info", "logrus level: error, warn, info, debug")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
+	f.install.register(fs)
 	flag.Parse()
 	if f.showVersion {
 		fmt.Printf("podsnapshot-agent %s (revision %s, %s)\n", version.Version, version.Revision, runtime.Version())
@@ -87,6 +94,14 @@ func run(ctx context.Context, f flags) error {
 	// controller-runtime logs through logr; its warnings and errors go to stderr.
 	ctrl.SetLogger(logr.FromSlogHandler(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 
+	if f.role == "wait" {
+		// The uninstall DaemonSet's main container: its init container did the work;
+		// this one keeps the pod Running so that `kubectl rollout status` says when every
+		// node is done.
+		log.Info("podsnapshot-agent: waiting for SIGTERM")
+		<-ctx.Done()
+		return nil
+	}
 	restCfg, err := ctrl.GetConfig()
 	if err != nil {
 		return fmt.Errorf("Kubernetes client config (--kubeconfig, $KUBECONFIG or in-cluster): %w", err)
@@ -135,8 +150,10 @@ func run(ctx context.Context, f flags) error {
 			return err
 		}
 		return serve(ctx, mgr, log, "controller")
+	case "install", "uninstall":
+		return nodeInstall(ctx, f, restCfg, log)
 	}
-	return fmt.Errorf("--role %q: want agent or controller", f.role)
+	return fmt.Errorf("--role %q: want agent, controller, install, uninstall or wait", f.role)
 }
 
 func serve(ctx context.Context, mgr ctrl.Manager, log logrus.FieldLogger, what string) error {

@@ -43,15 +43,20 @@ type Options struct {
 	// Port, when set, is the port to listen on (a store brought back at its address);
 	// 0 picks a free one.
 	Port int
+	// IP is the address to listen on; default 127.0.0.1. The Kubernetes nodes of
+	// internal/testenv/kube live in network namespaces of their own and reach the host
+	// only at its bridge address (Cluster.BridgeIP).
+	IP string
 }
 
 // Server is a running fake-gcs-server. Stop (SIGTERM, then SIGKILL) or Kill it; both
 // reap it.
 type Server struct {
 	*hostproc.Daemon
-	// Host is "127.0.0.1:PORT", the value for STORAGE_EMULATOR_HOST.
+	// Host is "IP:PORT" (IP: Options.IP, default 127.0.0.1), the value for
+	// STORAGE_EMULATOR_HOST.
 	Host string
-	// URL is "http://127.0.0.1:PORT".
+	// URL is "http://IP:PORT".
 	URL string
 	// Dir and LogPath are Options.Dir and the log file in it (empty without a Dir).
 	Dir     string
@@ -85,22 +90,26 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 }
 
 func start(ctx context.Context, opts Options) (*Server, error) {
+	ip := opts.IP
+	if ip == "" {
+		ip = "127.0.0.1"
+	}
 	port := opts.Port
 	if port == 0 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}
 		port = ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
 	}
-	host := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	host := net.JoinHostPort(ip, strconv.Itoa(port))
 	s := &Server{Host: host, URL: "http://" + host, Dir: opts.Dir}
 	// -public-host must be the address clients use: the Go client reads objects through
 	// the XML API (GET /bucket/object), which the emulator only routes for its public
 	// host. Downloads and resumable uploads use URLs built from -external-url; both must
 	// point back at this server, not at storage.googleapis.com.
-	args := []string{"-scheme", "http", "-host", "127.0.0.1", "-port", strconv.Itoa(port),
+	args := []string{"-scheme", "http", "-host", ip, "-port", strconv.Itoa(port),
 		"-public-host", host, "-external-url", s.URL, "-log-level", "warn"}
 	cmd := exec.Command(opts.Binary)
 	if opts.Dir != "" {

@@ -59,14 +59,22 @@ func (c *Cluster) Close() error {
 	}
 
 	var errs []error
-	if alive("kube-apiserver") && alive("kubelet") {
+	kubelets := alive("kubelet")
+	for _, n := range c.Nodes {
+		kubelets = kubelets || alive(n.Name+"/kubelet")
+	}
+	if alive("kube-apiserver") && kubelets {
 		c.logf("kube: deleting all pods")
 		if _, err := c.Kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=true", "--timeout=90s"); err != nil {
 			errs = append(errs, fmt.Errorf("delete pods: %w", err))
 		}
 	}
 	stop("kubelet", 30*time.Second)
-	errs = append(errs, c.removeSandboxes()...)
+	if c.opts.CRIEndpoint != "" && len(c.Nodes) == 0 {
+		errs = append(errs, c.removeSandboxes(c.opts.CRIEndpoint)...)
+	}
+	errs = append(errs, c.closeNodes(stop)...)
+	stop("kube-scheduler", 15*time.Second)
 	stop("kube-controller-manager", 15*time.Second)
 	stop("kube-apiserver", 30*time.Second)
 	stop("etcd", 15*time.Second)
@@ -94,6 +102,7 @@ func (c *Cluster) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, c.removeMountPoints()...)
 	if left := c.Leftovers(); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("left behind: %s", strings.Join(left, "; ")))
 	}
@@ -110,11 +119,12 @@ func (c *Cluster) Close() error {
 // sandbox the kubelet made (label io.kubernetes.pod.uid) that is still there. A
 // containerd no longer running has nothing to remove here: its own cleanup deals with
 // what it left.
-func (c *Cluster) removeSandboxes() []error {
-	if _, err := os.Stat(c.opts.CRIEndpoint); err != nil {
+func (c *Cluster) removeSandboxes(endpoint string) []error {
+	if _, err := os.Stat(endpoint); err != nil {
 		return nil
 	}
-	out, err := c.crictl("pods", "-o", "json")
+	crictl := func(args ...string) (string, error) { return c.crictlAt(endpoint, args...) }
+	out, err := crictl("pods", "-o", "json")
 	if err != nil {
 		return []error{err}
 	}
@@ -133,22 +143,22 @@ func (c *Cluster) removeSandboxes() []error {
 			continue
 		}
 		c.logf("kube: removing CRI sandbox %s of pod %s/%s", p.ID, p.Labels["io.kubernetes.pod.namespace"], p.Labels["io.kubernetes.pod.name"])
-		if _, err := c.crictl("stopp", p.ID); err != nil {
+		if _, err := crictl("stopp", p.ID); err != nil {
 			errs = append(errs, err)
 		}
-		if _, err := c.crictl("rmp", "-f", p.ID); err != nil {
+		if _, err := crictl("rmp", "-f", p.ID); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return errs
 }
 
-// crictl runs BinDir's crictl against the CRI endpoint (at most 2 minutes) and returns
-// its stdout; a non-zero exit is an error with stderr.
-func (c *Cluster) crictl(args ...string) (string, error) {
+// crictlAt runs BinDir's crictl against the CRI endpoint socket (at most 2 minutes) and
+// returns its stdout; a non-zero exit is an error with stderr.
+func (c *Cluster) crictlAt(endpoint string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	ep := "unix://" + c.opts.CRIEndpoint
+	ep := "unix://" + endpoint
 	full := append([]string{"--runtime-endpoint", ep, "--image-endpoint", ep, "--timeout", "60s"}, args...)
 	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "crictl"), full...)
 	var stderr strings.Builder
@@ -191,6 +201,7 @@ func (c *Cluster) Leftovers() []string {
 	for _, m := range mounts {
 		out = append(out, "mount "+m)
 	}
+	out = append(out, c.nodesLeft()...)
 	if c.settled != nil {
 		for _, cg := range cgroupsLeft(c.CgroupRoot) {
 			out = append(out, "cgroup "+cg)

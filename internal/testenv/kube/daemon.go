@@ -94,10 +94,16 @@ func LogTail(path string, max int) string {
 }
 
 // Logs returns the tail (at most max bytes) of each daemon's log, for a failed test's
-// report: etcd, kube-apiserver, kube-controller-manager, kubelet, in that order.
+// report: etcd, kube-apiserver, kube-controller-manager, kubelet, in that order, then
+// the scheduler's and the nodes' (NODE-containerd, NODE-kubelet, NODE-kube-proxy).
 func (c *Cluster) Logs(max int) string {
 	var b strings.Builder
-	for _, name := range Binaries[:4] {
+	names := append([]string(nil), Binaries[:4]...)
+	names = append(names, "kube-scheduler")
+	for _, n := range c.Nodes {
+		names = append(names, n.Name+"-holder", n.Name+"-containerd", n.Name+"-kubelet", n.Name+"-kube-proxy")
+	}
+	for _, name := range names {
 		p := filepath.Join(c.LogDir, name+".log")
 		if _, err := os.Stat(p); err == nil {
 			b.WriteString(LogTail(p, max) + "\n")

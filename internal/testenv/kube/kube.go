@@ -1,4 +1,4 @@
-// Package kube runs a real single-node Kubernetes for the end-to-end tests: etcd,
+// Package kube runs a real Kubernetes for the end-to-end tests: etcd,
 // kube-apiserver, kube-controller-manager and a kubelet (v1.34, built by
 // `make deps-kube` into _deps/bin) whose container runtime is a private CRI containerd
 // the caller started (internal/testenv/containerd with CRI, the podsnapshot runtime
@@ -6,6 +6,11 @@
 // their node (spec.nodeName, Cluster.NodeName) and use images already in containerd
 // (imagePullPolicy: Never); the RuntimeClass `podsnapshot` (handler podsnapshot) is
 // applied, so `runtimeClassName: podsnapshot` runs a pod through the shim.
+//
+// With Options.Nodes it runs instead nodes of their own (node.go, nodes.go): each a
+// network and a mount namespace with its own containerd, kubelet and kube-proxy, on a
+// bridge where the API server listens, plus a kube-scheduler; podsnapshot is installed
+// on them the way a user would (deploy/kubernetes and its installer), not by the harness.
 //
 // Like the other testenv packages it needs no testing.TB: Start returns an error that
 // carries the failing daemon's log tail, and Close undoes whatever Start got as far as.
@@ -75,6 +80,30 @@ type Options struct {
 	LockWait time.Duration
 	// Logf reports progress (each daemon started and ready); default: nothing.
 	Logf func(format string, args ...any)
+
+	// Nodes > 0 starts that many nodes of their own (node.go: a network and a mount
+	// namespace each, with its own containerd, kubelet and kube-proxy) and a
+	// kube-scheduler, instead of one kubelet on CRIEndpoint, which is then not used. The
+	// API server listens on the nodes' bridge (BridgeIP) and no RuntimeClass is applied:
+	// deploy/kubernetes brings them. NodeName, NodeIP and KubeletDir are ignored.
+	Nodes int
+	// NodeImages are OCI archives imported into every node's containerd (namespace
+	// k8s.io) before its kubelet starts; the first must be the pinned sandbox image
+	// (SandboxImage).
+	NodeImages []string
+	// SandboxImage is the name of the pause image in NodeImages.
+	SandboxImage string
+	// NodeEnv is added to the environment of every node's containerd, and so of the
+	// shims (such as STORAGE_EMULATOR_HOST).
+	NodeEnv []string
+	// Registries are "HOST:PORT" of plain-HTTP registries the nodes pull from
+	// (a hosts.toml each in the node's /etc/containerd/certs.d).
+	Registries []string
+	// BeforeNodes, when set, runs once the bridge and the control plane are up and
+	// before the first node starts; what it returns is added to NodeEnv and Registries.
+	// Servers the nodes use (a registry, fake-gcs-server) listen on bridgeIP, the only
+	// host address a node reaches.
+	BeforeNodes func(bridgeIP net.IP) (env, registries []string, err error)
 }
 
 // Cluster is a running single-node Kubernetes, started by Start.
@@ -92,6 +121,11 @@ type Cluster struct {
 	APIServerURL string
 	// Ports picked free at Start.
 	EtcdPort, EtcdPeerPort, APIServerPort, KubeletPort, KubeletHealthzPort int
+	// Nodes are the nodes of Options.Nodes (node.go); BridgeIP is the host's address on
+	// their bridge, where the API server listens; Bridge is the bridge's name.
+	Nodes    []*Node
+	BridgeIP net.IP
+	Bridge   string
 
 	opts    Options
 	bin     string
@@ -99,6 +133,10 @@ type Cluster struct {
 	lock    *os.File
 	settled map[string]string // KernelSettings before the kubelet started
 	madeLog bool              // Start found no ContainerLogLinks: the kubelet made it
+	// madeDirs are the host directories made as the nodes' mount points (mountPoint).
+	madeDirs []string
+	// bridgePrefix is the bridge subnet's prefix length.
+	bridgePrefix int
 
 	mu      sync.Mutex
 	daemons map[string]*daemon // by name: etcd, kube-apiserver, ...
@@ -112,15 +150,19 @@ type Cluster struct {
 // then the RuntimeClass. On failure it closes what it started and returns an error that
 // names the step, with the failing daemon's log tail.
 func Start(opts Options) (c *Cluster, err error) {
-	if opts.Dir == "" || opts.CRIEndpoint == "" {
-		return nil, fmt.Errorf("kube: Options.Dir and Options.CRIEndpoint are required")
+	if opts.Dir == "" || (opts.CRIEndpoint == "" && opts.Nodes == 0) {
+		return nil, fmt.Errorf("kube: Options.Dir and Options.CRIEndpoint (or Nodes) are required")
 	}
 	if opts.BinDir == "" {
 		if opts.BinDir, err = testenv.DepsBin(); err != nil {
 			return nil, fmt.Errorf("kube: %w", err)
 		}
 	}
-	for _, b := range append([]string{"crictl"}, Binaries...) {
+	need := append([]string{"crictl"}, Binaries...)
+	if opts.Nodes > 0 {
+		need = append(need, "kube-scheduler", "kube-proxy", "containerd")
+	}
+	for _, b := range need {
 		if st, err := os.Stat(filepath.Join(opts.BinDir, b)); err != nil || st.Mode().Perm()&0o111 == 0 {
 			return nil, fmt.Errorf("kube: %s not found in %s: run `make deps-kube`", b, opts.BinDir)
 		}
@@ -138,12 +180,12 @@ func Start(opts Options) (c *Cluster, err error) {
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
-	if opts.NodeIP == nil {
+	if opts.NodeIP == nil && opts.Nodes == 0 {
 		if opts.NodeIP, err = DefaultNodeIP(); err != nil {
 			return nil, fmt.Errorf("kube: %w", err)
 		}
 	}
-	if opts.NodeIP.IsLoopback() {
+	if opts.NodeIP != nil && opts.NodeIP.IsLoopback() {
 		return nil, fmt.Errorf("kube: node IP %s is a loopback address", opts.NodeIP)
 	}
 	for _, d := range []string{opts.KubeletDir, opts.LogDir} {
@@ -173,11 +215,20 @@ func Start(opts Options) (c *Cluster, err error) {
 	}
 	c.EtcdPort, c.EtcdPeerPort, c.APIServerPort, c.KubeletPort, c.KubeletHealthzPort =
 		ports[0], ports[1], ports[2], ports[3], ports[4]
-	c.APIServerURL = "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(c.APIServerPort))
+	apiHost := "127.0.0.1"
+	steps := []func() error{c.startEtcd, c.StartAPIServer, c.startControllerManager, c.startKubelet, c.applyRuntimeClass}
+	if opts.Nodes > 0 {
+		if err := c.makeBridge(); err != nil {
+			return c, fmt.Errorf("kube: %w", err)
+		}
+		apiHost = c.BridgeIP.String()
+		steps = []func() error{c.startEtcd, c.StartAPIServer, c.startControllerManager, c.startScheduler, c.startNodes}
+	}
+	c.APIServerURL = "https://" + net.JoinHostPort(apiHost, strconv.Itoa(c.APIServerPort))
 	if err := c.writeCredentials(serviceIP); err != nil {
 		return c, fmt.Errorf("kube: %w", err)
 	}
-	for _, step := range []func() error{c.startEtcd, c.StartAPIServer, c.startControllerManager, c.startKubelet, c.applyRuntimeClass} {
+	for _, step := range steps {
 		if err := step(); err != nil {
 			return c, fmt.Errorf("kube: %w", err)
 		}
@@ -226,7 +277,7 @@ func (c *Cluster) StartAPIServer() error {
 	p := c.pki
 	d, err := c.start("kube-apiserver",
 		fmt.Sprintf("--etcd-servers=http://127.0.0.1:%d", c.EtcdPort),
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", c.APIServerPort),
+		"--bind-address="+c.apiAddress(), fmt.Sprintf("--secure-port=%d", c.APIServerPort),
 		"--cert-dir="+filepath.Join(c.Dir, "apiserver-certs"),
 		"--tls-cert-file="+p.crt("apiserver"), "--tls-private-key-file="+p.key("apiserver"),
 		"--client-ca-file="+p.crt("ca"),
@@ -240,6 +291,9 @@ func (c *Cluster) StartAPIServer() error {
 		"--service-account-signing-key-file="+p.key("sa"),
 		"--service-cluster-ip-range="+ServiceCIDR,
 		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		// As kubeadm's and GKE's API servers: node agents (podsnapshot's installer) run
+		// privileged containers.
+		"--allow-privileged=true",
 		// On SIGTERM, drain short requests and then give open watches (the kubelet's,
 		// the controller manager's) 2 s rather than --request-timeout's 60 s: a stop
 		// takes about 3 s instead of a minute (StopAPIServer).

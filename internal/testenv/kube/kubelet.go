@@ -28,7 +28,12 @@ func (c *Cluster) startKubelet() error {
 		return err
 	}
 	config := filepath.Join(c.Dir, "kubelet.yaml")
-	if err := os.WriteFile(config, []byte(c.kubeletConfig()), 0o644); err != nil {
+	yaml := kubeletConfig(kubeletSettings{
+		endpoint: "unix://" + c.opts.CRIEndpoint, cgroupRoot: "/" + c.CgroupRoot, address: c.NodeIP.String(),
+		port: c.KubeletPort, healthzAddress: "127.0.0.1", healthzPort: c.KubeletHealthzPort, clientCA: c.pki.crt("ca"),
+		podLogs: filepath.Join(c.Dir, "pod-logs"), pluginDir: filepath.Join(c.Dir, "kubelet-plugins"),
+	})
+	if err := os.WriteFile(config, []byte(yaml), 0o644); err != nil {
 		return fmt.Errorf("kubelet config: %w", err)
 	}
 	since := time.Now().Truncate(time.Second) // heartbeats have second precision
@@ -42,23 +47,28 @@ func (c *Cluster) startKubelet() error {
 	if err := c.waitFor(d, "kubelet healthz", func() error { return httpOK(healthz) }); err != nil {
 		return err
 	}
-	return c.waitFor(d, "node "+c.NodeName+" Ready", func() error { return c.nodeReady(since) })
+	return c.waitFor(d, "node "+c.NodeName+" Ready", func() error { return c.nodeReadyNamed(c.NodeName, since) })
 }
 
-// kubeletConfig is the KubeletConfiguration (kubelet.config.k8s.io/v1beta1):
+// kubeletSettings are what differs between kubelets in kubeletConfig.
+type kubeletSettings struct {
+	endpoint, cgroupRoot, address, healthzAddress, clientCA, podLogs, pluginDir string
+	port, healthzPort                                                           int
+}
+
+// kubeletConfig is the KubeletConfiguration (kubelet.config.k8s.io/v1beta1) of s:
 //
 //   - the CRI containerd as runtime and image service; cgroupfs driver below CgroupRoot
 //     (which containerd's runc default also reports over CRI);
 //   - cgroup v1 and swap allowed (the test machines have both);
 //   - listening on the node IP (the API server's way in, client certificates from the
-//     cluster CA, authorization by webhook), healthz on 127.0.0.1, no read-only port;
+//     cluster CA, authorization by webhook), healthz where s says, no read-only port;
 //   - pod logs and volume plugins below Dir rather than /var/log/pods and
 //     /usr/libexec/kubernetes;
 //   - no eviction and no image garbage collection: a full disk on a test machine must
 //     not evict the test's pods nor delete the test images (which no registry can give
 //     back: pods use imagePullPolicy Never).
-func (c *Cluster) kubeletConfig() string {
-	endpoint := "unix://" + c.opts.CRIEndpoint
+func kubeletConfig(s kubeletSettings) string {
 	return fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: %[1]q
@@ -70,7 +80,7 @@ failSwapOn: false
 address: %[3]q
 port: %[4]d
 readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
+healthzBindAddress: %[9]q
 healthzPort: %[5]d
 authentication:
   anonymous: {enabled: false}
@@ -83,14 +93,13 @@ volumePluginDir: %[8]q
 evictionHard: {}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-`, endpoint, "/"+c.CgroupRoot, c.NodeIP.String(), c.KubeletPort, c.KubeletHealthzPort,
-		c.pki.crt("ca"), filepath.Join(c.Dir, "pod-logs"), filepath.Join(c.Dir, "kubelet-plugins"))
+`, s.endpoint, s.cgroupRoot, s.address, s.port, s.healthzPort, s.clientCA, s.podLogs, s.pluginDir, s.healthzAddress)
 }
 
-// nodeReady returns nil once the Node's Ready condition is True with a heartbeat at or
-// after since.
-func (c *Cluster) nodeReady(since time.Time) error {
-	b, err := c.get("/api/v1/nodes/" + c.NodeName)
+// nodeReadyNamed returns nil once Node name's Ready condition is True with a heartbeat
+// at or after since.
+func (c *Cluster) nodeReadyNamed(name string, since time.Time) error {
+	b, err := c.get("/api/v1/nodes/" + name)
 	if err != nil {
 		return err
 	}
@@ -103,21 +112,21 @@ func (c *Cluster) nodeReady(since time.Time) error {
 		}
 	}
 	if err := json.Unmarshal(b, &node); err != nil {
-		return fmt.Errorf("node %s: %w", c.NodeName, err)
+		return fmt.Errorf("node %s: %w", name, err)
 	}
 	for _, cond := range node.Status.Conditions {
 		if cond.Type != "Ready" {
 			continue
 		}
 		if cond.Status != "True" {
-			return fmt.Errorf("node %s Ready=%s: %s: %s", c.NodeName, cond.Status, cond.Reason, cond.Message)
+			return fmt.Errorf("node %s Ready=%s: %s: %s", name, cond.Status, cond.Reason, cond.Message)
 		}
 		if cond.LastHeartbeatTime.Before(since) {
-			return fmt.Errorf("node %s: last heartbeat %s is older than the kubelet", c.NodeName, cond.LastHeartbeatTime)
+			return fmt.Errorf("node %s: last heartbeat %s is older than the kubelet", name, cond.LastHeartbeatTime)
 		}
 		return nil
 	}
-	return fmt.Errorf("node %s has no Ready condition yet", c.NodeName)
+	return fmt.Errorf("node %s has no Ready condition yet", name)
 }
 
 // applyRuntimeClass creates RuntimeClass (handler RuntimeClass, the CRI handler name).

@@ -154,6 +154,9 @@ func serial() *big.Int {
 //   - apiserver-kubelet-client (O=system:masters): the API server's client certificate
 //     at the kubelet (logs, exec), which authorizes it through a webhook;
 //   - kube-controller-manager (CN=system:kube-controller-manager): its RBAC role;
+//   - with Options.Nodes: kubelet-NODE for each node, kube-scheduler
+//     (CN=system:kube-scheduler) and kube-proxy (CN=system:kube-proxy, bound to
+//     system:node-proxier by default), and the bridge address in the serving certificate;
 //   - sa.key, sa.pub: the service-account token key pair.
 func (c *Cluster) writeCredentials(serviceIP net.IP) error {
 	p, err := newPKI(filepath.Join(c.Dir, "pki"))
@@ -161,7 +164,11 @@ func (c *Cluster) writeCredentials(serviceIP net.IP) error {
 		return err
 	}
 	c.pki = p
+	c.Kubeconfig = filepath.Join(c.Dir, "admin.kubeconfig")
 	serverIPs := []net.IP{net.IPv4(127, 0, 0, 1), c.NodeIP, serviceIP}
+	if c.BridgeIP != nil {
+		serverIPs = append(serverIPs, c.BridgeIP)
+	}
 	serverDNS := []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 		"kubernetes.default.svc.cluster.local"}
 	steps := []error{
@@ -172,17 +179,28 @@ func (c *Cluster) writeCredentials(serviceIP net.IP) error {
 		p.issue("kube-controller-manager", "system:kube-controller-manager", nil, x509.ExtKeyUsageClientAuth, nil, nil),
 		p.serviceAccountKeys(),
 	}
+	users := map[string]string{
+		c.Kubeconfig:                            "admin",
+		c.kubeconfig("kubelet"):                 "kubelet",
+		c.kubeconfig("kube-controller-manager"): "kube-controller-manager",
+	}
+	if len(c.Nodes) > 0 {
+		steps = append(steps,
+			p.issue("kube-scheduler", "system:kube-scheduler", nil, x509.ExtKeyUsageClientAuth, nil, nil),
+			p.issue("kube-proxy", "system:kube-proxy", nil, x509.ExtKeyUsageClientAuth, nil, nil))
+		users[c.kubeconfig("kube-scheduler")] = "kube-scheduler"
+		users[c.kubeconfig("kube-proxy")] = "kube-proxy"
+		for _, n := range c.Nodes {
+			steps = append(steps, p.issue("kubelet-"+n.Name, "system:node:"+n.Name, []string{"system:nodes"}, x509.ExtKeyUsageClientAuth, nil, nil))
+			users[c.kubeconfig("kubelet-"+n.Name)] = "kubelet-" + n.Name
+		}
+	}
 	for _, err := range steps {
 		if err != nil {
 			return err
 		}
 	}
-	c.Kubeconfig = filepath.Join(c.Dir, "admin.kubeconfig")
-	for path, user := range map[string]string{
-		c.Kubeconfig:                            "admin",
-		c.kubeconfig("kubelet"):                 "kubelet",
-		c.kubeconfig("kube-controller-manager"): "kube-controller-manager",
-	} {
+	for path, user := range users {
 		if err := os.WriteFile(path, []byte(c.kubeconfigYAML(user)), 0o600); err != nil {
 			return fmt.Errorf("kubeconfig: %w", err)
 		}
