@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
+	"github.com/podsnapshot/podsnapshot/internal/agent"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/fakegcs"
-	"github.com/podsnapshot/podsnapshot/internal/testenv/hostproc"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/kube"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/registry"
@@ -45,15 +45,7 @@ const guidePythonImage = "podsnapshot.test/python:3.12"
 // images imported on every node, and nothing of podsnapshot on them.
 func newClusterEnv(t *testing.T, nodes int) *clusterEnv {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "psk-")
-	must(t, err)
-	t.Cleanup(func() {
-		if err := hostproc.UnmountBelow(dir); err != nil {
-			t.Errorf("cluster dir: %v", err)
-			return
-		}
-		os.RemoveAll(dir)
-	})
+	dir := kubeStateDir(t)
 	imgs := harness.Images(t)
 	py := appImage(t, "python")
 	e := &clusterEnv{t: t, dir: dir}
@@ -85,14 +77,7 @@ func newClusterEnv(t *testing.T, nodes int) *clusterEnv {
 	if err != nil {
 		t.Fatalf("start Kubernetes: %v", err)
 	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("Kubernetes logs:\n%s", c.Logs(12<<10))
-		}
-		if err := c.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	closeAtCleanup(t, c)
 	e.kube = c
 	for _, n := range c.Nodes {
 		if out, err := exec.Command(filepath.Join(harness.DepsBin(t), "ctr"), "--address", n.Socket(), "-n", "k8s.io",
@@ -277,7 +262,13 @@ spec:
 	// there), the bucket, the pod.
 	must(t, e.gcs.CreateBucket(t.Context(), "test", "my-bucket"))
 	e.kubectl("apply", "-f", filepath.Join(harness.RepoRoot(t), "testdata", "policies", "gke"))
-	time.Sleep(2 * time.Second) // the agents' mirror
+	for _, n := range e.kube.Nodes {
+		mirror := filepath.Join(n.NodeDir("/etc/podsnapshot"), agent.MirrorFile)
+		harness.Eventually(t, 30*time.Second, "the policy mirrored on "+n.Name, func() bool {
+			b, _ := os.ReadFile(mirror)
+			return strings.Contains(string(b), "example-pod-snapshot-policy")
+		})
+	}
 	if _, err := e.kube.KubectlInput(guidePod(""), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}

@@ -40,16 +40,7 @@ type kubeEnv struct {
 // cluster runs on the machine at a time (kube.LockPath): parallel callers wait.
 func newKubeEnv(t *testing.T, kind storeKind) *kubeEnv {
 	t.Helper()
-	dir, err := os.MkdirTemp("/tmp", "psk-")
-	must(t, err)
-	// Registered first, so it runs last: after the cluster, containerd and the network.
-	t.Cleanup(func() {
-		if err := hostproc.UnmountBelow(dir); err != nil {
-			t.Errorf("kube state dir: %v", err) // never RemoveAll through a mount
-			return
-		}
-		os.RemoveAll(dir)
-	})
+	dir := kubeStateDir(t)
 	kubeletDir := filepath.Join(dir, "kubelet")
 	e := newEnvWith(t, kind, envOptions{cri: true, kubeletPodsDir: filepath.Join(kubeletDir, "pods")})
 	start := time.Now()
@@ -57,6 +48,31 @@ func newKubeEnv(t *testing.T, kind storeKind) *kubeEnv {
 	if err != nil {
 		t.Fatalf("start Kubernetes: %v", err)
 	}
+	closeAtCleanup(t, c)
+	t.Logf("Kubernetes ready in %.1fs: API %s, node %s (%s), kubeconfig %s",
+		time.Since(start).Seconds(), c.APIServerURL, c.NodeName, c.NodeIP, c.Kubeconfig)
+	return &kubeEnv{env: e, kube: c}
+}
+
+// kubeStateDir makes a cluster's short state directory (/tmp/psk-*: the kubelet's unix
+// socket paths must stay short), removed by a cleanup registered first, so that it runs
+// last, after the cluster's own: never through a mount left below it.
+func kubeStateDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("/tmp", "psk-")
+	must(t, err)
+	t.Cleanup(func() {
+		if err := hostproc.UnmountBelow(dir); err != nil {
+			t.Errorf("kube state dir: %v", err)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// closeAtCleanup closes cluster c when the test ends (its daemons' logs in the test log
+// first when the test failed); what Close finds left fails the test.
+func closeAtCleanup(t *testing.T, c *kube.Cluster) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("Kubernetes logs:\n%s", c.Logs(16<<10))
@@ -65,9 +81,6 @@ func newKubeEnv(t *testing.T, kind storeKind) *kubeEnv {
 			t.Error(err)
 		}
 	})
-	t.Logf("Kubernetes ready in %.1fs: API %s, node %s (%s), kubeconfig %s",
-		time.Since(start).Seconds(), c.APIServerURL, c.NodeName, c.NodeIP, c.Kubeconfig)
-	return &kubeEnv{env: e, kube: c}
 }
 
 // kubectl runs kubectl against the cluster and returns its stdout; an error fails the

@@ -36,17 +36,13 @@ type ProcShims struct {
 // Shims returns the processes whose argv[0] has the base name ShimBinary, in PID order.
 // Processes that exit during the scan are skipped.
 func (p ProcShims) Shims() ([]Shim, error) {
-	entries, err := os.ReadDir(p.ProcRoot)
+	pids, err := procPIDs(p.ProcRoot)
 	if err != nil {
 		return nil, fmt.Errorf("list processes: %w", err)
 	}
 	var shims []Shim
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, err := os.ReadFile(filepath.Join(p.ProcRoot, e.Name(), "cmdline"))
+	for _, pid := range pids {
+		cmdline, err := os.ReadFile(filepath.Join(p.ProcRoot, strconv.Itoa(pid), "cmdline"))
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission) {
 			continue
 		} else if err != nil {
@@ -57,8 +53,23 @@ func (p ProcShims) Shims() ([]Shim, error) {
 			shims = append(shims, Shim{PID: pid, ID: flagValue(argv[1:], "id")})
 		}
 	}
-	slices.SortFunc(shims, func(a, b Shim) int { return a.PID - b.PID })
 	return shims, nil
+}
+
+// procPIDs returns the PIDs of procRoot's process directories, in increasing order.
+func procPIDs(procRoot string) ([]int, error) {
+	entries, err := os.ReadDir(procRoot)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	slices.Sort(pids)
+	return pids, nil
 }
 
 // flagValue returns the value of Go flag name in args (-name v, -name=v, --name v,

@@ -166,17 +166,13 @@ func (s SignalRestarter) owner(inode uint64) (int, error) {
 // increasing order. denied reports that some process's fds could not be read for want
 // of permission; processes that exit meanwhile are skipped.
 func socketHolders(procRoot string, inode uint64) (pids []int, denied bool, err error) {
-	entries, err := os.ReadDir(procRoot)
+	all, err := procPIDs(procRoot)
 	if err != nil {
 		return nil, false, err
 	}
 	want := "socket:[" + strconv.FormatUint(inode, 10) + "]"
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid <= 0 {
-			continue
-		}
-		fdDir := filepath.Join(procRoot, e.Name(), "fd")
+	for _, pid := range all {
+		fdDir := filepath.Join(procRoot, strconv.Itoa(pid), "fd")
 		fds, err := os.ReadDir(fdDir)
 		if errors.Is(err, fs.ErrPermission) {
 			denied = true
@@ -188,6 +184,5 @@ func socketHolders(procRoot string, inode uint64) (pids []int, denied bool, err 
 			}
 		}
 	}
-	slices.Sort(pids)
 	return pids, denied, nil
 }

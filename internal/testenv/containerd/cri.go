@@ -29,17 +29,9 @@ type CRIOptions struct {
 }
 
 // CRIConfig returns the Options.ExtraConfig of a CRI containerd (Options.CRI) whose
-// pods run under the shim:
-//
-//   - the runtime handler RuntimeHandler as deploy/containerd/podsnapshot-cri.toml ships
-//     it (runtime type, pod and container annotations), but with opts.ShimConfig;
-//   - CNI from opts' bin dir and private conf dir;
-//   - network namespaces mounted under containerd's state dir, not /var/run/netns, so
-//     cleanup finds and unmounts them with the rest;
-//   - oom_score_adj never below containerd's own (restrict_oom_score_adj): CRI gives the
-//     sandbox -998, and lowering it needs CAP_SYS_RESOURCE, which the test machines' root
-//     lacks (runsc start then fails: "setting oom_score_adj to -998: permission denied");
-//   - opts.SandboxImage pinned as the sandbox image.
+// pods run under the shim: CRIBase, plus the runtime handler RuntimeHandler as
+// deploy/containerd/podsnapshot-cri.toml ships it (runtime type, pod and container
+// annotations), but with opts.ShimConfig.
 func CRIConfig(opts CRIOptions) (string, error) {
 	if opts.ShimConfig == "" || opts.CNIBinDir == "" || opts.CNIConfDir == "" || opts.SandboxImage == "" {
 		return "", fmt.Errorf("CRIConfig needs a shim config, a CNI network and a sandbox image, got %+v", opts)
@@ -48,9 +40,35 @@ func CRIConfig(opts CRIOptions) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("shipped CRI config: %w", err)
 	}
-	const runtime = "plugins.'io.containerd.cri.v1.runtime'"
-	handler := runtime + ".containerd.runtimes." + RuntimeHandler
-	return fmt.Sprintf(`[%[1]s]
+	handler := criRuntime + ".containerd.runtimes." + RuntimeHandler
+	return CRIBase(opts.CNIBinDir, opts.CNIConfDir, opts.SandboxImage, "") + fmt.Sprintf(`
+[%[1]s]
+  runtime_type = %[2]q
+  pod_annotations = %[3]s
+  container_annotations = %[4]s
+
+[%[1]s.options]
+  ConfigPath = %[5]q
+`, handler, rt.RuntimeType, tomlStrings(rt.PodAnnotations), tomlStrings(rt.ContainerAnnotations), opts.ShimConfig), nil
+}
+
+// criRuntime is the table of containerd's CRI runtime plugin.
+const criRuntime = "plugins.'io.containerd.cri.v1.runtime'"
+
+// CRIBase returns the CRI settings every test containerd shares, as TOML tables to
+// append to Config:
+//
+//   - CNI from cniBin and its private conf dir cniConf;
+//   - network namespaces mounted under containerd's state dir, not /var/run/netns, so
+//     cleanup finds and unmounts them with the rest;
+//   - oom_score_adj never below containerd's own (restrict_oom_score_adj): CRI gives the
+//     sandbox -998, and lowering it needs CAP_SYS_RESOURCE, which the test machines' root
+//     lacks (runsc start then fails: "setting oom_score_adj to -998: permission denied");
+//   - sandboxImage pinned as the sandbox image; import it before the first pod: CRI
+//     would otherwise try to pull it;
+//   - with registryConfig, the registry hosts directory (hosts.toml per registry).
+func CRIBase(cniBin, cniConf, sandboxImage, registryConfig string) string {
+	base := fmt.Sprintf(`[%[1]s]
   netns_mounts_under_state_dir = true
   restrict_oom_score_adj = true
 
@@ -58,18 +76,16 @@ func CRIConfig(opts CRIOptions) (string, error) {
   bin_dirs = [%[2]q]
   conf_dir = %[3]q
 
-[%[4]s]
-  runtime_type = %[5]q
-  pod_annotations = %[6]s
-  container_annotations = %[7]s
-
-[%[4]s.options]
-  ConfigPath = %[8]q
-
 [plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = %[9]q
-`, runtime, opts.CNIBinDir, opts.CNIConfDir, handler, rt.RuntimeType,
-		tomlStrings(rt.PodAnnotations), tomlStrings(rt.ContainerAnnotations), opts.ShimConfig, opts.SandboxImage), nil
+  sandbox = %[4]q
+`, criRuntime, cniBin, cniConf, sandboxImage)
+	if registryConfig != "" {
+		base += fmt.Sprintf(`
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = %q
+`, registryConfig)
+	}
+	return base
 }
 
 // tomlStrings writes a TOML array of strings.

@@ -19,20 +19,27 @@ type daemon struct {
 	logPath string
 }
 
-// start runs BinDir/name with args as a daemon of its own process group that dies with
-// this process (hostproc.StartDaemon), its stdout and stderr appended to LogDir/NAME.log
-// (appended: a restarted API server keeps its earlier log), and records it under name.
+// start runs BinDir/name with args on the host as a daemon (startCmd), logged to
+// LogDir/NAME.log and recorded under name.
 func (c *Cluster) start(name string, args ...string) (*daemon, error) {
-	logPath := filepath.Join(c.LogDir, name+".log")
+	cmd := exec.Command(filepath.Join(c.bin, name), args...)
+	cmd.Dir = c.Dir
+	return c.startCmd(name, name, cmd)
+}
+
+// startCmd runs cmd as a daemon of its own process group that dies with this process
+// (hostproc.StartDaemon), its stdout and stderr appended to LogDir/LOGNAME.log
+// (appended: a restarted API server or containerd keeps its earlier log), and records it
+// under name.
+func (c *Cluster) startCmd(name, logName string, cmd *exec.Cmd) (*daemon, error) {
+	logPath := filepath.Join(c.LogDir, logName+".log")
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("%s log: %w", name, err)
 	}
 	defer logFile.Close() // the child has its own copy
-	fmt.Fprintf(logFile, "=== %s: %s %s\n", time.Now().Format(time.RFC3339Nano), name, strings.Join(args, " "))
-	cmd := exec.Command(filepath.Join(c.bin, name), args...)
+	fmt.Fprintf(logFile, "=== %s: %s %s\n", time.Now().Format(time.RFC3339Nano), name, strings.Join(cmd.Args[1:], " "))
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Dir = c.Dir
 	hd, err := hostproc.StartDaemon(cmd)
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)

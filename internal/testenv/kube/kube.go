@@ -135,8 +135,6 @@ type Cluster struct {
 	madeLog bool              // Start found no ContainerLogLinks: the kubelet made it
 	// madeDirs are the host directories made as the nodes' mount points (mountPoint).
 	madeDirs []string
-	// bridgePrefix is the bridge subnet's prefix length.
-	bridgePrefix int
 
 	mu      sync.Mutex
 	daemons map[string]*daemon // by name: etcd, kube-apiserver, ...

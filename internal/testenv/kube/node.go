@@ -98,7 +98,8 @@ func (n *Node) ContainerdPID() int {
 // makeNamespaces creates the node's network namespace (one veth end on the bridge, the
 // other eth0 at n.IP) and its directories, then starts the holder process, which makes
 // the bind mounts in a new mount namespace and sleeps.
-func (n *Node) makeNamespaces(bridge string, bridgeIP net.IP, prefix int, vethHost string) error {
+func (n *Node) makeNamespaces(vethHost string) error {
+	bridge, bridgeIP, prefix := n.c.Bridge, n.c.BridgeIP, bridgePrefix
 	for _, p := range NodePaths {
 		if err := os.MkdirAll(n.NodeDir(p), 0o755); err != nil {
 			return err
@@ -164,27 +165,12 @@ func (n *Node) command(binary string, args ...string) *exec.Cmd {
 	return cmd
 }
 
-// startDaemon runs binary in the node as a daemon logging to LogDir/NODE-NAME.log.
+// startDaemon runs binary in the node (command) as a daemon of the cluster's named
+// NODE/name, logging to LogDir/NODE-name.log.
 func (n *Node) startDaemon(name, binary string, env []string, args ...string) (*daemon, error) {
-	logPath := filepath.Join(n.c.LogDir, n.Name+"-"+name+".log")
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	defer logFile.Close()
-	fmt.Fprintf(logFile, "=== %s: %s %s\n", time.Now().Format(time.RFC3339Nano), name, strings.Join(args, " "))
 	cmd := n.command(binary, args...)
-	cmd.Stdout, cmd.Stderr, cmd.Env = logFile, logFile, env
-	hd, err := hostproc.StartDaemon(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("node %s: start %s: %w", n.Name, name, err)
-	}
-	d := &daemon{Daemon: hd, name: n.Name + "/" + name, logPath: logPath}
-	n.c.mu.Lock()
-	n.c.daemons[d.name] = d
-	n.c.mu.Unlock()
-	n.c.logf("kube: node %s: started %s (pid %d)", n.Name, name, cmd.Process.Pid)
-	return d, nil
+	cmd.Env = env
+	return n.c.startCmd(n.Name+"/"+name, n.Name+"-"+name, cmd)
 }
 
 // superviseContainerd starts containerd and starts it again, 100 ms after it exits,

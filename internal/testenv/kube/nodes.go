@@ -2,7 +2,6 @@ package kube
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -23,6 +22,9 @@ import (
 // NodeSubnets is the range the nodes' bridge takes its /24 from: 10.224.0.0/16, beside
 // the CNI networks' 10.222.0.0/16 and the services' 10.223.0.0/24.
 var NodeSubnets = &net.IPNet{IP: net.IPv4(10, 224, 0, 0).To4(), Mask: net.CIDRMask(16, 32)}
+
+// bridgePrefix is the prefix length of the bridge's subnet, a /24 of NodeSubnets.
+const bridgePrefix = 24
 
 // apiAddress is the address the API server listens on: the bridge with nodes of their
 // own (they reach the host nowhere else), 127.0.0.1 otherwise.
@@ -56,7 +58,6 @@ func (c *Cluster) makeBridge() error {
 	}
 	base := NodeSubnets.IP.To4()
 	c.BridgeIP = net.IPv4(base[0], base[1], byte(third), 1).To4()
-	c.bridgePrefix = 24
 	c.Bridge = fmt.Sprintf("pskbr%d", third)
 	id := filepath.Base(c.Dir)
 	for i := 0; i < c.opts.Nodes; i++ {
@@ -73,14 +74,14 @@ func (c *Cluster) makeBridge() error {
 	c.NodeName, c.NodeIP = c.Nodes[0].Name, c.Nodes[0].IP
 	for _, args := range [][]string{
 		{"link", "add", c.Bridge, "type", "bridge"},
-		{"addr", "add", fmt.Sprintf("%s/%d", c.BridgeIP, c.bridgePrefix), "dev", c.Bridge},
+		{"addr", "add", fmt.Sprintf("%s/%d", c.BridgeIP, bridgePrefix), "dev", c.Bridge},
 		{"link", "set", c.Bridge, "up"},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("bridge: ip %s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
-	c.logf("kube: bridge %s at %s/%d", c.Bridge, c.BridgeIP, c.bridgePrefix)
+	c.logf("kube: bridge %s at %s/%d", c.Bridge, c.BridgeIP, bridgePrefix)
 	return nil
 }
 
@@ -88,19 +89,12 @@ func (c *Cluster) makeBridge() error {
 func (c *Cluster) vethHost(i int) string { return fmt.Sprintf("%sv%d", c.Bridge, i+1) }
 
 // startScheduler runs kube-scheduler (no leader election, no serving port): the agent
-// DaemonSet's and the Deployments' pods need placing.
+// DaemonSet's and the Deployments' pods need placing. Pods wait for it by themselves, so
+// nothing waits for it here.
 func (c *Cluster) startScheduler() error {
-	d, err := c.start("kube-scheduler", "--kubeconfig="+c.kubeconfig("kube-scheduler"),
+	_, err := c.start("kube-scheduler", "--kubeconfig="+c.kubeconfig("kube-scheduler"),
 		"--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0")
-	if err != nil {
-		return err
-	}
-	return c.waitFor(d, "kube-scheduler running", func() error {
-		if d.Exited() {
-			return errors.New("exited")
-		}
-		return nil
-	})
+	return err
 }
 
 // startNodes records the host's KernelSettings, then starts every node in turn and
@@ -131,7 +125,7 @@ func (c *Cluster) startNodes() error {
 // NodeImages, then starts its kubelet and kube-proxy and waits for the Node to be Ready.
 func (n *Node) start(i int) error {
 	c := n.c
-	if err := n.makeNamespaces(c.Bridge, c.BridgeIP, c.bridgePrefix, c.vethHost(i)); err != nil {
+	if err := n.makeNamespaces(c.vethHost(i)); err != nil {
 		return err
 	}
 	if err := makeCgroupRoot(n.CgroupRoot); err != nil {
@@ -214,26 +208,10 @@ func (n *Node) writeContainerdConfig(i int) (string, error) {
 			return "", err
 		}
 	}
-	disabled := append([]string(nil), containerd.DisabledPlugins...)
-	base := containerd.Config(filepath.Join(n.Dir, "containerd", "root"), filepath.Join(n.Dir, "containerd", "state"),
-		NodeSocket, "info", disabled)
-	const criRuntime = "plugins.'io.containerd.cri.v1.runtime'"
 	config := `imports = ["/etc/containerd/conf.d/*.toml"]
-` + base + fmt.Sprintf(`
-[%[1]s]
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = true
-
-[%[1]s.cni]
-  bin_dirs = [%[2]q]
-  conf_dir = %[3]q
-
-[plugins.'io.containerd.cri.v1.images'.pinned_images]
-  sandbox = %[4]q
-
-[plugins.'io.containerd.cri.v1.images'.registry]
-  config_path = "/etc/containerd/certs.d"
-`, criRuntime, cniBin, cniConf, c.opts.SandboxImage)
+` + containerd.Config(filepath.Join(n.Dir, "containerd", "root"), filepath.Join(n.Dir, "containerd", "state"),
+		NodeSocket, "info", containerd.DisabledPlugins) + "\n" +
+		containerd.CRIBase(cniBin, cniConf, c.opts.SandboxImage, "/etc/containerd/certs.d")
 	path := filepath.Join(etc, "config.toml")
 	return path, os.WriteFile(path, []byte(config), 0o644)
 }
