@@ -2,8 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -33,7 +36,8 @@ type clusterEnv struct {
 	kube   *kube.Cluster
 	reg    *registry.Server
 	gcs    *fakegcs.Server
-	deploy string // the copy of deploy/kubernetes
+	reads  *harness.GCSReads // the nodes' way to gcs: bytes read per node
+	deploy string            // the copy of deploy/kubernetes
 	dir    string
 }
 
@@ -64,7 +68,8 @@ func newClusterEnv(t *testing.T, nodes int) *clusterEnv {
 			if e.gcs, err = fakegcs.Start(context.Background(), fakegcs.Options{IP: ip.String(), Dir: filepath.Join(dir, "gcs")}); err != nil {
 				return nil, nil, err
 			}
-			return []string{"STORAGE_EMULATOR_HOST=" + e.gcs.Host}, []string{e.reg.Host}, nil
+			e.reads = harness.NewGCSReads(t, e.gcs.URL, ip.String())
+			return []string{"STORAGE_EMULATOR_HOST=" + e.reads.Host}, []string{e.reg.Host}, nil
 		}})
 	t.Cleanup(func() {
 		if e.gcs != nil {
@@ -143,6 +148,21 @@ patches:
 	return o
 }
 
+// objectSize returns the size of object in bucket, from its metadata.
+func (e *clusterEnv) objectSize(bucket, object string) int64 {
+	e.t.Helper()
+	resp, err := http.Get(e.gcs.URL + "/storage/v1/b/" + bucket + "/o/" + url.PathEscape(object))
+	must(e.t, err)
+	defer resp.Body.Close()
+	var meta struct {
+		Size int64 `json:"size,string"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&meta); err != nil || resp.StatusCode != http.StatusOK || meta.Size == 0 {
+		e.t.Fatalf("metadata of gs://%s/%s: %s, %v", bucket, object, resp.Status, err)
+	}
+	return meta.Size
+}
+
 // guidePod is the GKE guide's pod manifest with the image swapped for a local one, and,
 // when node is set, pinned to that node.
 func guidePod(node string) string {
@@ -158,7 +178,11 @@ metadata:
   labels:
     app: my-app
 spec:
-` + pin + `  runtimeClassName: gvisor
+` + pin + guidePodSpec
+}
+
+// guidePodSpec is the spec of the guide's pod (its image swapped), below "spec:".
+const guidePodSpec = `  runtimeClassName: gvisor
   containers:
   - name: my-container
     image: ` + guidePythonImage + `
@@ -179,6 +203,23 @@ spec:
           i += 1
           time.sleep(1)
 `
+
+// guideDeployment is a Deployment my-app of the guide's pod template.
+func guideDeployment(replicas int) string {
+	return fmt.Sprintf(`apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: my-app
+  namespace: default
+spec:
+  replicas: %d
+  selector:
+    matchLabels: {app: my-app}
+  template:
+    metadata:
+      labels: {app: my-app}
+    spec:
+`, replicas) + regexp.MustCompile(`(?m)^`).ReplaceAllString(strings.TrimSuffix(guidePodSpec, "\n"), "    ") + "\n"
 }
 
 // TestKubeInstallTwoNodes: from two nodes with no podsnapshot parts, `make push` and
@@ -187,7 +228,10 @@ spec:
 // keeps running through containerd's restart. The guide's manifests then work unchanged
 // (but for the image): the pod checkpoints at 20, the PodSnapshot becomes
 // AllSnapshotsAvailable; created again on the other node, whose cache is empty, it
-// restores from the bucket and counts on from 21.
+// restores from the bucket (that node reads the pages object once) and counts on from
+// 21. A Deployment of the same template scaled from 1 to 4 over both nodes restores
+// every replica, no node reading the pages more than once in all. Uninstall leaves
+// neither node a binary, drop-in, shim config or label, and the runc pod running.
 func TestKubeInstallTwoNodes(t *testing.T) {
 	e := newClusterEnv(t, 2)
 	n1, n2 := e.kube.Nodes[0], e.kube.Nodes[1]
@@ -315,11 +359,53 @@ spec:
 		t.Fatalf("node %s restored without filling its cache from the bucket", other.Name)
 	}
 	t.Logf("restored on %s (checkpointed on %s):\n%s", other.Name, first, e.kubectl("logs", "my-pod", "--tail=5"))
+	pages := "my-folder/default/example-pod-snapshot-policy/" + uuid + "/pages.img.zst"
+	size := e.objectSize("my-bucket", pages)
+	if got := e.reads.Bytes(other.IP.String(), pages); got != size {
+		t.Fatalf("node %s read %d bytes of %s for its restore; want the object once: %d", other.Name, got, pages, size)
+	}
 
-	// Uninstall as the README says: the gVisor pod deleted first (the uninstaller
-	// refuses while a pod runs under the shim), the install deleted, the uninstall
-	// DaemonSet applied and done on every node, then deleted. The runc pod keeps running.
+	// A Deployment of the same pod template, scaled from 1 to 4 over the two nodes:
+	// every replica restores, and no node reads the pages from the bucket more than once
+	// in all (its first restore fills its cache, which the later ones and the shims
+	// restoring beside it share).
 	e.kubectl("delete", "pod", "my-pod", "--wait=true", "--timeout=60s")
+	if _, err := e.kube.KubectlInput(guideDeployment(1), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	e.kubectl("rollout", "status", "deployment/my-app", "--timeout=120s")
+	e.kubectl("scale", "deployment/my-app", "--replicas=4")
+	e.kubectl("rollout", "status", "deployment/my-app", "--timeout=180s")
+	placed := map[string]int{}
+	for _, line := range strings.Fields(e.kubectl("get", "pods", "-l", "app=my-app", "-o", `jsonpath={range .items[*]}{.metadata.name}={.spec.nodeName}{" "}{end}`)) {
+		pod, node, _ := strings.Cut(line, "=")
+		placed[node]++
+		harness.Eventually(t, 60*time.Second, "replica "+pod+" restored", func() bool {
+			out, _ := e.kube.Kubectl("logs", pod)
+			return strings.Contains(out, "GKE Pod Snapshot: restore") && !regexp.MustCompile(`(?m)^Count: 0$`).MatchString(out) &&
+				e.kubectl("get", "pod", pod, "-o", `jsonpath={.status.conditions[?(@.type=="PodRestored")].status}`) == "True"
+		})
+	}
+	t.Logf("replicas per node: %v", placed)
+	if len(placed) != 2 {
+		t.Fatalf("the 4 replicas are not on both nodes: %v", placed)
+	}
+	for _, n := range e.kube.Nodes {
+		got := e.reads.Bytes(n.IP.String(), pages)
+		t.Logf("node %s read %d of the %d bytes of pages from the bucket in all", n.Name, got, size)
+		if got > size {
+			t.Fatalf("node %s read %d bytes of pages, more than the object (%d) once", n.Name, got, size)
+		}
+	}
+	e.kubectl("delete", "deployment", "my-app", "--wait=true", "--timeout=60s")
+	harness.Eventually(t, 60*time.Second, "the replicas gone", func() bool {
+		return strings.TrimSpace(e.kubectl("get", "pods", "-l", "app=my-app", "-o", "name")) == ""
+	})
+
+	// Uninstall as the README says: the gVisor pods deleted first (above: the
+	// uninstaller refuses while a pod runs under the shim), the install deleted, the
+	// uninstall DaemonSet applied and done on every node, then deleted. The runc pod
+	// keeps running.
 	e.kubectl("delete", "-f", filepath.Join(harness.RepoRoot(t), "testdata", "policies", "gke"))
 	// While the controller runs: its finalizer deletes each snapshot's files first.
 	e.kubectl("delete", "podsnapshots", "--all", "-A", "--wait=true", "--timeout=60s")

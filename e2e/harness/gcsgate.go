@@ -66,19 +66,8 @@ func (h *holder) release() {
 // releasing whatever it holds.
 func NewGCSGate(t testing.TB, f *FakeGCS) *GCSGate {
 	t.Helper()
-	target, err := url.Parse(f.URL)
-	if err != nil {
-		t.Fatalf("harness: fake-gcs-server URL %q: %v", f.URL, err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("harness: listen for the GCS gate: %v", err)
-	}
-	g := &GCSGate{Host: ln.Addr().String()}
-	// SetURL also sets the Host header to the server's: fake-gcs-server routes XML API
-	// reads (GET /BUCKET/NAME) by it and answers 404 for another host.
-	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	g := &GCSGate{}
+	g.Host = startGCSProxy(t, f.URL, "127.0.0.1", func(w http.ResponseWriter, r *http.Request, proxy http.Handler) {
 		if h := g.holding(r); h != nil {
 			select {
 			case <-h.open:
@@ -87,13 +76,86 @@ func NewGCSGate(t testing.TB, f *FakeGCS) *GCSGate {
 			}
 		}
 		proxy.ServeHTTP(w, r)
-	})}
+	})
+	t.Cleanup(g.release) // before the server's close (cleanups run last first)
+	return g
+}
+
+// startGCSProxy serves handle on a free port of ip, in front of fake-gcs-server at
+// targetURL (handle calls proxy to pass a request on), until cleanup; it returns the
+// proxy's "IP:PORT".
+func startGCSProxy(t testing.TB, targetURL, ip string, handle func(w http.ResponseWriter, r *http.Request, proxy http.Handler)) string {
+	t.Helper()
+	target, err := url.Parse(targetURL)
+	if err != nil {
+		t.Fatalf("harness: fake-gcs-server URL %q: %v", targetURL, err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatalf("harness: listen for a proxy to fake-gcs-server: %v", err)
+	}
+	// SetURL also sets the Host header to the server's: fake-gcs-server routes XML API
+	// reads (GET /BUCKET/NAME) by it and answers 404 for another host.
+	proxy := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(target) }}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handle(w, r, proxy) })}
 	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() {
-		g.release()
-		_ = srv.Close()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String()
+}
+
+// GCSReads is a proxy in front of fake-gcs-server that counts the bytes of object
+// reads it passes, per client address and object: a test tells which node downloaded
+// what (each node of internal/testenv/kube has an address of its own).
+type GCSReads struct {
+	// Host is "IP:PORT", the proxy's address, for STORAGE_EMULATOR_HOST.
+	Host string
+
+	mu    sync.Mutex
+	bytes map[[2]string]int64 // {client IP, object path} -> bytes read (mu)
+}
+
+// NewGCSReads starts a GCSReads on ip (such as the nodes' bridge) in front of
+// fake-gcs-server at targetURL; it stops at cleanup.
+func NewGCSReads(t testing.TB, targetURL, ip string) *GCSReads {
+	t.Helper()
+	g := &GCSReads{bytes: map[[2]string]int64{}}
+	g.Host = startGCSProxy(t, targetURL, ip, func(w http.ResponseWriter, r *http.Request, proxy http.Handler) {
+		if r.Method != http.MethodGet || (strings.HasPrefix(r.URL.Path, "/storage/v1/") && r.URL.Query().Get("alt") != "media") {
+			proxy.ServeHTTP(w, r) // not an object's bytes
+			return
+		}
+		cw := &countingWriter{ResponseWriter: w}
+		proxy.ServeHTTP(cw, r)
+		client, _, _ := net.SplitHostPort(r.RemoteAddr)
+		g.mu.Lock()
+		g.bytes[[2]string{client, r.URL.Path}] += cw.n
+		g.mu.Unlock()
 	})
 	return g
+}
+
+// Bytes returns the bytes client read of objects whose path ends in suffix.
+func (g *GCSReads) Bytes(client, suffix string) int64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var n int64
+	for k, b := range g.bytes {
+		if k[0] == client && strings.HasSuffix(k[1], suffix) {
+			n += b
+		}
+	}
+	return n
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.n += int64(n)
+	return n, err
 }
 
 // Env returns STORAGE_EMULATOR_HOST=Host, for ContainerdOptions.Env.
