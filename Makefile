@@ -6,7 +6,7 @@
 #   make test    deps + deps-kube + build + verify-generate + every test (unit and
 #                end-to-end on a private containerd, and a single-node Kubernetes on it)
 #   make generate  deep copies and CRDs from checkpoint/api/v1 (controller-gen)
-#   make demo-kubernetes  the GKE guide's walkthrough on a private single-node cluster
+#   make demo-kubernetes  the GKE guide's walkthrough on a private cluster (NODES=2: two nodes)
 #   make image   the one OCI image (shim, runsc, CLI, agent) as an archive
 #   make push REGISTRY=host:port/path  push it and point deploy/kubernetes at it
 #   make demo    deps + build + snapshot/restore demo with timings
@@ -103,9 +103,11 @@ push: build deps-runsc
 deps-runsc:
 	./hack/deps.sh runsc
 
-# The GKE guide's walkthrough on a private single-node Kubernetes (needs root).
+# The GKE guide's walkthrough on a private Kubernetes (needs root): podsnapshot installed
+# with make push and kubectl apply -k; NODES=2 restores on the node that did not take
+# the snapshot.
 demo-kubernetes: deps deps-kube build
-	$(GO) run ./hack/demo-kubernetes
+	$(GO) run ./hack/demo-kubernetes $(if $(NODES),-nodes $(NODES))
 
 # The deep-copy functions and the CRDs (deploy/kubernetes/crds) from the kubebuilder
 # markers of checkpoint/api/v1: controller-gen, then hack/crdgen adds the v1alpha1 version.

@@ -1,31 +1,35 @@
 // Command demo-kubernetes walks through the GKE Pod snapshot guide with kubectl on a
-// private single-node Kubernetes on this machine (`make demo-kubernetes`), printing each
-// kubectl command and its output like a transcript, with timings:
+// private Kubernetes on this machine (`make demo-kubernetes [NODES=2]`), printing each
+// command and its output like a transcript, with timings:
 //
-//  1. a private CNI network and CRI containerd with the podsnapshot runtime handler and
-//     the test images (busybox, pause, python), a single-node cluster on it
-//     (internal/testenv/kube), the CRDs, namespace and RBAC of deploy/kubernetes applied,
-//     and podsnapshot-agent as node agent and as controller (host processes);
+//  1. a cluster of -nodes nodes with nothing of podsnapshot on them (internal/testenv/kube:
+//     a network and a mount namespace per node with its containerd, kubelet and
+//     kube-proxy), the test images (busybox, pause, python) on every node, a registry and
+//     fake-gcs-server (the guide's bucket) on the nodes' bridge; then podsnapshot
+//     installed as a user would: `make push` into the registry and `kubectl apply -k` of
+//     deploy/kubernetes, whose agent DaemonSet installs the shim, runsc and containerd's
+//     handler on every node and labels it;
 //
-//  2. the guide's PodSnapshotStorageConfig (a local store) and PodSnapshotPolicy
-//     (workload trigger, resume after the checkpoint);
+//  2. the guide's PodSnapshotStorageConfig (the bucket) and PodSnapshotPolicy (workload
+//     trigger, resume after the checkpoint);
 //
-//  3. the guide's Python counter pod, which asks gVisor for a checkpoint at count
-//     -trigger-at (the guide waits for 20; 5 keeps the demo short);
+//  3. the guide's Python counter pod on node-1, which asks gVisor for a checkpoint at
+//     count -trigger-at (the guide waits for 20; 5 keeps the demo short);
 //
 //  4. its PodSnapshot going AwaitingCheckpoint -> AllSnapshotsAvailable, and the event;
 //
-//  5. the pod deleted and applied again: restored, counting on from the saved count, with
-//     its event, the PodRestored condition and the snapshot's lastAccessTime; the cold
-//     start and the restore timed;
+//  5. the pod deleted and applied again, on node-2 with -nodes 2 (whose node cache is
+//     empty: it restores from the bucket): restored, counting on from the saved count,
+//     with its event, the PodRestored condition and the snapshot's lastAccessTime; the
+//     cold start and the restore timed;
 //
-//  6. everything torn down, also on error or Ctrl-C, and checked: no process, mount,
-//     cgroup or network device left.
+//  6. everything torn down, also on error or Ctrl-C, and checked: no process, namespace,
+//     mount, cgroup or network device left.
 //
-//     go run ./hack/demo-kubernetes [-trigger-at 5]
+//     go run ./hack/demo-kubernetes [-nodes 2] [-trigger-at 5]
 //
-// It needs root, `make deps deps-kube build`. Transcript and results go to stdout,
-// progress to stderr.
+// It needs root and `make deps deps-kube` (`make push` builds the rest). Transcript and
+// results go to stdout, progress to stderr.
 package main
 
 import (
@@ -46,15 +50,16 @@ import (
 
 func main() {
 	triggerAt := flag.Int("trigger-at", 5, "the count at which the counter asks for its checkpoint (the guide: 20)")
+	nodes := flag.Int("nodes", 1, "the cluster's nodes: 1, or 2 to restore on the node that did not take the snapshot")
 	flag.Parse()
-	if flag.NArg() > 0 || *triggerAt < 1 {
-		fmt.Fprintln(os.Stderr, "usage: demo-kubernetes [-trigger-at N>=1]")
+	if flag.NArg() > 0 || *triggerAt < 1 || *nodes < 1 || *nodes > 2 {
+		fmt.Fprintln(os.Stderr, "usage: demo-kubernetes [-nodes 1|2] [-trigger-at N>=1]")
 		os.Exit(2)
 	}
 	// The first Ctrl-C (or SIGTERM) cancels the run; teardown then runs with its own
 	// bounded timeouts, and further signals are only reported.
 	ctx := lab.InterruptContext(logf)
-	err := run(ctx, *triggerAt)
+	err := run(ctx, *nodes, *triggerAt)
 	if err != nil && ctx.Err() != nil {
 		logf("interrupted: %v", err)
 		os.Exit(130)
@@ -69,9 +74,9 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s demo-kubernetes: %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
 }
 
-func run(ctx context.Context, triggerAt int) error {
+func run(ctx context.Context, nodes, triggerAt int) error {
 	begin := time.Now()
-	e := &env{}
+	e := &env{nodes: nodes}
 	var res results
 	err := e.start(ctx)
 	if err == nil {
@@ -98,10 +103,15 @@ func run(ctx context.Context, triggerAt int) error {
 	return nil
 }
 
-// dumpDiagnostics writes the ends of the logs that say why a step failed to stderr.
+// dumpDiagnostics writes the ends of the logs that say why a step failed to stderr: the
+// shim's and error lines of each node's containerd, the podsnapshot pods' logs, each
+// kubelet's.
 func (e *env) dumpDiagnostics() {
-	if e.cd != nil {
-		b, _ := os.ReadFile(e.cd.LogPath)
+	if e.kube == nil {
+		return
+	}
+	for _, n := range e.kube.Nodes {
+		b, _ := os.ReadFile(filepath.Join(e.kube.LogDir, n.Name+"-containerd.log"))
 		var lines []string
 		for _, l := range strings.Split(string(b), "\n") {
 			if strings.Contains(l, "podsnapshot") || strings.Contains(l, "level=error") {
@@ -111,38 +121,32 @@ func (e *env) dumpDiagnostics() {
 		if len(lines) > 60 {
 			lines = lines[len(lines)-60:]
 		}
-		logf("shim and error lines of containerd's log:\n%s", strings.Join(lines, "\n"))
+		logf("%s: shim and error lines of containerd's log:\n%s", n.Name, strings.Join(lines, "\n"))
+		logf("%s", kube.LogTail(filepath.Join(e.kube.LogDir, n.Name+"-kubelet.log"), 4<<10))
 	}
-	if e.cp != nil {
-		logf("%s", kube.LogTail(e.cp.AgentLog, 6<<10))
-		logf("%s", kube.LogTail(e.cp.ControllerLog, 6<<10))
+	for _, c := range []string{"install", "agent"} {
+		out, _ := kubectlQuiet(context.Background(), e.kubeconfig, "-n", "podsnapshot-system", "logs",
+			"-l", "app.kubernetes.io/name=podsnapshot-agent", "-c", c, "--tail=40", "--prefix")
+		logf("podsnapshot-agent %s logs:\n%s", c, out)
 	}
-	if e.kube != nil {
-		logf("%s", kube.LogTail(filepath.Join(e.kube.LogDir, "kubelet.log"), 6<<10))
-	}
+	out, _ := kubectlQuiet(context.Background(), e.kubeconfig, "-n", "podsnapshot-system", "logs",
+		"deployment/podsnapshot-controller", "--tail=40")
+	logf("podsnapshot-controller logs:\n%s", out)
 }
 
 // keepLogs copies the logs of a failed run out of the demo directory, which teardown
-// removes: containerd's (with the shim's lines), the agent's and controller's, and the
-// cluster's daemons'.
+// removes: the cluster's daemons' and the nodes' (containerd's carry the shim's lines).
 func (e *env) keepLogs() {
-	if e.dir == "" {
+	if e.kube == nil {
 		return
 	}
 	dst := filepath.Join(os.TempDir(), "demo-kubernetes-logs-"+time.Now().Format("20060102-150405"))
 	if err := os.MkdirAll(dst, 0o755); err != nil {
 		return
 	}
-	srcs := []string{filepath.Join(e.dir, "c", "containerd.log"), e.shimConfig}
-	if e.cp != nil {
-		srcs = append(srcs, e.cp.AgentLog, e.cp.ControllerLog)
-	}
-	if e.kube != nil {
-		logs, _ := filepath.Glob(filepath.Join(e.kube.LogDir, "*.log"))
-		srcs = append(srcs, logs...)
-	}
-	for _, src := range srcs {
-		if b, err := os.ReadFile(src); err == nil && src != "" {
+	logs, _ := filepath.Glob(filepath.Join(e.kube.LogDir, "*.log"))
+	for _, src := range logs {
+		if b, err := os.ReadFile(src); err == nil {
 			os.WriteFile(filepath.Join(dst, filepath.Base(src)), b, 0o644)
 		}
 	}

@@ -6,13 +6,13 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/internal/agent"
-	"github.com/podsnapshot/podsnapshot/internal/testenv/kube"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
@@ -47,7 +47,7 @@ type results struct {
 
 func (w *walk) run() error {
 	w.res.triggerAt = w.triggerAt
-	if err := w.controlPlane(); err != nil {
+	if err := w.install(); err != nil {
 		return err
 	}
 	if err := w.policy(); err != nil {
@@ -116,42 +116,89 @@ func (w *walk) waitFor(what string, timeout, interval time.Duration, check func(
 	return nil
 }
 
-// 1. The project's Kubernetes side, as deploy/kubernetes installs it (the agent and
-// controller as host processes rather than the DaemonSet and Deployment).
-func (w *walk) controlPlane() error {
+// 1. A cluster without podsnapshot, then podsnapshot installed as a user would: the
+// image pushed, the kustomization applied, the agent DaemonSet's init container
+// installing each node.
+func (w *walk) install() error {
 	e := w.e
-	section("1. A single-node cluster with the podsnapshot runtime, CRDs, agent and controller")
-	note("containerd, network and images ready in %.1fs; Kubernetes (etcd, kube-apiserver, kube-controller-manager, kubelet) in %.1fs", e.setupTook.Seconds(), e.kubeTook.Seconds())
+	section(fmt.Sprintf("1. A %d-node cluster, then podsnapshot: make push, kubectl apply -k", e.nodes))
+	note("images built in %.1fs; Kubernetes (etcd, kube-apiserver, kube-controller-manager, kube-scheduler; per node containerd, kubelet, kube-proxy) in %.1fs", e.setupTook.Seconds(), e.kubeTook.Seconds())
 	note("to look around while the demo runs: export KUBECONFIG=%s PATH=%s:$PATH", e.kubeconfig, e.depsBin)
 	if _, err := w.kubectl("get", "nodes", "-o", "wide"); err != nil {
+		return err
+	}
+	// A copy of deploy/ in the demo directory: make push points its kustomization at the
+	// pushed image, as it does the checkout's own by default.
+	if out, err := exec.Command("cp", "-r", filepath.Join(e.repo, "deploy"), filepath.Join(e.dir, "deploy")).CombinedOutput(); err != nil {
+		return fmt.Errorf("copy deploy/: %v: %s", err, out)
+	}
+	begin := time.Now()
+	kust := filepath.Join(e.dir, "deploy", "kubernetes")
+	if err := w.command("make", "-C", e.repo, "--no-print-directory", "push", "REGISTRY="+e.reg.Host+"/demo", "INSECURE=true",
+		"OUT="+filepath.Join(e.dir, "out"),
+		"KUSTOMIZATION="+filepath.Join(kust, "kustomization.yaml")+","+filepath.Join(kust, "uninstall", "kustomization.yaml")); err != nil {
+		return err
+	}
+	// The demo's own setting: the controller reaches the bucket at fake-gcs-server (the
+	// shims get it from their node's containerd environment).
+	overlay := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- ../../deploy/kubernetes
+patches:
+- target: {kind: Deployment, name: podsnapshot-controller}
+  patch: |-
+    - op: add
+      path: /spec/template/spec/containers/0/env
+      value: [{name: STORAGE_EMULATOR_HOST, value: %q}]
+`, e.gcs.Host)
+	if err := os.MkdirAll(filepath.Join(e.manifests, "install"), 0o755); err != nil {
+		return err
+	}
+	if _, err := w.writeManifest(filepath.Join("install", "kustomization.yaml"), overlay); err != nil {
+		return err
+	}
+	if _, err := w.kubectl("apply", "-k", "manifests/install"); err != nil {
+		return err
+	}
+	if _, err := w.kubectl("-n", "podsnapshot-system", "rollout", "status", "daemonset/podsnapshot-agent", "--timeout=180s"); err != nil {
+		return err
+	}
+	if _, err := w.kubectl("-n", "podsnapshot-system", "rollout", "status", "deployment/podsnapshot-controller", "--timeout=120s"); err != nil {
+		return err
+	}
+	e.installTook = time.Since(begin)
+	note("make push and kubectl apply -k to every node installed and labelled: %.1fs", e.installTook.Seconds())
+	if _, err := w.kubectl("get", "nodes", "-L", "podsnapshot.gke.io/ready"); err != nil {
+		return err
+	}
+	if _, err := w.kubectl("-n", "podsnapshot-system", "get", "pods", "-o", "wide"); err != nil {
+		return err
+	}
+	if _, err := w.kubectl("-n", "podsnapshot-system", "logs", "daemonset/podsnapshot-agent", "-c", "install", "--tail=1"); err != nil {
 		return err
 	}
 	if _, err := w.kubectl("get", "runtimeclass"); err != nil {
 		return err
 	}
-	// Relative paths read better in the transcript; kubectl runs in the demo directory.
-	if err := os.Symlink(filepath.Join(e.repo, "deploy"), filepath.Join(e.dir, "deploy")); err != nil {
-		return err
-	}
-	begin := time.Now()
-	if _, err := w.kubectl("apply", "-f", "deploy/kubernetes/namespace.yaml", "-f", "deploy/kubernetes/crds", "-f", "deploy/kubernetes/rbac.yaml"); err != nil {
-		return err
-	}
-	if _, err := w.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"); err != nil {
-		return err
-	}
-	note("podsnapshot-agent --role=agent and --role=controller run as host processes with their service accounts' tokens")
-	if err := e.startControlPlane(w.ctx); err != nil {
-		return err
-	}
-	e.controlPlaneTook = time.Since(begin)
-	note("CRDs, RBAC, agent and controller in %.1fs; the whole setup took %.1fs",
-		e.controlPlaneTook.Seconds(), (e.setupTook + e.kubeTook + e.controlPlaneTook).Seconds())
 	_, err := w.kubectl("api-resources", "--api-group=podsnapshot.gke.io")
 	return err
 }
 
-// 2. The guide's storage config (a local directory for the bucket) and policy.
+// command prints "$ NAME ARGS" and runs it, printing its output; a non-zero exit is an
+// error.
+func (w *walk) command(name string, args ...string) error {
+	fmt.Printf("$ %s %s\n", name, shellQuote(args))
+	cmd := exec.CommandContext(w.ctx, name, args...)
+	out, err := cmd.CombinedOutput()
+	fmt.Print(string(out))
+	if err != nil {
+		return fmt.Errorf("%s %s: %v", name, strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+// 2. The guide's storage config (its bucket, in fake-gcs-server) and policy.
 func (w *walk) policy() error {
 	section("2. The guide's PodSnapshotStorageConfig and PodSnapshotPolicy")
 	storage := fmt.Sprintf(`apiVersion: podsnapshot.gke.io/v1alpha1
@@ -160,9 +207,10 @@ metadata:
   name: %s
 spec:
   snapshotStorageConfig:
-    local:
-      path: %q
-`, storageConfigName, w.e.storeDir)
+    gcs:
+      bucket: %q
+      path: "my-folder"
+`, storageConfigName, bucket)
 	policy := fmt.Sprintf(`apiVersion: podsnapshot.gke.io/v1alpha1
 kind: PodSnapshotPolicy
 metadata:
@@ -189,15 +237,17 @@ spec:
 	if _, err := w.kubectl("apply", "-f", sPath, "-f", pPath); err != nil {
 		return err
 	}
-	mirror := filepath.Join(w.e.policyDir, agent.MirrorFile)
-	if err := w.waitFor("policy in the node's policy_dir", 30*time.Second, 50*time.Millisecond, func() bool {
-		b, _ := os.ReadFile(mirror)
-		return bytes.Contains(b, []byte(policyName))
-	}); err != nil {
-		return err
+	for _, n := range w.e.kube.Nodes {
+		mirror := filepath.Join(n.NodeDir("/etc/podsnapshot"), agent.MirrorFile)
+		if err := w.waitFor("policy in "+n.Name+"'s policy_dir", 30*time.Second, 50*time.Millisecond, func() bool {
+			b, _ := os.ReadFile(mirror)
+			return bytes.Contains(b, []byte(policyName))
+		}); err != nil {
+			return err
+		}
 	}
 	w.res.policyToNode = time.Since(begin)
-	note("the agent mirrored the policy into the node's policy_dir (%s) %.2fs after kubectl apply", mirror, w.res.policyToNode.Seconds())
+	note("the agents mirrored the policy into every node's policy_dir (/etc/podsnapshot) %.2fs after kubectl apply", w.res.policyToNode.Seconds())
 	_, err = w.kubectl("get", "podsnapshotstorageconfigs,podsnapshotpolicies", "-A")
 	return err
 }
@@ -229,7 +279,9 @@ while True:
 `, triggerAt)
 }
 
-func (w *walk) podManifest() string {
+// podManifest is the counter pod pinned to node (spec.nodeName: the demo chooses where
+// the snapshot is taken and where it is restored).
+func (w *walk) podManifest(node string) string {
 	var script strings.Builder
 	for _, l := range strings.Split(strings.TrimRight(counterScript(w.triggerAt), "\n"), "\n") {
 		script.WriteString(strings.TrimRight("      "+l, " ") + "\n")
@@ -242,17 +294,17 @@ metadata:
   labels:
     app: my-app
 spec:
-  nodeName: %s  # no scheduler in this cluster
-  runtimeClassName: %s
+  nodeName: %s
+  runtimeClassName: gvisor
   terminationGracePeriodSeconds: 1
   containers:
   - name: my-container
     image: %s
-    imagePullPolicy: Never  # no registry: the image was imported into containerd
+    imagePullPolicy: Never  # the demo imported it into every node's containerd
     command: ["python3", "-c"]
     args:
     - |
-%s`, podName, namespace, w.e.kube.NodeName, kube.RuntimeClass, ociarchive.PythonImage, script.String())
+%s`, podName, namespace, node, ociarchive.PythonImage, script.String())
 }
 
 // logLine is one line of `kubectl logs --timestamps`.
@@ -341,7 +393,7 @@ var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}
 // PodSnapshot becomes AllSnapshotsAvailable.
 func (w *walk) coldPod() error {
 	section(fmt.Sprintf("3. The guide's counter pod (it triggers its checkpoint at count %d; the guide waits for 20)", w.triggerAt))
-	manifest, err := w.writeManifest("counter.yaml", w.podManifest())
+	manifest, err := w.writeManifest("counter.yaml", w.podManifest(w.e.kube.Nodes[0].Name))
 	if err != nil {
 		return err
 	}
@@ -428,8 +480,20 @@ func (w *walk) events(want string) error {
 
 // 5. Delete the pod and apply it again: restored from the snapshot.
 func (w *walk) restoredPod() error {
-	section("5. Delete the pod and apply it again: it is restored from the snapshot")
+	nodes := w.e.kube.Nodes
+	on := nodes[len(nodes)-1]
 	manifest := filepath.Join("manifests", "counter.yaml")
+	if len(nodes) == 1 {
+		section("5. Delete the pod and apply it again: it is restored from the snapshot")
+	} else {
+		section(fmt.Sprintf("5. Delete the pod and apply it again on %s: it is restored there, from the bucket", on.Name))
+		var err error
+		if manifest, err = w.writeManifest("counter-"+on.Name+".yaml", w.podManifest(on.Name)); err != nil {
+			return err
+		}
+		cache, _ := os.ReadDir(filepath.Join(on.NodeDir("/var/lib/podsnapshot"), "cache"))
+		note("%s's node cache holds %d entries: the restore reads the snapshot from the bucket", on.Name, len(cache))
+	}
 	if _, err := w.kubectl("delete", "pod", podName, "--wait=true", "--timeout=60s"); err != nil {
 		return err
 	}
@@ -466,7 +530,7 @@ func (w *walk) restoredPod() error {
 	if _, err := w.kubectl("logs", podName); err != nil {
 		return err
 	}
-	note("the restored copy goes on from count %d, where the snapshot was taken; it never printed Count: 0", w.triggerAt)
+	note("the restored copy on %s goes on from count %d, where the snapshot was taken on %s; it never printed Count: 0", on.Name, w.triggerAt, nodes[0].Name)
 	if err := w.events("Successfully restored"); err != nil {
 		return err
 	}
@@ -499,9 +563,9 @@ func (r results) print(e *env, total time.Duration) {
 	secs := func(d time.Duration) string { return fmt.Sprintf("%6.2f s", d.Seconds()) }
 	row := func(name, value, note string) { fmt.Printf("  %-36s %s  %s\n", name, value, note) }
 	fmt.Printf("\n### Timings (%s)\n\n", machine())
-	row("cluster start", secs(e.setupTook+e.kubeTook+e.controlPlaneTook), fmt.Sprintf(
-		"containerd, network, images %.1f s; Kubernetes %.1f s; CRDs, RBAC, agent, controller %.1f s",
-		e.setupTook.Seconds(), e.kubeTook.Seconds(), e.controlPlaneTook.Seconds()))
+	row("cluster start", secs(e.setupTook+e.kubeTook), fmt.Sprintf("images %.1f s; Kubernetes, %d node(s) %.1f s",
+		e.setupTook.Seconds(), e.nodes, e.kubeTook.Seconds()))
+	row("install: make push -> nodes ready", secs(e.installTook), "kubectl apply -k; the DaemonSet installs and labels every node")
 	row("policy: apply -> on the node", secs(r.policyToNode), "the agent's mirror in policy_dir")
 	row("cold: apply -> Ready", secs(r.coldReady), "")
 	row("cold: apply -> first line", secs(r.coldFirst), `"Count: 0"`)
