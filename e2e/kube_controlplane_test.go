@@ -4,56 +4,111 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
-	"github.com/podsnapshot/podsnapshot/internal/testenv/kube"
+	"github.com/podsnapshot/podsnapshot/storage"
 )
 
-const deployDir = "../deploy/kubernetes"
-
-// startControlPlane installs the project's Kubernetes side on a kubeEnv as
-// deploy/kubernetes does: the CRDs, namespace podsnapshot-system and the RBAC applied
-// with kubectl (the whole kustomization checked with --dry-run=server), and
-// podsnapshot-agent as node agent and as controller (kube.ControlPlane: host processes
-// with their service accounts' tokens, metrics on, controller sync every 2 s). The env's
-// hand-written policy files are removed: policies come from the API only. Namespace test
-// is created. The agent's and controller's logs end the test log when it fails.
-func (k *kubeEnv) startControlPlane() *kube.ControlPlane {
-	t := k.t
+// newInstalledKubeEnv is a one-node cluster (kube.Options.Nodes) with podsnapshot
+// installed from the shipped kustomization as a user would (clusterEnv: make push,
+// kubectl apply -k; the agent DaemonSet and the controller Deployment run as pods), seen
+// through a kubeEnv: policyDir and workDir are the node's /etc/podsnapshot and
+// /var/lib/podsnapshot as the host sees them, k.cd its containerd, and the store of kind:
+// a local one at the node's /var/lib/podsnapshot/store (storeURL is the node's path, the
+// one the shim and the PodSnapshots name; repo and store read it from the host), or the
+// bucket "snapshots" in fake-gcs-server (storeURL gs://snapshots/pods). Namespace test
+// is created. The controller syncs every minute, its default.
+func newInstalledKubeEnv(t *testing.T, kind storeKind) *kubeEnv {
 	t.Helper()
-	for _, f := range []string{"store.yaml", "policies.yaml"} {
-		os.Remove(filepath.Join(k.policyDir, f))
+	ce := newClusterEnv(t, 1)
+	ce.push()
+	ce.install()
+	n := ce.kube.Nodes[0]
+	e := &env{t: t, dir: ce.dir, policyDir: n.NodeDir("/etc/podsnapshot"), workDir: n.NodeDir("/var/lib/podsnapshot")}
+	e.cd = harness.AttachContainerd(t, n.Dir, n.Socket(), filepath.Join(ce.kube.LogDir, n.Name+"-containerd.log"))
+	hostStore := ""
+	switch kind {
+	case localStore:
+		e.storeURL = "file://" + nodeStore
+		hostStore = "file://" + filepath.Join(n.NodeDir("/var/lib/podsnapshot"), "store")
+	case gcsStore:
+		must(t, ce.gcs.CreateBucket(t.Context(), "test", "snapshots"))
+		e.storeURL, hostStore = "gs://snapshots/pods", "gs://snapshots/pods"
+		t.Setenv("STORAGE_EMULATOR_HOST", ce.gcs.Host)
 	}
-	k.kubectl("apply", "-f", filepath.Join(deployDir, "namespace.yaml"), "-f", filepath.Join(deployDir, "crds"),
-		"-f", filepath.Join(deployDir, "rbac.yaml"))
-	k.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-	// The whole install as the README gives it (kubectl apply -k), checked by the API
-	// server; the agent and controller themselves run as host processes below.
-	k.kubectl("apply", "-k", deployDir, "--dry-run=server")
+	if hostStore != "" {
+		st, err := storage.Open(t.Context(), hostStore)
+		must(t, err)
+		t.Cleanup(func() { st.Close() })
+		e.store, e.repo = st, &repo.Repo{Store: st}
+	}
+	k := &kubeEnv{env: e, kube: ce.kube, node: n}
 	k.kubectl("create", "namespace", "test")
 	harness.Eventually(t, 60*time.Second, "service account test/default", func() bool {
 		_, err := k.kube.Kubectl("-n", "test", "get", "serviceaccount", "default")
 		return err == nil
 	})
-	cp, err := k.kube.StartControlPlane(kube.ControlPlaneOptions{Binary: harness.BuildAgent(t), ShimConfig: k.config,
-		ContainerdAddress: k.cd.Address, Dir: k.dir, Env: append(os.Environ(), k.envVars...),
-		Metrics: true, SyncInterval: 2 * time.Second, LogLevel: "debug"})
-	must(t, err)
 	t.Cleanup(func() {
-		if err := cp.Stop(); err != nil {
-			t.Error(err)
-		}
 		if t.Failed() {
-			t.Logf("agent %s", kube.LogTail(cp.AgentLog, 12<<10))
-			t.Logf("controller %s", kube.LogTail(cp.ControllerLog, 12<<10))
+			for _, c := range []string{"install", "agent"} {
+				out, _ := k.kube.Kubectl("-n", "podsnapshot-system", "logs", "-l", "app.kubernetes.io/name=podsnapshot-agent", "-c", c, "--tail=200")
+				t.Logf("podsnapshot-agent %s log:\n%s", c, out)
+			}
+			out, _ := k.kube.Kubectl("-n", "podsnapshot-system", "logs", "deployment/podsnapshot-controller", "--tail=200")
+			t.Logf("podsnapshot-controller log:\n%s", out)
 		}
 	})
-	return cp
+	return k
+}
+
+// nodeStore is the local store's path on the node: below /var/lib/podsnapshot, which
+// the agent mounts, so that it can delete the store's snapshots.
+const nodeStore = "/var/lib/podsnapshot/store"
+
+// hostPath is where the host sees path p of the node.
+func (k *kubeEnv) hostPath(p string) string {
+	return filepath.Join(k.node.NodeDir("/var/lib/podsnapshot"), strings.TrimPrefix(p, "/var/lib/podsnapshot"))
+}
+
+// agentMetrics and controllerMetrics are the URLs of the agent's /metrics (a node port:
+// the agent has the node's network) and the controller's (its pod IP, routed through
+// the node).
+func (k *kubeEnv) agentMetrics() string { return "http://" + k.node.IP.String() + ":9808/metrics" }
+
+func (k *kubeEnv) controllerMetrics() string {
+	ip := k.kubectl("-n", "podsnapshot-system", "get", "pods", "-l", "app.kubernetes.io/name=podsnapshot-controller",
+		"-o", "jsonpath={.items[0].status.podIP}")
+	return "http://" + ip + ":9808/metrics"
+}
+
+// killAgent SIGKILLs the node's podsnapshot-agent process (the kubelet restarts the
+// container by itself, with its back-off).
+func (k *kubeEnv) killAgent() {
+	k.t.Helper()
+	killed := 0
+	for _, p := range k.node.Processes() {
+		if len(p.Cmdline) > 0 && filepath.Base(p.Cmdline[0]) == "podsnapshot-agent" && slices.Contains(p.Cmdline, "--role=agent") {
+			must(k.t, syscall.Kill(p.PID, syscall.SIGKILL))
+			killed++
+		}
+	}
+	if killed != 1 {
+		k.t.Fatalf("killed %d podsnapshot-agent processes on %s, want 1", killed, k.node.Name)
+	}
+}
+
+// restartAgent deletes the agent's pod: the DaemonSet makes a new one at once, where a
+// container the kubelet restarts would wait out its crash back-off.
+func (k *kubeEnv) restartAgent() {
+	k.kubectl("-n", "podsnapshot-system", "delete", "pod", "-l", "app.kubernetes.io/name=podsnapshot-agent", "--wait=true", "--timeout=60s")
+	k.kubectl("-n", "podsnapshot-system", "rollout", "status", "daemonset/podsnapshot-agent", "--timeout=120s")
 }
 
 // scrape returns the metrics text at url.

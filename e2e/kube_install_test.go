@@ -126,6 +126,26 @@ func (e *clusterEnv) push() string {
 	return reg + "/podsnapshot:e2e"
 }
 
+// install applies the kustomization `make push` updated (push, through overlay) and
+// waits until the agent DaemonSet is ready on every node (each node installed and
+// labelled) and the controller rolled out; it returns how long the agents took from the
+// apply.
+func (e *clusterEnv) install() time.Duration {
+	t := e.t
+	t.Helper()
+	begin := time.Now()
+	e.kubectl("apply", "-k", e.overlay("overlay", e.deploy))
+	out, err := e.kube.Kubectl("-n", "podsnapshot-system", "rollout", "status", "daemonset/podsnapshot-agent", "--timeout=180s")
+	if err != nil {
+		desc, _ := e.kube.Kubectl("-n", "podsnapshot-system", "describe", "pods")
+		logs, _ := e.kube.Kubectl("-n", "podsnapshot-system", "logs", "-l", "app.kubernetes.io/name=podsnapshot-agent", "-c", "install", "--tail=50")
+		t.Fatalf("%v\n%s\n%s\ninstall logs:\n%s", err, out, desc, logs)
+	}
+	took := time.Since(begin)
+	e.kubectl("-n", "podsnapshot-system", "rollout", "status", "deployment/podsnapshot-controller", "--timeout=120s")
+	return took
+}
+
 // overlay writes a kustomization over dir that sets the controller's storage endpoint to
 // fake-gcs-server (the one setting of this test's own), and returns its directory.
 func (e *clusterEnv) overlay(name, dir string) string {
@@ -263,15 +283,7 @@ spec:
 	if b, _ := os.ReadFile(filepath.Join(e.deploy, "kustomization.yaml")); !strings.Contains(string(b), "newName: "+strings.TrimSuffix(ref, ":e2e")) {
 		t.Fatalf("make push did not set the kustomization's image:\n%s", b)
 	}
-	begin := time.Now()
-	e.kubectl("apply", "-k", e.overlay("overlay", e.deploy))
-	out, err := e.kube.Kubectl("-n", "podsnapshot-system", "rollout", "status", "daemonset/podsnapshot-agent", "--timeout=180s")
-	if err != nil {
-		desc, _ := e.kube.Kubectl("-n", "podsnapshot-system", "describe", "pods")
-		logs, _ := e.kube.Kubectl("-n", "podsnapshot-system", "logs", "-l", "app.kubernetes.io/name=podsnapshot-agent", "-c", "install", "--tail=50")
-		t.Fatalf("%v\n%s\n%s\ninstall logs:\n%s", err, out, desc, logs)
-	}
-	t.Logf("kubectl apply -k to both agents ready: %.1fs", time.Since(begin).Seconds())
+	t.Logf("kubectl apply -k to both agents ready: %.1fs", e.install().Seconds())
 	labels := e.kubectl("get", "nodes", "-L", "podsnapshot.gke.io/ready")
 	t.Logf("kubectl get nodes:\n%s", labels)
 	for _, n := range e.kube.Nodes {
@@ -300,7 +312,6 @@ spec:
 	if ready := e.kubectl("get", "pod", "before", "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`); ready != "True" {
 		t.Fatalf("the runc pod is not Ready after the install: %s", ready)
 	}
-	e.kubectl("-n", "podsnapshot-system", "rollout", "status", "deployment/podsnapshot-controller", "--timeout=120s")
 
 	// The guide's manifests: storage config, policy (testdata/policies/gke, as written
 	// there), the bucket, the pod.
@@ -410,7 +421,7 @@ spec:
 	// While the controller runs: its finalizer deletes each snapshot's files first.
 	e.kubectl("delete", "podsnapshots", "--all", "-A", "--wait=true", "--timeout=60s")
 	e.kubectl("delete", "-k", e.overlay("overlay", e.deploy), "--wait=true", "--timeout=120s")
-	begin = time.Now()
+	begin := time.Now()
 	e.kubectl("apply", "-k", filepath.Join(e.deploy, "uninstall"))
 	if out, err := e.kube.Kubectl("-n", "podsnapshot-uninstall", "rollout", "status", "daemonset/podsnapshot-uninstall", "--timeout=180s"); err != nil {
 		logs, _ := e.kube.Kubectl("-n", "podsnapshot-uninstall", "logs", "-l", "app.kubernetes.io/name=podsnapshot-uninstall", "-c", "uninstall", "--tail=50")

@@ -63,8 +63,7 @@ var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}
 // files and the next pod starts cold; deleting the policy stops snapshots; the agent's
 // and controller's metrics say what happened.
 func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
-	k := newKubeEnv(t, localStore)
-	cp := k.startControlPlane()
+	k := newInstalledKubeEnv(t, localStore)
 	storePath := strings.TrimPrefix(k.storeURL, "file://")
 
 	// 1. Bad objects are refused by the API server, naming the field.
@@ -163,14 +162,14 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 	k.kubectl("-n", "test", "delete", "pod", "other", "--wait=true", "--timeout=60s")
 
 	// 6. Metrics: a scrape of the agent and of the controller.
-	m := scrape(t, cp.AgentMetrics)
+	m := scrape(t, k.agentMetrics())
 	for _, want := range []string{`podsnapshot_checkpoints_total{result="committed"} 1`, `podsnapshot_restores_total{source=`,
 		`podsnapshot_cold_starts_total{reason="NoSnapshot"}`, "podsnapshot_restore_duration_seconds_count 1", "podsnapshot_upload_duration_seconds_count 1"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("agent metrics lack %q", want)
 		}
 	}
-	if m := scrape(t, cp.ControllerMetrics); !strings.Contains(m, `controller_runtime_reconcile_total{controller="podsnapshot-deletion"`) {
+	if m := scrape(t, k.controllerMetrics()); !strings.Contains(m, `controller_runtime_reconcile_total{controller="podsnapshot-deletion"`) {
 		t.Errorf("controller metrics lack its reconcile counts")
 	}
 
@@ -180,7 +179,7 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 	if _, err := k.repo.Get(t.Context(), "test", "example-pod-snapshot-policy", uuid); !errors.Is(err, storage.ErrNotFound) {
 		t.Fatalf("snapshot %s still in the store after kubectl delete podsnapshot: %v", uuid, err)
 	}
-	if _, err := os.Stat(filepath.Join(storePath, "test", "example-pod-snapshot-policy", uuid)); err == nil {
+	if _, err := os.Stat(filepath.Join(k.hostPath(storePath), "test", "example-pod-snapshot-policy", uuid)); err == nil {
 		t.Fatalf("directory of snapshot %s left in the local store", uuid)
 	}
 	k.apply(k.kubePod("counter", "test", labels, counterScript))

@@ -28,6 +28,7 @@ import (
 type kubeEnv struct {
 	*env
 	kube *kube.Cluster
+	node *kube.Node // newInstalledKubeEnv's one node; nil for newKubeEnv
 }
 
 // newKubeEnv starts a CRI env with store kind and a cluster on it (about 20-40 s; the

@@ -53,8 +53,7 @@ spec:
 // message; one naming a pod no manual policy matches fails; `kubectl delete
 // podsnapshot` deletes the snapshot's objects from the bucket (the controller's job).
 func TestKubeManualTrigger(t *testing.T) {
-	k := newKubeEnv(t, gcsStore)
-	k.startControlPlane()
+	k := newInstalledKubeEnv(t, gcsStore)
 	k.apply(gcsManifests)
 	harness.Eventually(t, 15*time.Second, "the manual policy on the node", func() bool {
 		b, _ := os.ReadFile(filepath.Join(k.policyDir, "kubernetes.yaml"))
@@ -118,8 +117,7 @@ func TestKubeManualTrigger(t *testing.T) {
 // the API server and the agent are back, the PodSnapshot, the events and PodRestored
 // appear and the spool empties. Nothing is lost.
 func TestKubeAPIServerDown(t *testing.T) {
-	k := newKubeEnv(t, localStore)
-	cp := k.startControlPlane()
+	k := newInstalledKubeEnv(t, localStore)
 	storePath := strings.TrimPrefix(k.storeURL, "file://")
 	k.apply(guideStorageConfig(storePath) + "---\n" + guidePolicy)
 	harness.Eventually(t, 15*time.Second, "the policy on the node", func() bool {
@@ -130,7 +128,7 @@ func TestKubeAPIServerDown(t *testing.T) {
 	k.apply(k.kubePod("late", "test", map[string]string{"app": "my-app"}, "sleep 15\n"+counterScript))
 	k.waitReady("test", "late", 90*time.Second)
 	begin := time.Now()
-	cp.Agent.Kill()
+	k.killAgent()
 	must(t, k.kube.StopAPIServer())
 	t.Logf("agent killed and API server stopped %.1fs after the pod was Ready", time.Since(begin).Seconds())
 
@@ -167,7 +165,7 @@ func TestKubeAPIServerDown(t *testing.T) {
 	t.Logf("sandbox %s stopped; the kubelet's new sandbox was restored with the API server down", sb[:12])
 
 	must(t, k.kube.StartAPIServer())
-	must(t, cp.RestartAgent())
+	k.restartAgent()
 	harness.Eventually(t, 60*time.Second, "the PodSnapshot Ready after the API server returned", func() bool {
 		return k.jsonpath("podsnapshot", "-n", "test", uuid, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].reason}`) == "AllSnapshotsAvailable"
 	})
@@ -192,17 +190,27 @@ func TestKubeAPIServerDown(t *testing.T) {
 	}
 }
 
-// TestKubeRetention (local store): maxSnapshotCountPerGroup 2 keeps the newest two of
+// guideGCSStorageConfig is the guide's storage config on the bucket "snapshots".
+const guideGCSStorageConfig = `apiVersion: podsnapshot.gke.io/v1alpha1
+kind: PodSnapshotStorageConfig
+metadata:
+  name: example-pod-snapshot-storage-config
+spec:
+  snapshotStorageConfig:
+    gcs:
+      bucket: snapshots
+      path: pods
+`
+
+// TestKubeRetention (Cloud Storage on fake-gcs-server): maxSnapshotCountPerGroup 2 keeps the newest two of
 // three manual snapshots (the shim deletes the oldest's files after the third commit and
 // the agent its PodSnapshot); then a lastAccessTimeout of 1min applied with kubectl
 // makes the controller delete the unused snapshots' objects and, through the finalizer,
 // their files.
 func TestKubeRetention(t *testing.T) {
-	k := newKubeEnv(t, localStore)
-	k.startControlPlane()
-	storePath := strings.TrimPrefix(k.storeURL, "file://")
+	k := newInstalledKubeEnv(t, gcsStore)
 	policy := func(retention string) string {
-		return guideStorageConfig(storePath) + `---
+		return guideGCSStorageConfig + `---
 apiVersion: podsnapshot.gke.io/v1
 kind: PodSnapshotPolicy
 metadata:

@@ -122,20 +122,3 @@ func Workload(t testing.TB, name string) string {
 	}
 	return p
 }
-
-var agentBuild once[string]
-
-// BuildAgent builds podsnapshot-agent (node agent and controller) once per test binary
-// and returns its path.
-func BuildAgent(t testing.TB) string {
-	t.Helper()
-	root, cache := RepoRoot(t), binaryCache(t)
-	path, err := agentBuild.get(func() (string, error) {
-		path := filepath.Join(cache, "agent", "podsnapshot-agent")
-		return path, goBuild(root, path, "./cmd/podsnapshot-agent")
-	})
-	if err != nil {
-		t.Fatalf("harness: build podsnapshot-agent: %v", err)
-	}
-	return path
-}

@@ -60,6 +60,20 @@ type Containerd struct {
 	d      *containerd.Daemon
 }
 
+// AttachContainerd returns a Containerd for a CRI containerd that something else started
+// and stops, such as a Kubernetes node's (internal/testenv/kube.Node): ctr and crictl
+// against its socket address in namespace k8s.io, its log at logPath. dir receives
+// crictl's config.
+func AttachContainerd(t testing.TB, dir, address, logPath string) *Containerd {
+	t.Helper()
+	c := &Containerd{Dir: dir, Address: address, LogPath: logPath, Namespace: CRINamespace, Env: os.Environ(),
+		ctr: Binary(t, "ctr", ""), crictl: Binary(t, "crictl", ""), cri: true}
+	if err := c.writeCrictlConfig(); err != nil {
+		t.Fatalf("harness: %v", err)
+	}
+	return c
+}
+
 // StartContainerd starts a private containerd (binary from DepsBin) and waits until its
 // socket answers. At cleanup it stops containerd (SIGTERM, then SIGKILL), reaps it, kills
 // and records any shim or runsc process of its own left behind (LeakCheck reports them),

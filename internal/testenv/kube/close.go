@@ -23,12 +23,13 @@ var watchedPrefixes = []string{"etcd", "kube", "containerd-shim", "runsc"}
 // Close tears the cluster down in the order that leaves nothing behind, each step
 // bounded in time and tried whatever the previous ones did:
 //
-//  1. with the API server and kubelet up, deletes every pod and waits (at most 90 s), so
-//     the kubelet stops them the normal way (CNI DEL, volumes unmounted);
+//  1. stops kube-scheduler and kube-controller-manager (nothing makes new pods), then,
+//     with the API server and kubelets up, deletes every pod and waits (at most 90 s), so
+//     the kubelets stop them the normal way (CNI DEL, volumes unmounted);
 //  2. stops the kubelet, then removes through CRI the sandboxes of kubelet pods still
 //     there (io.kubernetes.pod.uid label): the kubelet removes the stopped sandbox of a
 //     deleted pod only at its next garbage collection, a minute or so later;
-//  3. stops kube-controller-manager, kube-apiserver and etcd;
+//  3. stops kube-apiserver and etcd;
 //  4. kills processes that still mention Dir, unmounts everything below Dir, removes the
 //     cgroups below CgroupRoot in every hierarchy, writes back the KernelSettings the
 //     kubelet changed, removes the kubelet's links from ContainerLogLinks (and the
@@ -63,6 +64,10 @@ func (c *Cluster) Close() error {
 	for _, n := range c.Nodes {
 		kubelets = kubelets || alive(n.Name+"/kubelet")
 	}
+	// The controllers first: a DaemonSet or a Deployment would make new pods for the
+	// ones deleted below, which the kubelet could be starting while it stops.
+	stop("kube-scheduler", 15*time.Second)
+	stop("kube-controller-manager", 15*time.Second)
 	if alive("kube-apiserver") && kubelets {
 		c.logf("kube: deleting all pods")
 		if _, err := c.Kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=true", "--timeout=90s"); err != nil {
@@ -74,8 +79,6 @@ func (c *Cluster) Close() error {
 		errs = append(errs, c.removeSandboxes(c.opts.CRIEndpoint)...)
 	}
 	errs = append(errs, c.closeNodes(stop)...)
-	stop("kube-scheduler", 15*time.Second)
-	stop("kube-controller-manager", 15*time.Second)
 	stop("kube-apiserver", 30*time.Second)
 	stop("etcd", 15*time.Second)
 

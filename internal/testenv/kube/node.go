@@ -55,6 +55,9 @@ type Node struct {
 	CgroupRoot string
 	// Netns is the network namespace's name (ip netns).
 	Netns string
+	// PodCIDR is the node's pod subnet (its CNI bridge's), routed from the host through
+	// the node, as a cluster network would: the host reaches pod IPs (metrics).
+	PodCIDR string
 
 	c      *Cluster
 	holder *hostproc.Daemon // sleep, in the node's namespaces
@@ -117,6 +120,7 @@ func (n *Node) makeNamespaces(vethHost string) error {
 		{"-n", n.Netns, "link", "set", "eth0", "up"},
 		{"-n", n.Netns, "link", "set", "lo", "up"},
 		{"-n", n.Netns, "route", "add", "default", "via", bridgeIP.String()},
+		{"route", "add", n.PodCIDR, "via", n.IP.String()},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("node %s: ip %s: %v: %s", n.Name, strings.Join(args, " "), err, out)
@@ -233,20 +237,37 @@ func (n *Node) stopContainerd(grace time.Duration) {
 	}
 }
 
-// processes lists the processes in the node's mount namespace other than the holder:
-// its daemons, and the shims and sandboxes they started (shims name no path of the
-// node's on their command line; their namespace names them).
-func (n *Node) processes() []hostproc.Process {
+// Processes lists the processes of the node other than the holder: those in its mount
+// namespace (its daemons, and the shims they started, which name no path of the node's
+// on their command line) and their descendants (containers, which have mount
+// namespaces of their own).
+func (n *Node) Processes() []hostproc.Process {
 	if n.mntNS == "" {
 		return nil
 	}
 	all, _ := hostproc.AllProcesses()
-	var out []hostproc.Process
+	byPID := make(map[int]hostproc.Process, len(all))
+	inNS := map[int]bool{}
 	for _, p := range all {
+		byPID[p.PID] = p
 		if n.holder != nil && p.PID == n.holder.Cmd.Process.Pid {
 			continue
 		}
 		if ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", p.PID)); err == nil && ns == n.mntNS {
+			inNS[p.PID] = true
+		}
+	}
+	var out []hostproc.Process
+	for _, p := range all {
+		ours := inNS[p.PID]
+		for q := p; !ours && q.PPID > 1; {
+			parent, ok := byPID[q.PPID]
+			if !ok {
+				break
+			}
+			ours, q = inNS[parent.PID], parent
+		}
+		if ours {
 			out = append(out, p)
 		}
 	}
@@ -257,7 +278,7 @@ func (n *Node) processes() []hostproc.Process {
 // namespace and the veth; it returns what it could not do.
 func (n *Node) remove(vethHost string) []error {
 	var errs []error
-	find := func() []hostproc.Process { return n.processes() }
+	find := func() []hostproc.Process { return n.Processes() }
 	if killed := hostproc.WaitThenKill(find, 5*time.Second, 2*time.Second); len(killed) > 0 {
 		errs = append(errs, fmt.Errorf("node %s: killed %d process(es): %v", n.Name, len(killed), killed))
 	}

@@ -67,6 +67,7 @@ func (c *Cluster) makeBridge() error {
 			Dir:        filepath.Join(c.Dir, fmt.Sprintf("n%d", i+1)),
 			CgroupRoot: fmt.Sprintf("podsnapshot-kube-%s-n%d", id, i+1),
 			Netns:      fmt.Sprintf("%s-n%d", id, i+1),
+			PodCIDR:    fmt.Sprintf("10.225.%d.0/24", i+1),
 			c:          c,
 		}
 		c.Nodes = append(c.Nodes, n)
@@ -131,7 +132,7 @@ func (n *Node) start(i int) error {
 	if err := makeCgroupRoot(n.CgroupRoot); err != nil {
 		return err
 	}
-	config, err := n.writeContainerdConfig(i)
+	config, err := n.writeContainerdConfig()
 	if err != nil {
 		return err
 	}
@@ -180,7 +181,7 @@ func (n *Node) waitContainerd(timeout time.Duration) error {
 // server and the host), the registries of Options.Registries, the pinned sandbox image,
 // and an imports line for /etc/containerd/conf.d, where the installer puts its drop-in.
 // It returns the config's path as the host sees it.
-func (n *Node) writeContainerdConfig(i int) (string, error) {
+func (n *Node) writeContainerdConfig() (string, error) {
 	c := n.c
 	cniBin, err := cni.BinDir()
 	if err != nil {
@@ -191,10 +192,9 @@ func (n *Node) writeContainerdConfig(i int) (string, error) {
 	if err := os.MkdirAll(cniConf, 0o755); err != nil {
 		return "", err
 	}
-	subnet := fmt.Sprintf("10.225.%d.0/24", i+1)
 	conflist := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "pods", "plugins": [{"type": "bridge", "bridge": "cni0",
   "isGateway": true, "ipMasq": true, "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]],
-  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}}]}`, subnet, filepath.Join(n.Dir, "cni-ipam"))
+  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": %q}}]}`, n.PodCIDR, filepath.Join(n.Dir, "cni-ipam"))
 	if err := os.WriteFile(filepath.Join(cniConf, "10-pods.conflist"), []byte(conflist), 0o644); err != nil {
 		return "", err
 	}
@@ -291,7 +291,7 @@ func (c *Cluster) closeNodes(stopDaemon func(name string, grace time.Duration)) 
 func (c *Cluster) nodesLeft() []string {
 	var out []string
 	for _, n := range c.Nodes {
-		for _, p := range n.processes() {
+		for _, p := range n.Processes() {
 			out = append(out, "node "+n.Name+" process "+p.String())
 		}
 		if _, err := os.Stat("/run/netns/" + n.Netns); err == nil {
