@@ -13,6 +13,7 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/kube"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
 
@@ -72,9 +73,15 @@ func newInstalledKubeEnv(t *testing.T, kind storeKind) *kubeEnv {
 // the agent mounts, so that it can delete the store's snapshots.
 const nodeStore = "/var/lib/podsnapshot/store"
 
-// hostPath is where the host sees path p of the node.
+// hostPath is where the host sees path p of the node: below the node's own directory
+// for p below one of kube.NodePaths, p itself otherwise.
 func (k *kubeEnv) hostPath(p string) string {
-	return filepath.Join(k.node.NodeDir("/var/lib/podsnapshot"), strings.TrimPrefix(p, "/var/lib/podsnapshot"))
+	for _, np := range kube.NodePaths {
+		if rest, ok := strings.CutPrefix(p, np); ok && (rest == "" || strings.HasPrefix(rest, "/")) {
+			return filepath.Join(k.node.NodeDir(np), rest)
+		}
+	}
+	return p
 }
 
 // agentMetrics and controllerMetrics are the URLs of the agent's /metrics (a node port:

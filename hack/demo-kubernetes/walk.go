@@ -41,7 +41,7 @@ type results struct {
 	coldSaved                  time.Duration // apply -> "Count: N" (the state the snapshot holds)
 	triggerToAvailable         time.Duration // "Count: N" (the trigger) -> AllSnapshotsAvailable seen
 	restoreReady, restoreFirst time.Duration // apply -> Ready, apply -> first line of the restored copy
-	coldResult, restoredResult string        // the "checkpoint result" lines
+	coldResult, restoredResult string        // the "GKE Pod Snapshot: ..." lines
 	triggerAt                  int
 }
 
@@ -252,31 +252,32 @@ spec:
 	return err
 }
 
-// counterScript is the guide's Python counter: it counts once a second and, at
-// triggerAt, writes 1 to /proc/gvisor/checkpoint and reads the result from the same open
-// file (gVisor decides at open which checkpoint a descriptor waits for; unbuffered
-// binary I/O, as testdata/workloads/python/bigstate.py does, makes the write and the
-// read one syscall each): "resume" in the pod that was saved, "restore" in a copy
-// restored from the snapshot, which then counts on from there.
-func counterScript(triggerAt int) string {
-	return fmt.Sprintf(`import time
-
+// guideScript is the GKE guide's Python counter, as the guide writes it: it counts once
+// a second and at 20 writes 1 to /proc/gvisor/checkpoint and reads the result from the
+// same open file ("resume" in the pod that was saved, "restore" in a copy restored from
+// the snapshot, which then counts on from there), printing "GKE Pod Snapshot: RESULT".
+const guideScript = `import time
 def trigger_snapshot():
-    try:
-        with open("/proc/gvisor/checkpoint", "r+b", buffering=0) as f:
-            f.write(b"1")
-            return f.read(64).decode().strip() or "error"
-    except OSError as e:
-        return "error (%%s)" %% e
-
+  with open("/proc/gvisor/checkpoint", "r+") as f:
+    f.write("1")
+    res = f.read().rstrip()
+    print(f"GKE Pod Snapshot: {res}")
 i = 0
 while True:
-    print("Count: %%d" %% i, flush=True)
-    if i == %d:
-        print("checkpoint result: %%s" %% trigger_snapshot(), flush=True)
-    i += 1
-    time.sleep(1)
-`, triggerAt)
+  print(f"Count: {i}", flush=True)
+  if (i == 20): #simulate the application being ready to snapshot at 20th count
+    trigger_snapshot()
+  i += 1
+  time.sleep(1)
+`
+
+// resultPrefix starts the line the guide's script prints with the checkpoint's result.
+const resultPrefix = "GKE Pod Snapshot: "
+
+// counterScript is guideScript, its trigger moved to count triggerAt (-trigger-at; the
+// guide's own is 20, the default).
+func counterScript(triggerAt int) string {
+	return strings.Replace(guideScript, "(i == 20)", fmt.Sprintf("(i == %d)", triggerAt), 1)
 }
 
 // podManifest is the counter pod pinned to node (spec.nodeName: the demo chooses where
@@ -392,7 +393,7 @@ var uuidRE = regexp.MustCompile(`[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}
 // 3 and 4. The counter pod runs cold, checkpoints itself at triggerAt and goes on; its
 // PodSnapshot becomes AllSnapshotsAvailable.
 func (w *walk) coldPod() error {
-	section(fmt.Sprintf("3. The guide's counter pod (it triggers its checkpoint at count %d; the guide waits for 20)", w.triggerAt))
+	section(fmt.Sprintf("3. The guide's counter pod (its script as the guide writes it; it triggers its checkpoint at count %d)", w.triggerAt))
 	manifest, err := w.writeManifest("counter.yaml", w.podManifest(w.e.kube.Nodes[0].Name))
 	if err != nil {
 		return err
@@ -437,12 +438,12 @@ func (w *walk) coldPod() error {
 	stopWatch()
 	w.res.triggerToAvailable = availAt.Sub(trigger.at)
 	note("trigger (the pod printed %q) -> AllSnapshotsAvailable: %.2fs", trigger.text, w.res.triggerToAvailable.Seconds())
-	result, err := w.waitLog("the checkpoint result", time.Minute, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	result, err := w.waitLog("the checkpoint result", time.Minute, func(s string) bool { return strings.HasPrefix(s, resultPrefix) })
 	if err != nil {
 		return err
 	}
-	if w.res.coldResult = result.text; result.text != "checkpoint result: resume" {
-		return fmt.Errorf("the pod printed %q, want checkpoint result: resume", result.text)
+	if w.res.coldResult = result.text; result.text != resultPrefix+"resume" {
+		return fmt.Errorf("the pod printed %q, want %sresume", result.text, resultPrefix)
 	}
 	table, err := w.kubectl("get", "podsnapshots")
 	if err != nil {
@@ -511,12 +512,12 @@ func (w *walk) restoredPod() error {
 	}
 	w.res.restoreFirst = first.at.Sub(applied)
 	note("restore: Ready %.2fs, first log line (%q) %.2fs after kubectl apply", w.res.restoreReady.Seconds(), first.text, w.res.restoreFirst.Seconds())
-	result, err := w.waitLog("the checkpoint result", time.Minute, func(s string) bool { return strings.HasPrefix(s, "checkpoint result: ") })
+	result, err := w.waitLog("the checkpoint result", time.Minute, func(s string) bool { return strings.HasPrefix(s, resultPrefix) })
 	if err != nil {
 		return err
 	}
-	if w.res.restoredResult = result.text; result.text != "checkpoint result: restore" {
-		return fmt.Errorf("the pod applied again printed %q: it started cold (want checkpoint result: restore)", result.text)
+	if w.res.restoredResult = result.text; result.text != resultPrefix+"restore" {
+		return fmt.Errorf("the pod applied again printed %q: it started cold (want %srestore)", result.text, resultPrefix)
 	}
 	want := fmt.Sprintf("Count: %d", w.triggerAt+2)
 	if _, err := w.waitLog("counting on from the saved count", time.Minute, func(s string) bool { return s == want }); err != nil {

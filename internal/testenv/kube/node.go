@@ -120,7 +120,9 @@ func (n *Node) makeNamespaces(vethHost string) error {
 		{"-n", n.Netns, "link", "set", "eth0", "up"},
 		{"-n", n.Netns, "link", "set", "lo", "up"},
 		{"-n", n.Netns, "route", "add", "default", "via", bridgeIP.String()},
-		{"route", "add", n.PodCIDR, "via", n.IP.String()},
+		// replace, not add: a route a killed run left (it goes with the bridge,
+		// not with the veth) must not stop the next cluster.
+		{"route", "replace", n.PodCIDR, "via", n.IP.String()},
 	} {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 			return fmt.Errorf("node %s: ip %s: %v: %s", n.Name, strings.Join(args, " "), err, out)
@@ -291,6 +293,7 @@ func (n *Node) remove(vethHost string) []error {
 		}
 	}
 	exec.Command("ip", "link", "del", vethHost).Run() // gone with the namespace, normally
+	exec.Command("ip", "route", "del", n.PodCIDR, "via", n.IP.String()).Run()
 	return errs
 }
 

@@ -267,10 +267,9 @@ func (c *Cluster) closeNodes(stopDaemon func(name string, grace time.Duration)) 
 	for _, n := range c.Nodes {
 		stopDaemon(n.Name+"/kubelet", 30*time.Second)
 	}
+	// Every node, also one whose start failed half-way (its namespace made, its holder
+	// not yet started).
 	for i, n := range c.Nodes {
-		if n.holder == nil {
-			continue
-		}
 		if n.ContainerdPID() != 0 {
 			errs = append(errs, c.removeSandboxes(n.Socket())...)
 		}
@@ -296,6 +295,9 @@ func (c *Cluster) nodesLeft() []string {
 		}
 		if _, err := os.Stat("/run/netns/" + n.Netns); err == nil {
 			out = append(out, "netns "+n.Netns)
+		}
+		if r, _ := exec.Command("ip", "route", "show", n.PodCIDR).Output(); len(strings.TrimSpace(string(r))) > 0 {
+			out = append(out, "route "+strings.TrimSpace(string(r)))
 		}
 		for _, cg := range cgroupsLeft(n.CgroupRoot) {
 			out = append(out, "cgroup "+cg)
