@@ -17,6 +17,7 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
 	"github.com/podsnapshot/podsnapshot/internal/agent"
+	"github.com/podsnapshot/podsnapshot/internal/testenv"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/fakegcs"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/kube"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
@@ -202,27 +203,14 @@ spec:
 }
 
 // guidePodSpec is the spec of the guide's pod (its image swapped), below "spec:".
-const guidePodSpec = `  runtimeClassName: gvisor
+var guidePodSpec = `  runtimeClassName: gvisor
   containers:
   - name: my-container
     image: ` + guidePythonImage + `
     command: ["python3", "-c"]
     args:
       - |
-        import time
-        def trigger_snapshot():
-          with open("/proc/gvisor/checkpoint", "r+") as f:
-            f.write("1")
-            res = f.read().rstrip()
-            print(f"GKE Pod Snapshot: {res}")
-        i = 0
-        while True:
-          print(f"Count: {i}", flush=True)
-          if (i == 20): #simulate the application being ready to snapshot at 20th count
-            trigger_snapshot()
-          i += 1
-          time.sleep(1)
-`
+` + regexp.MustCompile(`(?m)^`).ReplaceAllString(strings.TrimSuffix(testenv.GuideCounterScript, "\n"), "        ") + "\n"
 
 // guideDeployment is a Deployment my-app of the guide's pod template.
 func guideDeployment(replicas int) string {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/internal/agent"
+	"github.com/podsnapshot/podsnapshot/internal/testenv"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
 )
 
@@ -252,32 +253,13 @@ spec:
 	return err
 }
 
-// guideScript is the GKE guide's Python counter, as the guide writes it: it counts once
-// a second and at 20 writes 1 to /proc/gvisor/checkpoint and reads the result from the
-// same open file ("resume" in the pod that was saved, "restore" in a copy restored from
-// the snapshot, which then counts on from there), printing "GKE Pod Snapshot: RESULT".
-const guideScript = `import time
-def trigger_snapshot():
-  with open("/proc/gvisor/checkpoint", "r+") as f:
-    f.write("1")
-    res = f.read().rstrip()
-    print(f"GKE Pod Snapshot: {res}")
-i = 0
-while True:
-  print(f"Count: {i}", flush=True)
-  if (i == 20): #simulate the application being ready to snapshot at 20th count
-    trigger_snapshot()
-  i += 1
-  time.sleep(1)
-`
-
 // resultPrefix starts the line the guide's script prints with the checkpoint's result.
 const resultPrefix = "GKE Pod Snapshot: "
 
-// counterScript is guideScript, its trigger moved to count triggerAt (-trigger-at; the
-// guide's own is 20, the default).
+// counterScript is the guide's script (testenv.GuideCounterScript), its trigger moved to
+// count triggerAt (-trigger-at; the guide's own is 20, the default).
 func counterScript(triggerAt int) string {
-	return strings.Replace(guideScript, "(i == 20)", fmt.Sprintf("(i == %d)", triggerAt), 1)
+	return strings.Replace(testenv.GuideCounterScript, "(i == 20)", fmt.Sprintf("(i == %d)", triggerAt), 1)
 }
 
 // podManifest is the counter pod pinned to node (spec.nodeName: the demo chooses where
