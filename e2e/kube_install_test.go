@@ -115,7 +115,6 @@ func (e *clusterEnv) push() string {
 	reg := e.reg.Host + "/podsnapshot-e2e"
 	cmd := exec.Command("make", "--no-print-directory", "push", "REGISTRY="+reg, "INSECURE=true", "VERSION=e2e",
 		"OUT="+filepath.Join(e.dir, "out"), // not _out: other tests run its binaries
-		"OUT="+filepath.Join(e.dir, "out"), // not _out: other tests run its binaries
 		"KUSTOMIZATION="+filepath.Join(e.deploy, "kustomization.yaml")+","+filepath.Join(e.deploy, "uninstall", "kustomization.yaml"))
 	cmd.Dir = harness.RepoRoot(t)
 	start := time.Now()

@@ -60,7 +60,10 @@ func (c *container) create(ctx context.Context, sb *container) error {
 		if err := fillVolumeSources(ctx, c.bundle, c.spec, c.cfg.KubeletPodsDir); err != nil {
 			log.G(ctx).WithError(err).WithField("id", c.id).Warn("gVisor mount hints left as they are")
 		}
-		c.pod = c.s.node.Plan(ctx, podsnap.Sandbox{Task: c, Spec: c.spec, Config: c.cfg})
+		c.pod = c.s.node.Plan(ctx, podsnap.Sandbox{Task: c, Spec: c.spec, Config: c.cfg,
+			KeepVolumes: func(ctx context.Context) ([]string, error) {
+				return keepEmptyDirs(ctx, c.bundle, c.spec, c.cfg.KubeletPodsDir)
+			}})
 		if c.pod.Restores() {
 			c.init.markForRestore()
 		}

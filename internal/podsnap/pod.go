@@ -160,6 +160,11 @@ type Sandbox struct {
 	Spec *specs.Spec
 	// Config is the node config the task was created with.
 	Config config.Config
+	// KeepVolumes, when not nil, moves the pod's volumes whose files a whole-pod snapshot
+	// holds (emptyDir) inside the sandbox, changing Spec and the bundle's config.json. Plan
+	// calls it once a policy of scope whole-pod matched, before the snapshot key is
+	// computed from Spec; it returns the volumes it moved.
+	KeepVolumes func(ctx context.Context) ([]string, error)
 }
 
 func (p *Pod) policyName() string { return p.entry.Policy.Name }
@@ -198,6 +203,9 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		return nil
 	}
 	entry := match.Entry
+	if sb.KeepVolumes != nil && scopeOf(entry.Policy.Spec.SnapshotScope) == manifest.ScopeWholePod {
+		keepVolumes(ctx, id, sb.KeepVolumes)
+	}
 	rep := newReporter(cfg, spec, ns, id, entry.Policy.Name, scopeOf(entry.Policy.Spec.SnapshotScope))
 	// coldWithout starts the matched pod cold without a lifecycle: it cannot checkpoint.
 	coldWithout := func(reason, why string) *Pod {
@@ -298,6 +306,19 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	decide(ctx, id, "cold start", why)
 	p.reportColdStart(ctx, reason, why)
 	return p
+}
+
+// keepVolumes runs a sandbox's KeepVolumes and logs what it did. A volume it could not move
+// stays a host directory, outside the pod's snapshots; the key says so (the mount hints are
+// part of it), so such a pod never restores a snapshot that held the volume.
+func keepVolumes(ctx context.Context, id string, keep func(context.Context) ([]string, error)) {
+	moved, err := keep(ctx)
+	switch {
+	case err != nil:
+		log.G(ctx).WithError(err).WithField("id", id).Warn("podsnapshot: emptyDir volumes left host directories, outside the pod's snapshots")
+	case len(moved) > 0:
+		log.G(ctx).WithField("id", id).Infof("podsnapshot: emptyDir volumes %s inside the sandbox, saved with the pod", strings.Join(moved, ", "))
+	}
 }
 
 func hasPolicyIn(set *policy.Set, namespace string) bool {

@@ -1,0 +1,180 @@
+package shim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/containerd/log"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/podsnapshot/podsnapshot/runtime/oci"
+)
+
+// A whole-pod snapshot holds what GKE's holds: the pod's memory, its root file systems and
+// its emptyDir volumes. A plain emptyDir is a host directory that runsc's gofer serves, so
+// its files are outside the sandbox and a checkpoint would not save them. For a pod a
+// whole-pod policy matches, the shim therefore gives each of the pod's emptyDirs the mount
+// hints that gVisor's own shim gives them on GKE (gvisor pkg/shim/v1/utils/volumes.go):
+// type tmpfs, share pod, the volume's host directory as source. runsc then mounts one
+// tmpfs inside the sandbox for the volume, shared by every container of the pod that
+// mounts it, whose pages are backed by a file runsc creates in that host directory
+// (".gvisor.filestore.<sandbox id>", runsc/boot/vfs.go). Being sandbox memory, the files
+// are saved by a checkpoint and loaded by a restore with the rest of it. What it costs is
+// in docs/architecture.md ("emptyDir inside the sandbox").
+const (
+	// emptyDirPlugin is the directory kubelet keeps a pod's emptyDir volumes in, below
+	// <kubelet_pods_dir>/<pod uid>/volumes/.
+	emptyDirPlugin = "kubernetes.io~empty-dir"
+	// filestorePrefix names the file runsc backs a self-backed mount with; a directory that
+	// holds only such a file is as empty as kubelet made it.
+	filestorePrefix = ".gvisor.filestore."
+	// forceSharedPrefix is gVisor's per-volume opt-out (dev.gvisor.empty-dir.<volume>.
+	// force-shared: "true"): the volume stays a host directory that host processes see.
+	forceSharedPrefix = "dev.gvisor.empty-dir."
+)
+
+// keepEmptyDirs adds gVisor mount hints (source, type tmpfs, share pod) to the sandbox's
+// spec for each emptyDir volume of the pod, found in
+// <podsDir>/<sandbox uid>/volumes/kubernetes.io~empty-dir/<volume>, and rewrites the
+// bundle's config.json; it returns the volumes it moved into the sandbox, sorted. A volume
+// is left a host directory when the pod's own annotations already give it a hint (by name
+// or by source: the user's hints win), when it is opted out with
+// dev.gvisor.empty-dir.<volume>.force-shared, or when its directory is not empty (a
+// sandbox made again for a running pod: the files the earlier sandbox left stay visible,
+// as gVisor's shim does). A pod without emptyDirs, or without a kubelet directory (a pod
+// run without Kubernetes), is left alone. Errors name the annotation or directory; on an
+// error the spec is unchanged.
+func keepEmptyDirs(ctx context.Context, bundle string, spec *specs.Spec, podsDir string) ([]string, error) {
+	uid := spec.Annotations[oci.SandboxUIDAnnotation]
+	if uid == "" {
+		return nil, nil // not a Kubernetes pod
+	}
+	if !podUID.MatchString(uid) {
+		return nil, fmt.Errorf("annotation %s=%s: not a pod UID (a UUID)", oci.SandboxUIDAnnotation, quoteValue(uid))
+	}
+	dir := filepath.Join(podsDir, uid, "volumes", emptyDirPlugin)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list the pod's emptyDir volumes: %w", err)
+	}
+	hinted := map[string]bool{} // volume names and sources the pod's own hints use
+	for k, v := range spec.Annotations {
+		if rest, ok := strings.CutPrefix(k, mountHintPrefix); ok {
+			name, _, _ := strings.Cut(rest, ".")
+			hinted[name] = true
+			if strings.HasSuffix(k, ".source") {
+				hinted[v] = true
+			}
+		}
+	}
+	var moved []string
+	for _, e := range entries {
+		name, path := e.Name(), filepath.Join(dir, e.Name())
+		switch {
+		case !e.IsDir() || len(validation.IsDNS1123Label(name)) > 0:
+			continue // not a volume kubelet made
+		case hinted[name] || hinted[path]:
+			log.G(ctx).Debugf("emptyDir %s: the pod's own mount hints apply", name)
+			continue
+		case forceShared(ctx, spec, name):
+			continue
+		}
+		empty, err := emptyDirEmpty(path)
+		if err != nil {
+			return nil, err
+		}
+		if !empty {
+			log.G(ctx).Infof("emptyDir %s already holds files: left a host directory, outside snapshots", name)
+			continue
+		}
+		moved = append(moved, name)
+	}
+	if len(moved) == 0 {
+		return nil, nil
+	}
+	sort.Strings(moved)
+	for _, name := range moved {
+		path := filepath.Join(dir, name)
+		spec.Annotations[mountHintPrefix+name+".source"] = path
+		spec.Annotations[mountHintPrefix+name+".type"] = "tmpfs"
+		spec.Annotations[mountHintPrefix+name+".share"] = "pod"
+		if size := memoryMediumSize(path); size > 0 {
+			spec.Annotations[mountHintPrefix+name+".options"] = "size=" + strconv.FormatInt(size, 10)
+		}
+	}
+	if err := oci.WriteSpec(bundle, spec); err != nil {
+		for _, name := range moved {
+			for _, f := range []string{".source", ".type", ".share", ".options"} {
+				delete(spec.Annotations, mountHintPrefix+name+f)
+			}
+		}
+		return nil, err
+	}
+	return moved, nil
+}
+
+// memoryMediumSize returns the size in bytes of the tmpfs kubelet mounted for an emptyDir
+// of medium Memory (its sizeLimit, or what kubelet chose without one), 0 for a directory
+// on the node's disk (medium ""). The tmpfs inside the sandbox gets the same size, so a
+// write past sizeLimit fails with ENOSPC inside the pod as it does under runc; a disk
+// emptyDir's sizeLimit is held by kubelet's eviction, which measures the directory, and
+// that directory holds the sandbox's filestore of the volume.
+func memoryMediumSize(dir string) int64 {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+		return 0
+	}
+	return int64(st.Blocks) * st.Bsize
+}
+
+// forceShared reports gVisor's opt-out annotation for volume name; a value that is not a
+// boolean is logged and ignored, as gVisor's shim does.
+func forceShared(ctx context.Context, spec *specs.Spec, name string) bool {
+	key := forceSharedPrefix + name + ".force-shared"
+	v, ok := spec.Annotations[key]
+	if !ok {
+		return false
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		log.G(ctx).Warnf("ignoring annotation %s=%s: not a boolean", key, quoteValue(v))
+		return false
+	}
+	return b
+}
+
+// emptyDirEmpty reports whether dir holds nothing but runsc filestore files.
+func emptyDirEmpty(dir string) (bool, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return false, fmt.Errorf("emptyDir %s: %w", dir, err)
+	}
+	defer f.Close()
+	for {
+		names, err := f.Readdirnames(16)
+		for _, n := range names {
+			if !strings.HasPrefix(n, filestorePrefix) {
+				return false, nil
+			}
+		}
+		if err == io.EOF {
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("emptyDir %s: %w", dir, err)
+		}
+	}
+}
