@@ -28,7 +28,12 @@ import (
 // is created. The controller syncs every minute, its default.
 func newInstalledKubeEnv(t *testing.T, kind storeKind) *kubeEnv {
 	t.Helper()
-	ce := newClusterEnv(t, 1)
+	return installedKubeEnv(t, kind, newClusterEnv(t, 1))
+}
+
+// installedKubeEnv is newInstalledKubeEnv on the one-node cluster ce.
+func installedKubeEnv(t *testing.T, kind storeKind, ce *clusterEnv) *kubeEnv {
+	t.Helper()
 	ce.push()
 	ce.install()
 	n := ce.kube.Nodes[0]

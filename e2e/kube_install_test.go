@@ -38,6 +38,8 @@ type clusterEnv struct {
 	reg    *registry.Server
 	gcs    *fakegcs.Server
 	reads  *harness.GCSReads // the nodes' way to gcs: bytes read per node
+	// ident is the nodes' way to gcs in a cluster with clusterOptions.identity.
+	ident *harness.PodIdentityGCS
 	deploy string            // the copy of deploy/kubernetes
 	dir    string
 }
@@ -50,6 +52,25 @@ const guidePythonImage = "podsnapshot.test/python:3.12"
 // images imported on every node, and nothing of podsnapshot on them.
 func newClusterEnv(t *testing.T, nodes int) *clusterEnv {
 	t.Helper()
+	return newClusterEnvWith(t, clusterOptions{nodes: nodes})
+}
+
+// clusterOptions shape newClusterEnvWith's cluster.
+type clusterOptions struct {
+	nodes int
+	// identity: the nodes have no storage credentials of their own and reach
+	// fake-gcs-server only through a harness.PodIdentityGCS (ident), whose STS takes the
+	// pods' service account tokens; each node's shim config, written before the install
+	// (which keeps it), points gcs_endpoint and pod_identity at it.
+	identity bool
+}
+
+// testProvider is the workload identity provider of identity clusters.
+const testProvider = "//iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/test-pool/providers/test-cluster"
+
+func newClusterEnvWith(t *testing.T, o clusterOptions) *clusterEnv {
+	t.Helper()
+	nodes := o.nodes
 	dir := kubeStateDir(t)
 	imgs := harness.Images(t)
 	py := appImage(t, "python")
@@ -68,6 +89,10 @@ func newClusterEnv(t *testing.T, nodes int) *clusterEnv {
 			}
 			if e.gcs, err = fakegcs.Start(context.Background(), fakegcs.Options{IP: ip.String(), Dir: filepath.Join(dir, "gcs")}); err != nil {
 				return nil, nil, err
+			}
+			if o.identity {
+				e.ident, err = harness.StartPodIdentityGCS(t, ip.String(), e.gcs.URL, testProvider)
+				return nil, []string{e.reg.Host}, err
 			}
 			e.reads = harness.NewGCSReads(t, e.gcs.URL, ip.String())
 			return []string{"STORAGE_EMULATOR_HOST=" + e.reads.Host}, []string{e.reg.Host}, nil
@@ -89,6 +114,14 @@ func newClusterEnv(t *testing.T, nodes int) *clusterEnv {
 		if out, err := exec.Command(filepath.Join(harness.DepsBin(t), "ctr"), "--address", n.Socket(), "-n", "k8s.io",
 			"images", "tag", ociarchive.PythonImage, guidePythonImage).CombinedOutput(); err != nil {
 			t.Fatalf("tag the python image on %s: %v: %s", n.Name, err, out)
+		}
+	}
+	if o.identity {
+		e.ident.SetReview(tokenReviewer(t, c.Kubeconfig, "https:"+testProvider))
+		conf := fmt.Sprintf("gcs_endpoint = %q\n\n[pod_identity]\nworkload_identity_provider = %q\nsts_url = %q\n",
+			e.ident.Endpoint, testProvider, e.ident.STSURL)
+		for _, n := range c.Nodes {
+			must(t, os.WriteFile(filepath.Join(n.NodeDir("/etc/containerd"), "podsnapshot.toml"), []byte(conf), 0o644))
 		}
 	}
 	t.Logf("%d-node Kubernetes ready in %.1fs: API %s", nodes, time.Since(start).Seconds(), c.APIServerURL)

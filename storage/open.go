@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/oauth2"
 )
 
 // Options tune a store. The zero value of a field means its default.
@@ -25,6 +26,12 @@ type Options struct {
 	ReadChunkSize int64
 	// Log receives debug and warning messages. Default logrus.StandardLogger().
 	Log logrus.FieldLogger
+	// Endpoint is the object store's API endpoint (storage/gcs: the JSON API URL, e.g.
+	// "https://storage.googleapis.com/storage/v1/"); "" means the client's default.
+	Endpoint string
+	// TokenSource, when set, authenticates every request (storage/gcs: an OAuth2 access
+	// token) in place of the process's default credentials.
+	TokenSource oauth2.TokenSource
 }
 
 // Defaults of Options.
@@ -48,6 +55,12 @@ func WithParallelism(n int) Option { return func(o *Options) { o.Parallelism = n
 
 // WithReadChunkSize sets Options.ReadChunkSize (bytes).
 func WithReadChunkSize(n int64) Option { return func(o *Options) { o.ReadChunkSize = n } }
+
+// WithEndpoint sets Options.Endpoint.
+func WithEndpoint(u string) Option { return func(o *Options) { o.Endpoint = u } }
+
+// WithTokenSource sets Options.TokenSource.
+func WithTokenSource(ts oauth2.TokenSource) Option { return func(o *Options) { o.TokenSource = ts } }
 
 // WithLogger sets Options.Log.
 func WithLogger(l logrus.FieldLogger) Option { return func(o *Options) { o.Log = l } }

@@ -7,6 +7,8 @@
 //     (reports.go): PodSnapshot objects and their status, Events with reason
 //     GKEPodSnapshotting on the pods, the PodRestored pod condition, and metrics;
 //   - carries out PodSnapshotManualTriggers for pods on its node (triggers.go);
+//   - writes tokens of its node's pods' service accounts for storage configs with
+//     tokenSource podKSA, which the shim exchanges for storage access (tokens.go);
 //   - deletes the files of its node's local-store snapshots when their PodSnapshot is
 //     deleted (deletion.go).
 package agent
@@ -36,6 +38,12 @@ type Options struct {
 	ReportDir string
 	// ContainerdAddress is containerd's gRPC socket, for manual triggers.
 	ContainerdAddress string
+	// TokenDir is the shim's pod_identity.token_dir: where the agent writes pod tokens
+	// for storage configs with tokenSource podKSA.
+	TokenDir string
+	// TokenAudience is the audience of those tokens ("" when the node config names no
+	// workload identity provider: such pods get no token and start cold).
+	TokenAudience string
 	// PollInterval is how often the spool is read; 0 means 500 ms.
 	PollInterval time.Duration
 	// Logger; nil means logrus.StandardLogger().
@@ -55,6 +63,8 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return fmt.Errorf("agent: policy_dir and report_dir must be set")
 	case opts.ContainerdAddress == "":
 		return fmt.Errorf("agent: no containerd address")
+	case opts.TokenDir == "":
+		return fmt.Errorf("agent: no token directory")
 	}
 	if opts.PollInterval == 0 {
 		opts.PollInterval = 500 * time.Millisecond
@@ -76,6 +86,9 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	if err := trig.setup(mgr); err != nil {
+		return err
+	}
+	if err := (&podTokens{c: c, node: opts.NodeName, dir: opts.TokenDir, audience: opts.TokenAudience, log: log, now: time.Now}).setup(mgr); err != nil {
 		return err
 	}
 	if err := (&localDeletion{c: c, node: opts.NodeName, log: log}).setup(mgr); err != nil {

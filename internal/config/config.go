@@ -33,6 +33,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,11 +93,55 @@ type Config struct {
 	ReportDir string `toml:"report_dir"`
 	// ReportMaxFiles bounds the spool: at that many reports the oldest is dropped before
 	// a new one is written, so a node without an agent does not fill its disk.
-	ReportMaxFiles int   `toml:"report_max_files"`
-	Runsc          Runsc `toml:"runsc"`
+	ReportMaxFiles int `toml:"report_max_files"`
+	// GCSEndpoint is the Cloud Storage JSON API endpoint the shim's stores use, e.g.
+	// "https://storage.googleapis.com/storage/v1/" (the client's default when empty) or a
+	// private or test endpoint; with it the client authenticates as it would against
+	// Google (STORAGE_EMULATOR_HOST, by contrast, sends no credentials at all).
+	GCSEndpoint string      `toml:"gcs_endpoint"`
+	PodIdentity PodIdentity `toml:"pod_identity"`
+	Runsc       Runsc       `toml:"runsc"`
 
 	// Path is the file this config was read from; empty for built-in defaults.
 	Path string `toml:"-"`
+}
+
+// PodIdentity configures storage access with the pod's own Kubernetes service account
+// (PodSnapshotStorageConfig gcs.tokenSource: podKSA): the node agent writes a token for the
+// pod's service account, bound to the pod and with audience TokenAudience, to
+// <TokenDir>/<pod uid>; the shim exchanges it at STSURL for a Google access token of the
+// workload identity pool's principal (Workload Identity Federation), the way
+// golang.org/x/oauth2/google/externalaccount does.
+type PodIdentity struct {
+	// WorkloadIdentityProvider is the STS audience: the workload identity pool provider
+	// that trusts the cluster's service account issuer,
+	// "//iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>".
+	// podKSA needs it; a pod of a podKSA storage config on a node without it starts cold.
+	WorkloadIdentityProvider string `toml:"workload_identity_provider"`
+	// TokenAudience is the audience of the pod's Kubernetes token; "" means
+	// "https:" + WorkloadIdentityProvider, the provider's default allowed audience.
+	TokenAudience string `toml:"token_audience"`
+	// STSURL is the Security Token Service's token exchange endpoint.
+	STSURL string `toml:"sts_url"`
+	// TokenDir is where the agent writes pod tokens (0600, one file per pod UID) and the
+	// shim reads them; "" means <WorkDir>/.tokens.
+	TokenDir string `toml:"token_dir"`
+}
+
+// Audience returns the audience of pod tokens: TokenAudience or its default.
+func (p PodIdentity) Audience() string {
+	if p.TokenAudience != "" {
+		return p.TokenAudience
+	}
+	return "https:" + p.WorkloadIdentityProvider
+}
+
+// Tokens returns the pod token directory: PodIdentity.TokenDir, or <WorkDir>/.tokens.
+func (c Config) Tokens() string {
+	if c.PodIdentity.TokenDir != "" {
+		return c.PodIdentity.TokenDir
+	}
+	return filepath.Join(c.WorkDir, ".tokens")
 }
 
 // Runsc configures how runsc is run.
@@ -119,6 +164,7 @@ func Default() Config {
 		KubeletPodsDir:     "/var/lib/kubelet/pods",
 		ReportMaxFiles:     10000,
 		StreamRestore:      true,
+		PodIdentity:        PodIdentity{STSURL: "https://sts.googleapis.com/v1/token"},
 		Runsc: Runsc{
 			Path: "runsc",
 			Root: "/run/containerd/runsc",
@@ -170,7 +216,7 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, stream_restore, report_dir, report_max_files, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, stream_restore, report_dir, report_max_files, gcs_endpoint, pod_identity.workload_identity_provider, pod_identity.token_audience, pod_identity.sts_url, pod_identity.token_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
 }
@@ -233,6 +279,30 @@ const MaxRestoreWaitSeconds = 3600
 // cacheName is the cache's directory in the work dir by default: <work_dir>/cache.
 const cacheName = "cache"
 
+// validateIdentity checks gcs_endpoint and the pod_identity table: URLs are absolute
+// http(s) URLs, the provider has the form STS takes, the token dir is absolute.
+func (c Config) validateIdentity() error {
+	for _, u := range []struct{ key, v string }{{"gcs_endpoint", c.GCSEndpoint}, {"pod_identity.sts_url", c.PodIdentity.STSURL}} {
+		if u.v == "" {
+			continue
+		}
+		p, err := url.Parse(u.v)
+		if err != nil || (p.Scheme != "https" && p.Scheme != "http") || p.Host == "" {
+			return fmt.Errorf("key %q: %q is not an http(s) URL", u.key, u.v)
+		}
+	}
+	if c.PodIdentity.STSURL == "" {
+		return errors.New(`key "pod_identity.sts_url": must not be empty (default https://sts.googleapis.com/v1/token)`)
+	}
+	if w := c.PodIdentity.WorkloadIdentityProvider; w != "" && !strings.HasPrefix(w, "//") {
+		return fmt.Errorf("key \"pod_identity.workload_identity_provider\": %q: want //iam.googleapis.com/projects/<number>/locations/global/workloadIdentityPools/<pool>/providers/<provider>", w)
+	}
+	if d := c.PodIdentity.TokenDir; d != "" && (!filepath.IsAbs(d) || filepath.Clean(d) == "/") {
+		return fmt.Errorf("key \"pod_identity.token_dir\": %q must be an absolute path other than /", d)
+	}
+	return nil
+}
+
 // Validate checks values that TOML types cannot. Errors are one line naming the key.
 //
 // Directories (work_dir, policy_dir, cache_dir when set, kubelet_pods_dir, runsc.root)
@@ -276,6 +346,9 @@ func (c Config) Validate() error {
 	// Written so that NaN fails too.
 	if !(c.RestoreWaitSeconds > 0 && c.RestoreWaitSeconds <= MaxRestoreWaitSeconds) {
 		return fmt.Errorf("key \"restore_wait_seconds\": %v must be a number of seconds above 0 and at most %d", c.RestoreWaitSeconds, MaxRestoreWaitSeconds)
+	}
+	if err := c.validateIdentity(); err != nil {
+		return err
 	}
 	for k := range c.Runsc.Flags {
 		switch k {

@@ -37,12 +37,15 @@ type handling struct {
 // policyFields covers the specs of the four kinds, by JSON path; enum values as
 // path=value.
 var policyFields = map[string]handling{
-	"PodSnapshotStorageConfig spec.snapshotStorageConfig":            {readIn: "checkpoint/api/v1/helpers.go"},
-	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs":        {readIn: "checkpoint/api/v1/helpers.go"},
-	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.bucket": {readIn: "checkpoint/api/v1/helpers.go"},
-	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.path":   {readIn: "checkpoint/api/v1/helpers.go"},
-	"PodSnapshotStorageConfig spec.snapshotStorageConfig.local":      {readIn: "checkpoint/api/v1/helpers.go"},
-	"PodSnapshotStorageConfig spec.snapshotStorageConfig.local.path": {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig":                               {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs":                           {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.bucket":                    {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.path":                      {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.tokenSource":               {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.tokenSource=podKSA":        {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.tokenSource=federatedP4SA": {refused: "federatedP4SA"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.local":                         {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.snapshotStorageConfig.local.path":                    {readIn: "checkpoint/api/v1/helpers.go"},
 
 	"PodSnapshotPolicy spec.selector":                                                            {readIn: "checkpoint/policy/set.go"},
 	"PodSnapshotPolicy spec.storageConfigName":                                                   {readIn: "checkpoint/policy/set.go"},
@@ -82,14 +85,27 @@ var configFields = map[string]handling{
 	"stream_restore":       {readIn: "internal/podsnap/fetch.go"},
 	"report_dir":           {readIn: "internal/config/config.go"}, // Config.Reports
 	"report_max_files":     {readIn: "internal/podsnap/report.go"},
-	"runsc":                {readIn: "shim/service.go"},
-	"runsc.path":           {readIn: "shim/service.go"},
-	"runsc.root":           {readIn: "shim/service.go"},
-	"runsc.flags":          {readIn: "shim/service.go"},
+	"gcs_endpoint":         {readIn: "internal/podsnap/identity.go"},
+	"pod_identity":         {readIn: "internal/podsnap/identity.go"},
+	"pod_identity.workload_identity_provider": {readIn: "internal/podsnap/identity.go"},
+	"pod_identity.token_audience":             {readIn: "internal/config/config.go"}, // PodIdentity.Audience
+	"pod_identity.sts_url":                    {readIn: "internal/podsnap/identity.go"},
+	"pod_identity.token_dir":                  {readIn: "internal/config/config.go"}, // Config.Tokens
+	"runsc":                                   {readIn: "shim/service.go"},
+	"runsc.path":                              {readIn: "shim/service.go"},
+	"runsc.root":                              {readIn: "shim/service.go"},
+	"runsc.flags":                             {readIn: "shim/service.go"},
 }
 
 // A valid document of each kind, into which a refused value is put.
 var baseDocs = map[string]string{
+	"PodSnapshotStorageConfig": `apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotStorageConfig
+metadata: {name: s}
+spec:
+  snapshotStorageConfig:
+    gcs: {bucket: b1}
+`,
 	"PodSnapshotPolicy": `apiVersion: podsnapshot.gke.io/v1
 kind: PodSnapshotPolicy
 metadata: {name: p, namespace: default}

@@ -54,11 +54,11 @@ func streamedSnapshot(t *testing.T, e *env) *manifest.Manifest {
 // of the env's store, for the pods planned from now on.
 func (e *env) gateStore(from int64) *gatedStore {
 	url := "file://" + e.store
-	st, err := e.node.store(context.Background(), url)
+	st, err := e.node.store(context.Background(), nodeStoreKey(url), url)
 	must(e.t, err)
 	gate := &gatedStore{Store: st, from: from, open: make(chan struct{})}
 	e.node.mu.Lock()
-	e.node.stores[url] = gate
+	e.node.stores[nodeStoreKey(url)] = gate
 	e.node.mu.Unlock()
 	return gate
 }

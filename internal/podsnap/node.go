@@ -70,23 +70,25 @@ func (n *Node) loader(dir string) *policy.Loader {
 	return l
 }
 
-// store opens (once) the store at url.
-func (n *Node) store(ctx context.Context, url string) (storage.Store, error) {
+// store opens (once per key) the store at url with opts: key names the url and whose
+// credentials opts carry.
+func (n *Node) store(ctx context.Context, key, url string, opts ...storage.Option) (storage.Store, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if st, ok := n.stores[url]; ok {
+	if st, ok := n.stores[key]; ok {
 		return st, nil
 	}
 	// 8 MiB parts and read chunks: with 4 in flight a transfer holds about 40 MiB, which
 	// keeps the shim's memory well under 100 MiB whatever the snapshot size.
-	st, err := storage.Open(ctx, url, storage.WithPartSize(8<<20), storage.WithReadChunkSize(8<<20))
+	opts = append([]storage.Option{storage.WithPartSize(8 << 20), storage.WithReadChunkSize(8 << 20)}, opts...)
+	st, err := storage.Open(ctx, url, opts...)
 	if err != nil {
 		return nil, err
 	}
 	if n.stores == nil {
 		n.stores = map[string]storage.Store{}
 	}
-	n.stores[url] = st
+	n.stores[key] = st
 	return st, nil
 }
 

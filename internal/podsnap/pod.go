@@ -240,7 +240,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	if err != nil {
 		return coldWithout(report.ReasonOther, fmt.Sprintf("policy %s: snapshot key: %v", entry.ID(), err))
 	}
-	st, err := n.store(ctx, entry.StoreURL)
+	st, err := n.storeOf(ctx, cfg, entry, spec)
 	if err != nil {
 		return coldWithout(report.ReasonStorageUnreachable, fmt.Sprintf("policy %s: %v", entry.ID(), err))
 	}

@@ -26,6 +26,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"sort"
 	"strings"
 
@@ -34,6 +35,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"google.golang.org/api/googleapi"
 	"google.golang.org/api/iterator"
+	"google.golang.org/api/option"
 )
 
 func init() {
@@ -41,7 +43,19 @@ func init() {
 		if u.Host == "" {
 			return nil, fmt.Errorf("open store %s: no bucket: want gs://bucket/prefix", u)
 		}
-		client, err := gcs.NewClient(ctx)
+		var copts []option.ClientOption
+		if o.Endpoint != "" {
+			copts = append(copts, option.WithEndpoint(o.Endpoint))
+		}
+		if o.TokenSource != nil {
+			if os.Getenv("STORAGE_EMULATOR_HOST") != "" {
+				// The client sends no credentials to an emulator: a store that must act
+				// as one identity would act as none.
+				return nil, fmt.Errorf("open store %s: a token source is set, and STORAGE_EMULATOR_HOST would drop it; point the store at the endpoint instead", u)
+			}
+			copts = append(copts, option.WithTokenSource(o.TokenSource))
+		}
+		client, err := gcs.NewClient(ctx, copts...)
 		if err != nil {
 			return nil, fmt.Errorf("open store %s: %w", u, err)
 		}

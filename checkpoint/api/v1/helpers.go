@@ -26,6 +26,13 @@ func (c *PodSnapshotStorageConfig) StoreURL() string {
 	return ""
 }
 
+// PodIdentity reports whether pods read and write the config's store with their own
+// service account (gcs.tokenSource: podKSA) rather than the node's credentials.
+func (c *PodSnapshotStorageConfig) PodIdentity() bool {
+	g := c.Spec.SnapshotStorageConfig.GCS
+	return g != nil && g.TokenSource == TokenSourcePodKSA
+}
+
 // RetentionRules returns the policy's retention settings in the form package retention
 // takes: LastAccessTimeout parsed (0 when unset: keep) and MaxPerGroup (0: unlimited).
 // It fails only for a lastAccessTimeout that Validate would reject.

@@ -74,7 +74,26 @@ type GCSStorage struct {
 	// +kubebuilder:validation:MaxLength=1024
 	// +kubebuilder:validation:XValidation:rule="!self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.split('/').exists(p, p == '.' || p == '..')",message="must be a relative folder without leading or trailing /, //, . or .. parts"
 	Path string `json:"path,omitempty"`
+	// TokenSource is whose credentials read and write the bucket for a pod: podKSA, the
+	// pod's own Kubernetes service account (the node agent mints a token bound to the pod,
+	// the shim exchanges it for a Google access token through Workload Identity
+	// Federation's Security Token Service, so a pod reaches only what its service account
+	// is granted). Unset: the node's credentials (Application Default Credentials of the
+	// shim), for every pod of the node. GKE's other value, federatedP4SA (GKE's service
+	// agent reading on the pod's behalf), has no equivalent outside GKE and is refused.
+	// +kubebuilder:validation:Enum=podKSA;federatedP4SA
+	// +kubebuilder:validation:XValidation:rule="self != 'federatedP4SA'",message="federatedP4SA (GKE's service agent) is not available outside GKE: use podKSA, or leave tokenSource unset for the node's credentials"
+	TokenSource TokenSource `json:"tokenSource,omitempty"`
 }
+
+// TokenSource is GCSStorage.TokenSource.
+type TokenSource string
+
+// The values of GCSStorage.TokenSource.
+const (
+	TokenSourcePodKSA        TokenSource = "podKSA"
+	TokenSourceFederatedP4SA TokenSource = "federatedP4SA"
+)
 
 // LocalStorage is a directory on the node.
 type LocalStorage struct {

@@ -66,6 +66,14 @@ func validateGCS(g *GCSStorage, p *field.Path) field.ErrorList {
 		errs = append(errs, field.Invalid(p.Child("bucket"), g.Bucket,
 			"must be 3-222 lowercase letters, digits, '-', '_' or '.', starting and ending with a letter or digit"))
 	}
+	switch g.TokenSource {
+	case "", TokenSourcePodKSA:
+	case TokenSourceFederatedP4SA:
+		errs = append(errs, field.Forbidden(p.Child("tokenSource"),
+			"federatedP4SA (GKE's service agent) is not available outside GKE: use podKSA, or leave tokenSource unset for the node's credentials"))
+	default:
+		errs = append(errs, field.NotSupported(p.Child("tokenSource"), g.TokenSource, []TokenSource{TokenSourcePodKSA}))
+	}
 	if g.Path != "" {
 		clean := path.Clean(g.Path)
 		if strings.HasPrefix(g.Path, "/") || strings.HasSuffix(g.Path, "/") || clean != g.Path || clean == "." || strings.HasPrefix(clean, "..") {
