@@ -33,14 +33,14 @@ import (
 // registry and fake-gcs-server on the nodes' bridge, and a copy of deploy/kubernetes
 // that `make push` points at the pushed image.
 type clusterEnv struct {
-	t      *testing.T
-	kube   *kube.Cluster
-	reg    *registry.Server
-	gcs    *fakegcs.Server
-	reads  *harness.GCSReads // the nodes' way to gcs: bytes read per node
+	t     *testing.T
+	kube  *kube.Cluster
+	reg   *registry.Server
+	gcs   *fakegcs.Server
+	reads *harness.GCSReads // the nodes' way to gcs: bytes read per node
 	// ident is the nodes' way to gcs in a cluster with clusterOptions.identity.
-	ident *harness.PodIdentityGCS
-	deploy string            // the copy of deploy/kubernetes
+	ident  *harness.PodIdentityGCS
+	deploy string // the copy of deploy/kubernetes
 	dir    string
 }
 

@@ -52,8 +52,8 @@ type PodIdentityGCS struct {
 // "" without one), what (method, bucket, object or listing prefix), and whether it passed.
 type IdentityRequest struct {
 	Principal, Method, Bucket, Object string
-	Path                             string // the request's path and query
-	Allowed                          bool
+	Path                              string // the request's path and query
+	Allowed                           bool
 }
 
 // StartPodIdentityGCS serves the STS and the front on ip (random ports), proxying to
@@ -71,8 +71,8 @@ func StartPodIdentityGCS(t *testing.T, ip, gcsURL, provider string) (*PodIdentit
 	}
 	p := &PodIdentityGCS{t: t, Provider: provider, proxy: proxy, grants: map[string][]string{}, tokens: map[string]string{}}
 	for _, s := range []struct {
-		h   http.HandlerFunc
-		url *string
+		h    http.HandlerFunc
+		url  *string
 		tail string
 	}{{p.exchange, &p.STSURL, "/v1/token"}, {p.front, &p.Endpoint, "/storage/v1/"}} {
 		l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
