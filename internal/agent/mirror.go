@@ -133,13 +133,25 @@ func writeIfChanged(path string, data []byte) (bool, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return false, fmt.Errorf("policy directory %s: %w", dir, err)
 	}
-	tmp, err := os.CreateTemp(dir, ".podsnapshot-agent-")
+	if err := writeAtomic(path, data, 0o644); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+// tmpPrefix starts the names of the temporary files writeAtomic renames into place.
+const tmpPrefix = ".podsnapshot-agent-"
+
+// writeAtomic writes data to path with mode through a synced temporary file in the same
+// directory renamed over it: a reader sees the old file or the new one, never half.
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), tmpPrefix)
 	if err != nil {
-		return false, fmt.Errorf("policy directory %s: %w", dir, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
 	_, err = tmp.Write(data)
 	if err == nil {
-		err = tmp.Chmod(0o644)
+		err = tmp.Chmod(mode)
 	}
 	if err == nil {
 		err = tmp.Sync()
@@ -152,7 +164,7 @@ func writeIfChanged(path string, data []byte) (bool, error) {
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
-		return false, fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: %w", path, err)
 	}
-	return true, nil
+	return nil
 }

@@ -151,21 +151,8 @@ func (t *podTokens) write(ctx context.Context, pod *corev1.Pod) (time.Time, erro
 	if err := os.MkdirAll(t.dir, 0o700); err != nil {
 		return time.Time{}, fmt.Errorf("token directory: %w", err)
 	}
-	path := filepath.Join(t.dir, string(pod.UID))
-	tmp, err := os.CreateTemp(t.dir, ".tmp-")
-	if err != nil {
-		return time.Time{}, fmt.Errorf("write the pod's token: %w", err)
-	}
-	_, err = tmp.WriteString(tr.Status.Token)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return time.Time{}, fmt.Errorf("write the pod's token to %s: %w", path, err)
+	if err := writeAtomic(filepath.Join(t.dir, string(pod.UID)), []byte(tr.Status.Token), 0o600); err != nil {
+		return time.Time{}, fmt.Errorf("the pod's token: %w", err)
 	}
 	exp := tr.Status.ExpirationTimestamp.Time
 	t.mu.Lock()
@@ -208,7 +195,7 @@ func (t *podTokens) sweep(ctx context.Context) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if !live[e.Name()] && !strings.HasPrefix(e.Name(), ".tmp-") {
+		if !live[e.Name()] && !strings.HasPrefix(e.Name(), tmpPrefix) {
 			errs = append(errs, t.remove(types.UID(e.Name())))
 		}
 	}
