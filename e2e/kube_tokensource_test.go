@@ -107,18 +107,6 @@ func TestKubeTokenSource(t *testing.T) {
 	if out, err := k.kube.KubectlInput(p4sa, "apply", "-f", "-"); err == nil || !strings.Contains(err.Error()+out, "tokenSource") {
 		t.Fatalf("a storage config with tokenSource federatedP4SA: err=%v out=%q; want a refusal naming tokenSource", err, out)
 	}
-	// The agent's credentials mint no token the API server (or any non-IAM audience)
-	// accepts, and none without a pod (token-policy.yaml).
-	asAgent := "--as=system:serviceaccount:podsnapshot-system:podsnapshot-agent"
-	for _, args := range [][]string{
-		{"create", "token", "default", "-n", "kube-system", "--audience=https://kubernetes.default.svc.cluster.local"},
-		{"create", "token", "runner", "-n", "a", "--audience=https://iam.googleapis.com/x", "--duration=1h"},
-	} {
-		out, err := k.kube.Kubectl(append([]string{asAgent}, args...)...)
-		if err == nil || !strings.Contains(err.Error()+out, "podsnapshot-agent-tokens") {
-			t.Fatalf("kubectl %v as the agent: err=%v out=%q; want a refusal by podsnapshot-agent-tokens", args, err, out)
-		}
-	}
 	harness.Eventually(t, 15*time.Second, "the policies on the node", func() bool {
 		b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.MirrorFile))
 		return strings.Count(string(b), "kind: PodSnapshotPolicy") == 2
@@ -146,6 +134,7 @@ func TestKubeTokenSource(t *testing.T) {
 		t.Fatalf("storagePath %q", p)
 	}
 	readToken("a")
+	checkTokenPolicy(t, k)
 	k.kubectl("-n", "a", "delete", "pod", "counter", "--wait=true", "--timeout=60s")
 	k.apply(k.tenantPod("a"))
 	k.waitEvent("a", "counter", "Successfully restored the pod from PodSnapshot a/"+uuid, 90*time.Second)
@@ -231,6 +220,40 @@ func TestKubeTokenSource(t *testing.T) {
 		}
 	}
 	t.Logf("%d pod tokens, none in %d bytes of logs and events", len(podTokens), logs.Len())
+}
+
+// checkTokenPolicy: the agent's credentials mint what the agent needs (a token of a/runner
+// bound to pod a/counter, an IAM audience, an hour) and nothing else (token-policy.yaml):
+// no token without a pod, for another audience (the API server's), for longer, or of the
+// cluster's own service accounts.
+func checkTokenPolicy(t *testing.T, k *kubeEnv) {
+	t.Helper()
+	bound := func(ns, pod string) []string {
+		uid := k.jsonpath("pod", "-n", ns, pod, "-o", "jsonpath={.metadata.uid}")
+		return []string{"--bound-object-kind=Pod", "--bound-object-name=" + pod, "--bound-object-uid=" + uid}
+	}
+	ctrl := k.jsonpath("pods", "-n", "podsnapshot-system", "-l", "app.kubernetes.io/name=podsnapshot-controller", "-o", "jsonpath={.items[0].metadata.name}")
+	asAgent := func(args ...string) (string, error) {
+		return k.kube.Kubectl(append([]string{"--as=system:serviceaccount:podsnapshot-system:podsnapshot-agent", "create", "token"}, args...)...)
+	}
+	iam := "--audience=https://iam.googleapis.com/projects/123456/locations/global/workloadIdentityPools/test-pool/providers/test-cluster"
+	if out, err := asAgent(append([]string{"runner", "-n", "a", iam, "--duration=1h"}, bound("a", "counter")...)...); err != nil {
+		t.Fatalf("the agent's own kind of token refused: %v %s", err, out)
+	}
+	for _, c := range []struct {
+		args []string
+		why  string
+	}{
+		{[]string{"runner", "-n", "a", iam, "--duration=1h"}, "only tokens bound to a pod"},
+		{append([]string{"runner", "-n", "a", "--audience=https://kubernetes.default.svc.cluster.local", "--duration=1h"}, bound("a", "counter")...), "Workload Identity Federation providers"},
+		{append([]string{"runner", "-n", "a", iam, "--duration=2h"}, bound("a", "counter")...), "an hour at most"},
+		{append([]string{"podsnapshot-controller", "-n", "podsnapshot-system", iam, "--duration=1h"}, bound("podsnapshot-system", ctrl)...), "the cluster's own service accounts"},
+	} {
+		out, err := asAgent(c.args...)
+		if err == nil || !strings.Contains(err.Error()+out, c.why) {
+			t.Fatalf("kubectl create token %v as the agent: err=%v out=%q; want a refusal saying %q", c.args, err, out, c.why)
+		}
+	}
 }
 
 // countObjects counts the objects of bucket "snapshots" below prefix, read from

@@ -74,6 +74,7 @@ func (c *container) create(ctx context.Context, sb *container) error {
 		return nil
 	}
 	c.pod = sb.pod
+	warnSubPaths(ctx, sb.spec, c.spec, c.cfg.KubeletPodsDir, c.id)
 	// A container's pid is its sandbox's until runsc creates it (and, for one that waits
 	// for its pod's restore, after: the restore creates it).
 	c.init.setPid(sb.init.getPid())

@@ -132,9 +132,17 @@ func keepEmptyDirs(ctx context.Context, bundle string, spec *specs.Spec, podsDir
 // write past sizeLimit fails with ENOSPC inside the pod as it does under runc; a disk
 // emptyDir's sizeLimit is held by kubelet's eviction, which measures the directory, and
 // that directory holds the sandbox's filestore of the volume.
+//
+// The directory must be a mount point of its own: on a node whose /var/lib/kubelet is
+// itself a tmpfs, a disk emptyDir is a plain directory of that tmpfs, not a volume sized
+// for the pod.
 func memoryMediumSize(dir string) int64 {
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil || st.Type != unix.TMPFS_MAGIC {
+		return 0
+	}
+	var self, parent unix.Stat_t
+	if unix.Stat(dir, &self) != nil || unix.Stat(filepath.Dir(dir), &parent) != nil || self.Dev == parent.Dev {
 		return 0
 	}
 	return int64(st.Blocks) * st.Bsize
@@ -176,5 +184,33 @@ func emptyDirEmpty(dir string) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("emptyDir %s: %w", dir, err)
 		}
+	}
+}
+
+// warnSubPaths logs, for a container of a pod whose emptyDirs went inside the sandbox,
+// each mount of a subPath of such a volume. kubelet mounts a subPath from
+// <kubelet_pods_dir>/<uid>/volume-subpaths/<volume>/<container>/<n>, a host directory that
+// runsc cannot match to the volume's hint (gVisor matches hints by exact source; its own
+// shim has the same limit): the container sees the node's directory, not the files the
+// pod's other containers see in the volume, and those files are not saved. The pod can opt
+// the volume out with dev.gvisor.empty-dir.<volume>.force-shared: "true".
+func warnSubPaths(ctx context.Context, sandbox, spec *specs.Spec, podsDir, id string) {
+	uid := sandbox.Annotations[oci.SandboxUIDAnnotation]
+	if uid == "" {
+		return
+	}
+	subpaths := filepath.Join(podsDir, uid, "volume-subpaths") + "/"
+	for _, m := range spec.Mounts {
+		rest, ok := strings.CutPrefix(m.Source, subpaths)
+		if !ok {
+			continue
+		}
+		volume, _, _ := strings.Cut(rest, "/")
+		src := sandbox.Annotations[mountHintPrefix+volume+".source"]
+		if filepath.Base(filepath.Dir(src)) != emptyDirPlugin || sandbox.Annotations[mountHintPrefix+volume+".type"] != "tmpfs" {
+			continue
+		}
+		log.G(ctx).WithField("id", id).Warnf("container mounts a subPath of emptyDir %s at %s: the volume is inside the sandbox, the subPath is the node's directory; its files are not the volume's and are not saved (annotate the pod with %s%s.force-shared: \"true\" to keep the volume on the node)",
+			volume, m.Destination, forceSharedPrefix, volume)
 	}
 }

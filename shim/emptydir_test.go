@@ -1,13 +1,17 @@
 package shim
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
+	"github.com/containerd/log"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
@@ -81,7 +85,7 @@ func TestKeepEmptyDirs(t *testing.T) {
 }
 
 // TestKeepEmptyDirsMemory: an emptyDir of medium Memory (kubelet's tmpfs) gets its size as
-// the sandbox tmpfs's size.
+// the sandbox tmpfs's size; a directory that is not a tmpfs mount of its own gets none.
 func TestKeepEmptyDirsMemory(t *testing.T) {
 	const uid = "0b3f5c1e-8d2a-4f6b-9c7d-112233445567"
 	pods := t.TempDir()
@@ -99,5 +103,37 @@ func TestKeepEmptyDirsMemory(t *testing.T) {
 	}
 	if got := spec.Annotations[mountHintPrefix+"mem.options"]; got != "size=8388608" {
 		t.Fatalf("mem.options %q, want size=8388608", got)
+	}
+	// A directory inside a tmpfs that is not its own mount (a node whose kubelet
+	// directory is a tmpfs) is a disk emptyDir: no size.
+	inner := filepath.Join(mem, "x", "volumes", emptyDirPlugin, "disk")
+	if err := os.MkdirAll(inner, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if size := memoryMediumSize(inner); size != 0 {
+		t.Fatalf("a plain directory inside a tmpfs got size %d", size)
+	}
+}
+
+// TestWarnSubPaths: a subPath of a volume inside the sandbox is reported, one of a volume
+// left on the node is not.
+func TestWarnSubPaths(t *testing.T) {
+	const uid = "0b3f5c1e-8d2a-4f6b-9c7d-112233445568"
+	pods := "/var/lib/kubelet/pods"
+	sandbox := &specs.Spec{Annotations: map[string]string{
+		oci.SandboxUIDAnnotation:        uid,
+		mountHintPrefix + "data.source": filepath.Join(pods, uid, "volumes", emptyDirPlugin, "data"),
+		mountHintPrefix + "data.type":   "tmpfs",
+	}}
+	spec := &specs.Spec{Mounts: []specs.Mount{
+		{Destination: "/etc/app", Source: filepath.Join(pods, uid, "volume-subpaths", "data", "main", "0")},
+		{Destination: "/etc/other", Source: filepath.Join(pods, uid, "volume-subpaths", "other", "main", "1")},
+	}}
+	var buf bytes.Buffer
+	logger := logrus.New()
+	logger.SetOutput(&buf)
+	warnSubPaths(log.WithLogger(context.Background(), logrus.NewEntry(logger)), sandbox, spec, pods, "c1")
+	if out := buf.String(); strings.Count(out, "container mounts a subPath") != 1 || !strings.Contains(out, "emptyDir data at /etc/app") {
+		t.Fatalf("warnings:\n%s", out)
 	}
 }

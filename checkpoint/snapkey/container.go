@@ -100,11 +100,31 @@ func canonicalize(c Container) canonicalContainer {
 		out.RootReadonly = s.Root.Readonly
 	}
 	for k, v := range s.Annotations {
-		if strings.HasPrefix(k, "dev.gvisor.") && !perPodAnnotation(k) {
-			out.Annotations[k] = v
+		if !strings.HasPrefix(k, "dev.gvisor.") || perPodAnnotation(k) {
+			continue
 		}
+		if strings.HasPrefix(k, "dev.gvisor.spec.mount.") && strings.HasSuffix(k, ".options") {
+			if v = withoutSize(v); v == "" {
+				continue
+			}
+		}
+		out.Annotations[k] = v
 	}
 	return out
+}
+
+// withoutSize drops size=... from a mount hint's options: a tmpfs's size is a limit, not
+// state (a restore brings the saved files back whatever the new limit), and for an emptyDir
+// of medium Memory the shim sets it from kubelet's tmpfs, whose size without a sizeLimit
+// follows the node's memory: in the key it would keep pods from restoring on other nodes.
+func withoutSize(options string) string {
+	var kept []string
+	for _, o := range strings.Split(options, ",") {
+		if !strings.HasPrefix(o, "size=") {
+			kept = append(kept, o)
+		}
+	}
+	return strings.Join(kept, ",")
 }
 
 // perPodAnnotation is true for dev.gvisor.* annotations that differ per pod by design:

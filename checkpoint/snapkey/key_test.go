@@ -134,6 +134,9 @@ func TestKeySame(t *testing.T) {
 		}},
 		{"non-gvisor annotation", func(in *Input) { app(in).Annotations["io.kubernetes.cri.image-name"] = "x" }},
 		{"per-pod gvisor mount source", func(in *Input) { app(in).Annotations["dev.gvisor.spec.mount.cache.source"] = "/elsewhere" }},
+		{"a mount hint's tmpfs size (kubelet's tmpfs size follows the node)", func(in *Input) {
+			app(in).Annotations["dev.gvisor.spec.mount.mem.options"] = "size=8388608"
+		}},
 		{"checkpoint annotations set by the shim", func(in *Input) { app(in).Annotations["dev.gvisor.internal.checkpoint.enable"] = "true" }},
 		{"a label outside the grouping labels", func(in *Input) { in.PodLabels["release"] = "blue" }},
 		{"rootfs path", func(in *Input) { app(in).Root.Path = "/elsewhere" }},
@@ -179,6 +182,9 @@ func TestKeyDifferent(t *testing.T) {
 		{"mount options", func(in *Input) { app(in).Mounts[6].Options = []string{"rbind", "rprivate", "ro"} }},
 		{"read-only root", func(in *Input) { app(in).Root.Readonly = true }},
 		{"dev.gvisor annotation", func(in *Input) { app(in).Annotations["dev.gvisor.spec.mount.cache.share"] = "container" }},
+		{"a mount hint's options other than size", func(in *Input) {
+			app(in).Annotations["dev.gvisor.spec.mount.mem.options"] = "size=8388608,ro"
+		}},
 		{"dev.gvisor annotation added", func(in *Input) { app(in).Annotations["dev.gvisor.flag.overlay2"] = "root:memory" }},
 		{"grouping label value", func(in *Input) { in.PodLabels["version"] = "v2" }},
 		{"grouping label absent", func(in *Input) { delete(in.PodLabels, "version") }},

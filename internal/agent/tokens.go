@@ -20,6 +20,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
@@ -43,10 +44,10 @@ type podTokens struct {
 	log      logrus.FieldLogger
 	now      func() time.Time
 
-	// mu guards expiry.
+	// mu guards refreshAt.
 	mu sync.Mutex
-	// expiry is when each written token (by pod UID) expires.
-	expiry map[types.UID]time.Time
+	// refreshAt is when each written token (by pod UID) is minted again.
+	refreshAt map[types.UID]time.Time
 }
 
 // tokenLifetime is the life podTokens asks for: an hour, the default of projected
@@ -57,11 +58,33 @@ func (t *podTokens) setup(mgr ctrl.Manager) error {
 	if t.lifetime == 0 {
 		t.lifetime = tokenLifetime
 	}
-	t.expiry = map[types.UID]time.Time{}
+	t.refreshAt = map[types.UID]time.Time{}
 	if err := mgr.Add(ctrlRunnable(t.sweepAtStart)); err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).Named("pod-token").For(&corev1.Pod{}).Complete(t)
+	// A policy or storage config that comes or changes after a pod (one kubectl apply of
+	// both) decides its token too: every pod of the node is looked at again.
+	allPods := handler.EnqueueRequestsFromMapFunc(t.nodePods)
+	return ctrl.NewControllerManagedBy(mgr).Named("pod-token").For(&corev1.Pod{}).
+		Watches(&v1.PodSnapshotPolicy{}, allPods).
+		Watches(&v1.PodSnapshotStorageConfig{}, allPods).
+		Complete(t)
+}
+
+// nodePods lists the node's pods, as requests.
+func (t *podTokens) nodePods(ctx context.Context, _ client.Object) []reconcile.Request {
+	var pods corev1.PodList
+	if err := t.c.List(ctx, &pods); err != nil {
+		t.log.WithError(err).Warn("pod tokens: list the node's pods")
+		return nil
+	}
+	var reqs []reconcile.Request
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == t.node {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&p)})
+		}
+	}
+	return reqs
 }
 
 // ctrlRunnable is a function run once by the manager.
@@ -84,24 +107,29 @@ func (t *podTokens) Reconcile(ctx context.Context, req reconcile.Request) (recon
 		return reconcile.Result{}, t.remove(pod.UID)
 	}
 	need, err := t.needsToken(ctx, &pod)
-	if err != nil || !need {
-		return reconcile.Result{}, errors.Join(err, t.remove(pod.UID))
+	if err != nil {
+		return reconcile.Result{}, err // a token already written stays: it may still be needed
+	}
+	if !need {
+		return reconcile.Result{}, t.remove(pod.UID)
 	}
 	t.mu.Lock()
-	exp, ok := t.expiry[pod.UID]
+	at, ok := t.refreshAt[pod.UID]
 	t.mu.Unlock()
-	if ok {
-		if left := exp.Sub(t.now()); left > t.lifetime/5 {
-			return reconcile.Result{RequeueAfter: left - t.lifetime/5}, nil
-		}
+	if now := t.now(); ok && now.Before(at) {
+		return reconcile.Result{RequeueAfter: at.Sub(now)}, nil
 	}
-	exp, err = t.write(ctx, &pod)
+	at, err = t.write(ctx, &pod)
 	if err != nil {
 		t.log.WithError(err).WithField("pod", req.NamespacedName).Warn("no storage token for the pod: it starts cold")
 		return reconcile.Result{}, err
 	}
-	return reconcile.Result{RequeueAfter: exp.Sub(t.now()) - t.lifetime/5}, nil
+	return reconcile.Result{RequeueAfter: at.Sub(t.now())}, nil
 }
+
+// minRefresh is the shortest time between two tokens of a pod, whatever life the API
+// server granted.
+const minRefresh = time.Minute
 
 // needsToken reports whether a policy of the pod's namespace selects it and names a
 // storage config with tokenSource podKSA.
@@ -129,7 +157,8 @@ func (t *podTokens) needsToken(ctx context.Context, pod *corev1.Pod) (bool, erro
 	return false, nil
 }
 
-// write mints the pod's token and writes it to <dir>/<uid>; it returns its expiry.
+// write mints the pod's token and writes it to <dir>/<uid>; it returns when to mint the
+// next: with a fifth of the granted life left, and at least minRefresh from now.
 func (t *podTokens) write(ctx context.Context, pod *corev1.Pod) (time.Time, error) {
 	if t.audience == "" {
 		return time.Time{}, errors.New("the node config sets no pod_identity.workload_identity_provider, the audience of pod tokens")
@@ -154,19 +183,20 @@ func (t *podTokens) write(ctx context.Context, pod *corev1.Pod) (time.Time, erro
 	if err := writeAtomic(filepath.Join(t.dir, string(pod.UID)), []byte(tr.Status.Token), 0o600); err != nil {
 		return time.Time{}, fmt.Errorf("the pod's token: %w", err)
 	}
-	exp := tr.Status.ExpirationTimestamp.Time
+	exp, now := tr.Status.ExpirationTimestamp.Time, t.now()
+	at := now.Add(max(exp.Sub(now)*4/5, minRefresh))
 	t.mu.Lock()
-	t.expiry[pod.UID] = exp
+	t.refreshAt[pod.UID] = at
 	t.mu.Unlock()
 	t.log.WithFields(logrus.Fields{"pod": pod.Namespace + "/" + pod.Name, "serviceAccount": sa, "expires": exp.Format(time.RFC3339)}).
 		Info("storage token for the pod's service account written")
-	return exp, nil
+	return at, nil
 }
 
 // remove deletes the token of pod uid, if any.
 func (t *podTokens) remove(uid types.UID) error {
 	t.mu.Lock()
-	delete(t.expiry, uid)
+	delete(t.refreshAt, uid)
 	t.mu.Unlock()
 	if err := os.Remove(filepath.Join(t.dir, string(uid))); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("remove the token of pod %s: %w", uid, err)
@@ -195,7 +225,13 @@ func (t *podTokens) sweep(ctx context.Context) error {
 	}
 	var errs []error
 	for _, e := range entries {
-		if !live[e.Name()] && !strings.HasPrefix(e.Name(), tmpPrefix) {
+		switch {
+		case strings.HasPrefix(e.Name(), tmpPrefix):
+			// A write in flight, or one a crash left (holding a live token): gone after a minute.
+			if fi, err := e.Info(); err == nil && t.now().Sub(fi.ModTime()) > time.Minute {
+				errs = append(errs, os.Remove(filepath.Join(t.dir, e.Name())))
+			}
+		case !live[e.Name()]:
 			errs = append(errs, t.remove(types.UID(e.Name())))
 		}
 	}

@@ -43,7 +43,7 @@ func TestPodTokens(t *testing.T) {
 	log.SetOutput(&logs)
 	dir := filepath.Join(t.TempDir(), "tokens")
 	tok := &podTokens{c: c, node: node, dir: dir, audience: "https://iam.example/provider", lifetime: time.Hour, log: log, now: time.Now,
-		expiry: map[types.UID]time.Time{}}
+		refreshAt: map[types.UID]time.Time{}}
 	ctx := context.Background()
 	for _, p := range []*corev1.Pod{withKSA, plain, other} {
 		res, err := tok.Reconcile(ctx, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(p)})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/google/externalaccount"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
@@ -66,7 +68,11 @@ func (n *Node) storeOf(ctx context.Context, cfg config.Config, entry *policy.Ent
 	if err := tok.wait(ctx, tokenWait); err != nil {
 		return nil, err
 	}
-	ts, err := externalaccount.NewTokenSource(context.Background(), externalaccount.Config{
+	// The token source lives as long as the pod's store (refreshes during an upload), so
+	// not on Create's ctx; its requests are bounded by the client's timeout instead of
+	// http.DefaultClient's none.
+	sctx := context.WithValue(context.Background(), oauth2.HTTPClient, &http.Client{Timeout: exchangeTimeout})
+	ts, err := externalaccount.NewTokenSource(sctx, externalaccount.Config{
 		Audience:             id.WorkloadIdentityProvider,
 		SubjectTokenType:     "urn:ietf:params:oauth:token-type:jwt",
 		TokenURL:             id.STSURL,
@@ -77,10 +83,29 @@ func (n *Node) storeOf(ctx context.Context, cfg config.Config, entry *policy.Ent
 		return nil, fmt.Errorf("pod identity: %w", err)
 	}
 	// Exchange now: a refused token is a clear cold-start reason, not a failed lookup.
-	if _, err := ts.Token(); err != nil {
+	if err := firstToken(ctx, ts); err != nil {
 		return nil, fmt.Errorf("exchange the pod's service account token (%s) at %s: %w", tok.path, id.STSURL, err)
 	}
 	return n.store(ctx, entry.StoreURL+"\x00pod "+uid, entry.StoreURL, append(opts, storage.WithTokenSource(ts))...)
+}
+
+// exchangeTimeout bounds one request to the Security Token Service.
+const exchangeTimeout = 10 * time.Second
+
+// firstToken gets ts's first token, or gives up when ctx ends (oauth2's Token takes no
+// context; the request itself ends at exchangeTimeout).
+func firstToken(ctx context.Context, ts oauth2.TokenSource) error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := ts.Token()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // nodeStoreKey is the key of the store at url opened with the node's credentials.

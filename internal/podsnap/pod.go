@@ -203,9 +203,6 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		return nil
 	}
 	entry := match.Entry
-	if sb.KeepVolumes != nil && scopeOf(entry.Policy.Spec.SnapshotScope) == manifest.ScopeWholePod {
-		keepVolumes(ctx, id, sb.KeepVolumes)
-	}
 	rep := newReporter(cfg, spec, ns, id, entry.Policy.Name, scopeOf(entry.Policy.Spec.SnapshotScope))
 	// coldWithout starts the matched pod cold without a lifecycle: it cannot checkpoint.
 	coldWithout := func(reason, why string) *Pod {
@@ -216,6 +213,14 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	tuple, err := n.tuple(ctx, cfg)
 	if err != nil {
 		return coldWithout(report.ReasonOther, fmt.Sprintf("policy %s: %v", entry.ID(), err))
+	}
+	st, err := n.storeOf(ctx, cfg, entry, spec)
+	if err != nil {
+		return coldWithout(report.ReasonStorageUnreachable, fmt.Sprintf("policy %s: %v", entry.ID(), err))
+	}
+	// Only a pod that may checkpoint pays for in-sandbox volumes; they change the key.
+	if sb.KeepVolumes != nil && scopeOf(entry.Policy.Spec.SnapshotScope) == manifest.ScopeWholePod {
+		keepVolumes(ctx, id, sb.KeepVolumes)
 	}
 	image := rec.Image
 	if image == "" {
@@ -239,10 +244,6 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 	})
 	if err != nil {
 		return coldWithout(report.ReasonOther, fmt.Sprintf("policy %s: snapshot key: %v", entry.ID(), err))
-	}
-	st, err := n.storeOf(ctx, cfg, entry, spec)
-	if err != nil {
-		return coldWithout(report.ReasonStorageUnreachable, fmt.Sprintf("policy %s: %v", entry.ID(), err))
 	}
 	p := &Pod{
 		node:        n,
