@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -260,10 +257,13 @@ func checkTokenPolicy(t *testing.T, k *kubeEnv) {
 // fake-gcs-server directly (the test's own access, not a pod's).
 func countObjects(t *testing.T, ce *clusterEnv, prefix string) int {
 	t.Helper()
-	resp, err := http.Get(ce.gcs.URL + "/storage/v1/b/snapshots/o?prefix=" + url.QueryEscape(prefix))
+	names, err := ce.gcs.Objects(t.Context(), "snapshots")
 	must(t, err)
-	defer resp.Body.Close()
-	var list struct{ Items []struct{ Name string } }
-	must(t, json.NewDecoder(resp.Body).Decode(&list))
-	return len(list.Items)
+	n := 0
+	for _, name := range names {
+		if strings.HasPrefix(name, prefix) {
+			n++
+		}
+	}
+	return n
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -59,7 +60,7 @@ func keepEmptyDirs(ctx context.Context, bundle string, spec *specs.Spec, podsDir
 	if uid == "" {
 		return nil, nil // not a Kubernetes pod
 	}
-	if !podUID.MatchString(uid) {
+	if !oci.IsPodUID(uid) {
 		return nil, fmt.Errorf("annotation %s=%s: not a pod UID (a UUID)", oci.SandboxUIDAnnotation, quoteValue(uid))
 	}
 	dir := filepath.Join(podsDir, uid, "volumes", emptyDirPlugin)
@@ -106,21 +107,21 @@ func keepEmptyDirs(ctx context.Context, bundle string, spec *specs.Spec, podsDir
 		return nil, nil
 	}
 	sort.Strings(moved)
+	// The hints go on a copy: the spec in memory stays the bundle's if the write fails.
+	ann := maps.Clone(spec.Annotations)
 	for _, name := range moved {
 		path := filepath.Join(dir, name)
-		spec.Annotations[mountHintPrefix+name+".source"] = path
-		spec.Annotations[mountHintPrefix+name+".type"] = "tmpfs"
-		spec.Annotations[mountHintPrefix+name+".share"] = "pod"
+		ann[mountHintPrefix+name+".source"] = path
+		ann[mountHintPrefix+name+".type"] = "tmpfs"
+		ann[mountHintPrefix+name+".share"] = "pod"
 		if size := memoryMediumSize(path); size > 0 {
-			spec.Annotations[mountHintPrefix+name+".options"] = "size=" + strconv.FormatInt(size, 10)
+			ann[mountHintPrefix+name+".options"] = "size=" + strconv.FormatInt(size, 10)
 		}
 	}
+	old := spec.Annotations
+	spec.Annotations = ann
 	if err := oci.WriteSpec(bundle, spec); err != nil {
-		for _, name := range moved {
-			for _, f := range []string{".source", ".type", ".share", ".options"} {
-				delete(spec.Annotations, mountHintPrefix+name+f)
-			}
-		}
+		spec.Annotations = old
 		return nil, err
 	}
 	return moved, nil

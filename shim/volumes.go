@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 
@@ -25,9 +24,6 @@ import (
 // contents are then part of the sandbox's memory, so a checkpoint saves them and a
 // restore brings them back: this is how emptyDir contents survive a snapshot.
 const mountHintPrefix = "dev.gvisor.spec.mount."
-
-// podUID is the form of a pod UID as kubelet names its directory: a UUID in hex.
-var podUID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
 // maxQuoted is the most bytes of an annotation's value an error quotes.
 const maxQuoted = 80
@@ -65,7 +61,7 @@ func fillVolumeSources(ctx context.Context, bundle string, spec *specs.Spec, pod
 	if !ok || uid == "" {
 		return fmt.Errorf("mount hints for volumes %v have no source, and the sandbox has no %s annotation to find them by", volumes, oci.SandboxUIDAnnotation)
 	}
-	if !podUID.MatchString(uid) {
+	if !oci.IsPodUID(uid) {
 		return fmt.Errorf("annotation %s=%s: not a pod UID (a UUID); the sources of mount hints %v are not filled", oci.SandboxUIDAnnotation, quoteValue(uid), volumes)
 	}
 	sources := map[string]string{}

@@ -131,12 +131,8 @@ func run(ctx context.Context, f flags) error {
 		if err != nil {
 			return err
 		}
-		audience := ""
-		if cfg.PodIdentity.WorkloadIdentityProvider != "" {
-			audience = cfg.PodIdentity.Audience()
-		}
 		if err := agent.Setup(mgr, agent.Options{NodeName: f.nodeName, PolicyDir: cfg.PolicyDir, ReportDir: cfg.Reports(),
-			TokenDir: cfg.Tokens(), TokenAudience: audience,
+			TokenDir: cfg.Tokens(), TokenAudience: cfg.PodIdentity.Audience(),
 			ContainerdAddress: f.containerd, PollInterval: f.pollInterval, Logger: log}); err != nil {
 			return err
 		}

@@ -38,7 +38,6 @@ type PodIdentityGCS struct {
 	// Provider is the STS audience the shim must send.
 	Provider string
 
-	t     *testing.T
 	proxy *httputil.ReverseProxy
 	// mu guards review, grants, tokens and log.
 	mu     sync.Mutex
@@ -69,7 +68,7 @@ func StartPodIdentityGCS(t *testing.T, ip, gcsURL, provider string) (*PodIdentit
 		direct(r)
 		r.Host = target.Host // fake-gcs-server serves XML reads on its public host only
 	}
-	p := &PodIdentityGCS{t: t, Provider: provider, proxy: proxy, grants: map[string][]string{}, tokens: map[string]string{}}
+	p := &PodIdentityGCS{Provider: provider, proxy: proxy, grants: map[string][]string{}, tokens: map[string]string{}}
 	for _, s := range []struct {
 		h    http.HandlerFunc
 		url  *string

@@ -21,6 +21,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
@@ -59,7 +60,7 @@ func (t *podTokens) setup(mgr ctrl.Manager) error {
 		t.lifetime = tokenLifetime
 	}
 	t.refreshAt = map[types.UID]time.Time{}
-	if err := mgr.Add(ctrlRunnable(t.sweepAtStart)); err != nil {
+	if err := mgr.Add(manager.RunnableFunc(t.sweepAtStart)); err != nil {
 		return err
 	}
 	// A policy or storage config that comes or changes after a pod (one kubectl apply of
@@ -86,11 +87,6 @@ func (t *podTokens) nodePods(ctx context.Context, _ client.Object) []reconcile.R
 	}
 	return reqs
 }
-
-// ctrlRunnable is a function run once by the manager.
-type ctrlRunnable func(ctx context.Context) error
-
-func (f ctrlRunnable) Start(ctx context.Context) error { return f(ctx) }
 
 // Reconcile writes, refreshes or removes the token of one pod.
 func (t *podTokens) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {

@@ -128,12 +128,16 @@ type PodIdentity struct {
 	TokenDir string `toml:"token_dir"`
 }
 
-// Audience returns the audience of pod tokens: TokenAudience or its default.
+// Audience returns the audience of pod tokens: TokenAudience or its default; "" when
+// neither it nor the provider is set (no pod tokens on this node).
 func (p PodIdentity) Audience() string {
-	if p.TokenAudience != "" {
+	switch {
+	case p.TokenAudience != "":
 		return p.TokenAudience
+	case p.WorkloadIdentityProvider != "":
+		return "https:" + p.WorkloadIdentityProvider
 	}
-	return "https:" + p.WorkloadIdentityProvider
+	return ""
 }
 
 // Tokens returns the pod token directory: PodIdentity.TokenDir, or <WorkDir>/.tokens.

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -40,9 +39,6 @@ var tokenWait = 5 * time.Second
 // storageScope is the OAuth2 scope of the exchanged token: objects read and written.
 const storageScope = "https://www.googleapis.com/auth/devstorage.read_write"
 
-// uidRE is a pod UID as kubelet and the API server write it.
-var uidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
 // storeOf opens the store of entry's storage config for the pod of spec: with the node's
 // credentials, or, for a podKSA config, with the pod's own (podToken). Errors say what is
 // missing: the node config's provider, the pod's UID, the agent's token, the exchange.
@@ -60,7 +56,7 @@ func (n *Node) storeOf(ctx context.Context, cfg config.Config, entry *policy.Ent
 			entry.StorageConfig.Name, cfg.Path)
 	}
 	uid := spec.Annotations[oci.SandboxUIDAnnotation]
-	if !uidRE.MatchString(uid) {
+	if !oci.IsPodUID(uid) {
 		return nil, fmt.Errorf("storage config %s reads with the pod's service account (tokenSource podKSA), and the sandbox has no pod UID (%s) to find its token by",
 			entry.StorageConfig.Name, oci.SandboxUIDAnnotation)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -81,6 +82,13 @@ func SandboxID(id string, annotations map[string]string) string {
 	}
 	return id
 }
+
+// podUIDText is the form of a pod UID as the API server writes it and kubelet names the
+// pod's directory: a UUID in hex.
+var podUIDText = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// IsPodUID reports whether s has a pod UID's form, so that it may be joined into a path.
+func IsPodUID(s string) bool { return podUIDText.MatchString(s) }
 
 // GVisorAnnotations returns the dev.gvisor.* annotations of a spec.
 func GVisorAnnotations(annotations map[string]string) map[string]string {
