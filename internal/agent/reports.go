@@ -183,7 +183,7 @@ func (r *reporter) handle(ctx context.Context, e report.Entry) error {
 			return err
 		}
 		err := kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
-			if rep.StoragePath != "" {
+			if rep.StoragePath != "" && ownedBy(ps, r.node) {
 				ps.Status.StoragePath = rep.StoragePath
 			}
 			kubeapi.Committed(ps, rep.Time)
@@ -220,14 +220,7 @@ func (r *reporter) handle(ctx context.Context, e report.Entry) error {
 	case report.RestoredPodStopped:
 		return r.event(ctx, e, corev1.EventTypeWarning, fmt.Sprintf("Stopped the pod restored from PodSnapshot %s: %s", snapID, rep.Message))
 	case report.SnapshotDeleted:
-		// The shim's retention deleted the files; the object follows (its finalizer finds
-		// no manifest and lets it go).
-		ps := &v1.PodSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: rep.Pod.Namespace, Name: rep.Snapshot}}
-		if err := kubeapi.IgnoreNotFound(r.c.Delete(ctx, ps)); err != nil {
-			return fmt.Errorf("delete PodSnapshot %s (%s): %w", snapID, rep.Message, err)
-		}
-		r.log.Infof("PodSnapshot %s deleted: %s", snapID, rep.Message)
-		return nil
+		return r.snapshotDeleted(ctx, rep)
 	}
 	r.log.WithField("report", e.Name).Warnf("report of unknown kind %q about pod %s ignored", rep.Kind, podID)
 	return nil
@@ -244,6 +237,7 @@ func (r *reporter) ensureSnapshot(ctx context.Context, rep report.Report) error 
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace:  rep.Pod.Namespace,
 			Name:       rep.Snapshot,
+			Labels:     map[string]string{v1.LabelNode: r.node},
 			Finalizers: []string{kubeapi.Finalizer},
 		},
 		Spec: v1.PodSnapshotSpec{PolicyName: rep.Policy},
@@ -253,6 +247,13 @@ func (r *reporter) ensureSnapshot(ctx context.Context, rep report.Report) error 
 		return fmt.Errorf("create PodSnapshot %s/%s: %w", rep.Pod.Namespace, rep.Snapshot, err)
 	}
 	return kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+		if !ownedBy(ps, r.node) {
+			// Another node's or the controller's (adopted from storage, its status from the
+			// manifest): where its files are and who took it are not this node's to say,
+			// and the agents' admission policy refuses it.
+			kubeapi.Awaiting(ps, rep.Time)
+			return
+		}
 		if ps.Status.SourcePod == "" {
 			ps.Status.SourcePod = rep.Pod.Namespace + "/" + rep.Pod.Name
 		}
@@ -267,6 +268,39 @@ func (r *reporter) ensureSnapshot(ctx context.Context, rep report.Report) error 
 		}
 		kubeapi.Awaiting(ps, rep.Time)
 	}))
+}
+
+// ownedBy tells whether ps is node's: created by node's agent (label v1.LabelNode) or, for
+// objects from before the label, with status.nodeName node.
+func ownedBy(ps *v1.PodSnapshot, node string) bool {
+	if l, ok := ps.Labels[v1.LabelNode]; ok {
+		return l == node
+	}
+	return ps.Status.NodeName == node
+}
+
+// snapshotDeleted follows a deletion of the snapshot's files by the shim's retention. The
+// node's own PodSnapshot is deleted (its finalizer finds no manifest and lets it go);
+// another node's is only marked Failed (the agents' admission policy lets an agent delete
+// only its own node's objects: a deletion makes the controller delete files, so one node
+// must not ask it for another's), and the controller deletes it after its Failed TTL.
+func (r *reporter) snapshotDeleted(ctx context.Context, rep report.Report) error {
+	snapID := rep.Pod.Namespace + "/" + rep.Snapshot
+	var ps v1.PodSnapshot
+	if err := r.c.Get(ctx, client.ObjectKey{Namespace: rep.Pod.Namespace, Name: rep.Snapshot}, &ps); err != nil {
+		return kubeapi.IgnoreNotFound(err)
+	}
+	if !ownedBy(&ps, r.node) {
+		msg := "files deleted from storage by the retention of node " + r.node + ": " + rep.Message
+		return kubeapi.IgnoreNotFound(kubeapi.SetSnapshotStatus(ctx, r.c, rep.Pod.Namespace, rep.Snapshot, func(ps *v1.PodSnapshot) {
+			kubeapi.Unusable(ps, msg, rep.Time)
+		}))
+	}
+	if err := kubeapi.IgnoreNotFound(r.c.Delete(ctx, &ps, client.Preconditions{UID: &ps.UID})); err != nil {
+		return fmt.Errorf("delete PodSnapshot %s (%s): %w", snapID, rep.Message, err)
+	}
+	r.log.Infof("PodSnapshot %s deleted: %s", snapID, rep.Message)
+	return nil
 }
 
 // event records a core/v1 Event on the report's pod, reason GKEPodSnapshotting, named

@@ -159,7 +159,7 @@ func (t *triggers) sandboxOf(ctx context.Context, pod *corev1.Pod) (string, erro
 // setTriggered sets tr's Triggered condition unless an outcome is recorded
 // (kubeapi.SetTriggered).
 func (t *triggers) setTriggered(ctx context.Context, tr *v1.PodSnapshotManualTrigger, status metav1.ConditionStatus, reason, msg, snapshot string) error {
-	return kubeapi.SetTriggered(ctx, t.c, client.ObjectKeyFromObject(tr), status, reason, msg, snapshot)
+	return kubeapi.SetTriggered(ctx, t.c, client.ObjectKeyFromObject(tr), t.node, status, reason, msg, snapshot)
 }
 
 // inProgress lists the triggers of rep's pod that this node is checkpointing.

@@ -21,6 +21,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
@@ -59,7 +60,8 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	c := mgr.GetClient()
 	if err := ctrl.NewControllerManagedBy(mgr).Named("podsnapshot-deletion").For(&v1.PodSnapshot{}).
-		Complete(&deletion{c: c, localStores: opts.LocalStores, log: opts.Logger}); err != nil {
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(localSnapshotsOf(c))).
+		Complete(&deletion{c: c, reader: mgr.GetAPIReader(), localStores: opts.LocalStores, log: opts.Logger}); err != nil {
 		return err
 	}
 	if err := ctrl.NewControllerManagedBy(mgr).Named("trigger-target").For(&v1.PodSnapshotManualTrigger{}).
@@ -70,10 +72,13 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 }
 
 // deletion keeps the finalizer on every PodSnapshot and, when one stored in Cloud
-// Storage is deleted, deletes its files before letting it go.
+// Storage is deleted, deletes its files before letting it go. A local store's snapshot
+// being deleted whose node is gone from the cluster is let go too: its files went with
+// the node, and no agent is left to delete them.
 type deletion struct {
 	c           client.Client
-	localStores bool // see Options.LocalStores
+	reader      client.Reader // the API server: a node the cache missed must not look gone
+	localStores bool          // see Options.LocalStores
 	log         logrus.FieldLogger
 }
 
@@ -90,12 +95,51 @@ func (d *deletion) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 		ps.Finalizers = append(ps.Finalizers, kubeapi.Finalizer)
 		return reconcile.Result{}, kubeapi.IgnoreNotFound(d.c.Patch(ctx, &ps, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})))
 	}
+	if !kubeapi.HasFinalizer(&ps) {
+		return reconcile.Result{}, nil
+	}
 	// A local store's files are deleted by the agent of status.nodeName; one adopted from
 	// a store without a known node only by a controller that sees that store.
-	if !kubeapi.HasFinalizer(&ps) || (kubeapi.IsLocal(&ps) && (ps.Status.NodeName != "" || !d.localStores)) {
+	if kubeapi.IsLocal(&ps) && ps.Status.NodeName != "" {
+		return d.nodeGone(ctx, &ps)
+	}
+	if kubeapi.IsLocal(&ps) && !d.localStores {
 		return reconcile.Result{}, nil
 	}
 	return kubeapi.Release(ctx, d.c, &ps, d.log)
+}
+
+// nodeGone lets a local store's snapshot go when its node no longer exists (the Node
+// object was deleted: the node and its disk are gone, as when a node pool shrinks). While
+// the node exists its agent deletes the files; a Node deletion requeues the node's
+// snapshots (localSnapshotsOf).
+func (d *deletion) nodeGone(ctx context.Context, ps *v1.PodSnapshot) (reconcile.Result, error) {
+	var node corev1.Node
+	err := d.reader.Get(ctx, client.ObjectKey{Name: ps.Status.NodeName}, &node)
+	if err == nil || !apierrors.IsNotFound(err) {
+		return reconcile.Result{}, err
+	}
+	d.log.Infof("PodSnapshot %s/%s: node %s is gone, and its local store %s with it; letting the object go",
+		ps.Namespace, ps.Name, ps.Status.NodeName, ps.Status.StoragePath)
+	return reconcile.Result{}, kubeapi.RemoveFinalizer(ctx, d.c, ps)
+}
+
+// localSnapshotsOf maps a Node event to the local-store PodSnapshots of that node that are
+// being deleted.
+func localSnapshotsOf(c client.Client) handler.MapFunc {
+	return func(ctx context.Context, obj client.Object) []reconcile.Request {
+		var list v1.PodSnapshotList
+		if err := c.List(ctx, &list); err != nil {
+			return nil
+		}
+		var out []reconcile.Request
+		for _, ps := range list.Items {
+			if ps.DeletionTimestamp != nil && kubeapi.IsLocal(&ps) && ps.Status.NodeName == obj.GetName() {
+				out = append(out, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&ps)})
+			}
+		}
+		return out
+	}
 }
 
 // missingTarget fails the triggers whose target pod does not exist (the node agents see
@@ -131,5 +175,5 @@ func (m *missingTarget) Reconcile(ctx context.Context, req reconcile.Request) (r
 		return reconcile.Result{RequeueAfter: targetGrace - age}, nil
 	}
 	msg := fmt.Sprintf("pod %s/%s not found", tr.Namespace, tr.Spec.TargetPod)
-	return reconcile.Result{}, kubeapi.SetTriggered(ctx, m.c, req.NamespacedName, metav1.ConditionFalse, v1.ReasonFailed, msg, "")
+	return reconcile.Result{}, kubeapi.SetTriggered(ctx, m.c, req.NamespacedName, "", metav1.ConditionFalse, v1.ReasonFailed, msg, "")
 }

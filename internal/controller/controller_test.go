@@ -176,7 +176,7 @@ func TestDeletionFinalizer(t *testing.T) {
 	ps := &v1.PodSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "0b8f2c7e-6f1a-4d0e-9c2b-1d3e5f7a9b0c"},
 		Spec: v1.PodSnapshotSpec{PolicyName: "web"}}
 	must(t, e.c.Create(ctx, ps))
-	d := &deletion{c: e.c, log: logrus.New()}
+	d := &deletion{c: e.c, reader: e.c, log: logrus.New()}
 	req := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(ps)}
 	if _, err := d.Reconcile(ctx, req); err != nil {
 		t.Fatal(err)

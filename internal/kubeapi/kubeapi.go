@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -21,7 +20,6 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
@@ -76,10 +74,11 @@ func SetCondition(conds *[]metav1.Condition, typ string, status metav1.Condition
 }
 
 // SetTriggered sets trigger key's Triggered condition (and status.snapshotCreated when
-// snapshot is set) through the status subresource, retrying on conflicts, unless a final
-// outcome (True or False) is already recorded: the first outcome stays. A trigger that
-// no longer exists is not an error.
-func SetTriggered(ctx context.Context, c client.Client, key client.ObjectKey, status metav1.ConditionStatus, reason, msg, snapshot string) error {
+// snapshot is set, status.nodeName when node is set and it has none) through the status
+// subresource, retrying on conflicts, unless a final outcome (True or False) is already
+// recorded: the first outcome stays. A trigger that no longer exists is not an error.
+// The agents pass their node; the controller, which is no node's, passes "".
+func SetTriggered(ctx context.Context, c client.Client, key client.ObjectKey, node string, status metav1.ConditionStatus, reason, msg, snapshot string) error {
 	return retry.RetryOnConflict(retry.DefaultRetry, func() error {
 		var cur v1.PodSnapshotManualTrigger
 		if err := c.Get(ctx, key, &cur); err != nil {
@@ -92,6 +91,9 @@ func SetTriggered(ctx context.Context, c client.Client, key client.ObjectKey, st
 			Reason: reason, Message: msg, ObservedGeneration: cur.Generation})
 		if snapshot != "" {
 			cur.Status.SnapshotCreated = &v1.SnapshotReference{Name: snapshot}
+		}
+		if node != "" && cur.Status.NodeName == "" {
+			cur.Status.NodeName = node
 		}
 		return c.Status().Update(ctx, &cur)
 	})
@@ -209,33 +211,6 @@ func HasFinalizer(ps *v1.PodSnapshot) bool {
 		}
 	}
 	return false
-}
-
-// Release deletes ps's files (DeleteFiles) and then its finalizer, so the object goes.
-// Used by the agent for local stores and by the controller for Cloud Storage. A failed
-// deletion is logged and retried after 10 s; the object stays until its files are gone.
-func Release(ctx context.Context, c client.Client, ps *v1.PodSnapshot, log logrus.FieldLogger) (reconcile.Result, error) {
-	id := ps.Namespace + "/" + ps.Name
-	if ps.Status.StoragePath != "" {
-		// The path is status that whoever may write podsnapshots/status could set: delete
-		// only the snapshot this object is (its namespace and name), never another's.
-		_, ns, _, uuid, err := SplitStoragePath(ps.Status.StoragePath)
-		if err != nil || ns != ps.Namespace || uuid != ps.Name {
-			log.Errorf("PodSnapshot %s: storagePath %q is not this snapshot's (<store>/%s/<policy>/%s); its files are not deleted", id, ps.Status.StoragePath, ps.Namespace, ps.Name)
-			return reconcile.Result{}, RemoveFinalizer(ctx, c, ps)
-		}
-		gone, err := DeleteFiles(ctx, ps.Status.StoragePath)
-		if err != nil {
-			log.WithError(err).Warnf("PodSnapshot %s: files not deleted yet", id)
-			return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
-		}
-		if gone {
-			log.Infof("PodSnapshot %s: no manifest at %s (already deleted)", id, ps.Status.StoragePath)
-		} else {
-			log.Infof("PodSnapshot %s: deleted %s", id, ps.Status.StoragePath)
-		}
-	}
-	return reconcile.Result{}, RemoveFinalizer(ctx, c, ps)
 }
 
 // IsLocal reports whether ps is stored in a node-local store (status.storagePath

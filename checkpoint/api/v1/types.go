@@ -299,6 +299,7 @@ type PodSnapshotStatus struct {
 // +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.targetPod`
 // +kubebuilder:printcolumn:name="Status",type=string,JSONPath=`.status.conditions[?(@.type=="Triggered")].reason`
 // +kubebuilder:printcolumn:name="Snapshot",type=string,JSONPath=`.status.snapshotCreated.name`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type PodSnapshotManualTrigger struct {
 	metav1.TypeMeta   `json:",inline"`
@@ -326,7 +327,18 @@ type PodSnapshotManualTriggerStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 	// SnapshotCreated names the PodSnapshot the trigger produced, once it exists.
 	SnapshotCreated *SnapshotReference `json:"snapshotCreated,omitempty"`
+	// NodeName is the node whose agent carries the trigger out (the target pod's node),
+	// set with its first Triggered condition. The agents' admission policy
+	// (deploy/kubernetes/agent-node-policy.yaml) lets only that node's agent write the
+	// status afterwards.
+	NodeName string `json:"nodeName,omitempty"`
 }
+
+// LabelNode is on every PodSnapshot an agent creates: the name of the node whose agent
+// created it (status.nodeName, once set, names the same node). The agents' admission
+// policy (deploy/kubernetes/agent-node-policy.yaml) lets an agent create only
+// PodSnapshots labelled with its own node, and delete or re-point only its own node's.
+const LabelNode = "podsnapshot.gke.io/node"
 
 // Condition type and reason of a PodSnapshotManualTrigger; a failed trigger has reason
 // ReasonFailed, as a failed checkpoint does.

@@ -141,9 +141,11 @@ func (c *Cluster) KubectlInput(stdin string, args ...string) (string, error) {
 // ServiceAccountKubeconfig writes, at path, a kubeconfig that acts as service account
 // namespace/name with a token from the TokenRequest API (`kubectl create token`, valid
 // for an hour), so that a client started with it has exactly the RBAC granted to that
-// account.
-func (c *Cluster) ServiceAccountKubeconfig(namespace, name, path string) error {
-	token, err := c.Kubectl("-n", namespace, "create", "token", name, "--duration=1h")
+// account. tokenArgs are more flags of `kubectl create token`, such as
+// --bound-object-kind=Pod and --bound-object-name for a token bound to a pod (which then
+// names the pod's node, as the token kubelet projects into the pod does).
+func (c *Cluster) ServiceAccountKubeconfig(namespace, name, path string, tokenArgs ...string) error {
+	token, err := c.Kubectl(append([]string{"-n", namespace, "create", "token", name, "--duration=1h"}, tokenArgs...)...)
 	if err != nil {
 		return err
 	}
