@@ -245,12 +245,68 @@ func (s Spool) trim() error {
 }
 
 // SetAside renames report name to "."+why+"-"+name: kept for inspection, no longer
-// listed (hidden).
+// listed (hidden). Its modification time becomes now, so that PruneSetAside counts its
+// age from when it was set aside, not from when it was written.
 func (s Spool) SetAside(name, why string) error {
-	if err := os.Rename(filepath.Join(s.Dir, name), filepath.Join(s.Dir, "."+why+"-"+name)); err != nil {
+	to := filepath.Join(s.Dir, "."+why+"-"+name)
+	if err := os.Rename(filepath.Join(s.Dir, name), to); err != nil {
+		return fmt.Errorf("report spool %s: set aside %s: %w", s.Dir, name, err)
+	}
+	now := time.Now()
+	if err := os.Chtimes(to, now, now); err != nil {
 		return fmt.Errorf("report spool %s: set aside %s: %w", s.Dir, name, err)
 	}
 	return nil
+}
+
+// PruneSetAside removes the set-aside reports (hidden "."+why+"-*.json" files: SetAside's)
+// last modified before before, and then the oldest of the rest until at most max remain
+// (max 0: no bound by count). It returns how many it removed; errors name the spool.
+// Temporary files of writers (".tmp-*") are left alone.
+func (s Spool) PruneSetAside(before time.Time, max int) (int, error) {
+	des, err := os.ReadDir(s.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	type aside struct {
+		name string
+		mod  time.Time
+	}
+	var kept []aside
+	removed := 0
+	var errs []error
+	remove := func(name string) {
+		if err := s.Remove(name); err != nil {
+			errs = append(errs, err)
+			return
+		}
+		removed++
+	}
+	for _, de := range des {
+		n := de.Name()
+		if !strings.HasPrefix(n, ".") || strings.HasPrefix(n, ".tmp-") || !strings.HasSuffix(n, ".json") || !de.Type().IsRegular() {
+			continue
+		}
+		fi, err := de.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		if fi.ModTime().Before(before) {
+			remove(n)
+			continue
+		}
+		kept = append(kept, aside{n, fi.ModTime()})
+	}
+	if max > 0 && len(kept) > max {
+		sort.Slice(kept, func(i, j int) bool { return kept[i].mod.Before(kept[j].mod) })
+		for _, a := range kept[:len(kept)-max] {
+			remove(a.name)
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // Remove deletes a report once it has been handled.
