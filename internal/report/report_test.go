@@ -127,3 +127,31 @@ func TestPruneSetAside(t *testing.T) {
 		t.Fatalf("removed %d, left %q; want 3 removed and %q plus the report", n, left, want)
 	}
 }
+
+// TestTrimDropsEventOnlyFirst: a full spool drops the reports whose loss costs only an
+// event (ColdStart, CheckpointStarted, RestoredPodStopped) before older ones that carry
+// state (CheckpointCommitted, CheckpointFailed, Restored, SnapshotDeleted).
+func TestTrimDropsEventOnlyFirst(t *testing.T) {
+	s := Spool{Dir: t.TempDir(), Max: 4}
+	t0 := time.Unix(1700000000, 0)
+	for i, k := range []Kind{CheckpointCommitted, CheckpointFailed, ColdStart, CheckpointStarted, SnapshotDeleted} {
+		must(t, s.Write(Report{Time: t0.Add(time.Duration(i) * time.Second), Kind: k}))
+	}
+	entries, _, err := s.List()
+	must(t, err)
+	var kinds []string
+	for _, e := range entries {
+		kinds = append(kinds, string(e.Report.Kind))
+	}
+	// At the fifth write the spool held 4: one removed, the oldest event-only (ColdStart).
+	if got, want := strings.Join(kinds, " "), "CheckpointCommitted CheckpointFailed CheckpointStarted SnapshotDeleted"; got != want {
+		t.Fatalf("spool after trimming holds %s, want %s", got, want)
+	}
+	// Only stateful reports left: the oldest goes.
+	s.Max = 2
+	must(t, s.Write(Report{Time: t0.Add(time.Minute), Kind: Restored}))
+	entries, _, _ = s.List()
+	if len(entries) != 2 || entries[0].Report.Kind != SnapshotDeleted || entries[1].Report.Kind != Restored {
+		t.Fatalf("after lowering Max: %+v", entries)
+	}
+}
