@@ -337,9 +337,9 @@ func must(t *testing.T, err error) {
 
 var errUnavailable = apierrors.NewServiceUnavailable("the API server is down")
 
-// TestRefusedReportSetAside: a report the API server refuses for good (here: 403 on its
-// PodSnapshot) is retried for refuseWindow, then set aside as .refused-*, and the
-// reports behind it are delivered.
+// TestRefusedReportSetAside: a report the API server refuses with a 403 (here: on its
+// PodSnapshot) is retried for refuseWindow, then set aside as .refused-*; the report of
+// another namespace behind it is delivered meanwhile.
 func TestRefusedReportSetAside(t *testing.T) {
 	ctx := context.Background()
 	base := newFake(pod("counter", "u1"), pod("other", "u2"))
@@ -363,16 +363,16 @@ func TestRefusedReportSetAside(t *testing.T) {
 	must(t, sp.Write(next))
 	r.drain(ctx)
 	r.drain(ctx)
-	if left, _, _ := sp.List(); len(left) != 2 {
-		t.Fatalf("%d reports in the spool within the refusal window, want 2", len(left))
+	if left, _, _ := sp.List(); len(left) != 1 || left[0].Report.Pod.Namespace != "gone" {
+		t.Fatalf("spool within the refusal window = %+v, want only the refused report", left)
+	}
+	if readyReason(getSnap(t, base)) != v1.ReasonAllSnapshotsAvailable {
+		t.Fatal("the other namespace's report behind the refused one was not delivered")
 	}
 	clock = clock.Add(refuseWindow + time.Second)
 	r.drain(ctx)
 	if left, _, _ := sp.List(); len(left) != 0 {
 		t.Fatalf("%d reports left after the refused one was set aside", len(left))
-	}
-	if readyReason(getSnap(t, base)) != v1.ReasonAllSnapshotsAvailable {
-		t.Fatal("the report behind the refused one was not delivered")
 	}
 	entries, _ := os.ReadDir(sp.Dir)
 	if len(entries) != 1 || !strings.HasPrefix(entries[0].Name(), ".refused-") {

@@ -36,9 +36,11 @@ type reporter struct {
 	log      logrus.FieldLogger
 	now      func() time.Time
 
-	// refusedSince: when each report at the head of the spool was first refused. Only
-	// drain (one goroutine) uses it.
+	// refusedSince: when each report was first refused (403, 404), by file name;
+	// lastPrune: when set-aside reports were last pruned. Only drain (one goroutine)
+	// uses them.
 	refusedSince map[string]time.Time
+	lastPrune    time.Time
 }
 
 // Start polls the spool until ctx ends (a manager.Runnable).
@@ -58,10 +60,15 @@ func (r *reporter) Start(ctx context.Context) error {
 // NeedLeaderElection is false: every node's agent handles its own spool.
 func (r *reporter) NeedLeaderElection() bool { return false }
 
-// drain handles the spool's reports in order and stops at the first that fails (to keep
-// their order; it is retried at the next tick). An unreadable report is moved aside to a
-// hidden ".bad-" name with an error logged, so that it neither blocks the others nor is
-// lost.
+// drain handles the spool's reports, in the order they were written within each
+// namespace and independently across namespaces: a report that fails holds back only the
+// later reports of its own namespace (they may depend on it: a pod's Restored names the
+// PodSnapshot another pod's CheckpointCommitted creates), retried at the next tick, while
+// other namespaces' reports go on in the same round. Only an API server that cannot be
+// reached at all (serverDown) ends the round. A report the API server refuses for good
+// is set aside as ".refused-" (refusedForGood), an unreadable one as ".bad-", each with an
+// error logged, so that neither blocks the others nor is lost; set-aside files are pruned
+// (pruneSetAside).
 func (r *reporter) drain(ctx context.Context) {
 	entries, bad, err := r.spool.List()
 	if err != nil {
@@ -77,49 +84,135 @@ func (r *reporter) drain(ctx context.Context) {
 			}
 		}
 	}
-	r.metrics.pending.Set(float64(len(entries)))
-	for i, e := range entries {
+	r.pruneSetAside()
+	r.forgetGone(entries)
+	pending := len(entries)
+	r.metrics.pending.Set(float64(pending))
+	held := map[string]bool{} // namespaces with an undelivered report this round
+	for _, e := range entries {
 		if ctx.Err() != nil {
 			return
 		}
+		ns := e.Report.Pod.Namespace
+		if held[ns] {
+			continue
+		}
 		if err := r.handle(ctx, e); err != nil {
-			if !r.refusedForGood(e.Name, err) {
-				r.log.WithError(err).WithField("report", e.Name).Warn("report not delivered yet; retrying")
+			if serverDown(err) {
+				r.log.WithError(err).WithField("report", e.Name).Warn("report not delivered yet (API server unreachable); retrying")
 				return
+			}
+			if !r.refusedForGood(e.Name, err) {
+				r.log.WithError(err).WithField("report", e.Name).Warnf("report not delivered yet; retrying (later reports of namespace %q wait)", ns)
+				held[ns] = true
+				continue
 			}
 			// The API server will never take it (the namespace is gone or terminating,
 			// a quota or webhook refuses it, RBAC forbids it): set it aside, kept for
-			// inspection, so that it does not hold up every later report of the node.
+			// inspection, so that it does not hold up the namespace's later reports.
 			r.log.WithError(err).WithField("report", e.Name).Error("report refused by the API server; set aside as .refused-" + e.Name)
 			r.metrics.refused.Inc()
 			if err := r.spool.SetAside(e.Name, "refused"); err != nil {
 				r.log.WithError(err).Warn("set aside refused report")
-				return
+				held[ns] = true
+				continue
 			}
+			pending--
+			r.metrics.pending.Set(float64(pending))
 			continue
 		}
 		delete(r.refusedSince, e.Name)
 		if err := r.spool.Remove(e.Name); err != nil {
 			r.log.WithError(err).Warn("remove delivered report")
-			return
+			held[ns] = true
+			continue
 		}
 		r.metrics.observe(e.Report)
-		r.metrics.pending.Set(float64(len(entries) - i - 1))
+		pending--
+		r.metrics.pending.Set(float64(pending))
 	}
 }
 
-// refuseWindow is how long a report must keep failing with refusals before it is set
-// aside: an API server that has just started may refuse (403) until its authorizer has
+// serverDown tells whether err says the API server could not be reached or is
+// overloaded (no API status at all: a refused connection, a timeout; or 503, 429, 504):
+// then every report would fail alike, and the round ends instead of trying each.
+func serverDown(err error) bool {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) {
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, errMalformed)
+	}
+	return apierrors.IsServiceUnavailable(err) || apierrors.IsTooManyRequests(err) ||
+		apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err)
+}
+
+// forgetGone drops the refusal times of reports no longer in the spool (removed by a
+// shim's report_max_files trim).
+func (r *reporter) forgetGone(entries []report.Entry) {
+	if len(r.refusedSince) == 0 {
+		return
+	}
+	in := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		in[e.Name] = true
+	}
+	for name := range r.refusedSince {
+		if !in[name] {
+			delete(r.refusedSince, name)
+		}
+	}
+}
+
+// Set-aside reports (.refused-*, .bad-*) are kept for setAsideMaxAge after they were set
+// aside, and at most setAsideMaxFiles of them (the newest): long enough for an operator
+// alerted by the log or podsnapshot_reports_refused_total to read them after a weekend,
+// and bounded so that a namespace deleted with many pods, again and again, cannot fill
+// the node's disk (a report is about 1 KiB). Pruned at most every pruneEvery.
+const (
+	setAsideMaxAge   = 7 * 24 * time.Hour
+	setAsideMaxFiles = 1000
+	pruneEvery       = time.Minute
+)
+
+// pruneSetAside removes set-aside reports past the limits above, at most once every
+// pruneEvery.
+func (r *reporter) pruneSetAside() {
+	now := r.now()
+	if !r.lastPrune.IsZero() && now.Sub(r.lastPrune) < pruneEvery {
+		return
+	}
+	r.lastPrune = now
+	n, err := r.spool.PruneSetAside(now.Add(-setAsideMaxAge), setAsideMaxFiles)
+	if err != nil {
+		r.log.WithError(err).Warn("prune set-aside reports")
+	}
+	if n > 0 {
+		r.log.Infof("removed %d set-aside reports (kept: %s, at most %d)", n, setAsideMaxAge, setAsideMaxFiles)
+	}
+}
+
+// errMalformed marks a report that no retry can deliver (it lacks what its kind needs).
+var errMalformed = errors.New("malformed report")
+
+// refuseWindow is how long a report must keep failing with a 403 before it is set
+// aside: an API server that has just started may refuse until its authorizer has
 // synced, and that must not cost a report.
 const refuseWindow = time.Minute
 
 // refusedForGood tells whether report name, which just failed with err, is to be set
-// aside: err is a refusal the API server gives again however often it is retried (403,
-// 422, 400, 404 of a namespace that is gone) and the report has been refused for
-// refuseWindow. Other errors (the API server down or slow, conflicts) are retried forever.
+// aside: err is a refusal the API server gives again however often it is retried, or
+// the report itself is malformed (errMalformed). At once when nothing can change it: the namespace is terminating or gone (a Forbidden
+// with cause NamespaceTerminating, a NotFound of the namespace), or the request is
+// invalid (422, 400, 405, 413). After refuseWindow for other 403s (an authorizer that
+// has not synced yet) and 404s. Other errors (the API server slow, conflicts, a webhook
+// that fails) are retried forever, holding only the report's namespace.
 func (r *reporter) refusedForGood(name string, err error) bool {
-	if !(apierrors.IsForbidden(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) ||
-		apierrors.IsMethodNotSupported(err) || apierrors.IsRequestEntityTooLargeError(err) || apierrors.IsNotFound(err)) {
+	if errors.Is(err, errMalformed) || apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause) || namespaceNotFound(err) ||
+		apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) ||
+		apierrors.IsMethodNotSupported(err) || apierrors.IsRequestEntityTooLargeError(err) {
+		delete(r.refusedSince, name)
+		return true
+	}
+	if !apierrors.IsForbidden(err) && !apierrors.IsNotFound(err) {
 		delete(r.refusedSince, name)
 		return false
 	}
@@ -136,6 +229,17 @@ func (r *reporter) refusedForGood(name string, err error) bool {
 	}
 	delete(r.refusedSince, name)
 	return true
+}
+
+// namespaceNotFound tells whether err is a NotFound of a namespace: what the API server
+// answers to a create in a namespace that does not exist.
+func namespaceNotFound(err error) bool {
+	var st apierrors.APIStatus
+	if !apierrors.IsNotFound(err) || !errors.As(err, &st) {
+		return false
+	}
+	d := st.Status().Details
+	return d != nil && d.Kind == "namespaces" && d.Group == ""
 }
 
 // handle carries out one report. Reports about pods without a Kubernetes name (ctr
@@ -231,7 +335,7 @@ func (r *reporter) handle(ctx context.Context, e report.Entry) error {
 // source pod and this node. A snapshot being deleted is left alone.
 func (r *reporter) ensureSnapshot(ctx context.Context, rep report.Report) error {
 	if rep.Snapshot == "" {
-		return fmt.Errorf("%s report about pod %s/%s names no snapshot", rep.Kind, rep.Pod.Namespace, rep.Pod.Name)
+		return fmt.Errorf("%s report about pod %s/%s names no snapshot: %w", rep.Kind, rep.Pod.Namespace, rep.Pod.Name, errMalformed)
 	}
 	ps := &v1.PodSnapshot{
 		ObjectMeta: metav1.ObjectMeta{

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
@@ -50,7 +52,9 @@ const (
 // triggers carries out the PodSnapshotManualTriggers whose target pod runs on this node:
 // it checks that a manual policy matches the pod, marks the trigger Triggered
 // Unknown/Checkpointing, and asks containerd to checkpoint the pod's sandbox (the task
-// Checkpoint call the shim serves: it answers once the snapshot is committed). The
+// Checkpoint call the shim serves: it answers once the snapshot is committed), in a
+// goroutine bounded by outcomeDeadline and by the node's checkpoint slots, so that a
+// reconcile worker never waits for a checkpoint. The
 // CheckpointCommitted report then completes the trigger (True/Complete, snapshotCreated)
 // and a CheckpointFailed report fails it, so the outcome survives an agent restart.
 // Triggers naming a pod that does not exist are the controller's.
@@ -61,6 +65,7 @@ type triggers struct {
 	conn      *grpc.ClientConn // containerd
 	log       logrus.FieldLogger
 	now       func() time.Time
+	slots     slots // the checkpoints in flight
 }
 
 func (t *triggers) setup(mgr ctrl.Manager) error {
@@ -122,18 +127,89 @@ func (t *triggers) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	if err != nil {
 		return reconcile.Result{}, t.setTriggered(ctx, &tr, metav1.ConditionFalse, v1.ReasonFailed, err.Error(), "")
 	}
+	if !t.slots.take(tr.Namespace) {
+		// The node runs as many checkpoints as it may, or this namespace its share: look
+		// again soon, not yet Checkpointing (its outcome deadline has not begun).
+		t.log.WithField("trigger", req.String()).Debugf("manual trigger: %d checkpoints running on the node (%d per namespace at most); waiting", maxCheckpoints, maxCheckpointsPerNamespace)
+		return reconcile.Result{RequeueAfter: slotWait}, nil
+	}
 	if err := t.setTriggered(ctx, &tr, metav1.ConditionUnknown, ReasonCheckpointing, "checkpointing "+id, ""); err != nil {
+		t.slots.put(tr.Namespace)
 		return reconcile.Result{}, err
 	}
 	t.log.WithFields(logrus.Fields{"trigger": req.String(), "sandbox": sandbox}).Info("manual trigger: checkpointing " + id)
-	cctx := namespaces.WithNamespace(ctx, criNS)
-	if _, err := tasks.NewTasksClient(t.conn).Checkpoint(cctx, &tasks.CheckpointTaskRequest{ContainerID: sandbox}); err != nil {
-		// A failure before the shim began reports nothing: fail the trigger here. One
-		// after it began is also reported (CheckpointFailed); whichever comes first wins.
-		return reconcile.Result{}, t.setTriggered(ctx, &tr, metav1.ConditionFalse, v1.ReasonFailed,
-			fmt.Sprintf("checkpoint of %s: %v", id, errgrpc.ToNative(err)), "")
-	}
+	go t.checkpoint(context.WithoutCancel(ctx), req.NamespacedName, id, sandbox)
 	return reconcile.Result{}, nil
+}
+
+// checkpoint asks containerd to checkpoint sandbox (the task Checkpoint call, which the
+// shim answers once the snapshot is committed), holding one of the node's checkpoint
+// slots of the trigger's namespace until it returns or outcomeDeadline passes. It runs
+// in its own goroutine, so that no reconcile worker waits for a checkpoint: the outcome
+// comes through the reports. ctx carries no cancellation: an agent that stops leaves the
+// checkpoint to the shim and its report.
+func (t *triggers) checkpoint(ctx context.Context, key client.ObjectKey, id, sandbox string) {
+	defer t.slots.put(key.Namespace)
+	cctx, cancel := context.WithTimeout(namespaces.WithNamespace(ctx, criNS), outcomeDeadline)
+	defer cancel()
+	_, err := tasks.NewTasksClient(t.conn).Checkpoint(cctx, &tasks.CheckpointTaskRequest{ContainerID: sandbox})
+	if err == nil {
+		return
+	}
+	// A failure before the shim began reports nothing: fail the trigger here. One after
+	// it began is also reported (CheckpointFailed); whichever comes first wins.
+	msg := fmt.Sprintf("checkpoint of %s: %v", id, errgrpc.ToNative(err))
+	if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+		msg = fmt.Sprintf("checkpoint of %s: no answer from containerd within %s", id, outcomeDeadline)
+	}
+	uctx, ucancel := context.WithTimeout(ctx, time.Minute)
+	defer ucancel()
+	if err := kubeapi.SetTriggered(uctx, t.c, key, metav1.ConditionFalse, v1.ReasonFailed, msg, ""); err != nil {
+		t.log.WithError(err).WithField("trigger", key.String()).Warn("manual trigger: record the failed checkpoint (" + msg + ")")
+	}
+}
+
+// Bounds on the manual checkpoints a node runs at once (each a runsc checkpoint writing
+// the pod's memory to disk, then its upload): maxCheckpoints in all, and at most
+// maxCheckpointsPerNamespace of one namespace, so that one tenant's large pods cannot
+// hold every slot while others' triggers wait. A trigger that finds no slot is looked at
+// again after slotWait.
+const (
+	maxCheckpoints             = 4
+	maxCheckpointsPerNamespace = 2
+	slotWait                   = 2 * time.Second
+)
+
+// slots counts the manual checkpoints in flight on the node. The zero value is ready.
+type slots struct {
+	mu    sync.Mutex
+	total int            // guarded by mu: checkpoints in flight
+	byNS  map[string]int // guarded by mu: checkpoints in flight per namespace
+}
+
+// take reserves a slot for namespace ns, or reports false when the node or ns has none.
+func (s *slots) take(ns string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.total >= maxCheckpoints || s.byNS[ns] >= maxCheckpointsPerNamespace {
+		return false
+	}
+	if s.byNS == nil {
+		s.byNS = map[string]int{}
+	}
+	s.total++
+	s.byNS[ns]++
+	return true
+}
+
+// put frees a slot take reserved for ns.
+func (s *slots) put(ns string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total--
+	if s.byNS[ns]--; s.byNS[ns] <= 0 {
+		delete(s.byNS, ns)
+	}
 }
 
 // sandboxOf finds the containerd ID of pod's sandbox container by CRI's labels.

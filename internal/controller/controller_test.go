@@ -230,3 +230,33 @@ func must(t *testing.T, err error) {
 		t.Fatal(fmt.Errorf("%w", err))
 	}
 }
+
+// TestSyncRepairsAwaitingCommitted: a PodSnapshot still AwaitingCheckpoint (its node's
+// CheckpointCommitted report lost) whose committed manifest is in the policy's store
+// gets Ready True, Checkpoint Succeeded and the storage path; one whose manifest is not
+// there keeps waiting.
+func TestSyncRepairsAwaitingCommitted(t *testing.T) {
+	e := newEnv(t, policy(nil, 0))
+	ctx := context.Background()
+	m := e.commit(time.Hour, 1)
+	const other = "1b8f2c7e-6f1a-4d0e-9c2b-1d3e5f7a9b0c"
+	for _, name := range []string{m.UUID, other} {
+		ps := &v1.PodSnapshot{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name, Finalizers: []string{kubeapi.Finalizer}},
+			Spec: v1.PodSnapshotSpec{PolicyName: "web"}}
+		must(t, e.c.Create(ctx, ps))
+		must(t, kubeapi.SetSnapshotStatus(ctx, e.c, "default", name, func(ps *v1.PodSnapshot) {
+			ps.Status.NodeName, ps.Status.SourcePod = "n1", "default/web-0"
+			kubeapi.Awaiting(ps, now.Add(-2*time.Hour))
+		}))
+	}
+	must(t, e.s.sync(ctx))
+	snaps := e.snapshots()
+	ps := snaps[m.UUID]
+	if !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) || !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionCheckpoint) ||
+		ps.Status.StoragePath != "file://"+e.store+"/default/web/"+m.UUID || ps.Status.SourcePod != "default/web-0" {
+		t.Fatalf("PodSnapshot awaiting a committed snapshot after sync: %+v", ps.Status)
+	}
+	if c := meta.FindStatusCondition(snaps[other].Status.Conditions, v1.ConditionReady); c == nil || c.Reason != v1.ReasonAwaitingCheckpoint {
+		t.Fatalf("PodSnapshot without a manifest: Ready = %+v, want still AwaitingCheckpoint", c)
+	}
+}

@@ -25,6 +25,8 @@ import (
 //
 //   - a committed snapshot in the policy's store without a PodSnapshot gets one (with
 //     the status the manifest says, and the finalizer);
+//   - a PodSnapshot still AwaitingCheckpoint whose committed manifest is in the store
+//     gets the committed status (its node's report was lost: repair);
 //   - a Ready PodSnapshot whose manifest is gone from the store gets Ready False/Failed
 //     ("files no longer in storage"), and so does one whose manifest a restore marked
 //     Failed (a corrupt file: "marked Failed in storage: <reason>");
@@ -121,6 +123,10 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 		}
 	}
 	for uuid, ps := range objects {
+		if m := stored[uuid]; m != nil && m.State == manifest.StateCommitted && ps.DeletionTimestamp == nil && awaiting(ps) {
+			errs = append(errs, s.repair(ctx, ps, m, url))
+			continue
+		}
 		if ps.DeletionTimestamp != nil || !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
 			continue
 		}
@@ -185,6 +191,43 @@ func (s *syncer) adopt(ctx context.Context, m *manifest.Manifest, url string) (*
 		ps.Status.StoragePath = view.Status.StoragePath
 		ps.Status.SnapshotScope = view.Status.SnapshotScope
 	})
+}
+
+// awaiting tells whether ps still waits for its checkpoint: Ready False/AwaitingCheckpoint
+// and no Checkpoint outcome.
+func awaiting(ps *v1.PodSnapshot) bool {
+	c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
+	return c != nil && c.Status == metav1.ConditionFalse && c.Reason == v1.ReasonAwaitingCheckpoint &&
+		meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionCheckpoint) == nil
+}
+
+// repair gives PodSnapshot ps, which still waits for its checkpoint although its
+// committed manifest m is in the policy's store at url, the committed status (Ready
+// True, Checkpoint Succeeded at the manifest's creation, the storage path): the node's
+// CheckpointCommitted report was lost (dropped past report_max_files, its node gone) or
+// is late, in which case it changes nothing more.
+func (s *syncer) repair(ctx context.Context, ps *v1.PodSnapshot, m *manifest.Manifest, url string) error {
+	view := m.PodSnapshot(url)
+	err := kubeapi.SetSnapshotStatus(ctx, s.c, ps.Namespace, ps.Name, func(ps *v1.PodSnapshot) {
+		if !awaiting(ps) {
+			return
+		}
+		if ps.Status.StoragePath == "" {
+			ps.Status.StoragePath = view.Status.StoragePath
+		}
+		if ps.Status.SnapshotScope == "" {
+			ps.Status.SnapshotScope = view.Status.SnapshotScope
+		}
+		if ps.Status.LastAccessTime == nil {
+			ps.Status.LastAccessTime = view.Status.LastAccessTime
+		}
+		kubeapi.Committed(ps, m.CreatedAt)
+	})
+	if err != nil {
+		return kubeapi.IgnoreNotFound(err)
+	}
+	s.log.Infof("PodSnapshot %s/%s: committed snapshot found in %s while the object still waited for it; status set committed", ps.Namespace, ps.Name, url)
+	return nil
 }
 
 // expireFailed deletes PodSnapshots whose Ready condition has been Failed for FailedTTL.

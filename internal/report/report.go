@@ -7,7 +7,9 @@
 //
 // A file is written under a hidden temporary name, synced and renamed into place, so a
 // reader never sees half a report. Names sort in the order the reports were written on
-// this node: "<unix nanoseconds, 20 digits>-<8 hex digits>.json".
+// this node: "<unix nanoseconds, 20 digits>-<8 hex digits>.json", with "-e" before
+// ".json" for a report whose loss costs only an event (Kind.EventOnly), which a full
+// spool drops first.
 package report
 
 import (
@@ -55,6 +57,18 @@ const (
 	// whose commit ran it.
 	SnapshotDeleted Kind = "SnapshotDeleted"
 )
+
+// EventOnly tells whether losing a report of kind k costs no more than an event and a
+// metric: what else it does, a later report of the pod does again (a ColdStart's or
+// CheckpointStarted's PodSnapshot is created by the CheckpointCommitted or
+// CheckpointFailed that follows), or nothing (RestoredPodStopped). A spool past its
+// bound drops these first.
+func (k Kind) EventOnly() bool {
+	return k == ColdStart || k == CheckpointStarted || k == RestoredPodStopped
+}
+
+// eventOnlySuffix ends the name of an EventOnly report, before ".json".
+const eventOnlySuffix = "-e"
 
 // Reasons of a ColdStart report (Reason), for events and the cold-start metric.
 const (
@@ -146,7 +160,11 @@ func (s Spool) Write(r Report) error {
 	if _, err := rand.Read(suffix[:]); err != nil {
 		return fmt.Errorf("report: random name: %w", err)
 	}
-	name := fmt.Sprintf("%020d-%s.json", r.Time.UnixNano(), hex.EncodeToString(suffix[:]))
+	class := ""
+	if r.Kind.EventOnly() {
+		class = eventOnlySuffix
+	}
+	name := fmt.Sprintf("%020d-%s%s.json", r.Time.UnixNano(), hex.EncodeToString(suffix[:]), class)
 	tmp, err := os.CreateTemp(s.Dir, ".tmp-")
 	if err != nil {
 		return fmt.Errorf("report spool %s: %w", s.Dir, err)
@@ -220,10 +238,13 @@ func reportNames(des []os.DirEntry) []string {
 	return names
 }
 
-// trim removes the oldest reports until fewer than s.Max remain, logging a warning for
-// each: the agent has not taken them, and without a bound a node without an agent would
-// fill its disk. Shims writing at once may each remove one, so a full spool may lose a
-// few more than one report; a report already gone is not an error.
+// trim removes reports until fewer than s.Max remain, logging a warning for each: the
+// agent has not taken them, and without a bound a node without an agent would fill its
+// disk. It removes the oldest EventOnly reports first (their loss costs an event), then
+// the oldest of the others (a CheckpointCommitted lost this way is repaired by the
+// controller's sync, which finds the committed manifest). Shims writing at once may each
+// remove one, so a full spool may lose a few more than one report; a report already gone
+// is not an error.
 func (s Spool) trim() error {
 	if s.Max <= 0 {
 		return nil
@@ -233,24 +254,92 @@ func (s Spool) trim() error {
 		return fmt.Errorf("report spool %s: %w", s.Dir, err)
 	}
 	names := reportNames(des)
-	for i := 0; len(names)-i >= s.Max; i++ {
-		if err := s.Remove(names[i]); err != nil {
+	excess := len(names) - (s.Max - 1)
+	if excess <= 0 {
+		return nil
+	}
+	drop := make([]string, 0, excess)
+	for _, eventOnly := range []bool{true, false} {
+		for _, n := range names {
+			if len(drop) < excess && strings.HasSuffix(n, eventOnlySuffix+".json") == eventOnly {
+				drop = append(drop, n)
+			}
+		}
+	}
+	for _, n := range drop {
+		if err := s.Remove(n); err != nil {
 			return err
 		}
-		log.L.WithField("report", filepath.Join(s.Dir, names[i])).Warnf(
-			"report spool %s holds %d reports (report_max_files %d): oldest report removed undelivered; is podsnapshot-agent running?",
-			s.Dir, len(names)-i, s.Max)
+		log.L.WithField("report", filepath.Join(s.Dir, n)).Warnf(
+			"report spool %s holds %d reports (report_max_files %d): report removed undelivered; is podsnapshot-agent running?",
+			s.Dir, len(names), s.Max)
 	}
 	return nil
 }
 
 // SetAside renames report name to "."+why+"-"+name: kept for inspection, no longer
-// listed (hidden).
+// listed (hidden). Its modification time becomes now, so that PruneSetAside counts its
+// age from when it was set aside, not from when it was written.
 func (s Spool) SetAside(name, why string) error {
-	if err := os.Rename(filepath.Join(s.Dir, name), filepath.Join(s.Dir, "."+why+"-"+name)); err != nil {
+	to := filepath.Join(s.Dir, "."+why+"-"+name)
+	if err := os.Rename(filepath.Join(s.Dir, name), to); err != nil {
+		return fmt.Errorf("report spool %s: set aside %s: %w", s.Dir, name, err)
+	}
+	now := time.Now()
+	if err := os.Chtimes(to, now, now); err != nil {
 		return fmt.Errorf("report spool %s: set aside %s: %w", s.Dir, name, err)
 	}
 	return nil
+}
+
+// PruneSetAside removes the set-aside reports (hidden "."+why+"-*.json" files: SetAside's)
+// last modified before before, and then the oldest of the rest until at most max remain
+// (max 0: no bound by count). It returns how many it removed; errors name the spool.
+// Temporary files of writers (".tmp-*") are left alone.
+func (s Spool) PruneSetAside(before time.Time, max int) (int, error) {
+	des, err := os.ReadDir(s.Dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("report spool %s: %w", s.Dir, err)
+	}
+	type aside struct {
+		name string
+		mod  time.Time
+	}
+	var kept []aside
+	removed := 0
+	var errs []error
+	remove := func(name string) {
+		if err := s.Remove(name); err != nil {
+			errs = append(errs, err)
+			return
+		}
+		removed++
+	}
+	for _, de := range des {
+		n := de.Name()
+		if !strings.HasPrefix(n, ".") || strings.HasPrefix(n, ".tmp-") || !strings.HasSuffix(n, ".json") || !de.Type().IsRegular() {
+			continue
+		}
+		fi, err := de.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		if fi.ModTime().Before(before) {
+			remove(n)
+			continue
+		}
+		kept = append(kept, aside{n, fi.ModTime()})
+	}
+	if max > 0 && len(kept) > max {
+		sort.Slice(kept, func(i, j int) bool { return kept[i].mod.Before(kept[j].mod) })
+		for _, a := range kept[:len(kept)-max] {
+			remove(a.name)
+		}
+	}
+	return removed, errors.Join(errs...)
 }
 
 // Remove deletes a report once it has been handled.
