@@ -21,6 +21,7 @@ import (
 func TestKubeHardening(t *testing.T) {
 	k := newInstalledKubeEnv(t, gcsStore)
 	t.Run("AgentNode", func(t *testing.T) { k.withT(t).hardenAgentNode() })
+	t.Run("Reports", func(t *testing.T) { k.withT(t).hardenReports() })
 }
 
 // withT is k reporting to t (a subtest).

@@ -164,7 +164,7 @@ func (t *triggers) checkpoint(ctx context.Context, key client.ObjectKey, id, san
 	}
 	uctx, ucancel := context.WithTimeout(ctx, time.Minute)
 	defer ucancel()
-	if err := kubeapi.SetTriggered(uctx, t.c, key, metav1.ConditionFalse, v1.ReasonFailed, msg, ""); err != nil {
+	if err := kubeapi.SetTriggered(uctx, t.c, key, t.node, metav1.ConditionFalse, v1.ReasonFailed, msg, ""); err != nil {
 		t.log.WithError(err).WithField("trigger", key.String()).Warn("manual trigger: record the failed checkpoint (" + msg + ")")
 	}
 }
