@@ -78,7 +78,9 @@ type located struct {
 // of v1.Decode, these documents are skipped with an error: a kind other than
 // PodSnapshotPolicy and PodSnapshotStorageConfig, a second object of the same kind and
 // name, a policy whose storageConfigName names no valid storage config
-// (`spec.storageConfigName: Not found: "x"`), and every document of a file larger than
+// (`spec.storageConfigName: Not found: "x"`) or one whose spec.allowedNamespaces leaves
+// out the policy's namespace (`spec.storageConfigName: Forbidden: PodSnapshotStorageConfig
+// "x" does not allow namespace "b" (its spec.allowedNamespaces: a)`), and every document of a file larger than
 // MaxFileSize (`p.yaml: 419430400 bytes, over the 1048576-byte limit of a policy file`).
 func Load(dir string) *Set {
 	s := &Set{Dir: dir, StorageConfigs: map[string]*v1.PodSnapshotStorageConfig{}}
@@ -138,6 +140,11 @@ func (s *Set) entry(l located) (*Entry, error) {
 	cfg, ok := s.StorageConfigs[p.Spec.StorageConfigName]
 	if !ok {
 		return nil, docError(l, field.NotFound(field.NewPath("spec", "storageConfigName"), p.Spec.StorageConfigName))
+	}
+	if !cfg.AllowsNamespace(p.Namespace) {
+		return nil, docError(l, field.Forbidden(field.NewPath("spec", "storageConfigName"), fmt.Sprintf(
+			"PodSnapshotStorageConfig %q does not allow namespace %q (its spec.allowedNamespaces: %s)",
+			cfg.Name, p.Namespace, v1.Truncate(strings.Join(cfg.Spec.AllowedNamespaces, ", "), 256))))
 	}
 	sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
 	if err != nil {
