@@ -198,16 +198,32 @@ func sortErrors(errs []error) {
 	})
 }
 
+// CheckFile returns the errors Load would report for a policy file named path holding
+// data, without the ones that depend on other files (a storage config not found or not
+// allowing the namespace, a duplicate name): one error naming the size and the limit
+// when data is over MaxFileSize, else every document Load would skip (*v1.DocumentError).
+// A writer of the policy directory calls it to keep a file Load would not read whole
+// from replacing a good one.
+func CheckFile(path string, data []byte) []error {
+	if len(data) > MaxFileSize {
+		return tooLarge(path, int64(len(data)))
+	}
+	_, errs := v1.DecodeAll(path, bytes.NewReader(data))
+	return errs
+}
+
+// tooLarge is the error of a file of size bytes, over MaxFileSize.
+func tooLarge(path string, size int64) []error {
+	return []error{&v1.DocumentError{File: path,
+		Err: fmt.Errorf("%d bytes, over the %d-byte limit of a policy file (a ConfigMap's)", size, MaxFileSize)}}
+}
+
 // decodeFile decodes f with v1.DecodeAll, unless it holds more than MaxFileSize bytes
 // (when listed, or when read: it may have grown since): then it is one error naming it and
 // its size, and at most MaxFileSize+1 bytes of it were read.
 func decodeFile(f policyFile) ([]v1.Document, []error) {
-	tooLarge := func(size int64) []error {
-		return []error{&v1.DocumentError{File: f.path,
-			Err: fmt.Errorf("%d bytes, over the %d-byte limit of a policy file (a ConfigMap's); skipped", size, MaxFileSize)}}
-	}
 	if f.info.Size() > MaxFileSize {
-		return nil, tooLarge(f.info.Size())
+		return nil, tooLarge(f.path, f.info.Size())
 	}
 	file, err := os.Open(f.path)
 	if err != nil {
@@ -223,7 +239,7 @@ func decodeFile(f policyFile) ([]v1.Document, []error) {
 		if fi, err := file.Stat(); err == nil {
 			size = fi.Size()
 		}
-		return nil, tooLarge(size)
+		return nil, tooLarge(f.path, size)
 	}
 	return v1.DecodeAll(f.path, bytes.NewReader(data))
 }
