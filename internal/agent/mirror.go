@@ -123,6 +123,11 @@ func (m *mirror) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 		}
 	}
 	errs = append(errs, m.removeStale(want)...)
+	for name := range m.refused {
+		if !want[name] {
+			delete(m.refused, name) // its namespace has no policies left
+		}
+	}
 	return reconcile.Result{}, errors.Join(errs...)
 }
 
@@ -153,16 +158,15 @@ func (m *mirror) put(ctx context.Context, f mirrorFile) error {
 // the policy at fault: the one a document error names, else (the file too large) the
 // namespace's largest policy.
 func (m *mirror) refuse(ctx context.Context, f mirrorFile, path string, problems []error) {
-	kept := "it keeps no policies of the namespace"
+	kept := "the node has no earlier content of it"
 	if _, err := os.Stat(path); err == nil {
-		kept = "it keeps the last good file"
+		kept = "the node keeps its last good content"
 	}
 	cause := problems[0].Error()
 	if len(problems) > 1 {
 		cause += fmt.Sprintf(" (and %d more)", len(problems)-1)
 	}
-	m.log.WithField("file", path).Errorf("policy directory: the new %s is not written, %s (the node uses its previous policies): %s",
-		describe(f), kept, cause)
+	m.log.WithField("file", path).Errorf("policy directory: the new %s is not written (%s): %s", describe(f), kept, cause)
 	if len(f.policies) == 0 {
 		return // storage configs are cluster-scoped: the log is their place
 	}
@@ -175,7 +179,7 @@ func (m *mirror) refuse(ctx context.Context, f mirrorFile, path string, problems
 			}
 		}
 	}
-	msg := fmt.Sprintf("the policies of namespace %s were not written to node %s (%s; %s): %s",
+	msg := fmt.Sprintf("the policies of namespace %s were not written to node %s's %s (%s): %s",
 		at.Namespace, m.node, path, kept, cause)
 	if err := m.event(ctx, at, v1.Truncate(msg, 1024)); err != nil {
 		m.log.WithError(err).Warnf("policy directory: event on PodSnapshotPolicy %s/%s", at.Namespace, at.Name)
@@ -220,7 +224,6 @@ func (m *mirror) removeStale(want map[string]bool) []error {
 			errs = append(errs, fmt.Errorf("policy directory: remove %s: %w", path, err))
 			continue
 		}
-		delete(m.refused, name)
 		m.log.WithField("file", path).Info("policy directory: removed (no policies left in its namespace)")
 	}
 	return errs
