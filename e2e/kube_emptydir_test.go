@@ -111,7 +111,7 @@ func TestKubeEmptyDir(t *testing.T) {
 		"  triggerConfig:\n", "  snapshotScope: rootfs-only\n  triggerConfig:\n").Replace(guidePolicy)
 	k.apply(guideStorageConfig(storePath) + "---\n" + guidePolicy + "---\n" + rootfsPolicy)
 	harness.Eventually(t, 15*time.Second, "both policies on the node", func() bool {
-		b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.MirrorFile))
+		b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.NamespaceFile("test")))
 		return strings.Contains(string(b), "rootfs-policy") && strings.Contains(string(b), "example-pod-snapshot-policy")
 	})
 

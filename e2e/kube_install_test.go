@@ -338,7 +338,7 @@ spec:
 	must(t, e.gcs.CreateBucket(t.Context(), "test", "my-bucket"))
 	e.kubectl("apply", "-f", filepath.Join(harness.RepoRoot(t), "testdata", "policies", "gke"))
 	for _, n := range e.kube.Nodes {
-		mirror := filepath.Join(n.NodeDir("/etc/podsnapshot"), agent.MirrorFile)
+		mirror := filepath.Join(n.NodeDir("/etc/podsnapshot"), agent.NamespaceFile("default"))
 		harness.Eventually(t, 30*time.Second, "the policy mirrored on "+n.Name, func() bool {
 			b, _ := os.ReadFile(mirror)
 			return strings.Contains(string(b), "example-pod-snapshot-policy")

@@ -94,7 +94,7 @@ func TestKubeWorkloadSnapshotAndRestore(t *testing.T) {
 	// 2. The guide's manifests apply unchanged; the policy is on the node within seconds.
 	begin := time.Now()
 	k.apply(guideStorageConfig(storePath) + "---\n" + guidePolicy)
-	mirror := filepath.Join(k.policyDir, agent.MirrorFile)
+	mirror := filepath.Join(k.policyDir, agent.NamespaceFile("test"))
 	harness.Eventually(t, 15*time.Second, "the policy mirrored into the policy directory", func() bool {
 		b, _ := os.ReadFile(mirror)
 		return strings.Contains(string(b), "example-pod-snapshot-policy")

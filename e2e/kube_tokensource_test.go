@@ -105,8 +105,12 @@ func TestKubeTokenSource(t *testing.T) {
 		t.Fatalf("a storage config with tokenSource federatedP4SA: err=%v out=%q; want a refusal naming tokenSource", err, out)
 	}
 	harness.Eventually(t, 15*time.Second, "the policies on the node", func() bool {
-		b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.MirrorFile))
-		return strings.Count(string(b), "kind: PodSnapshotPolicy") == 2
+		n := 0
+		for _, ns := range []string{"a", "b"} {
+			b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.NamespaceFile(ns)))
+			n += strings.Count(string(b), "kind: PodSnapshotPolicy")
+		}
+		return n == 2
 	})
 	tokenDir := filepath.Join(k.workDir, ".tokens")
 	var podTokens []string // every pod token seen, for the leak check at the end

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/e2e/harness"
+	"github.com/podsnapshot/podsnapshot/internal/agent"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
 
@@ -56,7 +57,7 @@ func TestKubeManualTrigger(t *testing.T) {
 	k := newInstalledKubeEnv(t, gcsStore)
 	k.apply(gcsManifests)
 	harness.Eventually(t, 15*time.Second, "the manual policy on the node", func() bool {
-		b, _ := os.ReadFile(filepath.Join(k.policyDir, "kubernetes.yaml"))
+		b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.NamespaceFile("test")))
 		return strings.Contains(string(b), "manual-policy")
 	})
 	k.apply(k.kubePod("batch", "test", map[string]string{"app": "batch"}, `i=0; while :; do i=$((i+1)); echo "batch $i"; sleep 0.5; done`))
@@ -121,7 +122,7 @@ func TestKubeAPIServerDown(t *testing.T) {
 	storePath := strings.TrimPrefix(k.storeURL, "file://")
 	k.apply(guideStorageConfig(storePath) + "---\n" + guidePolicy)
 	harness.Eventually(t, 15*time.Second, "the policy on the node", func() bool {
-		b, _ := os.ReadFile(filepath.Join(k.policyDir, "kubernetes.yaml"))
+		b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.NamespaceFile("test")))
 		return strings.Contains(string(b), "example-pod-snapshot-policy")
 	})
 	// The counter, but it waits 15 s before asking for its checkpoint.
@@ -230,7 +231,7 @@ spec:
 	}
 	k.apply(policy(""))
 	harness.Eventually(t, 15*time.Second, "the policy on the node", func() bool {
-		b, _ := os.ReadFile(filepath.Join(k.policyDir, "kubernetes.yaml"))
+		b, _ := os.ReadFile(filepath.Join(k.policyDir, agent.NamespaceFile("test")))
 		return strings.Contains(string(b), "batch-policy")
 	})
 	k.apply(k.kubePod("batch", "test", map[string]string{"app": "batch"}, `i=0; while :; do i=$((i+1)); echo "batch $i"; sleep 0.5; done`))

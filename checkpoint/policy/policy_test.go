@@ -424,3 +424,38 @@ func TestErrorsQuoteShortValues(t *testing.T) {
 		}
 	}
 }
+
+// Issue 27 item 9: a storage config with spec.allowedNamespaces serves only the policies
+// of those namespaces; a policy of another namespace is skipped with an error naming it,
+// the config and the field, and the others load.
+func TestStorageConfigAllowedNamespaces(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "stores.yaml"), storeDoc+`---
+apiVersion: podsnapshot.gke.io/v1
+kind: PodSnapshotStorageConfig
+metadata: {name: team-a-store}
+spec:
+  allowedNamespaces: [team-a]
+  snapshotStorageConfig: {gcs: {bucket: team-a-bucket}}
+`)
+	onlyA := func(doc string) string {
+		return strings.Replace(doc, "storageConfigName: store", "storageConfigName: team-a-store", 1)
+	}
+	writeFile(t, filepath.Join(dir, "policies.yaml"), onlyA(policyDoc("team-a", "p", "{}", ""))+
+		onlyA(policyDoc("team-b", "p", "{}", ""))+policyDoc("team-b", "open", "{}", ""))
+	set := Load(dir)
+	if got := policyIDs(set); !reflect.DeepEqual(got, []string{"team-a/p", "team-b/open"}) {
+		t.Errorf("policies = %v", got)
+	}
+	want := filepath.Join(dir, "policies.yaml") + `: document 2: PodSnapshotPolicy "team-b/p": spec.storageConfigName: Forbidden: ` +
+		`PodSnapshotStorageConfig "team-a-store" does not allow namespace "team-b" (its spec.allowedNamespaces: team-a)`
+	if len(set.Errors) != 1 || set.Errors[0].Error() != want {
+		t.Fatalf("errors = %v\nwant %s", set.Errors, want)
+	}
+	if m := set.Match("team-b", map[string]string{"app": "x"}); !m.Found() || m.Policy.Name != "open" {
+		t.Errorf("team-b matches %+v, want its policy of the open store", m)
+	}
+	if m := set.Match("team-a", nil); !m.Found() || m.StoreURL != "gs://team-a-bucket" {
+		t.Errorf("team-a matches %+v", m)
+	}
+}

@@ -78,7 +78,9 @@ type located struct {
 // of v1.Decode, these documents are skipped with an error: a kind other than
 // PodSnapshotPolicy and PodSnapshotStorageConfig, a second object of the same kind and
 // name, a policy whose storageConfigName names no valid storage config
-// (`spec.storageConfigName: Not found: "x"`), and every document of a file larger than
+// (`spec.storageConfigName: Not found: "x"`) or one whose spec.allowedNamespaces leaves
+// out the policy's namespace (`spec.storageConfigName: Forbidden: PodSnapshotStorageConfig
+// "x" does not allow namespace "b" (its spec.allowedNamespaces: a)`), and every document of a file larger than
 // MaxFileSize (`p.yaml: 419430400 bytes, over the 1048576-byte limit of a policy file`).
 func Load(dir string) *Set {
 	s := &Set{Dir: dir, StorageConfigs: map[string]*v1.PodSnapshotStorageConfig{}}
@@ -139,6 +141,11 @@ func (s *Set) entry(l located) (*Entry, error) {
 	if !ok {
 		return nil, docError(l, field.NotFound(field.NewPath("spec", "storageConfigName"), p.Spec.StorageConfigName))
 	}
+	if !cfg.AllowsNamespace(p.Namespace) {
+		return nil, docError(l, field.Forbidden(field.NewPath("spec", "storageConfigName"), fmt.Sprintf(
+			"PodSnapshotStorageConfig %q does not allow namespace %q (its spec.allowedNamespaces: %s)",
+			cfg.Name, p.Namespace, v1.Truncate(strings.Join(cfg.Spec.AllowedNamespaces, ", "), 256))))
+	}
 	sel, err := metav1.LabelSelectorAsSelector(p.Spec.Selector)
 	if err != nil {
 		return nil, docError(l, field.Invalid(field.NewPath("spec", "selector"), p.Spec.Selector, err.Error()))
@@ -191,16 +198,32 @@ func sortErrors(errs []error) {
 	})
 }
 
+// CheckFile returns the errors Load would report for a policy file named path holding
+// data, without the ones that depend on other files (a storage config not found or not
+// allowing the namespace, a duplicate name): one error naming the size and the limit
+// when data is over MaxFileSize, else every document Load would skip (*v1.DocumentError).
+// A writer of the policy directory calls it to keep a file Load would not read whole
+// from replacing a good one.
+func CheckFile(path string, data []byte) []error {
+	if len(data) > MaxFileSize {
+		return tooLarge(path, int64(len(data)))
+	}
+	_, errs := v1.DecodeAll(path, bytes.NewReader(data))
+	return errs
+}
+
+// tooLarge is the error of a file of size bytes, over MaxFileSize.
+func tooLarge(path string, size int64) []error {
+	return []error{&v1.DocumentError{File: path,
+		Err: fmt.Errorf("%d bytes, over the %d-byte limit of a policy file (a ConfigMap's)", size, MaxFileSize)}}
+}
+
 // decodeFile decodes f with v1.DecodeAll, unless it holds more than MaxFileSize bytes
 // (when listed, or when read: it may have grown since): then it is one error naming it and
 // its size, and at most MaxFileSize+1 bytes of it were read.
 func decodeFile(f policyFile) ([]v1.Document, []error) {
-	tooLarge := func(size int64) []error {
-		return []error{&v1.DocumentError{File: f.path,
-			Err: fmt.Errorf("%d bytes, over the %d-byte limit of a policy file (a ConfigMap's); skipped", size, MaxFileSize)}}
-	}
 	if f.info.Size() > MaxFileSize {
-		return nil, tooLarge(f.info.Size())
+		return nil, tooLarge(f.path, f.info.Size())
 	}
 	file, err := os.Open(f.path)
 	if err != nil {
@@ -216,7 +239,7 @@ func decodeFile(f policyFile) ([]v1.Document, []error) {
 		if fi, err := file.Stat(); err == nil {
 			size = fi.Size()
 		}
-		return nil, tooLarge(size)
+		return nil, tooLarge(f.path, size)
 	}
 	return v1.DecodeAll(f.path, bytes.NewReader(data))
 }

@@ -2,7 +2,9 @@
 // checkpoint/api/v1 into the ones deploy/kubernetes/crds ships: each gets a v1alpha1
 // version served beside v1 with the same schema (v1 stays the storage version; the
 // conversion is None, since the schemas are equal), so manifests written for GKE's
-// v1alpha1 apply unchanged. Run by `make generate`.
+// v1alpha1 apply unchanged; the policy's spec.selector, a metav1.LabelSelector that
+// takes no kubebuilder markers, gets the size bounds of checkpoint/api/v1's limits.go.
+// Run by `make generate`.
 //
 //	go run ./hack/crdgen -in _out/crd -out deploy/kubernetes/crds
 package main
@@ -67,6 +69,11 @@ func withAlpha(path string) (string, []byte, error) {
 	if len(crd.Spec.Versions) != 1 || crd.Spec.Versions[0].Name != v1.Version {
 		return "", nil, fmt.Errorf("%s: want exactly version %s, got %d versions", path, v1.Version, len(crd.Spec.Versions))
 	}
+	if crd.Spec.Names.Kind == v1.KindPolicy {
+		if err := boundSelector(crd.Spec.Versions[0].Schema.OpenAPIV3Schema); err != nil {
+			return "", nil, fmt.Errorf("%s: %w", path, err)
+		}
+	}
 	alpha := *crd.Spec.Versions[0].DeepCopy()
 	alpha.Name = v1.VersionAlpha1
 	alpha.Storage = false
@@ -81,3 +88,69 @@ func withAlpha(path string) (string, []byte, error) {
 	s := strings.Replace(string(out), "status:\n  acceptedNames:\n    kind: \"\"\n    plural: \"\"\n  conditions: null\n  storedVersions: null\n", "", 1)
 	return crd.Spec.Names.Plural + ".yaml", []byte(header + s), nil
 }
+
+// boundSelector sets the bounds of v1's limits.go on the PodSnapshotPolicy schema's
+// spec.selector: counts (maxProperties, maxItems) and lengths (maxLength) of matchLabels'
+// values, matchExpressions' keys, operators and values. Besides refusing a selector that
+// would fill a policy file, they bound the cost the API server estimates for the CEL
+// rules over the selector. matchLabels' keys, which a schema cannot bound, are bounded
+// by a CEL rule in types.go. It fails when the schema lacks one of these properties (a
+// changed selector type must not pass unbounded).
+func boundSelector(root *apiextv1.JSONSchemaProps) error {
+	return edit(root, "spec.selector", func(sel *apiextv1.JSONSchemaProps) error {
+		err := edit(sel, "matchLabels", func(s *apiextv1.JSONSchemaProps) error {
+			if s.AdditionalProperties == nil || s.AdditionalProperties.Schema == nil {
+				return fmt.Errorf("spec.selector.matchLabels has no value schema")
+			}
+			s.MaxProperties = int64p(v1.MaxSelectorLabels)
+			s.AdditionalProperties.Schema.MaxLength = int64p(v1.MaxLabelValueLength)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return edit(sel, "matchExpressions", func(s *apiextv1.JSONSchemaProps) error {
+			if s.Items == nil || s.Items.Schema == nil {
+				return fmt.Errorf("spec.selector.matchExpressions has no item schema")
+			}
+			s.MaxItems = int64p(v1.MaxSelectorExpressions)
+			item := s.Items.Schema
+			for name, max := range map[string]int64{"key": v1.MaxLabelKeyLength, "operator": v1.MaxSelectorOperatorLength} {
+				if err := edit(item, name, func(s *apiextv1.JSONSchemaProps) error { s.MaxLength = &max; return nil }); err != nil {
+					return err
+				}
+			}
+			return edit(item, "values", func(s *apiextv1.JSONSchemaProps) error {
+				if s.Items == nil || s.Items.Schema == nil {
+					return fmt.Errorf("spec.selector.matchExpressions[].values has no item schema")
+				}
+				s.MaxItems = int64p(v1.MaxSelectorValues)
+				s.Items.Schema.MaxLength = int64p(v1.MaxLabelValueLength)
+				return nil
+			})
+		})
+	})
+}
+
+// edit calls f on the property of s at path (dot-separated names) and stores the result
+// back (Properties holds values, not pointers). A missing property is an error.
+func edit(s *apiextv1.JSONSchemaProps, path string, f func(*apiextv1.JSONSchemaProps) error) error {
+	name, rest, nested := strings.Cut(path, ".")
+	p, ok := s.Properties[name]
+	if !ok {
+		return fmt.Errorf("schema has no property %q", name)
+	}
+	var err error
+	if nested {
+		err = edit(&p, rest, f)
+	} else {
+		err = f(&p)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	s.Properties[name] = p
+	return nil
+}
+
+func int64p(v int64) *int64 { return &v }

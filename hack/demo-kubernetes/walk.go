@@ -239,7 +239,7 @@ spec:
 		return err
 	}
 	for _, n := range w.e.kube.Nodes {
-		mirror := filepath.Join(n.NodeDir("/etc/podsnapshot"), agent.MirrorFile)
+		mirror := filepath.Join(n.NodeDir("/etc/podsnapshot"), agent.NamespaceFile(namespace))
 		if err := w.waitFor("policy in "+n.Name+"'s policy_dir", 30*time.Second, 50*time.Millisecond, func() bool {
 			b, _ := os.ReadFile(mirror)
 			return bytes.Contains(b, []byte(policyName))

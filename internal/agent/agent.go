@@ -32,7 +32,8 @@ import (
 type Options struct {
 	// NodeName is this node's Kubernetes name (the DaemonSet passes spec.nodeName).
 	NodeName string
-	// PolicyDir is the shim's policy_dir: the agent writes MirrorFile there.
+	// PolicyDir is the shim's policy_dir: the agent writes StorageConfigFile and a
+	// NamespaceFile per namespace with policies there.
 	PolicyDir string
 	// ReportDir is the shim's report_dir: the spool the agent drains.
 	ReportDir string
@@ -82,7 +83,7 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	c := mgr.GetClient()
 	trig := &triggers{c: c, node: opts.NodeName, policyDir: opts.PolicyDir, conn: conn, log: log, now: time.Now}
-	if err := (&mirror{c: c, dir: opts.PolicyDir, log: log}).setup(mgr); err != nil {
+	if err := (&mirror{c: c, dir: opts.PolicyDir, node: opts.NodeName, log: log}).setup(mgr); err != nil {
 		return err
 	}
 	if err := trig.setup(mgr); err != nil {

@@ -249,37 +249,39 @@ func inProgress2(t *testing.T, c client.Client, name string) *v1.PodSnapshotManu
 }
 
 // TestMirrorFileLoads: what the mirror writes is read by the shim's policy loader with
-// no error, and the policy matches.
+// no error, and the policy matches; an unchanged cluster rewrites nothing.
 func TestMirrorFileLoads(t *testing.T) {
-	sc := v1.PodSnapshotStorageConfig{ObjectMeta: metav1.ObjectMeta{Name: "local", ResourceVersion: "7", ManagedFields: []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}},
+	sc := &v1.PodSnapshotStorageConfig{ObjectMeta: metav1.ObjectMeta{Name: "local"},
 		Spec: v1.PodSnapshotStorageConfigSpec{SnapshotStorageConfig: v1.SnapshotStorageConfig{Local: &v1.LocalStorage{Path: "/var/lib/podsnapshot/store"}}}}
-	pol := v1.PodSnapshotPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "counter-policy", CreationTimestamp: metav1.Now()},
+	pol := &v1.PodSnapshotPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "counter-policy", CreationTimestamp: metav1.Now()},
 		Spec: v1.PodSnapshotPolicySpec{Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "counter"}},
 			StorageConfigName: "local", TriggerConfig: v1.TriggerConfig{Type: v1.TriggerWorkload, PostCheckpoint: v1.PostCheckpointResume},
 			SnapshotScope: v1.ScopeWholePod}}
-	data, err := mirrorYAML([]v1.PodSnapshotStorageConfig{sc}, []v1.PodSnapshotPolicy{pol})
+	m := newMirror(t, newFake(sc, pol))
+	reconcileMirror(t, m)
+	nsFile := filepath.Join(m.dir, NamespaceFile("default"))
+	st, err := os.Stat(nsFile)
 	must(t, err)
-	dir := t.TempDir()
-	changed, err := writeIfChanged(filepath.Join(dir, MirrorFile), data)
-	must(t, err)
-	if !changed {
-		t.Fatal("first write reported unchanged")
-	}
-	if changed, _ := writeIfChanged(filepath.Join(dir, MirrorFile), data); changed {
+	reconcileMirror(t, m)
+	if st2, err := os.Stat(nsFile); err != nil || !os.SameFile(st, st2) {
 		t.Fatal("identical content rewritten")
 	}
-	set := policy.Load(dir)
+	set := policy.Load(m.dir)
 	if len(set.Errors) > 0 {
-		t.Fatalf("loader errors: %v\n%s", set.Errors, data)
+		t.Fatalf("loader errors: %v", set.Errors)
 	}
 	if m := set.Match("default", map[string]string{"app": "counter"}); !m.Found() || m.StoreURL != "file:///var/lib/podsnapshot/store" {
 		t.Fatalf("match = %+v", m)
 	}
-	if strings.Contains(string(data), "managedFields") || strings.Contains(string(data), "resourceVersion") {
-		t.Fatalf("mirror keeps server-side metadata:\n%s", data)
+	for _, name := range []string{StorageConfigFile, NamespaceFile("default")} {
+		data, err := os.ReadFile(filepath.Join(m.dir, name))
+		must(t, err)
+		if strings.Contains(string(data), "managedFields") || strings.Contains(string(data), "resourceVersion") {
+			t.Fatalf("mirror keeps server-side metadata:\n%s", data)
+		}
 	}
-	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
-		t.Fatalf("policy dir holds %d files, want only %s", len(entries), MirrorFile)
+	if entries, _ := os.ReadDir(m.dir); len(entries) != 2 {
+		t.Fatalf("policy dir holds %d files, want only %s and %s", len(entries), StorageConfigFile, NamespaceFile("default"))
 	}
 }
 

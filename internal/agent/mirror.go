@@ -3,12 +3,18 @@ package agent
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -17,23 +23,56 @@ import (
 	"sigs.k8s.io/yaml"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
+	"github.com/podsnapshot/podsnapshot/checkpoint/policy"
 )
 
-// MirrorFile is the file of the policy directory the agent owns: every
-// PodSnapshotStorageConfig and PodSnapshotPolicy of the cluster, as one YAML stream.
-// Files written by hand beside it keep working (on a duplicate name the policy loader
-// keeps the first file in name order and reports the other).
-const MirrorFile = "kubernetes.yaml"
+// The agent's files in the policy directory. Files written by hand beside them keep
+// working (on a duplicate name the policy loader keeps the first file in name order and
+// reports the other); a hand-written file named like one of them is replaced or removed.
+const (
+	// StorageConfigFile holds every PodSnapshotStorageConfig of the cluster.
+	StorageConfigFile = "kubernetes-storageconfigs.yaml"
+	// namespaceFilePrefix and namespaceFileSuffix enclose a namespace's name in the name
+	// of its file (NamespaceFile). A namespace name is a DNS label: safe in a file name.
+	namespaceFilePrefix = "kubernetes-ns-"
+	namespaceFileSuffix = ".yaml"
+	// legacyMirrorFile is the one file of every config and policy that agents before
+	// issue 27 wrote; it is removed.
+	legacyMirrorFile = "kubernetes.yaml"
+)
 
-// mirror keeps MirrorFile equal to the cluster's storage configs and policies. It
-// reconciles one constant key: every change rewrites the whole file from the informer
-// cache, atomically (a temporary file renamed over it), so the shim's policy loader sees
-// the old set or the new one, never half. While the API server is unreachable the file
-// is left as it was: the node keeps restoring from its last known policies.
+// NamespaceFile is the name of the file holding namespace ns's PodSnapshotPolicies,
+// "kubernetes-ns-<ns>.yaml".
+func NamespaceFile(ns string) string { return namespaceFilePrefix + ns + namespaceFileSuffix }
+
+// ReasonPolicyNotMirrored is the reason of the Warning Event recorded on a policy whose
+// namespace's file the agent could not replace.
+const ReasonPolicyNotMirrored = "PolicyNotMirrored"
+
+// mirror keeps the policy directory equal to the cluster's storage configs and policies:
+// the configs in StorageConfigFile, each namespace's policies in NamespaceFile(ns), so a
+// namespace whose policies cannot be loaded (too many for a file's limit) loses only its
+// own. It reconciles one constant key: every change renders every file from the informer
+// cache and replaces those that changed, each atomically (a temporary file renamed over
+// it), so the shim's policy loader sees a file's old content or its new one, never half.
+// A new content that the loader would not read whole (policy.CheckFile: over
+// policy.MaxFileSize, or a document it would skip) does not replace the file: the node
+// keeps that file's last good policies, the agent logs why and records a Warning Event
+// (ReasonPolicyNotMirrored) on the namespace's policy at fault. Files of namespaces without
+// policies, and the legacy kubernetes.yaml, are removed. While the API server is
+// unreachable the files are left as they are: the node keeps restoring from its last
+// known policies.
 type mirror struct {
-	c   client.Client
-	dir string
-	log logrus.FieldLogger
+	c    client.Client
+	dir  string
+	node string
+	log  logrus.FieldLogger
+
+	// refused maps a file name to the hash of the content last refused for it, so that
+	// the same refusal is logged and recorded once, not at every change of the cluster's
+	// policies. Only Reconcile uses it, and controller-runtime never runs it twice at
+	// once for the one key: no lock.
+	refused map[string][sha256.Size]byte
 }
 
 var mirrorKey = reconcile.Request{NamespacedName: client.ObjectKey{Name: "policy-dir"}}
@@ -48,7 +87,17 @@ func (m *mirror) setup(mgr ctrl.Manager) error {
 		Complete(m)
 }
 
-// Reconcile writes MirrorFile from the cache.
+// mirrorFile is one file the mirror wants in the policy directory.
+type mirrorFile struct {
+	name string
+	data []byte
+	// policies are the namespace's policies in the file (none for StorageConfigFile).
+	policies []v1.PodSnapshotPolicy
+}
+
+// Reconcile writes the mirror's files from the cache. It fails when a file could not be
+// written or removed (the others are written all the same), so that it is retried; a
+// refused content is not a failure (retrying would not change it).
 func (m *mirror) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
 	var configs v1.PodSnapshotStorageConfigList
 	if err := m.c.List(ctx, &configs); err != nil {
@@ -58,19 +107,168 @@ func (m *mirror) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.
 	if err := m.c.List(ctx, &policies); err != nil {
 		return reconcile.Result{}, err
 	}
-	data, err := mirrorYAML(configs.Items, policies.Items)
+	files, err := mirrorFiles(configs.Items, policies.Items)
 	if err != nil {
 		return reconcile.Result{}, err
 	}
-	changed, err := writeIfChanged(filepath.Join(m.dir, MirrorFile), data)
+	if err := os.MkdirAll(m.dir, 0o755); err != nil {
+		return reconcile.Result{}, fmt.Errorf("policy directory %s: %w", m.dir, err)
+	}
+	var errs []error
+	want := map[string]bool{}
+	for _, f := range files {
+		want[f.name] = true
+		if err := m.put(ctx, f); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, m.removeStale(want)...)
+	for name := range m.refused {
+		if !want[name] {
+			delete(m.refused, name) // its namespace has no policies left
+		}
+	}
+	return reconcile.Result{}, errors.Join(errs...)
+}
+
+// put replaces the file f names with f's content, unless policy.CheckFile finds a
+// problem in it: then the file keeps its content, and the refusal is logged and recorded.
+func (m *mirror) put(ctx context.Context, f mirrorFile) error {
+	path := filepath.Join(m.dir, f.name)
+	if problems := policy.CheckFile(path, f.data); len(problems) > 0 {
+		sum := sha256.Sum256(f.data)
+		if m.refused == nil {
+			m.refused = map[string][sha256.Size]byte{}
+		}
+		if m.refused[f.name] != sum {
+			m.refused[f.name] = sum
+			m.refuse(ctx, f, path, problems)
+		}
+		return nil
+	}
+	delete(m.refused, f.name)
+	changed, err := writeIfChanged(path, f.data)
+	if err == nil && changed {
+		m.log.WithField("file", path).Infof("policy directory updated: %s", describe(f))
+	}
+	return err
+}
+
+// refuse logs why the new content of f was not written and records a Warning Event on
+// the policy at fault: the one a document error names, else (the file too large) the
+// namespace's largest policy.
+func (m *mirror) refuse(ctx context.Context, f mirrorFile, path string, problems []error) {
+	kept := "the node has no earlier content of it"
+	if _, err := os.Stat(path); err == nil {
+		kept = "the node keeps its last good content"
+	}
+	cause := problems[0].Error()
+	if len(problems) > 1 {
+		cause += fmt.Sprintf(" (and %d more)", len(problems)-1)
+	}
+	m.log.WithField("file", path).Errorf("policy directory: the new %s is not written (%s): %s", describe(f), kept, cause)
+	if len(f.policies) == 0 {
+		return // storage configs are cluster-scoped: the log is their place
+	}
+	at := largest(f.policies)
+	var de *v1.DocumentError
+	if errors.As(problems[0], &de) && de.Name != "" {
+		for i := range f.policies {
+			if f.policies[i].Name == de.Name {
+				at = &f.policies[i]
+			}
+		}
+	}
+	msg := fmt.Sprintf("the policies of namespace %s were not written to node %s's %s (%s): %s",
+		at.Namespace, m.node, path, kept, cause)
+	if err := m.event(ctx, at, v1.Truncate(msg, 1024)); err != nil {
+		m.log.WithError(err).Warnf("policy directory: event on PodSnapshotPolicy %s/%s", at.Namespace, at.Name)
+	}
+}
+
+// event records a Warning Event with ReasonPolicyNotMirrored on p.
+func (m *mirror) event(ctx context.Context, p *v1.PodSnapshotPolicy, msg string) error {
+	now := metav1.Now()
+	name := p.Name
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	ev := &corev1.Event{
+		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: fmt.Sprintf("%s.%x", name, now.UnixNano())},
+		InvolvedObject: corev1.ObjectReference{APIVersion: v1.SchemeGroupVersion.String(), Kind: v1.KindPolicy,
+			Namespace: p.Namespace, Name: p.Name, UID: p.UID},
+		Reason: ReasonPolicyNotMirrored, Message: msg, Type: corev1.EventTypeWarning,
+		Source:         corev1.EventSource{Component: "podsnapshot-agent", Host: m.node},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		ReportingController: "podsnapshot.gke.io/podsnapshot-agent", ReportingInstance: "podsnapshot-agent-" + m.node,
+	}
+	return m.c.Create(ctx, ev)
+}
+
+// removeStale removes the namespace files not in want and the legacy single file.
+func (m *mirror) removeStale(want map[string]bool) []error {
+	entries, err := os.ReadDir(m.dir)
 	if err != nil {
-		return reconcile.Result{}, err
+		return []error{fmt.Errorf("policy directory %s: %w", m.dir, err)}
 	}
-	if changed {
-		m.log.WithField("file", filepath.Join(m.dir, MirrorFile)).
-			Infof("policy directory updated: %d storage configs, %d policies", len(configs.Items), len(policies.Items))
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		ns, ok := strings.CutPrefix(name, namespaceFilePrefix)
+		ours := ok && strings.HasSuffix(ns, namespaceFileSuffix)
+		if want[name] || !(ours || name == legacyMirrorFile) {
+			continue
+		}
+		path := filepath.Join(m.dir, name)
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("policy directory: remove %s: %w", path, err))
+			continue
+		}
+		m.log.WithField("file", path).Info("policy directory: removed (no policies left in its namespace)")
 	}
-	return reconcile.Result{}, nil
+	return errs
+}
+
+// describe names what f holds, for logs.
+func describe(f mirrorFile) string {
+	if f.name == StorageConfigFile {
+		return "file of storage configs"
+	}
+	return fmt.Sprintf("file of namespace %s (policies: %d)", f.policies[0].Namespace, len(f.policies))
+}
+
+// largest is the policy of ps whose YAML is the longest.
+func largest(ps []v1.PodSnapshotPolicy) *v1.PodSnapshotPolicy {
+	at, size := &ps[0], -1
+	for i := range ps {
+		if b, err := yaml.Marshal(ps[i].Spec); err == nil && len(b) > size {
+			at, size = &ps[i], len(b)
+		}
+	}
+	return at
+}
+
+// mirrorFiles renders the storage configs into StorageConfigFile and each namespace's
+// policies into NamespaceFile(namespace), in a stable order: configs first, then the
+// namespaces by name.
+func mirrorFiles(configs []v1.PodSnapshotStorageConfig, policies []v1.PodSnapshotPolicy) ([]mirrorFile, error) {
+	data, err := mirrorYAML(configs, nil)
+	if err != nil {
+		return nil, err
+	}
+	files := []mirrorFile{{name: StorageConfigFile, data: data}}
+	byNS := map[string][]v1.PodSnapshotPolicy{}
+	for _, p := range policies {
+		byNS[p.Namespace] = append(byNS[p.Namespace], p)
+	}
+	for _, ns := range slices.Sorted(maps.Keys(byNS)) {
+		data, err := mirrorYAML(nil, byNS[ns])
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, mirrorFile{name: NamespaceFile(ns), data: data, policies: byNS[ns]})
+	}
+	return files, nil
 }
 
 // mirrorYAML renders the objects as the policy loader reads them: apiVersion and kind

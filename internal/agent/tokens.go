@@ -128,7 +128,7 @@ func (t *podTokens) Reconcile(ctx context.Context, req reconcile.Request) (recon
 const minRefresh = time.Minute
 
 // needsToken reports whether a policy of the pod's namespace selects it and names a
-// storage config with tokenSource podKSA.
+// storage config with tokenSource podKSA that allows the namespace.
 func (t *podTokens) needsToken(ctx context.Context, pod *corev1.Pod) (bool, error) {
 	var policies v1.PodSnapshotPolicyList
 	if err := t.c.List(ctx, &policies, client.InNamespace(pod.Namespace)); err != nil {
@@ -146,7 +146,9 @@ func (t *podTokens) needsToken(ctx context.Context, pod *corev1.Pod) (bool, erro
 			}
 			return false, err
 		}
-		if sc.PodIdentity() {
+		// A config that does not allow the namespace is one the node's loader refuses
+		// for this policy: no token for a pod the shim will not snapshot.
+		if sc.PodIdentity() && sc.AllowsNamespace(p.Namespace) {
 			return true, nil
 		}
 	}

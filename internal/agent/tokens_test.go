@@ -82,3 +82,20 @@ func TestPodTokens(t *testing.T) {
 		t.Fatalf("the deleted pod's token is still there: %v", err)
 	}
 }
+
+// Issue 27 item 9: a podKSA storage config whose spec.allowedNamespaces leaves out the
+// pod's namespace serves no policy there (the node's loader refuses it), so the pod gets
+// no token.
+func TestNoTokenForDisallowedNamespace(t *testing.T) {
+	ksa := &v1.PodSnapshotStorageConfig{ObjectMeta: metav1.ObjectMeta{Name: "per-pod"},
+		Spec: v1.PodSnapshotStorageConfigSpec{AllowedNamespaces: []string{"team-a"}, SnapshotStorageConfig: v1.SnapshotStorageConfig{
+			GCS: &v1.GCSStorage{Bucket: "b1", TokenSource: v1.TokenSourcePodKSA}}}}
+	pol := &v1.PodSnapshotPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "p"},
+		Spec: v1.PodSnapshotPolicySpec{StorageConfigName: "per-pod", Selector: &metav1.LabelSelector{}}}
+	p := pod("with-ksa", "11111111-1111-1111-1111-111111111111")
+	tok := &podTokens{c: newFake(ksa, pol, p), node: node, log: logrus.New(), now: time.Now}
+	need, err := tok.needsToken(context.Background(), p)
+	if err != nil || need {
+		t.Fatalf("needsToken = %v, %v; want false: team-a's config does not serve namespace default", need, err)
+	}
+}

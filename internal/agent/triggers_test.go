@@ -117,7 +117,7 @@ func manualPolicies(t *testing.T, namespaces ...string) string {
 	data, err := mirrorYAML([]v1.PodSnapshotStorageConfig{sc}, pols)
 	must(t, err)
 	dir := t.TempDir()
-	must(t, os.WriteFile(filepath.Join(dir, MirrorFile), data, 0o600))
+	must(t, os.WriteFile(filepath.Join(dir, "policies.yaml"), data, 0o600))
 	return dir
 }
 

@@ -46,6 +46,7 @@ var policyFields = map[string]handling{
 	"PodSnapshotStorageConfig spec.snapshotStorageConfig.gcs.tokenSource=federatedP4SA": {refused: "federatedP4SA"},
 	"PodSnapshotStorageConfig spec.snapshotStorageConfig.local":                         {readIn: "checkpoint/api/v1/helpers.go"},
 	"PodSnapshotStorageConfig spec.snapshotStorageConfig.local.path":                    {readIn: "checkpoint/api/v1/helpers.go"},
+	"PodSnapshotStorageConfig spec.allowedNamespaces":                                   {readIn: "checkpoint/api/v1/helpers.go"},
 
 	"PodSnapshotPolicy spec.selector":                                                            {readIn: "checkpoint/policy/set.go"},
 	"PodSnapshotPolicy spec.storageConfigName":                                                   {readIn: "checkpoint/policy/set.go"},

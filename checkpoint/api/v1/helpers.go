@@ -3,6 +3,7 @@ package v1
 import (
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/retention"
@@ -31,6 +32,12 @@ func (c *PodSnapshotStorageConfig) StoreURL() string {
 func (c *PodSnapshotStorageConfig) PodIdentity() bool {
 	g := c.Spec.SnapshotStorageConfig.GCS
 	return g != nil && g.TokenSource == TokenSourcePodKSA
+}
+
+// AllowsNamespace reports whether policies of namespace ns may name the config: its
+// spec.allowedNamespaces is unset or empty (any namespace), or holds ns.
+func (c *PodSnapshotStorageConfig) AllowsNamespace(ns string) bool {
+	return len(c.Spec.AllowedNamespaces) == 0 || slices.Contains(c.Spec.AllowedNamespaces, ns)
 }
 
 // RetentionRules returns the policy's retention settings in the form package retention

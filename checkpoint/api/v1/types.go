@@ -50,6 +50,17 @@ type PodSnapshotStorageConfig struct {
 type PodSnapshotStorageConfigSpec struct {
 	// SnapshotStorageConfig is required and sets exactly one of gcs and local.
 	SnapshotStorageConfig SnapshotStorageConfig `json:"snapshotStorageConfig"`
+	// AllowedNamespaces, when set, lists the only namespaces whose PodSnapshotPolicies
+	// may name this config (e.g. ["team-a"]): a policy of another namespace is refused by
+	// the admission policy of deploy/kubernetes/storage-namespace-policy.yaml and, should
+	// it exist anyway (created before, or written by hand into a policy directory),
+	// skipped by every node's policy loader. Unset or empty: any namespace, as before.
+	// Names are DNS labels, at most 256 of them.
+	// +kubebuilder:validation:MaxItems=256
+	// +kubebuilder:validation:items:MaxLength=63
+	// +kubebuilder:validation:items:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	// +listType=set
+	AllowedNamespaces []string `json:"allowedNamespaces,omitempty"`
 }
 
 // SnapshotStorageConfig selects the store: exactly one field is set.
@@ -158,9 +169,12 @@ type PodSnapshotPolicySpec struct {
 	// selector ({}) selects every pod of the namespace. Operators are In, NotIn (with
 	// values), Exists and DoesNotExist (without), as the node checks; the API server
 	// refuses the others too (the CEL rules below), instead of a policy that loads
-	// nowhere.
+	// nowhere. Sizes are bounded so that one policy stays far below a policy file's
+	// 1 MiB: at most 32 matchLabels and 16 matchExpressions of at most 64 values each;
+	// keys at most 317 characters, values at most 63 (Kubernetes' label limits).
 	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])",message="selector operators are In, NotIn, Exists and DoesNotExist"
 	// +kubebuilder:validation:XValidation:rule="!has(self.matchExpressions) || self.matchExpressions.all(e, (e.operator in ['In', 'NotIn']) == (has(e.values) && size(e.values) > 0))",message="In and NotIn need values; Exists and DoesNotExist take none"
+	// +kubebuilder:validation:XValidation:rule="!has(self.matchLabels) || self.matchLabels.all(k, size(k) <= 317)",message="matchLabels keys are label keys: at most 317 characters (a 253-character prefix, /, a 63-character name)"
 	Selector *metav1.LabelSelector `json:"selector"`
 	// StorageConfigName (required) names a PodSnapshotStorageConfig.
 	// +kubebuilder:validation:MinLength=1
@@ -211,8 +225,9 @@ type SnapshotGroupingRules struct {
 
 // GroupByLabelValue lists the grouping labels.
 type GroupByLabelValue struct {
-	// Labels are label keys, e.g. ["app", "version"]; no duplicates.
+	// Labels are label keys, e.g. ["app", "version"]; no duplicates; at most 32.
 	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
 	// +kubebuilder:validation:items:MaxLength=317
 	// +kubebuilder:validation:items:Pattern=`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$`
 	// +listType=set

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metav1validation "k8s.io/apimachinery/pkg/apis/meta/v1/validation"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -53,6 +54,26 @@ func validateStorageConfig(c *PodSnapshotStorageConfig) field.ErrorList {
 		errs = append(errs, validateGCS(s.GCS, p.Child("gcs"))...)
 	default:
 		errs = append(errs, validateLocal(s.Local, p.Child("local"))...)
+	}
+	return append(errs, validateAllowedNamespaces(c.Spec.AllowedNamespaces, field.NewPath("spec", "allowedNamespaces"))...)
+}
+
+// validateAllowedNamespaces requires DNS labels (namespace names), no duplicates, at most
+// MaxAllowedNamespaces.
+func validateAllowedNamespaces(names []string, p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if len(names) > MaxAllowedNamespaces {
+		errs = append(errs, field.TooMany(p, len(names), MaxAllowedNamespaces))
+	}
+	seen := sets.New[string]()
+	for i, n := range names {
+		for _, msg := range validation.IsDNS1123Label(n) {
+			errs = append(errs, field.Invalid(p.Index(i), n, msg))
+		}
+		if seen.Has(n) {
+			errs = append(errs, field.Duplicate(p.Index(i), n))
+		}
+		seen.Insert(n)
 	}
 	return errs
 }
@@ -108,6 +129,7 @@ func validatePolicy(pol *PodSnapshotPolicy) field.ErrorList {
 		errs = append(errs, field.Required(spec.Child("selector"), "use {} to select every pod of the namespace"))
 	} else {
 		errs = append(errs, metav1validation.ValidateLabelSelector(s.Selector, metav1validation.LabelSelectorValidationOptions{}, spec.Child("selector"))...)
+		errs = append(errs, validateSelectorSize(s.Selector, spec.Child("selector"))...)
 	}
 	if s.StorageConfigName == "" {
 		errs = append(errs, field.Required(spec.Child("storageConfigName"), "name of a PodSnapshotStorageConfig"))
@@ -135,12 +157,32 @@ func validatePolicy(pol *PodSnapshotPolicy) field.ErrorList {
 	return errs
 }
 
+// validateSelectorSize applies the counts of limits.go (ValidateLabelSelector already
+// bounds each key and value's length).
+func validateSelectorSize(sel *metav1.LabelSelector, p *field.Path) field.ErrorList {
+	var errs field.ErrorList
+	if n := len(sel.MatchLabels); n > MaxSelectorLabels {
+		errs = append(errs, field.TooMany(p.Child("matchLabels"), n, MaxSelectorLabels))
+	}
+	if n := len(sel.MatchExpressions); n > MaxSelectorExpressions {
+		errs = append(errs, field.TooMany(p.Child("matchExpressions"), n, MaxSelectorExpressions))
+	}
+	for i, e := range sel.MatchExpressions {
+		if n := len(e.Values); n > MaxSelectorValues {
+			errs = append(errs, field.TooMany(p.Child("matchExpressions").Index(i).Child("values"), n, MaxSelectorValues))
+		}
+	}
+	return errs
+}
+
 func validateGrouping(g *SnapshotGroupingRules, p *field.Path) field.ErrorList {
 	var errs field.ErrorList
 	if by := g.GroupByLabelValue; by != nil {
 		lp := p.Child("groupByLabelValue", "labels")
 		if len(by.Labels) == 0 {
 			errs = append(errs, field.Required(lp, "at least one label key"))
+		} else if len(by.Labels) > MaxGroupLabels {
+			errs = append(errs, field.TooMany(lp, len(by.Labels), MaxGroupLabels))
 		}
 		seen := sets.New[string]()
 		for i, l := range by.Labels {
