@@ -56,7 +56,20 @@ type flags struct {
 
 func main() {
 	var f flags
-	fs := flag.CommandLine // controller-runtime registers --kubeconfig here
+	f.register(flag.CommandLine) // controller-runtime registers --kubeconfig there too
+	flag.Parse()
+	if f.showVersion {
+		fmt.Printf("podsnapshot-agent %s (revision %s, %s)\n", version.Version, version.Revision, runtime.Version())
+		return
+	}
+	if err := run(ctrl.SetupSignalHandler(), f); err != nil {
+		fmt.Fprintln(os.Stderr, "podsnapshot-agent:", err)
+		os.Exit(1)
+	}
+}
+
+// register defines the command's flags on fs, into f.
+func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.role, "role", "agent", "agent (one per node), controller (one active replica), install or uninstall (the node's files and containerd's handler), wait (block until SIGTERM)")
 	fs.StringVar(&f.configPath, "config", config.DefaultPath, "the node's podsnapshot config (TOML): policy_dir and report_dir (agent)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (agent; default $NODE_NAME)")
@@ -72,15 +85,6 @@ func main() {
 	fs.StringVar(&f.logLevel, "log-level", "info", "logrus level: error, warn, info, debug")
 	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
 	f.install.register(fs)
-	flag.Parse()
-	if f.showVersion {
-		fmt.Printf("podsnapshot-agent %s (revision %s, %s)\n", version.Version, version.Revision, runtime.Version())
-		return
-	}
-	if err := run(ctrl.SetupSignalHandler(), f); err != nil {
-		fmt.Fprintln(os.Stderr, "podsnapshot-agent:", err)
-		os.Exit(1)
-	}
 }
 
 func run(ctx context.Context, f flags) error {
@@ -108,7 +112,7 @@ func run(ctx context.Context, f flags) error {
 	}
 	opts := ctrl.Options{
 		Scheme:                 kubeapi.NewScheme(),
-		Metrics:                metricsserver.Options{BindAddress: f.metricsAddr},
+		Metrics:                f.metricsOptions(),
 		HealthProbeBindAddress: f.probeAddr,
 		// Reads of PodSnapshots and triggers go to the API server: their status is
 		// updated from several places and retried on conflicts.
@@ -166,4 +170,9 @@ func serve(ctx context.Context, mgr ctrl.Manager, log logrus.FieldLogger, what s
 	}
 	log.Infof("podsnapshot-agent %s: %s starting", version.Version, what)
 	return mgr.Start(ctx)
+}
+
+// metricsOptions are the options of the /metrics endpoint the flags ask for.
+func (f flags) metricsOptions() metricsserver.Options {
+	return metricsserver.Options{BindAddress: f.metricsAddr}
 }
