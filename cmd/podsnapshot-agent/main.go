@@ -34,7 +34,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/internal/agent"
@@ -50,6 +49,7 @@ type flags struct {
 	role, configPath, nodeName, containerd    string
 	metricsAddr, probeAddr, leaseNS, logLevel string
 	leaderElect, localStores, showVersion     bool
+	metricsSecure                             bool
 	syncInterval, failedTTL, pollInterval     time.Duration
 	install                                   installFlags
 }
@@ -74,8 +74,9 @@ func (f *flags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.configPath, "config", config.DefaultPath, "the node's podsnapshot config (TOML): policy_dir and report_dir (agent)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (agent; default $NODE_NAME)")
 	fs.StringVar(&f.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's gRPC socket (agent: manual triggers)")
-	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":9808", "address of the Prometheus /metrics endpoint; 0 disables it")
-	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":9809", "address of /healthz and /readyz; 0 disables them")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (default "+defaultAgentMetrics+" for the agent, which has the node's network; "+defaultControllerMetrics+" for the controller); 0 disables it")
+	fs.BoolVar(&f.metricsSecure, "metrics-secure", false, "serve /metrics over HTTPS to callers the API server authenticates (TokenReview) and authorizes for get on the URL /metrics (SubjectAccessReview)")
+	fs.StringVar(&f.probeAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (default: the agent's $POD_IP port "+probePort+", where the kubelet probes it, or :"+probePort+" without $POD_IP and for the controller); 0 disables them")
 	fs.BoolVar(&f.leaderElect, "leader-elect", true, "controller: elect one active replica through a Lease")
 	fs.StringVar(&f.leaseNS, "leader-election-namespace", "podsnapshot-system", "controller: namespace of the Lease podsnapshot-controller")
 	fs.BoolVar(&f.localStores, "local-stores", false, "controller: this process sees the nodes' local store directories (single node or shared filesystem)")
@@ -113,7 +114,7 @@ func run(ctx context.Context, f flags) error {
 	opts := ctrl.Options{
 		Scheme:                 kubeapi.NewScheme(),
 		Metrics:                f.metricsOptions(),
-		HealthProbeBindAddress: f.probeAddr,
+		HealthProbeBindAddress: f.probeAddress(os.Getenv),
 		// Reads of PodSnapshots and triggers go to the API server: their status is
 		// updated from several places and retried on conflicts.
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&v1.PodSnapshot{}, &v1.PodSnapshotManualTrigger{}}}},
@@ -170,9 +171,4 @@ func serve(ctx context.Context, mgr ctrl.Manager, log logrus.FieldLogger, what s
 	}
 	log.Infof("podsnapshot-agent %s: %s starting", version.Version, what)
 	return mgr.Start(ctx)
-}
-
-// metricsOptions are the options of the /metrics endpoint the flags ask for.
-func (f flags) metricsOptions() metricsserver.Options {
-	return metricsserver.Options{BindAddress: f.metricsAddr}
 }
