@@ -136,6 +136,9 @@ func run(ctx context.Context, f flags) error {
 		if err != nil {
 			return err
 		}
+		if err := mgr.AddHealthzCheck("containerd", containerdCheck(f.containerd)); err != nil {
+			return err
+		}
 		if err := agent.Setup(mgr, agent.Options{NodeName: f.nodeName, PolicyDir: cfg.PolicyDir, ReportDir: cfg.Reports(),
 			TokenDir: cfg.Tokens(), TokenAudience: cfg.PodIdentity.Audience(),
 			ContainerdAddress: f.containerd, PollInterval: f.pollInterval, Logger: log}); err != nil {
