@@ -34,11 +34,11 @@ const (
 // with another field is refused by runsc with a warning, so it is dropped here too.
 var mountHintFields = map[string]bool{"source": true, "type": true, "share": true, "options": true, "directfs": true}
 
-// PodMaySet reports whether a pod may set annotation k: anything outside dev.gvisor.*
+// podMaySet reports whether a pod may set annotation k: anything outside dev.gvisor.*
 // (not gVisor's), dev.gvisor.spec.mount.<volume>.{source,type,share,options,directfs}
 // and dev.gvisor.empty-dir.<volume>.force-shared, where <volume> is non-empty and has no
 // dot (runsc splits the key at dots: "a.b.type" is no hint of volume "a.b").
-func PodMaySet(k string) bool {
+func podMaySet(k string) bool {
 	if !strings.HasPrefix(k, gvisorPrefix) {
 		return true
 	}
@@ -54,14 +54,14 @@ func PodMaySet(k string) bool {
 }
 
 // DropPodGVisorAnnotations removes from a container's spec the dev.gvisor.* annotations a
-// pod may not set (PodMaySet), and rewrites the spec in bundle when there were any. It is
+// pod may not set (podMaySet), and rewrites the spec in bundle when there were any. It is
 // called on every spec the shim is given, before it adds its own, so what it drops never
 // reaches runsc nor the snapshot key. It returns the keys removed, sorted; on a write
 // error the spec in memory has them removed and the bundle's is unchanged.
 func DropPodGVisorAnnotations(bundle string, spec *specs.Spec) ([]string, error) {
 	var dropped []string
 	for k := range spec.Annotations {
-		if !PodMaySet(k) {
+		if !podMaySet(k) {
 			dropped = append(dropped, k)
 		}
 	}
