@@ -24,6 +24,11 @@ var ContainerdCRI []byte
 //go:embed kubernetes/runtimeclass.yaml
 var RuntimeClass []byte
 
+// AgentDaemonSet is kubernetes/agent.yaml: the podsnapshot-agent DaemonSet.
+//
+//go:embed kubernetes/agent.yaml
+var AgentDaemonSet []byte
+
 // RuntimeHandler is the CRI runtime handler (the runtime's table name in containerd's
 // config, and the RuntimeClass's handler).
 const RuntimeHandler = "podsnapshot"

@@ -89,10 +89,19 @@ func (k *kubeEnv) hostPath(p string) string {
 	return p
 }
 
-// agentMetrics and controllerMetrics are the URLs of the agent's /metrics (a node port:
-// the agent has the node's network) and the controller's (its pod IP, routed through
+// agentMetrics returns the agent's metrics text, read from the node's loopback (the agent
+// has the node's network and binds /metrics to 127.0.0.1).
+func (k *kubeEnv) agentMetrics() string {
+	k.t.Helper()
+	code, body, err := k.nodeGet("http://127.0.0.1:9808/metrics", "")
+	if err != nil || code != http.StatusOK {
+		k.t.Fatalf("agent /metrics at the node's 127.0.0.1:9808: %d %v", code, err)
+	}
+	return body
+}
+
+// controllerMetrics is the URL of the controller's /metrics (its pod IP, routed through
 // the node).
-func (k *kubeEnv) agentMetrics() string { return "http://" + k.node.IP.String() + ":9808/metrics" }
 
 func (k *kubeEnv) controllerMetrics() string {
 	ip := k.kubectl("-n", "podsnapshot-system", "get", "pods", "-l", "app.kubernetes.io/name=podsnapshot-controller",

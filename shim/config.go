@@ -45,7 +45,7 @@ func loadConfig(opts *ptypes.Any) (config.Config, error) {
 // allow-rootfs-tar-annotation, without which runsc refuses the root file system layer a
 // rootfs-only restore gives a container (podsnap.AnnRootfsUpperTar). A pod cannot set
 // that annotation itself: the shim drops it from every spec
-// (podsnap.DropInternalAnnotations). It shapes no saved state, so it is not part of the
+// (podsnap.DropPodGVisorAnnotations). It shapes no saved state, so it is not part of the
 // compatibility tuple.
 func runscFlags(cfg map[string]string) map[string]string {
 	out := maps.Clone(cfg)

@@ -180,7 +180,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 }
 
 // newContainer makes the record of the container a Create request describes: its node
-// config, spec (without annotations only the lifecycle may set), runsc and, for a
+// config, spec (without the dev.gvisor.* annotations a pod may not set), runsc and, for a
 // container joining a pod, the pod's sandbox.
 func (s *Service) newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest) (*container, *container, error) {
 	cfg, err := loadConfig(r.Options)
@@ -196,10 +196,10 @@ func (s *Service) newContainer(ctx context.Context, r *taskAPI.CreateTaskRequest
 	if err != nil {
 		return nil, nil, err
 	}
-	if dropped, err := podsnap.DropInternalAnnotations(r.Bundle, spec); err != nil {
+	if dropped, err := podsnap.DropPodGVisorAnnotations(r.Bundle, spec); err != nil {
 		return nil, nil, err
 	} else if len(dropped) > 0 {
-		log.G(ctx).WithField("id", r.ID).Warnf("podsnapshot: ignored annotations %v: only the shim sets gVisor's internal annotations", dropped)
+		log.G(ctx).WithField("id", r.ID).Warnf("podsnapshot: ignored annotations %v: a pod may set only gVisor's mount hints (dev.gvisor.spec.mount.<volume>.{source,type,share,options,directfs}) and dev.gvisor.empty-dir.<volume>.force-shared", dropped)
 	}
 	c := &container{
 		s:         s,

@@ -34,7 +34,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/internal/agent"
@@ -50,28 +49,14 @@ type flags struct {
 	role, configPath, nodeName, containerd    string
 	metricsAddr, probeAddr, leaseNS, logLevel string
 	leaderElect, localStores, showVersion     bool
+	metricsSecure                             bool
 	syncInterval, failedTTL, pollInterval     time.Duration
 	install                                   installFlags
 }
 
 func main() {
 	var f flags
-	fs := flag.CommandLine // controller-runtime registers --kubeconfig here
-	fs.StringVar(&f.role, "role", "agent", "agent (one per node), controller (one active replica), install or uninstall (the node's files and containerd's handler), wait (block until SIGTERM)")
-	fs.StringVar(&f.configPath, "config", config.DefaultPath, "the node's podsnapshot config (TOML): policy_dir and report_dir (agent)")
-	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (agent; default $NODE_NAME)")
-	fs.StringVar(&f.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's gRPC socket (agent: manual triggers)")
-	fs.StringVar(&f.metricsAddr, "metrics-bind-address", ":9808", "address of the Prometheus /metrics endpoint; 0 disables it")
-	fs.StringVar(&f.probeAddr, "health-probe-bind-address", ":9809", "address of /healthz and /readyz; 0 disables them")
-	fs.BoolVar(&f.leaderElect, "leader-elect", true, "controller: elect one active replica through a Lease")
-	fs.StringVar(&f.leaseNS, "leader-election-namespace", "podsnapshot-system", "controller: namespace of the Lease podsnapshot-controller")
-	fs.BoolVar(&f.localStores, "local-stores", false, "controller: this process sees the nodes' local store directories (single node or shared filesystem)")
-	fs.DurationVar(&f.syncInterval, "sync-interval", time.Minute, "controller: how often retention and the storage reconcile run")
-	fs.DurationVar(&f.failedTTL, "failed-ttl", 24*time.Hour, "controller: how long a Failed PodSnapshot is kept")
-	fs.DurationVar(&f.pollInterval, "report-poll-interval", 500*time.Millisecond, "agent: how often the report spool is read")
-	fs.StringVar(&f.logLevel, "log-level", "info", "logrus level: error, warn, info, debug")
-	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
-	f.install.register(fs)
+	f.register(flag.CommandLine) // controller-runtime registers --kubeconfig there too
 	flag.Parse()
 	if f.showVersion {
 		fmt.Printf("podsnapshot-agent %s (revision %s, %s)\n", version.Version, version.Revision, runtime.Version())
@@ -81,6 +66,26 @@ func main() {
 		fmt.Fprintln(os.Stderr, "podsnapshot-agent:", err)
 		os.Exit(1)
 	}
+}
+
+// register defines the command's flags on fs, into f.
+func (f *flags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.role, "role", "agent", "agent (one per node), controller (one active replica), install or uninstall (the node's files and containerd's handler), wait (block until SIGTERM)")
+	fs.StringVar(&f.configPath, "config", config.DefaultPath, "the node's podsnapshot config (TOML): policy_dir and report_dir (agent)")
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (agent; default $NODE_NAME)")
+	fs.StringVar(&f.containerd, "containerd-address", "/run/containerd/containerd.sock", "containerd's gRPC socket (agent: manual triggers)")
+	fs.StringVar(&f.metricsAddr, "metrics-bind-address", "", "address of the Prometheus /metrics endpoint (default "+defaultAgentMetrics+" for the agent, which has the node's network; "+defaultControllerMetrics+" for the controller); 0 disables it")
+	fs.BoolVar(&f.metricsSecure, "metrics-secure", false, "serve /metrics over HTTPS to callers the API server authenticates (TokenReview) and authorizes for get on the URL /metrics (SubjectAccessReview)")
+	fs.StringVar(&f.probeAddr, "health-probe-bind-address", "", "address of /healthz and /readyz (default: the agent's $POD_IP port "+probePort+", where the kubelet probes it, or :"+probePort+" without $POD_IP and for the controller); 0 disables them")
+	fs.BoolVar(&f.leaderElect, "leader-elect", true, "controller: elect one active replica through a Lease")
+	fs.StringVar(&f.leaseNS, "leader-election-namespace", "podsnapshot-system", "controller: namespace of the Lease podsnapshot-controller")
+	fs.BoolVar(&f.localStores, "local-stores", false, "controller: this process sees the nodes' local store directories (single node or shared filesystem)")
+	fs.DurationVar(&f.syncInterval, "sync-interval", time.Minute, "controller: how often retention and the storage reconcile run")
+	fs.DurationVar(&f.failedTTL, "failed-ttl", 24*time.Hour, "controller: how long a Failed PodSnapshot is kept")
+	fs.DurationVar(&f.pollInterval, "report-poll-interval", 500*time.Millisecond, "agent: how often the report spool is read")
+	fs.StringVar(&f.logLevel, "log-level", "info", "logrus level: error, warn, info, debug")
+	fs.BoolVar(&f.showVersion, "version", false, "print the version and exit")
+	f.install.register(fs)
 }
 
 func run(ctx context.Context, f flags) error {
@@ -108,8 +113,8 @@ func run(ctx context.Context, f flags) error {
 	}
 	opts := ctrl.Options{
 		Scheme:                 kubeapi.NewScheme(),
-		Metrics:                metricsserver.Options{BindAddress: f.metricsAddr},
-		HealthProbeBindAddress: f.probeAddr,
+		Metrics:                f.metricsOptions(),
+		HealthProbeBindAddress: f.probeAddress(os.Getenv),
 		// Reads of PodSnapshots and triggers go to the API server: their status is
 		// updated from several places and retried on conflicts.
 		Client: client.Options{Cache: &client.CacheOptions{DisableFor: []client.Object{&v1.PodSnapshot{}, &v1.PodSnapshotManualTrigger{}}}},
@@ -129,6 +134,9 @@ func run(ctx context.Context, f flags) error {
 		}}
 		mgr, err := ctrl.NewManager(restCfg, opts)
 		if err != nil {
+			return err
+		}
+		if err := mgr.AddHealthzCheck("containerd", containerdCheck(f.containerd)); err != nil {
 			return err
 		}
 		if err := agent.Setup(mgr, agent.Options{NodeName: f.nodeName, PolicyDir: cfg.PolicyDir, ReportDir: cfg.Reports(),

@@ -3,6 +3,7 @@ package podsnap
 import (
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -321,15 +322,46 @@ func TestAwaitGivesUpWithItsCaller(t *testing.T) {
 	}
 }
 
-func TestDropInternalAnnotations(t *testing.T) {
-	bundle := t.TempDir()
-	spec := &specs.Spec{Version: "1.2.0", Annotations: map[string]string{
+// Of the dev.gvisor.* annotations a pod brings (CRI passes them all), only the mount
+// hints of its volumes and the emptyDir opt-out stay: every other key, sandbox-level or
+// not, is dropped from the spec in memory and in the bundle.
+func TestDropPodGVisorAnnotations(t *testing.T) {
+	allowed := map[string]string{
+		"dev.gvisor.spec.mount.data.type":        "tmpfs",
+		"dev.gvisor.spec.mount.data.share":       "pod",
+		"dev.gvisor.spec.mount.data.options":     "rw,noexec",
+		"dev.gvisor.spec.mount.data.source":      "/var/lib/kubelet/pods/u/volumes/kubernetes.io~empty-dir/data",
+		"dev.gvisor.spec.mount.cache-1.directfs": "off",
+		"dev.gvisor.empty-dir.data.force-shared": "true",
+		"io.kubernetes.cri.sandbox-id":           "abc",
+		"podsnapshot.gke.io/ps-name":             "x",
+	}
+	refused := map[string]string{
 		"dev.gvisor.internal.checkpoint.path":   "/etc",
 		"dev.gvisor.internal.checkpoint.enable": "true",
-		"dev.gvisor.spec.mount.data.type":       "tmpfs",
+		"dev.gvisor.internal.nvproxy":           "true",
+		"dev.gvisor.internal.x":                 "1",
 		"dev.gvisor.tar.rootfs.upper":           "/etc/shadow",
 		"dev.gvisor.tar.rootfs.upper.main":      "/etc/shadow",
-	}}
+		"dev.gvisor.spec.rootfs.source":         "/dev/sda1",
+		"dev.gvisor.spec.rootfs.type":           "erofs",
+		"dev.gvisor.spec.rootfs.overlay":        "memory",
+		"dev.gvisor.spec.cgroup-parent":         "/",
+		"dev.gvisor.flag.debug":                 "true",
+		"dev.gvisor.flag.host-uds":              "all",
+		"dev.gvisor.bundle.x":                   "y",
+		"dev.gvisor.container-name-remap.1":     "a=b",
+		"dev.gvisor.spec.mount.data":            "tmpfs",
+		"dev.gvisor.spec.mount.data.bogus":      "x",
+		"dev.gvisor.spec.mount.a.b.type":        "tmpfs",
+		"dev.gvisor.spec.mount..type":           "tmpfs",
+		"dev.gvisor.empty-dir.data.other":       "true",
+		"dev.gvisor.something":                  "x",
+	}
+	bundle := t.TempDir()
+	spec := &specs.Spec{Version: "1.2.0", Annotations: map[string]string{}}
+	maps.Copy(spec.Annotations, allowed)
+	maps.Copy(spec.Annotations, refused)
 	must := func(err error) {
 		t.Helper()
 		if err != nil {
@@ -337,19 +369,19 @@ func TestDropInternalAnnotations(t *testing.T) {
 		}
 	}
 	must(oci.WriteSpec(bundle, spec))
-	dropped, err := DropInternalAnnotations(bundle, spec)
+	dropped, err := DropPodGVisorAnnotations(bundle, spec)
 	must(err)
-	if strings.Join(dropped, ",") != "dev.gvisor.internal.checkpoint.enable,dev.gvisor.internal.checkpoint.path,dev.gvisor.tar.rootfs.upper,dev.gvisor.tar.rootfs.upper.main" {
-		t.Fatalf("dropped %v", dropped)
+	if want := slices.Sorted(maps.Keys(refused)); !slices.Equal(dropped, want) {
+		t.Fatalf("dropped %v, want %v", dropped, want)
 	}
 	onDisk, err := oci.ReadSpec(bundle)
 	must(err)
 	for _, s := range []*specs.Spec{spec, onDisk} {
-		if len(s.Annotations) != 1 || s.Annotations["dev.gvisor.spec.mount.data.type"] != "tmpfs" {
-			t.Fatalf("annotations left: %v", s.Annotations)
+		if !maps.Equal(s.Annotations, allowed) {
+			t.Fatalf("annotations left: %v, want %v", s.Annotations, allowed)
 		}
 	}
-	if dropped, err := DropInternalAnnotations(t.TempDir(), onDisk); err != nil || dropped != nil {
+	if dropped, err := DropPodGVisorAnnotations(t.TempDir(), onDisk); err != nil || dropped != nil {
 		t.Fatalf("nothing to drop: %v, %v", dropped, err)
 	}
 }

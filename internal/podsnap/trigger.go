@@ -4,13 +4,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
-
-	"github.com/podsnapshot/podsnapshot/runtime/oci"
 )
 
 // gVisor's workload-trigger annotations (runsc/boot/restore.go): with them the sandbox
@@ -34,31 +29,6 @@ const (
 // containers. runsc accepts it only under --allow-rootfs-tar-annotation, which the shim
 // sets.
 const AnnRootfsUpperTar = "dev.gvisor.tar.rootfs.upper"
-
-// DropInternalAnnotations removes gVisor's internal annotations (dev.gvisor.internal.*)
-// and its root file system layer annotations (AnnRootfsUpperTar, with or without a
-// container name) that came with a container's spec, and rewrites the spec in bundle
-// when there were any. CRI passes pod annotations matching the handler's
-// pod_annotations (dev.gvisor.*) to the shim, and these would let any pod author make
-// runsc write a checkpoint of the pod into any host directory (checkpoint.path) or read
-// any host file into the pod (a layer); only the lifecycle sets them. It returns the
-// names removed, sorted.
-func DropInternalAnnotations(bundle string, spec *specs.Spec) ([]string, error) {
-	var dropped []string
-	for k := range spec.Annotations {
-		if strings.HasPrefix(k, annInternalPrefix) || k == AnnRootfsUpperTar || strings.HasPrefix(k, AnnRootfsUpperTar+".") {
-			dropped = append(dropped, k)
-		}
-	}
-	if len(dropped) == 0 {
-		return nil, nil
-	}
-	sort.Strings(dropped)
-	for _, k := range dropped {
-		delete(spec.Annotations, k)
-	}
-	return dropped, oci.WriteSpec(bundle, spec)
-}
 
 // enableWorkloadTrigger adds gVisor's checkpoint annotations to the sandbox's bundle so
 // the workload can checkpoint itself by writing 1 to /proc/gvisor/checkpoint. runsc
