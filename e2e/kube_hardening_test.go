@@ -22,6 +22,10 @@ func TestKubeHardening(t *testing.T) {
 	k := newInstalledKubeEnv(t, gcsStore)
 	t.Run("AgentNode", func(t *testing.T) { k.withT(t).hardenAgentNode() })
 	t.Run("Reports", func(t *testing.T) { k.withT(t).hardenReports() })
+	t.Run("Mirror", func(t *testing.T) { k.withT(t).hardenMirror() })
+	t.Run("StorageNamespaces", func(t *testing.T) { k.withT(t).hardenStorageNamespaces() })
+	t.Run("AgentPrivileges", func(t *testing.T) { k.withT(t).hardenAgentPrivileges() })
+	t.Run("Metrics", func(t *testing.T) { k.withT(t).hardenMetrics() })
 }
 
 // withT is k reporting to t (a subtest).
