@@ -115,8 +115,14 @@ func (k *kubeEnv) hardenMetrics() {
 		if err != nil || code != c.want {
 			t.Errorf("secure controller /metrics with %s: %d %v, want %d", c.who, code, err, c.want)
 		}
+		// The reconcilers' metrics appear once the new replica leads (its predecessor's
+		// Lease may still run): wait for them.
+		for end := time.Now().Add(45 * time.Second); c.want == http.StatusOK && code == c.want && !strings.Contains(body, "controller_runtime_reconcile_total") && time.Now().Before(end); {
+			time.Sleep(time.Second)
+			code, body, err = hostGet(url, c.token)
+		}
 		if c.want == http.StatusOK && !strings.Contains(body, "controller_runtime_reconcile_total") {
-			t.Errorf("secure controller /metrics with %s: body %.200q lacks the metrics", c.who, body)
+			t.Errorf("secure controller /metrics with %s: %d %v, body %.200q lacks the reconcilers' metrics", c.who, code, err, body)
 		}
 	}
 	if code, _, err := hostGet("http://"+net.JoinHostPort(ip, "9808")+"/metrics", ""); err == nil && code == http.StatusOK {
