@@ -177,7 +177,11 @@ spec: {targetPod: theirs}
 
 	// Nodes: only its own.
 	out, err = asAgent("", "label", "node", other, "podsnapshot.gke.io/ready=true")
-	refused("label node-b", "may not change node "+other, err, out)
+	refused("label node-b", "nothing else of node "+other, err, out)
+	out, err = asAgent("", "label", "node", me, "tenant=b")
+	refused("give its own node another label", "nothing else of node "+me, err, out)
+	out, err = asAgent("", "label", "node", me, "--overwrite", "podsnapshot.gke.io/ready=true")
+	allowed("set its own node's podsnapshot.gke.io/ready label", err, out)
 
 	// A token that names no node (not bound to a pod) writes nothing.
 	unbound := filepath.Join(t.TempDir(), "unbound.kubeconfig")
@@ -193,6 +197,9 @@ spec: {targetPod: theirs}
 	harness.Eventually(t, 15*time.Second, "the controller's finalizer on PodSnapshot local", func() bool {
 		return strings.Contains(k.jsonpath("podsnapshot", "-n", ns, "local", "-o", "jsonpath={.metadata.finalizers}"), "podsnapshot-finalizer")
 	})
+	out, err = asAgent("", "-n", ns, "patch", "podsnapshot", "local", "--subresource=status", "--type=merge",
+		"-p", `{"status":{"lastAccessTime":"2026-12-07T00:00:00Z"}}`)
+	refused("change node-b's local-store PodSnapshot", "none of a local-store one", err, out)
 	k.kubectl("-n", ns, "delete", "podsnapshot", "local", "--wait=false")
 	time.Sleep(3 * time.Second)
 	if k.jsonpath("podsnapshot", "-n", ns, "local", "-o", "jsonpath={.metadata.name}") != "local" {

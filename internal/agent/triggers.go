@@ -11,6 +11,7 @@ import (
 	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	tasktypes "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
@@ -85,6 +86,11 @@ func (t *triggers) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 		if c.Status != metav1.ConditionUnknown {
 			return reconcile.Result{}, nil
 		}
+		if tr.Status.NodeName != "" && tr.Status.NodeName != t.node {
+			// Another node's: only its agent may write it (agent-node-policy.yaml); a
+			// node that is gone is the controller's to fail.
+			return reconcile.Result{}, nil
+		}
 		// In progress on some node. Its report ends it; if none comes (the agent died
 		// before its checkpoint call, the shim or the node died), give up after a while.
 		if left := outcomeDeadline - t.now().Sub(c.LastTransitionTime.Time); left > 0 {
@@ -124,6 +130,12 @@ func (t *triggers) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 			fmt.Sprintf("PodSnapshotPolicy %s that matches %s has triggerConfig.type %s, not manual", m.ID(), id, m.Policy.Spec.TriggerConfig.Type), "")
 	}
 	sandbox, err := t.sandboxOf(ctx, &pod)
+	if errdefs.IsUnavailable(err) {
+		// containerd restarting, or this agent's socket mount stale until the liveness
+		// check has it restarted: look again.
+		t.log.WithError(err).WithField("trigger", req.String()).Warn("manual trigger: containerd unavailable; waiting")
+		return reconcile.Result{RequeueAfter: slotWait}, nil
+	}
 	if err != nil {
 		return reconcile.Result{}, t.setTriggered(ctx, &tr, metav1.ConditionFalse, v1.ReasonFailed, err.Error(), "")
 	}
@@ -154,6 +166,12 @@ func (t *triggers) checkpoint(ctx context.Context, key client.ObjectKey, id, san
 	defer cancel()
 	_, err := tasks.NewTasksClient(t.conn).Checkpoint(cctx, &tasks.CheckpointTaskRequest{ContainerID: sandbox})
 	if err == nil {
+		return
+	}
+	if errdefs.IsUnavailable(errgrpc.ToNative(err)) && cctx.Err() == nil {
+		// containerd went away during the call (a restart): the shim outlives it and goes
+		// on, and its report ends the trigger (or the outcome deadline does).
+		t.log.WithError(err).WithField("trigger", key.String()).Warn("manual trigger: containerd went away during the checkpoint of " + id + "; its report will tell")
 		return
 	}
 	// A failure before the shim began reports nothing: fail the trigger here. One after
@@ -247,7 +265,8 @@ func (t *triggers) inProgress(ctx context.Context, rep report.Report) ([]v1.PodS
 	var out []v1.PodSnapshotManualTrigger
 	for _, tr := range list.Items {
 		c := meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered)
-		if tr.Spec.TargetPod == rep.Pod.Name && c != nil && c.Status == metav1.ConditionUnknown {
+		if tr.Spec.TargetPod == rep.Pod.Name && c != nil && c.Status == metav1.ConditionUnknown &&
+			(tr.Status.NodeName == "" || tr.Status.NodeName == t.node) {
 			out = append(out, tr)
 		}
 	}

@@ -20,8 +20,11 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
@@ -60,7 +63,13 @@ func Setup(mgr ctrl.Manager, opts Options) error {
 	}
 	c := mgr.GetClient()
 	if err := ctrl.NewControllerManagedBy(mgr).Named("podsnapshot-deletion").For(&v1.PodSnapshot{}).
-		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(localSnapshotsOf(c))).
+		// Node deletions only, metadata only: a node's heartbeats must not list PodSnapshots.
+		Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(localSnapshotsOf(c)),
+			builder.OnlyMetadata, builder.WithPredicates(predicate.Funcs{
+				CreateFunc:  func(event.CreateEvent) bool { return false },
+				UpdateFunc:  func(event.UpdateEvent) bool { return false },
+				GenericFunc: func(event.GenericEvent) bool { return false },
+			})).
 		Complete(&deletion{c: c, reader: mgr.GetAPIReader(), localStores: opts.LocalStores, log: opts.Logger}); err != nil {
 		return err
 	}
@@ -158,8 +167,11 @@ func (m *missingTarget) Reconcile(ctx context.Context, req reconcile.Request) (r
 	if err := m.c.Get(ctx, req.NamespacedName, &tr); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered) != nil {
-		return reconcile.Result{}, nil
+	if c := meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered); c != nil {
+		if c.Status != metav1.ConditionUnknown || tr.Status.NodeName == "" {
+			return reconcile.Result{}, nil
+		}
+		return m.nodeGone(ctx, &tr)
 	}
 	var pod corev1.Pod
 	err := m.reader.Get(ctx, client.ObjectKey{Namespace: tr.Namespace, Name: tr.Spec.TargetPod}, &pod)
@@ -176,4 +188,23 @@ func (m *missingTarget) Reconcile(ctx context.Context, req reconcile.Request) (r
 	}
 	msg := fmt.Sprintf("pod %s/%s not found", tr.Namespace, tr.Spec.TargetPod)
 	return reconcile.Result{}, kubeapi.SetTriggered(ctx, m.c, req.NamespacedName, "", metav1.ConditionFalse, v1.ReasonFailed, msg, "")
+}
+
+// nodeCheck is how often the node of a checkpointing trigger is looked for.
+const nodeCheck = time.Minute
+
+// nodeGone fails a trigger whose checkpoint runs on a node that no longer exists: only
+// that node's agent may write its status (agent-node-policy.yaml), and no report will
+// come. While the node exists its agent ends the trigger (report or outcome deadline).
+func (m *missingTarget) nodeGone(ctx context.Context, tr *v1.PodSnapshotManualTrigger) (reconcile.Result, error) {
+	var node corev1.Node
+	err := m.reader.Get(ctx, client.ObjectKey{Name: tr.Status.NodeName}, &node)
+	if err == nil {
+		return reconcile.Result{RequeueAfter: nodeCheck}, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return reconcile.Result{}, err
+	}
+	msg := fmt.Sprintf("node %s, which was checkpointing pod %s/%s, is gone", tr.Status.NodeName, tr.Namespace, tr.Spec.TargetPod)
+	return reconcile.Result{}, kubeapi.SetTriggered(ctx, m.c, client.ObjectKeyFromObject(tr), "", metav1.ConditionFalse, v1.ReasonFailed, msg, "")
 }

@@ -118,7 +118,13 @@ func TestSyncAdoptsAndMarksGone(t *testing.T) {
 	if c == nil || c.Status != metav1.ConditionFalse || c.Reason != v1.ReasonFailed || !strings.Contains(c.Message, "no longer in storage") {
 		t.Fatalf("Ready after files deleted = %+v", c)
 	}
-	// Failed for longer than FailedTTL: deleted.
+	// Failed for longer than FailedTTL since the controller first saw it Failed (not
+	// since the condition's lastTransitionTime, which its writer chose): deleted.
+	e.s.opts.Now = func() time.Time { return now.Add(time.Minute) }
+	must(t, e.s.sync(context.Background()))
+	if ps, ok := e.snapshots()[m.UUID]; !ok || ps.DeletionTimestamp != nil {
+		t.Fatal("Failed PodSnapshot deleted before FailedTTL")
+	}
 	e.s.opts.Now = func() time.Time { return now.Add(2 * time.Hour) }
 	must(t, e.s.sync(context.Background()))
 	if ps, ok := e.snapshots()[m.UUID]; ok && ps.DeletionTimestamp == nil {

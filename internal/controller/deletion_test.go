@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -127,5 +128,60 @@ func TestReleaseChecksPolicyStore(t *testing.T) {
 	release(e.deleted(m.UUID, "web", "file://"+e.store+"/default/web/"+m.UUID, ""))
 	if !stored(m.UUID) {
 		t.Fatal("files deleted in a store no PodSnapshotStorageConfig names")
+	}
+}
+
+// TestForgedFailedNotExpired: a PodSnapshot whose Ready condition says Failed, with a
+// lastTransitionTime long past (conditions are what any agent may write on another
+// node's snapshot), while its committed manifest is intact in its store, is not deleted
+// by the Failed TTL: its files stay.
+func TestForgedFailedNotExpired(t *testing.T) {
+	e := newEnv(t, policy(nil, 0))
+	ctx := context.Background()
+	m := e.commit(time.Hour, 1)
+	must(t, e.s.sync(ctx))
+	must(t, kubeapi.SetSnapshotStatus(ctx, e.c, "default", m.UUID, func(ps *v1.PodSnapshot) {
+		kubeapi.Unusable(ps, "forged", time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC))
+	}))
+	for _, after := range []time.Duration{time.Minute, 2 * time.Hour, 4 * time.Hour} {
+		e.s.opts.Now = func() time.Time { return now.Add(after) }
+		must(t, e.s.sync(ctx))
+	}
+	if ps, ok := e.snapshots()[m.UUID]; !ok || ps.DeletionTimestamp != nil {
+		t.Fatal("PodSnapshot of an intact committed snapshot deleted for a Failed condition")
+	}
+	if _, err := e.repo.Get(ctx, "default", "web", m.UUID); err != nil {
+		t.Fatalf("files of an intact committed snapshot: %v", err)
+	}
+}
+
+// TestTriggerOfGoneNodeFails: a trigger checkpointing on a node (status.nodeName) is left
+// to that node's agent while the node exists, and failed by the controller once the Node
+// is gone (no other agent may write it, and no report will come).
+func TestTriggerOfGoneNodeFails(t *testing.T) {
+	e := newEnv(t, policy(nil, 0))
+	ctx := context.Background()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-b"}}
+	must(t, e.c.Create(ctx, node))
+	tr := &v1.PodSnapshotManualTrigger{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "t"},
+		Spec: v1.PodSnapshotManualTriggerSpec{TargetPod: "p"}}
+	must(t, e.c.Create(ctx, tr))
+	key := client.ObjectKeyFromObject(tr)
+	must(t, kubeapi.SetTriggered(ctx, e.c, key, "node-b", metav1.ConditionUnknown, "Checkpointing", "checkpointing pod default/p", ""))
+	m := &missingTarget{c: e.c, reader: e.c, now: func() time.Time { return now }}
+	reason := func() string {
+		must(t, e.c.Get(ctx, key, tr))
+		return meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered).Reason
+	}
+	res, err := m.Reconcile(ctx, reconcile.Request{NamespacedName: key})
+	must(t, err)
+	if reason() != "Checkpointing" || res.RequeueAfter == 0 {
+		t.Fatalf("trigger of a live node: %s, requeue %v", reason(), res)
+	}
+	must(t, e.c.Delete(ctx, node))
+	_, err = m.Reconcile(ctx, reconcile.Request{NamespacedName: key})
+	must(t, err)
+	if r, c := reason(), meta.FindStatusCondition(tr.Status.Conditions, v1.ConditionTriggered); r != v1.ReasonFailed || c.Message != "node node-b, which was checkpointing pod default/p, is gone" {
+		t.Fatalf("trigger of a gone node: %+v", c)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
@@ -41,6 +42,8 @@ type syncer struct {
 	c    client.Client
 	opts Options
 	log  logrus.FieldLogger
+	// failedSince: when this process first saw each PodSnapshot Failed (by UID).
+	failedSince map[types.UID]time.Time
 }
 
 // Start runs sync every SyncInterval until ctx ends.
@@ -70,13 +73,16 @@ func (s *syncer) sync(ctx context.Context) error {
 	}
 	now := s.opts.Now()
 	var errs []error
-	errs = append(errs, s.expireFailed(ctx, snaps.Items, now))
 	cfgs := map[string]*v1.PodSnapshotStorageConfig{}
 	for i := range configs.Items {
 		cfgs[configs.Items[i].Name] = &configs.Items[i]
 	}
 	st := &stores{open: map[string]*repo.Repo{}, listed: map[string][]*manifest.Manifest{}}
 	defer st.close()
+	// unconfirmed: Failed PodSnapshots whose committed manifest this sync found intact in
+	// their policy's store. Any agent may write another node's conditions
+	// (agent-node-policy.yaml), so a Failed condition alone must not delete files.
+	unconfirmed := map[string]bool{}
 	for i := range policies.Items {
 		p := &policies.Items[i]
 		cfg := cfgs[p.Spec.StorageConfigName]
@@ -87,15 +93,16 @@ func (s *syncer) sync(ctx context.Context) error {
 		if strings.HasPrefix(url, "file://") && !s.opts.LocalStores {
 			continue
 		}
-		if err := s.syncPolicy(ctx, p, url, st, snaps.Items, now); err != nil {
+		if err := s.syncPolicy(ctx, p, url, st, snaps.Items, now, unconfirmed); err != nil {
 			errs = append(errs, fmt.Errorf("PodSnapshotPolicy %s/%s: %w", p.Namespace, p.Name, err))
 		}
 	}
+	errs = append(errs, s.expireFailed(ctx, snaps.Items, now, unconfirmed))
 	return errors.Join(errs...)
 }
 
 // syncPolicy reconciles one policy's snapshots in its store with their objects.
-func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url string, st *stores, all []v1.PodSnapshot, now time.Time) error {
+func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url string, st *stores, all []v1.PodSnapshot, now time.Time, unconfirmed map[string]bool) error {
 	r, listed, err := st.list(ctx, url, p.Namespace)
 	if err != nil {
 		return err
@@ -125,6 +132,11 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 	for uuid, ps := range objects {
 		if m := stored[uuid]; m != nil && m.State == manifest.StateCommitted && ps.DeletionTimestamp == nil && awaiting(ps) {
 			errs = append(errs, s.repair(ctx, ps, m, url))
+			continue
+		}
+		if m := stored[uuid]; m != nil && m.State == manifest.StateCommitted && failed(ps) {
+			s.log.Warnf("PodSnapshot %s/%s is marked Failed (%s) but its manifest is committed in %s: not expired", ps.Namespace, ps.Name, meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady).Message, url)
+			unconfirmed[ps.Namespace+"/"+ps.Name] = true
 			continue
 		}
 		if ps.DeletionTimestamp != nil || !meta.IsStatusConditionTrue(ps.Status.Conditions, v1.ConditionReady) {
@@ -173,6 +185,9 @@ func (s *syncer) syncPolicy(ctx context.Context, p *v1.PodSnapshotPolicy, url st
 // (nil when it could not be created).
 func (s *syncer) adopt(ctx context.Context, m *manifest.Manifest, url string) (*v1.PodSnapshot, error) {
 	view := m.PodSnapshot(url)
+	// The labels are the pod's: a pod's label must not say which node's agent owns the
+	// object (agent-node-policy.yaml).
+	delete(view.Labels, v1.LabelNode)
 	ps := &v1.PodSnapshot{
 		ObjectMeta: metav1.ObjectMeta{Namespace: view.Namespace, Name: view.Name, Labels: view.Labels,
 			Annotations: view.Annotations, Finalizers: []string{kubeapi.Finalizer}},
@@ -231,12 +246,25 @@ func (s *syncer) repair(ctx context.Context, ps *v1.PodSnapshot, m *manifest.Man
 }
 
 // expireFailed deletes PodSnapshots whose Ready condition has been Failed for FailedTTL.
-func (s *syncer) expireFailed(ctx context.Context, snaps []v1.PodSnapshot, now time.Time) error {
+func (s *syncer) expireFailed(ctx context.Context, snaps []v1.PodSnapshot, now time.Time, unconfirmed map[string]bool) error {
 	var errs []error
 	for i := range snaps {
 		ps := &snaps[i]
 		c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
-		if ps.DeletionTimestamp != nil || c == nil || c.Reason != v1.ReasonFailed || now.Sub(c.LastTransitionTime.Time) < s.opts.FailedTTL {
+		if ps.DeletionTimestamp != nil || c == nil || c.Reason != v1.ReasonFailed || unconfirmed[ps.Namespace+"/"+ps.Name] {
+			continue
+		}
+		// The TTL runs from when this controller first saw it Failed, not from the
+		// condition's lastTransitionTime, which whoever wrote the condition chose.
+		if s.failedSince == nil {
+			s.failedSince = map[types.UID]time.Time{}
+		}
+		since, ok := s.failedSince[ps.UID]
+		if !ok {
+			since = now
+			s.failedSince[ps.UID] = now
+		}
+		if now.Sub(since) < s.opts.FailedTTL {
 			continue
 		}
 		s.log.Infof("deleting PodSnapshot %s/%s: Failed for over %s (%s)", ps.Namespace, ps.Name, s.opts.FailedTTL, c.Message)
@@ -280,4 +308,10 @@ func (st *stores) close() {
 	for _, r := range st.open {
 		r.Store.Close()
 	}
+}
+
+// failed tells whether ps's Ready condition says Failed.
+func failed(ps *v1.PodSnapshot) bool {
+	c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
+	return c != nil && c.Reason == v1.ReasonFailed
 }

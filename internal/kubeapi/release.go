@@ -2,12 +2,13 @@ package kubeapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
@@ -26,6 +27,11 @@ func Release(ctx context.Context, c client.Client, ps *v1.PodSnapshot, log logru
 	id := ps.Namespace + "/" + ps.Name
 	if ps.Status.StoragePath != "" {
 		if err := CheckStoragePath(ctx, c, ps); err != nil {
+			if !errors.Is(err, ErrNotThisSnapshot) {
+				// The API could not be read: not a verdict on the path. Retry.
+				log.WithError(err).Warnf("PodSnapshot %s: storagePath not checked yet", id)
+				return reconcile.Result{RequeueAfter: 10 * time.Second}, nil
+			}
 			log.WithError(err).Errorf("PodSnapshot %s: its files are not deleted", id)
 			return reconcile.Result{}, RemoveFinalizer(ctx, c, ps)
 		}
@@ -53,37 +59,40 @@ func Release(ctx context.Context, c client.Client, ps *v1.PodSnapshot, log logru
 func CheckStoragePath(ctx context.Context, c client.Client, ps *v1.PodSnapshot) error {
 	store, ns, pol, uuid, err := SplitStoragePath(ps.Status.StoragePath)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrNotThisSnapshot, err)
 	}
 	if ns != ps.Namespace || pol != ps.Spec.PolicyName || uuid != ps.Name {
-		return fmt.Errorf("storagePath %q is not this snapshot's (<store>/%s/%s/%s)", ps.Status.StoragePath, ps.Namespace, ps.Spec.PolicyName, ps.Name)
+		return fmt.Errorf("%w: storagePath %q is not this snapshot's (<store>/%s/%s/%s)", ErrNotThisSnapshot, ps.Status.StoragePath, ps.Namespace, ps.Spec.PolicyName, ps.Name)
 	}
-	var p v1.PodSnapshotPolicy
-	err = c.Get(ctx, client.ObjectKey{Namespace: ps.Namespace, Name: ps.Spec.PolicyName}, &p)
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("read PodSnapshotPolicy %s/%s to check storagePath %q: %w", ps.Namespace, ps.Spec.PolicyName, ps.Status.StoragePath, err)
-	}
-	if err == nil {
-		var cfg v1.PodSnapshotStorageConfig
-		if err := c.Get(ctx, client.ObjectKey{Name: p.Spec.StorageConfigName}, &cfg); err != nil {
-			return fmt.Errorf("read PodSnapshotStorageConfig %s of PodSnapshotPolicy %s/%s to check storagePath %q: %w",
-				p.Spec.StorageConfigName, p.Namespace, p.Name, ps.Status.StoragePath, err)
-		}
-		if want := strings.TrimSuffix(cfg.StoreURL(), "/"); store != want {
-			return fmt.Errorf("storagePath %q is not in the store of PodSnapshotPolicy %s/%s (PodSnapshotStorageConfig %s: %s)",
-				ps.Status.StoragePath, p.Namespace, p.Name, cfg.Name, want)
-		}
-		return nil
-	}
+	// Any store a policy of the namespace may use: the policy's own config may have been
+	// re-pointed (storageConfigName is mutable) or be gone; what matters is that the
+	// namespace may write there, so no agent can point the controller at another
+	// tenant's files.
 	var cfgs v1.PodSnapshotStorageConfigList
 	if err := c.List(ctx, &cfgs); err != nil {
 		return fmt.Errorf("list PodSnapshotStorageConfigs to check storagePath %q: %w", ps.Status.StoragePath, err)
 	}
-	for _, cfg := range cfgs.Items {
-		if strings.TrimSuffix(cfg.StoreURL(), "/") == store {
+	for i := range cfgs.Items {
+		cfg := &cfgs.Items[i]
+		if cfg.AllowsNamespace(ps.Namespace) && sameStore(cfg.StoreURL(), store) {
 			return nil
 		}
 	}
-	return fmt.Errorf("storagePath %q: PodSnapshotPolicy %s/%s is gone and no PodSnapshotStorageConfig serving namespace %s names store %s",
-		ps.Status.StoragePath, ps.Namespace, ps.Spec.PolicyName, ps.Namespace, store)
+	return fmt.Errorf("%w: storagePath %q: no PodSnapshotStorageConfig that allows namespace %s names store %s",
+		ErrNotThisSnapshot, ps.Status.StoragePath, ps.Namespace, store)
+}
+
+// ErrNotThisSnapshot marks a storagePath that CheckStoragePath found not to be the
+// snapshot's: its files are left alone and the object goes.
+var ErrNotThisSnapshot = errors.New("not this snapshot's storage path")
+
+// sameStore compares a storage config's URL (StoreURL, escaped) with the store part of a
+// storagePath the shim wrote (Store.URL, unescaped).
+func sameStore(cfgURL, store string) bool {
+	u, err := url.Parse(cfgURL)
+	if err != nil {
+		return false
+	}
+	root := strings.TrimSuffix(u.Scheme+"://"+u.Host+u.Path, "/")
+	return root == strings.TrimSuffix(store, "/")
 }
