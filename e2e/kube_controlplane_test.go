@@ -56,11 +56,7 @@ func installedKubeEnv(t *testing.T, kind storeKind, ce *clusterEnv) *kubeEnv {
 		e.store, e.repo = st, &repo.Repo{Store: st}
 	}
 	k := &kubeEnv{env: e, kube: ce.kube, node: n}
-	k.kubectl("create", "namespace", "test")
-	harness.Eventually(t, 60*time.Second, "service account test/default", func() bool {
-		_, err := k.kube.Kubectl("-n", "test", "get", "serviceaccount", "default")
-		return err == nil
-	})
+	k.createNamespace("test")
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, c := range []string{"install", "agent"} {
@@ -167,4 +163,15 @@ func (k *kubeEnv) waitEvent(ns, pod, want string, timeout time.Duration) string 
 		return strings.Contains(got, want)
 	})
 	return got
+}
+
+// createNamespace creates namespace ns and waits for its default service account (the
+// ServiceAccount admission plugin refuses pods before kube-controller-manager made it).
+func (k *kubeEnv) createNamespace(ns string) {
+	k.t.Helper()
+	k.kubectl("create", "namespace", ns)
+	harness.Eventually(k.t, 60*time.Second, "service account "+ns+"/default", func() bool {
+		_, err := k.kube.Kubectl("-n", ns, "get", "serviceaccount", "default")
+		return err == nil
+	})
 }

@@ -101,16 +101,12 @@ func (k *kubeEnv) hardenAgentPrivileges() {
 	}
 
 	// A manual trigger and the deletion of its local snapshot, without capabilities.
-	k.kubectl("create", "namespace", "harden-priv")
 	t.Cleanup(func() {
 		k.kube.Kubectl("delete", "namespace", "harden-priv", "--wait=true", "--timeout=60s")
 		k.kube.Kubectl("delete", "podsnapshotstorageconfig", "harden-priv-local", "--ignore-not-found")
 		os.RemoveAll(k.hostPath(hardenPrivStore))
 	})
-	harness.Eventually(t, 60*time.Second, "service account harden-priv/default", func() bool {
-		_, err := k.kube.Kubectl("-n", "harden-priv", "get", "serviceaccount", "default")
-		return err == nil
-	})
+	k.createNamespace("harden-priv")
 	k.apply(`apiVersion: podsnapshot.gke.io/v1alpha1
 kind: PodSnapshotStorageConfig
 metadata:

@@ -72,19 +72,12 @@ func (k *kubeEnv) hardenAgentNode() {
 	k.apply(fmt.Sprintf(`apiVersion: v1
 kind: Node
 metadata: {name: %s}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: %s}
-`, other, ns))
+`, other))
 	t.Cleanup(func() {
 		k.kube.Kubectl("delete", "namespace", ns, "--wait=false")
 		k.kube.Kubectl("delete", "node", other, "--ignore-not-found")
 	})
-	harness.Eventually(t, 60*time.Second, "service account "+ns+"/default", func() bool {
-		_, err := k.kube.Kubectl("-n", ns, "get", "serviceaccount", "default")
-		return err == nil
-	})
+	k.createNamespace(ns)
 	// Pods bound to each node that no kubelet runs (no RuntimeClass: they stay Pending on
 	// node-b; on this node the kubelet may run them, which does not matter here).
 	for _, p := range []struct{ name, node string }{{"theirs", other}, {"mine", me}} {

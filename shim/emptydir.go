@@ -41,7 +41,7 @@ const (
 	filestorePrefix = ".gvisor.filestore."
 	// forceSharedPrefix is gVisor's per-volume opt-out (dev.gvisor.empty-dir.<volume>.
 	// force-shared: "true"): the volume stays a host directory that host processes see.
-	forceSharedPrefix = "dev.gvisor.empty-dir."
+	forceSharedPrefix = oci.EmptyDirPrefix
 )
 
 // keepEmptyDirs adds gVisor mount hints (source, type tmpfs, share pod) to the sandbox's

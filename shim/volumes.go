@@ -23,7 +23,7 @@ import (
 // container) makes the volume a tmpfs inside the sandbox, shared by the containers. Its
 // contents are then part of the sandbox's memory, so a checkpoint saves them and a
 // restore brings them back: this is how emptyDir contents survive a snapshot.
-const mountHintPrefix = "dev.gvisor.spec.mount."
+const mountHintPrefix = oci.MountHintPrefix
 
 // maxQuoted is the most bytes of an annotation's value an error quotes.
 const maxQuoted = 80

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
@@ -188,20 +189,10 @@ func (m *mirror) refuse(ctx context.Context, f mirrorFile, path string, problems
 
 // event records a Warning Event with ReasonPolicyNotMirrored on p.
 func (m *mirror) event(ctx context.Context, p *v1.PodSnapshotPolicy, msg string) error {
-	now := metav1.Now()
-	name := p.Name
-	if len(name) > 200 {
-		name = name[:200]
-	}
-	ev := &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, Name: fmt.Sprintf("%s.%x", name, now.UnixNano())},
-		InvolvedObject: corev1.ObjectReference{APIVersion: v1.SchemeGroupVersion.String(), Kind: v1.KindPolicy,
-			Namespace: p.Namespace, Name: p.Name, UID: p.UID},
-		Reason: ReasonPolicyNotMirrored, Message: msg, Type: corev1.EventTypeWarning,
-		Source:         corev1.EventSource{Component: "podsnapshot-agent", Host: m.node},
-		FirstTimestamp: now, LastTimestamp: now, Count: 1,
-		ReportingController: "podsnapshot.gke.io/podsnapshot-agent", ReportingInstance: "podsnapshot-agent-" + m.node,
-	}
+	now := time.Now()
+	ref := corev1.ObjectReference{APIVersion: v1.SchemeGroupVersion.String(), Kind: v1.KindPolicy,
+		Namespace: p.Namespace, Name: p.Name, UID: p.UID}
+	ev := nodeEvent(m.node, ref, fmt.Sprintf("%x", now.UnixNano()), ReasonPolicyNotMirrored, corev1.EventTypeWarning, msg, now)
 	return m.c.Create(ctx, ev)
 }
 

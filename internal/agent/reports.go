@@ -411,20 +411,8 @@ func (r *reporter) snapshotDeleted(ctx context.Context, rep report.Report) error
 // after the report so that a retried report does not record it twice.
 func (r *reporter) event(ctx context.Context, e report.Entry, typ, msg string) error {
 	rep := e.Report
-	name := rep.Pod.Name
-	if len(name) > 200 {
-		name = name[:200]
-	}
-	t := metav1.NewTime(rep.Time)
-	ev := &corev1.Event{
-		ObjectMeta: metav1.ObjectMeta{Namespace: rep.Pod.Namespace, Name: name + "." + strings.TrimSuffix(e.Name, ".json")},
-		InvolvedObject: corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: rep.Pod.Namespace,
-			Name: rep.Pod.Name, UID: types.UID(rep.Pod.UID)},
-		Reason: v1.EventReason, Message: msg, Type: typ,
-		Source:         corev1.EventSource{Component: "podsnapshot-agent", Host: r.node},
-		FirstTimestamp: t, LastTimestamp: t, Count: 1,
-		ReportingController: "podsnapshot.gke.io/podsnapshot-agent", ReportingInstance: "podsnapshot-agent-" + r.node,
-	}
+	pod := corev1.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: rep.Pod.Namespace, Name: rep.Pod.Name, UID: types.UID(rep.Pod.UID)}
+	ev := nodeEvent(r.node, pod, strings.TrimSuffix(e.Name, ".json"), v1.EventReason, typ, msg, rep.Time)
 	if err := r.c.Create(ctx, ev); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("record event on pod %s/%s: %w", rep.Pod.Namespace, rep.Pod.Name, err)
 	}

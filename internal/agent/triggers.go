@@ -121,6 +121,11 @@ func (t *triggers) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 	if pod.Status.Phase != corev1.PodRunning {
 		return reconcile.Result{RequeueAfter: time.Second}, nil
 	}
+	if t.slots.full(tr.Namespace) {
+		// Looked at again every slotWait while the slots are taken: spare the policy
+		// directory and containerd the reads below until one is free.
+		return reconcile.Result{RequeueAfter: slotWait}, nil
+	}
 	m := policy.Load(t.policyDir).Match(pod.Namespace, pod.Labels)
 	switch {
 	case !m.Found():
@@ -205,11 +210,23 @@ type slots struct {
 	byNS  map[string]int // guarded by mu: checkpoints in flight per namespace
 }
 
+// full reports whether the node or namespace ns has no slot free now.
+func (s *slots) full(ns string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fullLocked(ns)
+}
+
+// fullLocked is full with s.mu held.
+func (s *slots) fullLocked(ns string) bool {
+	return s.total >= maxCheckpoints || s.byNS[ns] >= maxCheckpointsPerNamespace
+}
+
 // take reserves a slot for namespace ns, or reports false when the node or ns has none.
 func (s *slots) take(ns string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.total >= maxCheckpoints || s.byNS[ns] >= maxCheckpointsPerNamespace {
+	if s.fullLocked(ns) {
 		return false
 	}
 	if s.byNS == nil {

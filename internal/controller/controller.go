@@ -123,9 +123,7 @@ func (d *deletion) Reconcile(ctx context.Context, req reconcile.Request) (reconc
 // the node exists its agent deletes the files; a Node deletion requeues the node's
 // snapshots (localSnapshotsOf).
 func (d *deletion) nodeGone(ctx context.Context, ps *v1.PodSnapshot) (reconcile.Result, error) {
-	var node corev1.Node
-	err := d.reader.Get(ctx, client.ObjectKey{Name: ps.Status.NodeName}, &node)
-	if err == nil || !apierrors.IsNotFound(err) {
+	if exists, err := nodeExists(ctx, d.reader, ps.Status.NodeName); exists || err != nil {
 		return reconcile.Result{}, err
 	}
 	d.log.Infof("PodSnapshot %s/%s: node %s is gone, and its local store %s with it; letting the object go",
@@ -197,14 +195,23 @@ const nodeCheck = time.Minute
 // that node's agent may write its status (agent-node-policy.yaml), and no report will
 // come. While the node exists its agent ends the trigger (report or outcome deadline).
 func (m *missingTarget) nodeGone(ctx context.Context, tr *v1.PodSnapshotManualTrigger) (reconcile.Result, error) {
-	var node corev1.Node
-	err := m.reader.Get(ctx, client.ObjectKey{Name: tr.Status.NodeName}, &node)
-	if err == nil {
-		return reconcile.Result{RequeueAfter: nodeCheck}, nil
-	}
-	if !apierrors.IsNotFound(err) {
+	exists, err := nodeExists(ctx, m.reader, tr.Status.NodeName)
+	if err != nil {
 		return reconcile.Result{}, err
+	}
+	if exists {
+		return reconcile.Result{RequeueAfter: nodeCheck}, nil
 	}
 	msg := fmt.Sprintf("node %s, which was checkpointing pod %s/%s, is gone", tr.Status.NodeName, tr.Namespace, tr.Spec.TargetPod)
 	return reconcile.Result{}, kubeapi.SetTriggered(ctx, m.c, client.ObjectKeyFromObject(tr), "", metav1.ConditionFalse, v1.ReasonFailed, msg, "")
+}
+
+// nodeExists tells whether Node name exists, read from the API server (a node the cache
+// has not seen must not look gone).
+func nodeExists(ctx context.Context, reader client.Reader, name string) (bool, error) {
+	err := reader.Get(ctx, client.ObjectKey{Name: name}, &corev1.Node{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	return err == nil, err
 }

@@ -42,7 +42,8 @@ type syncer struct {
 	c    client.Client
 	opts Options
 	log  logrus.FieldLogger
-	// failedSince: when this process first saw each PodSnapshot Failed (by UID).
+	// failedSince: when this process first saw each PodSnapshot that is Failed now (by
+	// UID). Only sync (one goroutine) uses it.
 	failedSince map[types.UID]time.Time
 }
 
@@ -248,25 +249,25 @@ func (s *syncer) repair(ctx context.Context, ps *v1.PodSnapshot, m *manifest.Man
 // expireFailed deletes PodSnapshots whose Ready condition has been Failed for FailedTTL.
 func (s *syncer) expireFailed(ctx context.Context, snaps []v1.PodSnapshot, now time.Time, unconfirmed map[string]bool) error {
 	var errs []error
+	// The TTL runs from when this controller first saw it Failed, not from the
+	// condition's lastTransitionTime, which whoever wrote the condition chose. Objects no
+	// longer Failed (or gone) are forgotten.
+	seen := s.failedSince
+	s.failedSince = map[types.UID]time.Time{}
 	for i := range snaps {
 		ps := &snaps[i]
-		c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
-		if ps.DeletionTimestamp != nil || c == nil || c.Reason != v1.ReasonFailed || unconfirmed[ps.Namespace+"/"+ps.Name] {
+		if ps.DeletionTimestamp != nil || !failed(ps) || unconfirmed[ps.Namespace+"/"+ps.Name] {
 			continue
 		}
-		// The TTL runs from when this controller first saw it Failed, not from the
-		// condition's lastTransitionTime, which whoever wrote the condition chose.
-		if s.failedSince == nil {
-			s.failedSince = map[types.UID]time.Time{}
-		}
-		since, ok := s.failedSince[ps.UID]
+		since, ok := seen[ps.UID]
 		if !ok {
 			since = now
-			s.failedSince[ps.UID] = now
 		}
+		s.failedSince[ps.UID] = since
 		if now.Sub(since) < s.opts.FailedTTL {
 			continue
 		}
+		c := meta.FindStatusCondition(ps.Status.Conditions, v1.ConditionReady)
 		s.log.Infof("deleting PodSnapshot %s/%s: Failed for over %s (%s)", ps.Namespace, ps.Name, s.opts.FailedTTL, c.Message)
 		errs = append(errs, kubeapi.IgnoreNotFound(s.c.Delete(ctx, ps)))
 	}

@@ -51,11 +51,12 @@ func Release(ctx context.Context, c client.Client, ps *v1.PodSnapshot, log logru
 
 // CheckStoragePath tells whether ps's status.storagePath names this snapshot's files:
 // "<store>/<ps's namespace>/<spec.policyName>/<ps's name>", where <store> is the store of
-// the storage config that spec.policyName names, or, when that policy is gone (a
-// namespace being deleted takes its policies and snapshots together), the store of some
-// PodSnapshotStorageConfig that may serve the namespace. So an agent that wrote another
-// path into the status cannot have the controller delete files of another store, policy
-// or snapshot. The error names the path and what it should have been.
+// a PodSnapshotStorageConfig that allows the namespace (not only the policy's own: a
+// policy may have been moved to another config, or be gone with its namespace). So an
+// agent that wrote another path into the status cannot have the controller delete files
+// of another store, namespace, policy or snapshot. A path that is not the snapshot's is
+// ErrNotThisSnapshot, naming the path and what it should have been; other errors are the
+// API's.
 func CheckStoragePath(ctx context.Context, c client.Client, ps *v1.PodSnapshot) error {
 	store, ns, pol, uuid, err := SplitStoragePath(ps.Status.StoragePath)
 	if err != nil {

@@ -22,13 +22,6 @@ import (
 // pkg/shim/v1/utils/volumes.go). Every other dev.gvisor.* key is the shim's alone: it
 // drops them at Create and sets the ones it needs afterwards (workload-trigger checkpoint
 // annotations, a rootfs-only restore's layer, the emptyDir hints).
-const (
-	gvisorPrefix = "dev.gvisor."
-	// mountHintPrefix starts dev.gvisor.spec.mount.<volume>.<field>.
-	mountHintPrefix = "dev.gvisor.spec.mount."
-	// emptyDirPrefix starts dev.gvisor.empty-dir.<volume>.force-shared.
-	emptyDirPrefix = "dev.gvisor.empty-dir."
-)
 
 // mountHintFields are the fields of a mount hint runsc knows (MountHint.setField); a key
 // with another field is refused by runsc with a warning, so it is dropped here too.
@@ -39,14 +32,14 @@ var mountHintFields = map[string]bool{"source": true, "type": true, "share": tru
 // and dev.gvisor.empty-dir.<volume>.force-shared, where <volume> is non-empty and has no
 // dot (runsc splits the key at dots: "a.b.type" is no hint of volume "a.b").
 func podMaySet(k string) bool {
-	if !strings.HasPrefix(k, gvisorPrefix) {
+	if !strings.HasPrefix(k, oci.GVisorPrefix) {
 		return true
 	}
-	if rest, ok := strings.CutPrefix(k, mountHintPrefix); ok {
+	if rest, ok := strings.CutPrefix(k, oci.MountHintPrefix); ok {
 		volume, field, ok := strings.Cut(rest, ".")
 		return ok && volume != "" && mountHintFields[field]
 	}
-	if rest, ok := strings.CutPrefix(k, emptyDirPrefix); ok {
+	if rest, ok := strings.CutPrefix(k, oci.EmptyDirPrefix); ok {
 		volume, ok := strings.CutSuffix(rest, ".force-shared")
 		return ok && volume != "" && !strings.Contains(volume, ".")
 	}

@@ -90,11 +90,24 @@ var podUIDText = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 // IsPodUID reports whether s has a pod UID's form, so that it may be joined into a path.
 func IsPodUID(s string) bool { return podUIDText.MatchString(s) }
 
+// gVisor's annotations, read by runsc.
+const (
+	// GVisorPrefix starts every key runsc reads.
+	GVisorPrefix = "dev.gvisor."
+	// MountHintPrefix starts a mount hint, dev.gvisor.spec.mount.<volume>.<field>
+	// (runsc/boot/mount_hints.go), on the sandbox's spec.
+	MountHintPrefix = "dev.gvisor.spec.mount."
+	// EmptyDirPrefix starts gVisor's per-volume emptyDir opt-out,
+	// dev.gvisor.empty-dir.<volume>.force-shared: "true" (gVisor's
+	// pkg/shim/v1/utils/volumes.go): the volume stays a host directory.
+	EmptyDirPrefix = "dev.gvisor.empty-dir."
+)
+
 // GVisorAnnotations returns the dev.gvisor.* annotations of a spec.
 func GVisorAnnotations(annotations map[string]string) map[string]string {
 	out := map[string]string{}
 	for k, v := range annotations {
-		if strings.HasPrefix(k, "dev.gvisor.") {
+		if strings.HasPrefix(k, GVisorPrefix) {
 			out[k] = v
 		}
 	}
