@@ -205,6 +205,10 @@ func TestTriggersDoNotHoldWorkers(t *testing.T) {
 	if res := reconcileNow(trig("d", "t-p1")); res.RequeueAfter <= 0 || triggered(trig("d", "t-p1")) != nil {
 		t.Fatalf("d/t-p1 (node full): result %+v, Triggered %+v; want requeued", res, triggered(trig("d", "t-p1")))
 	}
+	// The Checkpoint calls run in the triggers' goroutines: they reach containerd a moment
+	// after Reconcile marked the trigger Checkpointing.
+	waitFor(t, "4 checkpoint calls in flight (the node's limit)", func() bool { return len(f.calls()) == 4 })
+	time.Sleep(50 * time.Millisecond) // a fifth call would show now
 	if got := f.calls(); len(got) != 4 {
 		t.Fatalf("checkpoint calls %v, want 4 in flight (the node's limit)", got)
 	}
