@@ -362,6 +362,7 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 		res.add("plain_runsc", 0, direct.Seconds())
 		res.add("plain_overhead", 0, 100*(shim.Seconds()/direct.Seconds()-1))
 		res.add("plain_overhead_runc_shim", 0, 100*(shim.Seconds()/runcShim.Seconds()-1))
+		res.add("containerd_cost", 0, runcShim.Seconds()-direct.Seconds())
 		logf("  shim %.3fs, runc shim %.3fs, runsc run %.3fs", shim.Seconds(), runcShim.Seconds(), direct.Seconds())
 	}
 
@@ -393,6 +394,9 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 			}
 		}
 		rep.imageOf[mib] = img
+		if err := diskFloors(rep, l, mib); err != nil {
+			return err
+		}
 	}
 	return nil
 }

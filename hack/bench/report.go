@@ -125,6 +125,7 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		"the same containerd, ctr, image and log file; the standard shim instead of ours: the reference for what our shim adds")
 	r.define("plain_overhead", "shim overhead vs `runsc run`, per set of runs", "%", "(shim / runsc run) - 1: containerd, ctr and the shim together")
 	r.define("plain_overhead_runc_shim", "shim overhead vs containerd's runc shim, per set of runs", "%", "(shim / runc shim) - 1: what our shim adds over the standard one")
+	defineFloorMetrics(r)
 	r.define("torch_cold", "torch: cold start to first inference", "s",
 		"the model server (Debian's python3-torch, 16 Linear layers, 1 GiB of weights from a file in the image; local store): ctr run invoked -> its warm-up inference's line: import torch, load the weights, the first inference")
 	r.define("torch_restore", "torch: restore to first inference", "s",
@@ -271,7 +272,7 @@ func renderSizes(rep *report, w func(string, ...any)) {
 	}
 
 	w("\n## Plain start: the shim's overhead\n\n| measurement | value | unit |\n|---|---|---|\n")
-	for _, k := range []string{"plain_shim", "plain_runc_shim", "plain_runsc", "plain_overhead", "plain_overhead_runc_shim"} {
+	for _, k := range []string{"plain_shim", "plain_runc_shim", "plain_runsc", "plain_overhead", "plain_overhead_runc_shim", "containerd_cost"} {
 		st, ok := r.stat(k, 0)
 		w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
 	}
