@@ -1,15 +1,19 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
-	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 	"golang.org/x/sys/unix"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/shaped"
 )
 
 // Floors: what this machine's own parts allow, with none of our code, for the rows that
@@ -168,4 +172,30 @@ func addDiskFloor(r *Results, mib int, f diskFloor) {
 	logf("  disk floor: write %.0f MB/s, write+fdatasync %.0f MB/s, read cold %.0f MB/s, warm %.0f MB/s",
 		float64(f.bytes)/1e6/f.write.Seconds(), float64(f.bytes)/1e6/f.writeSync.Seconds(),
 		float64(f.bytes)/1e6/f.readCold.Seconds(), float64(f.bytes)/1e6/f.readWarm.Seconds())
+}
+
+// shapeFlags defines -shape-latency (ms), -shape-conn-mbps and -shape-total-mbps (MB/s,
+// 10^6 bytes per second; 0: unlimited), defaulting to shaped.Defaults(). The function it
+// returns, called after flag.Parse with whether -stores holds gcs-shaped, gives the
+// options; it refuses negative values, and any -shape-* flag set when no store uses it.
+func shapeFlags() func(used bool) (shaped.Options, error) {
+	d := shaped.Defaults()
+	latency := flag.Float64("shape-latency", float64(d.Latency)/float64(time.Millisecond), "gcs-shaped: first-byte latency of every response, in ms")
+	conn := flag.Float64("shape-conn-mbps", d.ConnBytesPerSec/1e6, "gcs-shaped: bandwidth per TCP connection and direction, in MB/s (10^6 bytes/s); 0: unlimited")
+	total := flag.Float64("shape-total-mbps", d.TotalBytesPerSec/1e6, "gcs-shaped: bandwidth of all connections together per direction, in MB/s; 0: unlimited")
+	return func(used bool) (shaped.Options, error) {
+		var set []string
+		flag.Visit(func(f *flag.Flag) {
+			if strings.HasPrefix(f.Name, "shape-") {
+				set = append(set, "-"+f.Name)
+			}
+		})
+		if len(set) > 0 && !used {
+			return shaped.Options{}, fmt.Errorf("%s: only the gcs-shaped store uses them, and -stores lacks it", strings.Join(set, ", "))
+		}
+		if *latency < 0 || *conn < 0 || *total < 0 {
+			return shaped.Options{}, fmt.Errorf("-shape-latency, -shape-conn-mbps and -shape-total-mbps must not be negative")
+		}
+		return shaped.Options{Latency: time.Duration(*latency * float64(time.Millisecond)), ConnBytesPerSec: *conn * 1e6, TotalBytesPerSec: *total * 1e6}, nil
+	}
 }
