@@ -143,6 +143,7 @@ type report struct {
 	notes      []string
 	images     string            // directory of the floor's uncompressed images
 	imageOf    map[int]*rawImage // by size, for the standalone compressor
+	outside    outsideReport     // CPU of processes outside the benchmark's tree (outside.go)
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -151,6 +152,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	rep := &report{cfg: cfg, started: time.Now(), res: newResults(), loadBefore: loadavg(), imageOf: map[int]*rawImage{}}
+	outside := watchOutside()
 	if rep.images, err = os.MkdirTemp("/tmp", "psbench-images-"); err != nil {
 		return err
 	}
@@ -173,6 +175,7 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	rep.took = time.Since(rep.started)
+	rep.outside = outside.stop()
 	rep.loadAfter = loadavg()
 	logf("load average after: %s", rep.loadAfter)
 
