@@ -13,8 +13,14 @@ import (
 
 // Outside CPU: the CPU time of processes that are not the benchmark's, over the whole
 // run. The load average cannot tell: it counts the benchmark's own threads (containerd,
-// shims, sandboxes) as much as anyone else's. A run during which others used more than
-// voidShare of one core is marked VOID: its figures measured a shared machine.
+// shims, sandboxes) as much as anyone else's. /proc is sampled: each process seen is
+// the benchmark's (its ancestry reaches this process, a child subreaper so that
+// daemonised shims stay below it), a kernel thread (kthreadd's; kept apart, since the
+// benchmark's own I/O makes kworkers busy) or outside. Processes of other PID namespaces
+// on the same kernel (other containers) are not seen at all: the host's user time
+// (/proc/stat) less what the processes seen account for is counted as outside too. A
+// run during which others used more than voidShare of one core in user mode is marked
+// VOID: its figures measured a shared machine.
 
 // voidShare is the outside user CPU, as a share of one core over the run, above which
 // the run is void.
@@ -40,6 +46,8 @@ type procStat struct {
 	start uint64 // starttime, in clock ticks since boot: tells a reused PID apart
 	utime uint64 // user CPU, clock ticks
 	stime uint64 // system CPU, clock ticks
+	// cutime and cstime: the CPU of its children that ended and were waited for.
+	cutime, cstime uint64
 }
 
 // procClass is whose a process is.
@@ -85,24 +93,62 @@ func classify(snap map[int]procStat, self int) map[int]procClass {
 	return out
 }
 
-// cpuTotals are CPU seconds by class.
+// cpuTotals are CPU seconds, by class of process and for the whole host.
 type cpuTotals struct {
-	OutsideUser   float64 `json:"outside_user_s"`
-	OutsideSystem float64 `json:"outside_system_s"`
+	// OursUser and OursSystem: the benchmark's tree, descendants that ended and were
+	// waited for included (their parents' cutime and cstime).
+	OursUser   float64 `json:"ours_user_s"`
+	OursSystem float64 `json:"ours_system_s"`
+	// OutsideUser and OutsideSystem: the processes this PID namespace shows outside the
+	// tree (and outside kthreadd's).
+	OutsideUser   float64 `json:"outside_visible_user_s"`
+	OutsideSystem float64 `json:"outside_visible_system_s"`
 	Kernel        float64 `json:"kernel_threads_s"`
+	// HostUser (user + nice) and HostSystem (system + irq + softirq) are /proc/stat's,
+	// all cores: every process of the kernel, seen from this namespace or not.
+	HostUser   float64 `json:"host_user_s"`
+	HostSystem float64 `json:"host_system_s"`
 }
 
-// accumulate adds to t the CPU each process used between prev and cur (its whole CPU
-// time when it is new in cur: it started since prev), by cur's classes. Pure.
+// Unseen is the user CPU of the host that no process seen here accounts for: processes
+// in other PID namespaces (other containers on the same kernel) and outside processes
+// that started and ended between two samples. Never negative.
+func (t cpuTotals) Unseen() float64 {
+	return max(0, t.HostUser-t.OursUser-t.OutsideUser)
+}
+
+// OutsideUserAll is the user CPU of everything but the benchmark: seen and unseen.
+func (t cpuTotals) OutsideUserAll() float64 { return t.OutsideUser + t.Unseen() }
+
+// accumulate adds to t the CPU each process of cur used since prev, by cur's classes:
+// its own time since prev (all of it when it is new: it started since) plus what its
+// children that ended meanwhile added to its cutime and cstime, less what those
+// children had already been counted for in prev (they vanished from cur). A process
+// that ended together with its parent between two samples is lost. Pure.
 func (t *cpuTotals) accumulate(prev, cur map[int]procStat, class map[int]procClass) {
-	for pid, c := range cur {
-		var u0, s0 uint64
-		if p, ok := prev[pid]; ok && p.start == c.start {
-			u0, s0 = p.utime, p.stime
+	// What the children that vanished since prev had been counted for, by parent.
+	type ticks struct{ u, s uint64 }
+	gone := map[int]ticks{}
+	for pid, p := range prev {
+		if c, ok := cur[pid]; !ok || c.start != p.start {
+			g := gone[p.ppid]
+			g.u += p.utime + p.cutime
+			g.s += p.stime + p.cstime
+			gone[p.ppid] = g
 		}
-		du := float64(sub(c.utime, u0)) / clockTicks
-		ds := float64(sub(c.stime, s0)) / clockTicks
+	}
+	for pid, c := range cur {
+		var p procStat
+		if q, ok := prev[pid]; ok && q.start == c.start {
+			p = q
+		}
+		g := gone[pid]
+		du := float64(sub(c.utime+c.cutime, p.utime+p.cutime+g.u)) / clockTicks
+		ds := float64(sub(c.stime+c.cstime, p.stime+p.cstime+g.s)) / clockTicks
 		switch class[pid] {
+		case classOurs:
+			t.OursUser += du
+			t.OursSystem += ds
 		case classOutside:
 			t.OutsideUser += du
 			t.OutsideSystem += ds
@@ -112,11 +158,41 @@ func (t *cpuTotals) accumulate(prev, cur map[int]procStat, class map[int]procCla
 	}
 }
 
+// addHost adds the host's CPU between two /proc/stat readings.
+func (t *cpuTotals) addHost(prev, cur hostTicks) {
+	t.HostUser += float64(sub(cur.user, prev.user)) / clockTicks
+	t.HostSystem += float64(sub(cur.system, prev.system)) / clockTicks
+}
+
 func sub(a, b uint64) uint64 {
 	if a < b {
 		return 0
 	}
 	return a - b
+}
+
+// hostTicks are /proc/stat's CPU ticks so far, all cores.
+type hostTicks struct{ user, system uint64 }
+
+// readHostTicks reads /proc/stat's cpu line: user + nice, system + irq + softirq.
+func readHostTicks() (hostTicks, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return hostTicks{}, fmt.Errorf("outside CPU: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return hostTicks{}, fmt.Errorf("outside CPU: /proc/stat: unexpected first line %q", line)
+	}
+	var v [7]uint64
+	for i := range v {
+		if v[i], err = strconv.ParseUint(f[i+1], 10, 64); err != nil {
+			return hostTicks{}, fmt.Errorf("outside CPU: /proc/stat: %q: %w", line, err)
+		}
+	}
+	// user nice system idle iowait irq softirq
+	return hostTicks{user: v[0] + v[1], system: v[2] + v[5] + v[6]}, nil
 }
 
 // parseStat reads the fields of a /proc/PID/stat line that procStat holds. The command
@@ -128,7 +204,8 @@ func parseStat(line string) (procStat, error) {
 		return procStat{}, fmt.Errorf("no command name in %q", line)
 	}
 	f := strings.Fields(line[i+1:])
-	// f[0] is field 3 (state); ppid is field 4, utime 14, stime 15, starttime 22.
+	// f[0] is field 3 (state); ppid is field 4, utime 14, stime 15, cutime 16, cstime
+	// 17, starttime 22.
 	if len(f) < 20 {
 		return procStat{}, fmt.Errorf("%d fields after the command name in %q", len(f), line)
 	}
@@ -143,7 +220,7 @@ func parseStat(line string) (procStat, error) {
 	for _, x := range []struct {
 		dst *uint64
 		i   int
-	}{{&st.utime, 11}, {&st.stime, 12}, {&st.start, 19}} {
+	}{{&st.utime, 11}, {&st.stime, 12}, {&st.cutime, 13}, {&st.cstime, 14}, {&st.start, 19}} {
 		if *x.dst, err = strconv.ParseUint(f[x.i], 10, 64); err != nil {
 			return procStat{}, fmt.Errorf("field %d: %w", x.i+3, err)
 		}
@@ -198,7 +275,10 @@ func reapOrphans(snap map[int]procStat, self int) {
 type outsideReport struct {
 	cpuTotals
 	WallS float64 `json:"wall_s"`
-	// UserShare is OutsideUser / WallS: the share of one core others used in user mode.
+	// UnseenUser is Unseen(): host user time no process seen here accounts for.
+	UnseenUser float64 `json:"unseen_user_s"`
+	// UserShare is OutsideUserAll / WallS: the share of one core others used in user
+	// mode, seen or not.
 	UserShare float64 `json:"outside_user_share_of_one_core"`
 	Void      bool    `json:"void"`
 	Samples   int     `json:"samples"`
@@ -235,28 +315,33 @@ func (w *outsideWatch) run() {
 	defer w.wg.Done()
 	self := os.Getpid()
 	prev, err := readProc()
+	var prevHost hostTicks
+	if err == nil {
+		prevHost, err = readHostTicks()
+	}
 	tick := time.NewTicker(outsideInterval)
 	defer tick.Stop()
-	for err == nil {
+	for stopping := false; err == nil && !stopping; {
 		select {
 		case <-w.done:
+			stopping = true // one last sample
 		case <-tick.C:
 		}
 		var cur map[int]procStat
-		if cur, err = readProc(); err != nil {
+		var host hostTicks
+		if cur, err = readProc(); err == nil {
+			host, err = readHostTicks()
+		}
+		if err != nil {
 			break
 		}
 		reapOrphans(cur, self)
 		w.mu.Lock()
 		w.totals.accumulate(prev, cur, classify(cur, self))
+		w.totals.addHost(prevHost, host)
 		w.samples++
 		w.mu.Unlock()
-		prev = cur
-		select {
-		case <-w.done:
-			return
-		default:
-		}
+		prev, prevHost = cur, host
 	}
 	w.mu.Lock()
 	w.err = err
@@ -271,8 +356,9 @@ func (w *outsideWatch) stop() outsideReport {
 	defer w.mu.Unlock()
 	r := outsideReport{cpuTotals: w.totals, WallS: time.Since(w.started).Seconds(), Samples: w.samples}
 	if r.WallS > 0 {
-		r.UserShare = r.OutsideUser / r.WallS
+		r.UserShare = r.OutsideUserAll() / r.WallS
 	}
+	r.UnseenUser = r.Unseen()
 	r.Void = r.UserShare > voidShare
 	if w.err != nil {
 		r.Err = w.err.Error()
@@ -285,9 +371,10 @@ func (r outsideReport) String() string {
 	if r.Samples == 0 {
 		return "not measured (" + r.Err + ")"
 	}
-	s := fmt.Sprintf("%.1f s user + %.1f s system by processes outside the benchmark's tree over %.0f s: user %.1f%% of one core",
-		r.OutsideUser, r.OutsideSystem, r.WallS, 100*r.UserShare)
-	s += fmt.Sprintf("; kernel threads (kworkers and the like, much of it the benchmark's own I/O; not counted) %.1f s", r.Kernel)
+	s := fmt.Sprintf("%.1f s user by others over %.0f s = %.1f%% of one core (%.1f s by processes seen here outside the benchmark's tree, %.1f s of the host's user time that no process seen here accounts for: other PID namespaces, processes too short for the sampling); %.1f s system by the outside processes seen",
+		r.OutsideUserAll(), r.WallS, 100*r.UserShare, r.OutsideUser, r.UnseenUser, r.OutsideSystem)
+	s += fmt.Sprintf("; the benchmark's tree %.1f s user + %.1f s system; kernel threads (kworkers and the like, much of it the benchmark's own I/O; not counted) %.1f s",
+		r.OursUser, r.OursSystem, r.Kernel)
 	if r.Void {
 		s += fmt.Sprintf(" — VOID: above %.0f%% of one core", 100*voidShare)
 	}

@@ -50,22 +50,28 @@ func TestClassifyCycle(t *testing.T) {
 func TestAccumulate(t *testing.T) {
 	prev := fakeProc()
 	cur := fakeProc()
-	set := func(m map[int]procStat, pid int, start, u, s uint64) {
+	set := func(m map[int]procStat, pid int, start, u, s, cu, cs uint64) {
 		p := m[pid]
-		p.start, p.utime, p.stime = start, u, s
+		p.start, p.utime, p.stime, p.cutime, p.cstime = start, u, s, cu, cs
 		m[pid] = p
 	}
-	set(prev, 200, 5, 100, 10) // the editor: 50 + 5 ticks more
-	set(cur, 200, 5, 150, 15)
-	set(prev, 101, 6, 0, 0) // ours: never counted
-	set(cur, 101, 6, 900, 900)
-	set(prev, 3, 1, 0, 0) // a kworker: 20 ticks, apart
-	set(cur, 3, 1, 0, 20)
-	set(prev, 50, 7, 1000, 1000) // the shell's PID reused by a new process: all of it
-	set(cur, 50, 8, 30, 0)
+	set(prev, 200, 5, 100, 10, 0, 0) // the editor: 50 + 5 ticks more
+	set(cur, 200, 5, 150, 15, 0, 0)
+	set(prev, 101, 6, 0, 0, 0, 0) // containerd: 900 + 900 ticks, ours
+	set(cur, 101, 6, 900, 900, 0, 0)
+	set(prev, 3, 1, 0, 0, 0, 0) // a kworker: 20 ticks, apart
+	set(cur, 3, 1, 0, 20, 0, 0)
+	set(prev, 50, 7, 1000, 1000, 0, 0) // the shell's PID reused by a new process: all of it
+	set(cur, 50, 8, 30, 0, 0, 0)
+	// A child of the shim (a runsc command, 104) counted 40 user ticks at prev, then
+	// ran 10 more and ended; the shim waited for it: its cutime grew by 50.
+	prev[104] = procStat{ppid: 102, start: 9, utime: 40}
+	set(prev, 102, 8, 5, 5, 0, 0)
+	set(cur, 102, 8, 5, 5, 50, 0)
 	var tot cpuTotals
 	tot.accumulate(prev, cur, classify(cur, 100))
 	near := func(what string, got, want float64) {
+		t.Helper()
 		if math.Abs(got-want) > 1e-9 {
 			t.Errorf("%s: %v, want %v", what, got, want)
 		}
@@ -73,6 +79,14 @@ func TestAccumulate(t *testing.T) {
 	near("outside user", tot.OutsideUser, 0.8) // (50 + 30) ticks
 	near("outside system", tot.OutsideSystem, 0.05)
 	near("kernel", tot.Kernel, 0.2)
+	near("ours user", tot.OursUser, 9.1) // 900 + the 10 ticks the ended child added
+	near("ours system", tot.OursSystem, 9)
+
+	// The host's user time beyond what the processes seen account for is outside too.
+	tot.addHost(hostTicks{user: 1000, system: 0}, hostTicks{user: 3000, system: 100})
+	near("host user", tot.HostUser, 20)
+	near("unseen", tot.Unseen(), 20-9.1-0.8)
+	near("outside user, all", tot.OutsideUserAll(), 20-9.1)
 }
 
 func TestParseStat(t *testing.T) {
