@@ -116,12 +116,12 @@ func Start(ctx context.Context, upstream string, opts Options) (*Proxy, error) {
 		return nil, fmt.Errorf("shaped store: listen: %w", err)
 	}
 	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(target)
-			// The emulator builds URLs (resumable upload sessions) from the Host it was
-			// asked for: keep the proxy's, so those come back through it.
-			pr.Out.Host = pr.In.Host
-		},
+		// SetURL also sets the Host header to the emulator's: fake-gcs-server routes
+		// XML API reads (GET /BUCKET/NAME), which the Go client makes, by it and answers
+		// 404 for another host. URLs it builds itself (resumable upload sessions, from
+		// its -external-url) lead past the proxy; the shim uploads every object in one
+		// request (storage/gcs: ChunkSize 0), so none of its bytes go that way.
+		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		Transport: &latencyTransport{
 			base: &http.Transport{
 				Proxy:               nil,
