@@ -25,6 +25,11 @@
 //     on its root file system layer (first from the store, then from the node cache),
 //     each to ready with its files checked (rootfs.go).
 //
+// Beside them, floors with none of our code (floors.go, docs/benchmarks-floors.md): the
+// disk of the node cache, containerd's own cost, and the CPU others used meanwhile
+// (outside.go: a run above 10% of one core is VOID). -stores gcs-shaped adds a third store,
+// fake-gcs-server behind Cloud Storage's latency and bandwidth (-shape-*).
+//
 // Each figure is the median of -runs runs with min and max. -sizes none skips 1-9 (the
 // whole-pod and plain-start figures), for example to run the rootfs-only section alone:
 //
