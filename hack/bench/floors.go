@@ -142,7 +142,7 @@ func defineFloorMetrics(r *Results) {
 		{"disk_read_warm", "read back warm", "read again at once: from the page cache"},
 	} {
 		r.define(k.key+"_mbps", "disk floor, node cache's filesystem: "+k.what, "MB/s", k.note+"; raw bytes / time")
-		r.define(k.key+"_s", "  disk floor: "+k.what, "s", "the time of the row above")
+		r.define(k.key+"_s", "  disk floor: "+k.what, "s", "the same measurement as `disk floor, node cache's filesystem: "+k.what+"`, in seconds")
 	}
 	r.define("containerd_cost", "containerd's own cost on a plain start: runc shim driving runsc - `runsc run`", "s",
 		"per set of runs, `echo ready` through containerd's runc shim driving runsc minus `runsc run` of the same bundle directly: containerd, ctr, the image's snapshot and a standard shim, with none of our code; the median of the per-run differences")
