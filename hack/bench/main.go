@@ -25,10 +25,15 @@
 //     on its root file system layer (first from the store, then from the node cache),
 //     each to ready with its files checked (rootfs.go).
 //
+// Beside them, floors with none of our code (floors.go, docs/benchmarks-floors.md): the
+// disk of the node cache, containerd's own cost, and the CPU others used meanwhile
+// (outside.go: a run above 10% of one core is VOID). -stores gcs-shaped adds a third store,
+// fake-gcs-server behind Cloud Storage's latency and bandwidth (-shape-*).
+//
 // Each figure is the median of -runs runs with min and max. -sizes none skips 1-9 (the
 // whole-pod and plain-start figures), for example to run the rootfs-only section alone:
 //
-//	go run ./hack/bench [-sizes 64,512,2048|none] [-runs 3] [-stores local,gcs] [-seconds 10] [-torch=false] [-rootfs=false]
+//	go run ./hack/bench [-sizes 64,512,2048|none] [-runs 3] [-stores local,gcs,gcs-shaped] [-seconds 10] [-torch=false] [-rootfs=false]
 //
 // It needs root, `make deps` and `make build`; it runs on internal/testenv/lab, as the demo does, and removes
 // everything it started, also on error or Ctrl-C.
@@ -48,6 +53,7 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/internal/testenv"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/shaped"
 )
 
 type config struct {
@@ -60,12 +66,15 @@ type config struct {
 	md      string
 	json    string
 	command string
+
+	shape shaped.Options // the gcs-shaped store's latency and bandwidth
 }
 
 func main() {
 	sizes := flag.String("sizes", "64,512,2048", "workload sizes in MiB, comma-separated; none: no whole-pod or plain-start figures")
 	runs := flag.Int("runs", 3, "runs per figure (the median, min and max are reported)")
-	stores := flag.String("stores", "local,gcs", "snapshot stores: local, gcs (fake-gcs-server)")
+	stores := flag.String("stores", "local,gcs", "snapshot stores: local, gcs (fake-gcs-server), gcs-shaped (fake-gcs-server behind Cloud Storage's latency and bandwidth, -shape-*)")
+	shape := shapeFlags()
 	seconds := flag.Float64("seconds", 10, "the workload's initialisation time")
 	md := flag.String("md", "docs/benchmarks.md", "markdown report to write (relative to the repository root)")
 	js := flag.String("json", "docs/benchmarks.json", "JSON results to write (relative to the repository root)")
@@ -74,6 +83,7 @@ func main() {
 	command := flag.String("command", "", "the command line to record in the report (default: this program's)")
 	flag.Parse()
 
+	var err error
 	cfg := config{runs: *runs, seconds: *seconds, torch: *torch, rootfs: *rootfs, md: *md, json: *js, command: *command}
 	for _, s := range strings.Split(*sizes, ",") {
 		if *sizes == "none" {
@@ -87,10 +97,13 @@ func main() {
 	}
 	for _, s := range strings.Split(*stores, ",") {
 		st := lab.Storage(strings.TrimSpace(s))
-		if st != lab.Local && st != lab.GCS {
-			usage(fmt.Sprintf("-stores: %q is not local or gcs", s))
+		if st != lab.Local && !st.OnGCS() {
+			usage(fmt.Sprintf("-stores: %q is not local, gcs or gcs-shaped", s))
 		}
 		cfg.stores = append(cfg.stores, st)
+	}
+	if cfg.shape, err = shape(slices.Contains(cfg.stores, lab.GCSShaped)); err != nil {
+		usage(err.Error())
 	}
 	if cfg.runs < 1 || cfg.seconds < 0 || flag.NArg() > 0 {
 		usage("-runs must be at least 1, -seconds not negative, no arguments")
@@ -114,7 +127,7 @@ func main() {
 
 func usage(msg string) {
 	fmt.Fprintln(os.Stderr, "bench: "+msg)
-	fmt.Fprintln(os.Stderr, "usage: bench [-sizes 64,512,2048|none] [-runs 3] [-stores local,gcs] [-seconds 10] [-torch=false] [-rootfs=false] [-md FILE] [-json FILE]")
+	fmt.Fprintln(os.Stderr, "usage: bench [-sizes 64,512,2048|none] [-runs 3] [-stores local,gcs,gcs-shaped] [-shape-latency MS] [-shape-conn-mbps MB/s] [-shape-total-mbps MB/s] [-seconds 10] [-torch=false] [-rootfs=false] [-md FILE] [-json FILE]")
 	os.Exit(2)
 }
 
@@ -135,6 +148,7 @@ type report struct {
 	notes      []string
 	images     string            // directory of the floor's uncompressed images
 	imageOf    map[int]*rawImage // by size, for the standalone compressor
+	outside    outsideReport     // CPU of processes outside the benchmark's tree (outside.go)
 }
 
 func run(ctx context.Context, cfg config) error {
@@ -143,6 +157,7 @@ func run(ctx context.Context, cfg config) error {
 		return err
 	}
 	rep := &report{cfg: cfg, started: time.Now(), res: newResults(), loadBefore: loadavg(), imageOf: map[int]*rawImage{}}
+	outside := watchOutside()
 	if rep.images, err = os.MkdirTemp("/tmp", "psbench-images-"); err != nil {
 		return err
 	}
@@ -165,6 +180,7 @@ func run(ctx context.Context, cfg config) error {
 		}
 	}
 	rep.took = time.Since(rep.started)
+	rep.outside = outside.stop()
 	rep.loadAfter = loadavg()
 	logf("load average after: %s", rep.loadAfter)
 
@@ -188,7 +204,7 @@ func run(ctx context.Context, cfg config) error {
 // Last come the rootfs-only cycles (-rootfs).
 func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err error) {
 	cfg := rep.cfg
-	l, err := lab.Start(ctx, lab.Options{Storage: st, Namespace: "bench", Logf: logf})
+	l, err := lab.Start(ctx, lab.Options{Storage: st, Namespace: "bench", Logf: logf, Shape: &cfg.shape})
 	if err != nil {
 		return fmt.Errorf("set up the %s lab: %w", st, err)
 	}
@@ -233,18 +249,13 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 					cpu.Seconds()/(float64(rawB)/1e9), float64(rawB)/1e6, float64(stored)/1e6)
 			}
 			emulatorDown := 0.0
-			if img := rep.imageOf[mib]; img != nil && st == lab.GCS {
-				up, down, err := emulatorCeiling(ctx, l, filepath.Join(img.dir, "pages.img"))
-				if err != nil {
-					return fmt.Errorf("fake-gcs-server alone, %d MiB: %w", mib, err)
+			if img := rep.imageOf[mib]; img != nil && st.OnGCS() {
+				if emulatorDown, err = storeAlone(ctx, rep, l, mib, img); err != nil {
+					return err
 				}
-				res.add("emulator_up_mbps", mib, up)
-				res.add("emulator_down_mbps", mib, down)
-				emulatorDown = down
-				logf("  fake-gcs-server alone: upload %.0f MB/s, download %.0f MB/s (one request each)", up, down)
 			}
 			what := "cold start, checkpoint, restores: first, cached, whole download"
-			if st == lab.GCS {
+			if st.OnGCS() {
 				what += ", 4 at once"
 			}
 			logf("%s, %d MiB, run %d/%d: %s", st, mib, r+1, cfg.runs, what)
@@ -271,8 +282,8 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			res.add("restore_first_memok_"+s, mib, c.first.toMemOK.Seconds())
 			res.add("restore_cached_memok_"+s, mib, c.cached.toMemOK.Seconds())
 			res.add("restore_whole_memok_"+s, mib, c.whole.toMemOK.Seconds())
-			if st == lab.GCS && emulatorDown > 0 {
-				res.add("emulator_serve_s", mib, float64(c.storedBytes)/1e6/emulatorDown)
+			if emulatorDown > 0 {
+				res.add(serveKey(st), mib, float64(c.storedBytes)/1e6/emulatorDown)
 			}
 			if cc := c.concurrent; cc != nil {
 				res.add("restore_conc_"+s, mib, cc.median().Seconds())
@@ -362,6 +373,7 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 		res.add("plain_runsc", 0, direct.Seconds())
 		res.add("plain_overhead", 0, 100*(shim.Seconds()/direct.Seconds()-1))
 		res.add("plain_overhead_runc_shim", 0, 100*(shim.Seconds()/runcShim.Seconds()-1))
+		res.add("containerd_cost", 0, runcShim.Seconds()-direct.Seconds())
 		logf("  shim %.3fs, runc shim %.3fs, runsc run %.3fs", shim.Seconds(), runcShim.Seconds(), direct.Seconds())
 	}
 
@@ -393,6 +405,9 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 			}
 		}
 		rep.imageOf[mib] = img
+		if err := diskFloors(rep, l, mib); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -11,11 +11,15 @@ import (
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
+	"github.com/podsnapshot/podsnapshot/storage"
 )
 
 func storeName(s lab.Storage) string {
-	if s == lab.GCS {
+	switch s {
+	case lab.GCS:
 		return "fake-gcs-server"
+	case lab.GCSShaped:
+		return "shaped Cloud Storage"
 	}
 	return "local store"
 }
@@ -34,14 +38,17 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 			"the node cache emptied again, a second shim config with stream_restore = false (the old path): lookup, download of the whole snapshot (files stored uncompressed: a hard link from a local store), "+
 				"verify, decompress into the node cache alongside runsc create, then runsc restore --background; for comparison")
 	}
-	if slices.Contains(stores, lab.GCS) {
-		s := string(lab.GCS)
-		r.define("restore_conc_"+s, "4 restores at once of one snapshot on one node, fake-gcs-server (node cache empty): each to ready, median of the 4", "s",
+	for _, st := range stores {
+		if !st.OnGCS() {
+			continue
+		}
+		s, name := string(st), storeName(st)
+		r.define("restore_conc_"+s, "4 restores at once of one snapshot on one node, "+name+" (node cache empty): each to ready, median of the 4", "s",
 			"after the restores above, the node cache emptied, 4 `ctr run`s of the same restore (default config: streaming) started together; each: its ctr run invoked -> its `checkpoint result: restore` seen; the median of the 4 in each run")
-		r.define("restore_conc_max_"+s, "  4 at once: the slowest of the 4", "s", "the largest of the 4 in each run")
-		r.define("restore_conc_cached_max_"+s, "  4 at once from the node cache: the slowest of the 4", "s",
+		r.define("restore_conc_max_"+s, "  4 at once: the slowest of the 4, "+name, "s", "the largest of the 4 in each run")
+		r.define("restore_conc_cached_max_"+s, "  4 at once from the node cache: the slowest of the 4, "+name, "s",
 			"after the 4 above, their streamed snapshot in the node cache: the same 4 `ctr run`s again, none downloading; what 4 sandboxes restoring together cost on this machine, the scale for the row above")
-		r.define("downloads_conc_"+s, "  4 at once: downloads of pages.img by the 4 shims together", "x",
+		r.define("downloads_conc_"+s, "  4 at once: downloads of pages.img by the 4 shims together, "+name, "x",
 			"the sum of fetched_bytes (stored bytes a shim downloaded) over the 4 shims' `frames fetched by this shim` lines / the stored size of the pages file (its manifest, `podsnapshot inspect`): 1.00 is one download shared by all 4")
 	}
 	r.define("raw_restore", "raw `runsc create` + `runsc restore --background` (the floor)", "s",
@@ -76,6 +83,10 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("emulator_serve_s", "fake-gcs-server alone: time to serve the stored snapshot", "s",
 			"the snapshot's stored bytes (the shim's `committed` line) / the rate of `fake-gcs-server alone: one download request` measured right before the same run: the emulator's own time to hand out those bytes, none of our code")
 	}
+	if slices.Contains(stores, lab.GCSShaped) {
+		r.define("shaped_serve_s", "shaped Cloud Storage alone: time to serve the stored snapshot", "s",
+			"the snapshot's stored bytes / the rate of `shaped Cloud Storage alone: parallel ranged reads` measured right before the same run: the shaped store's own time to hand out those bytes as the shim asks for them, none of our code")
+	}
 	r.define("raw_restore_memok", "raw runsc restore --background to `memory ok`", "s", "")
 	r.define("raw_restore_fg_memok", "raw runsc restore without --background to `memory ok`", "s", "")
 	for _, st := range stores {
@@ -96,6 +107,14 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("emulator_up_mbps", "fake-gcs-server alone: one upload request of the pages file", "MB/s",
 			"HTTP POST uploadType=media of the floor's pages.img from the page cache, none of our code: the emulator's own speed for one request, a scale (the shim uploads parts in parallel and composes them)")
 		r.define("emulator_down_mbps", "fake-gcs-server alone: one download request of it", "MB/s", "HTTP GET alt=media into io.Discard")
+	}
+	if slices.Contains(stores, lab.GCSShaped) {
+		r.define("shaped_up_mbps", "shaped Cloud Storage alone: one upload request of the pages file", "MB/s",
+			"as the fake-gcs-server row, through the shaped proxy (first-byte latency, per-connection and total bandwidth, -shape-*): one connection, so at most the per-connection rate")
+		r.define("shaped_down_mbps", "shaped Cloud Storage alone: one download request of it", "MB/s", "HTTP GET alt=media through the proxy into io.Discard")
+		r.define("shaped_par_down_mbps", "shaped Cloud Storage alone: parallel ranged reads of it, as the shim's stream reads", "MB/s",
+			fmt.Sprintf("%d ranged GETs at once, each the next %d MiB of the file (%d frames of %d MiB: the shim's stream fetches %d reads of %d frames at a time), through the proxy into io.Discard",
+				rangeWorkers, rangeBytes>>20, rangeFrames, storage.DefaultFrameSize>>20, rangeWorkers, rangeFrames))
 	}
 	r.define("zstd_mbps", "standalone zstd compressor (storage.Zstd defaults)", "MB/s",
 		"in-process, the uncompressed image runsc wrote for the floor, from the page cache to io.Discard, right before each shim cycle")
@@ -125,6 +144,7 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		"the same containerd, ctr, image and log file; the standard shim instead of ours: the reference for what our shim adds")
 	r.define("plain_overhead", "shim overhead vs `runsc run`, per set of runs", "%", "(shim / runsc run) - 1: containerd, ctr and the shim together")
 	r.define("plain_overhead_runc_shim", "shim overhead vs containerd's runc shim, per set of runs", "%", "(shim / runc shim) - 1: what our shim adds over the standard one")
+	defineFloorMetrics(r)
 	r.define("torch_cold", "torch: cold start to first inference", "s",
 		"the model server (Debian's python3-torch, 16 Linear layers, 1 GiB of weights from a file in the image; local store): ctr run invoked -> its warm-up inference's line: import torch, load the weights, the first inference")
 	r.define("torch_restore", "torch: restore to first inference", "s",
@@ -179,6 +199,10 @@ func renderMarkdown(rep *report) string {
 	cfg, r := rep.cfg, rep.res
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format, args...) }
 	w("# Benchmarks\n\n")
+	if rep.outside.Void {
+		w("> **VOID RUN**: processes outside the benchmark used %.0f%% of one core in user mode during it (more than %.0f%%): these figures measured a shared machine; do not compare them. %s.\n\n",
+			100*rep.outside.UserShare, 100*voidShare, rep.outside)
+	}
 	w("Generated by `make bench` (hack/bench); do not edit by hand. Each cell is the median of the runs with (min–max); ")
 	w("times in seconds from the moment the command was invoked until the line was seen in the output file, polled every 5 ms.\n\n")
 	w("- date: %s (took %s)\n", rep.started.UTC().Format("2006-01-02 15:04 MST"), rep.took.Round(time.Second))
@@ -187,8 +211,10 @@ func renderMarkdown(rep *report) string {
 	if rep.machine.Runsc != "" {
 		w("- runsc: %s (_deps/bin/runsc, default flags: systrap platform)\n", rep.machine.Runsc)
 	}
-	w("- load average (1, 5, 15 min): %s before, %s after, highest 1-minute value sampled between phases %.2f (these include the benchmark itself; other engineers' tests share this machine, so expect noise)\n",
+	w("- load average (1, 5, 15 min): %s before, %s after, highest 1-minute value sampled between phases %.2f; the load average counts the benchmark's own threads too (containerd, shims, sandboxes, this program), so it is no measure of other load: see outside CPU\n",
 		rep.loadBefore, rep.loadAfter, rep.loadMax)
+	w("- outside CPU (/proc sampled every %s, the benchmark a child subreaper so its shims stay in its tree; a run is VOID above %.0f%% of one core in user mode): %s\n",
+		outsideInterval, 100*voidShare, rep.outside)
 	if len(cfg.sizes) > 0 {
 		w("- workload: `slowinit -mib N -seconds %g -checkpoint` (the workloads test image); its memory pattern is nearly incompressible, so stored ≈ raw size\n", cfg.seconds)
 	} else {
@@ -198,6 +224,9 @@ func renderMarkdown(rep *report) string {
 		w("- rootfs-only workload: `%s` under a PodSnapshotPolicy with snapshotScope: rootfs-only\n", strings.Join(rootfsCommand(), " "))
 	}
 	w("- runs: %d per figure and store; stores: %s\n", cfg.runs, storesList(cfg.stores))
+	if slices.Contains(cfg.stores, lab.GCSShaped) {
+		w("- shaped Cloud Storage: the same fake-gcs-server behind internal/testenv/shaped's proxy: %s (sources of the defaults: docs/benchmarks-floors.md)\n", cfg.shape)
+	}
 	if len(cfg.sizes) > 0 {
 		renderSizes(rep, w)
 	}
@@ -271,7 +300,7 @@ func renderSizes(rep *report, w func(string, ...any)) {
 	}
 
 	w("\n## Plain start: the shim's overhead\n\n| measurement | value | unit |\n|---|---|---|\n")
-	for _, k := range []string{"plain_shim", "plain_runc_shim", "plain_runsc", "plain_overhead", "plain_overhead_runc_shim"} {
+	for _, k := range []string{"plain_shim", "plain_runc_shim", "plain_runsc", "plain_overhead", "plain_overhead_runc_shim", "containerd_cost"} {
 		st, ok := r.stat(k, 0)
 		w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
 	}
@@ -315,6 +344,19 @@ type jsonReport struct {
 	Metrics        []jsonMetric `json:"metrics"`
 	Targets        []target     `json:"targets"`
 	Notes          []string     `json:"notes,omitempty"`
+	// Void: processes outside the benchmark's tree used more than voidShare of one core
+	// in user mode during the run (OutsideCPU).
+	Void       bool          `json:"void"`
+	OutsideCPU outsideReport `json:"outside_cpu"`
+	// Shape is the gcs-shaped store's shaping, when the run had that store.
+	Shape *shapeJSON `json:"shape,omitempty"`
+}
+
+// shapeJSON is shaped.Options in the report's units.
+type shapeJSON struct {
+	LatencyMs float64 `json:"first_byte_latency_ms"`
+	ConnMBps  float64 `json:"per_connection_mbps"`
+	TotalMBps float64 `json:"total_mbps"`
 }
 
 func writeFiles(rep *report, mdPath, jsonPath string) error {
@@ -322,6 +364,10 @@ func writeFiles(rep *report, mdPath, jsonPath string) error {
 		Date: rep.started.UTC().Format(time.RFC3339), DurationS: rep.took.Seconds(), Command: rep.cfg.command,
 		Machine: rep.machine, LoadBefore: rep.loadBefore, LoadAfter: rep.loadAfter, LoadMax1m: rep.loadMax,
 		SizesMiB: rep.cfg.sizes, Runs: rep.cfg.runs, InitS: rep.cfg.seconds, Targets: evaluateTargets(rep), Notes: rep.notes,
+		Void: rep.outside.Void, OutsideCPU: rep.outside,
+	}
+	if sh := rep.cfg.shape; slices.Contains(rep.cfg.stores, lab.GCSShaped) {
+		jr.Shape = &shapeJSON{LatencyMs: float64(sh.Latency) / float64(time.Millisecond), ConnMBps: sh.ConnBytesPerSec / 1e6, TotalMBps: sh.TotalBytesPerSec / 1e6}
 	}
 	for _, s := range rep.cfg.stores {
 		jr.Stores = append(jr.Stores, string(s))

@@ -129,7 +129,7 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int,
 	if !strings.Contains(c.whole.decision, "downloaded") || c.whole.streamed {
 		return nil, fmt.Errorf("restore of %s with stream_restore = false did not download it whole: %s", c.snapshot, c.whole.decision)
 	}
-	if l.Storage == lab.GCS {
+	if l.Storage.OnGCS() {
 		if err := emptyNodeCache(l); err != nil {
 			return nil, err
 		}

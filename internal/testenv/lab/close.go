@@ -92,6 +92,11 @@ func (l *Lab) Close() CleanupReport {
 		skip[l.gcs.Cmd.Process.Pid] = true
 	}
 	rep.Killed = reapProcesses(markers, 5*time.Second, skip)
+	if l.proxy != nil {
+		if err := l.proxy.Close(); err != nil {
+			rep.Errs = append(rep.Errs, err)
+		}
+	}
 	if l.gcs != nil {
 		l.logf("stopping fake-gcs-server")
 		l.gcs.Stop(5 * time.Second)

@@ -24,6 +24,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/internal/testenv/containerd"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/fakegcs"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/ociarchive"
+	"github.com/podsnapshot/podsnapshot/internal/testenv/shaped"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 )
 
@@ -48,7 +49,13 @@ type Storage string
 const (
 	Local Storage = "local" // a directory in the lab
 	GCS   Storage = "gcs"   // a bucket on a private fake-gcs-server
+	// GCSShaped is GCS behind a shaped proxy (internal/testenv/shaped): the same
+	// fake-gcs-server, reached with Cloud Storage's first-byte latency and bandwidth.
+	GCSShaped Storage = "gcs-shaped"
 )
+
+// OnGCS tells whether snapshots of s live on fake-gcs-server (GCS or GCSShaped).
+func (s Storage) OnGCS() bool { return s == GCS || s == GCSShaped }
 
 // Options configure Start.
 type Options struct {
@@ -59,6 +66,8 @@ type Options struct {
 	RepoRoot string
 	// Logf reports progress; default: nothing.
 	Logf func(format string, args ...any)
+	// Shape shapes the GCSShaped store; nil: shaped.Defaults(). Other storages ignore it.
+	Shape *shaped.Options
 }
 
 // Lab is a private containerd with the podsnapshot shim and a snapshot store.
@@ -77,16 +86,22 @@ type Lab struct {
 	WorkDir    string // the shim's work dir (checkpoint images, downloads)
 	RunscRoot  string
 	StoreURL   string // file:///... or gs://bucket/path
-	GCSHost    string // 127.0.0.1:PORT of fake-gcs-server, for STORAGE_EMULATOR_HOST
+	GCSHost    string // 127.0.0.1:PORT of fake-gcs-server itself
 	Image      string // the workloads image reference
 	// ImageArchive is the workloads image as an OCI archive (after Start), for tools
 	// that build runsc bundles from the same root filesystem (ociarchive.ExtractRootfs).
 	ImageArchive string
+	// StoreHost is the 127.0.0.1:PORT the shim, ctr and the CLI reach the bucket at
+	// (STORAGE_EMULATOR_HOST): GCSHost, or the shaped proxy's address for GCSShaped.
+	StoreHost string
+	// Shape is the shaping of a GCSShaped store (zero otherwise).
+	Shape shaped.Options
 
 	logf       func(string, ...any)
 	env        []string // containerd's environment, also used for ctr and the CLI
 	containerd *containerd.Daemon
 	gcs        *fakegcs.Server
+	proxy      *shaped.Proxy // GCSShaped only
 	log        *Tail
 
 	mu         sync.Mutex
@@ -116,7 +131,7 @@ func Preflight(repoRoot string, storage Storage) (string, error) {
 		filepath.Join(repoRoot, "_out", "bin", ShimBinary),
 		filepath.Join(repoRoot, "_out", "bin", CLIBinary),
 	}
-	if storage == GCS {
+	if storage.OnGCS() {
 		need = append(need, filepath.Join(deps, "fake-gcs-server"))
 	}
 	var missing []string
@@ -141,8 +156,8 @@ func depsBin(repoRoot string) string { return filepath.Join(repoRoot, "_deps", "
 // (fake-gcs-server and its bucket for GCS), policy, shim config, containerd, image. On
 // error it undoes what it did; otherwise the caller must Close the lab.
 func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
-	if opts.Storage != Local && opts.Storage != GCS {
-		return nil, fmt.Errorf("storage %q: want %q or %q", opts.Storage, Local, GCS)
+	if opts.Storage != Local && !opts.Storage.OnGCS() {
+		return nil, fmt.Errorf("storage %q: want %q, %q or %q", opts.Storage, Local, GCS, GCSShaped)
 	}
 	repo, err := Preflight(opts.RepoRoot, opts.Storage)
 	if err != nil {
@@ -173,6 +188,12 @@ func Start(ctx context.Context, opts Options) (_ *Lab, err error) {
 		RunscRoot:  filepath.Join(dir, "runsc"),
 		Image:      ociarchive.WorkloadsImage,
 		logf:       opts.Logf,
+	}
+	if opts.Storage == GCSShaped {
+		l.Shape = shaped.Defaults()
+		if opts.Shape != nil {
+			l.Shape = *opts.Shape
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -217,13 +238,25 @@ func (l *Lab) startStore(ctx context.Context) error {
 		path := filepath.Join(l.Dir, "store")
 		l.StoreURL = "file://" + path
 		storeSpec = "local:\n      path: " + path
-	case GCS:
+	case GCS, GCSShaped:
 		if err := l.startFakeGCS(ctx); err != nil {
 			return err
 		}
+		l.StoreHost = l.GCSHost
+		if l.Storage == GCSShaped {
+			// The bucket is created on the emulator directly; everything after goes
+			// through the proxy, the same variable pointing at it as at the plain
+			// emulator, so the two stores differ by the shaping alone.
+			p, err := shaped.Start(ctx, l.GCSHost, l.Shape)
+			if err != nil {
+				return err
+			}
+			l.proxy, l.StoreHost = p, p.Addr
+			l.logf("shaped store on %s in front of fake-gcs-server: %s", p.Addr, l.Shape)
+		}
 		l.StoreURL = "gs://" + Bucket + "/" + BucketPath
 		storeSpec = "gcs:\n      bucket: " + Bucket + "\n      path: " + BucketPath
-		l.env = append(l.env, "STORAGE_EMULATOR_HOST="+l.GCSHost)
+		l.env = append(l.env, "STORAGE_EMULATOR_HOST="+l.StoreHost)
 	}
 	storageConfig := `apiVersion: podsnapshot.gke.io/v1
 kind: PodSnapshotStorageConfig
