@@ -248,6 +248,14 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				logf("  zstd alone: %.0f MB/s, %.2f CPU s/GB (%.1f MB -> %.1f MB)", float64(rawB)/1e6/took.Seconds(),
 					cpu.Seconds()/(float64(rawB)/1e9), float64(rawB)/1e6, float64(stored)/1e6)
 			}
+			if img := rep.imageOf[mib]; img != nil {
+				took, err := uploadAlone(ctx, l, img.dir)
+				if err != nil {
+					return fmt.Errorf("%s, %d MiB: %w", st, mib, err)
+				}
+				res.add("upload_alone_"+string(st), mib, took.Seconds())
+				logf("  upload part alone (repo.Commit of runsc's image, no sandbox): %.2fs", took.Seconds())
+			}
 			emulatorDown := 0.0
 			if img := rep.imageOf[mib]; img != nil && st.OnGCS() {
 				if emulatorDown, err = storeAlone(ctx, rep, l, mib, img); err != nil {

@@ -94,6 +94,8 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("commit_"+s, "trigger -> committed, "+name, "s",
 			"the workload's `ready <time>` (it triggers right after) -> the shim's `committed` log time: save + compress + upload + verify + manifest")
 		r.define("upload_"+s, "  shim: compress + upload + verify + manifest, "+name, "s", "upload_ms of the shim's line")
+		r.define("upload_alone_"+s, "  the upload part alone, no sandbox: repo.Commit of runsc's own image, "+name, "s",
+			"the bench process commits the floor's uncompressed image (from the page cache) with the shim's codec, ratio threshold and part size, then deletes it")
 	}
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
