@@ -7,9 +7,14 @@ package stream
 // the order they were saved, so the offsets only grow), and puts ahead of them the ranges
 // an application thread faults on (awaitLoad → priority). Through the FUSE mount those
 // prioritised reads are the ones that jump ahead of the sequential reads: the recorder
-// keeps the frame of every read that starts more than seqWindow past the end of the
-// furthest sequential read so far, in first-demand order, deduplicated, at most
-// MaxHotFrames. It records from the sandbox's first read of pages.img (the restore
+// keeps the frames of every read that starts more than seqWindow past the loader's
+// frontier (the first frame no sequential read has reached), in first-demand order,
+// deduplicated, at most MaxHotFrames. Only frames reached one after another move the
+// frontier, so a workload touching memory every few MiB ahead of the loader does not
+// drag it along; a frame the loader never reads (its pages freed before it got there, or
+// loaded whole by a fault) is passed once the skipRun frames after it are reached. (A
+// workload that reads its memory densely and in order just ahead of the loader looks
+// like it, and is not recorded.) It records from the sandbox's first read of pages.img (the restore
 // started; the mount may be up long before, e.g. while a pod of several containers
 // waits for them) until the file is complete (nothing waits any more) or recordFor has
 // passed (the workload is taken to be ready by then). The first restore that recorded
@@ -39,9 +44,13 @@ const (
 	// short enough that what it touches later (a periodic job, a full scan) does not
 	// crowd the list.
 	recordFor = 10 * time.Second
-	// seqWindow is how far past its furthest read the loader's own reads may start: its
-	// 128 reads of 256 KiB in flight span 32 MiB and arrive in any order; twice that.
+	// seqWindow is how far past its frontier the loader's own reads may start: its 128
+	// reads of 256 KiB in flight span 32 MiB and arrive in any order; twice that.
 	seqWindow = 64 << 20
+	// skipRun is how many frames after a frame no sequential read reached must be reached
+	// for the frontier to pass it: the loader went on without it. Faults a few MiB
+	// apart do not reach that many in a row.
+	skipRun = 4
 	// hotLoadWait bounds the read of a stored list; the fill waits for it (it starts at
 	// Open, alongside the small files, so it is usually long done).
 	hotLoadWait = 5 * time.Second
@@ -62,13 +71,15 @@ type recorder struct {
 	reading bool      // a read was seen (firstRead is closed)
 	started time.Time // when
 	stopped bool      // stop was called: reads are no longer recorded
-	seqEnd  int64     // end offset of the furthest sequential read
+	reached []bool    // frame touched by a sequential read
+	low     int       // the frontier: the first frame not reached (nor passed)
 	seen    []bool    // frame already in hot
 	hot     []int     // frames in first-demand order
 }
 
 func newRecorder(x *storage.FrameIndex) *recorder {
-	return &recorder{x: x, window: seqWindow, firstRead: make(chan struct{}), seen: make([]bool, x.Len())}
+	return &recorder{x: x, window: seqWindow, firstRead: make(chan struct{}),
+		reached: make([]bool, x.Len()), seen: make([]bool, x.Len())}
 }
 
 // read records a read of the n > 0 bytes at off (within the file).
@@ -82,17 +93,39 @@ func (r *recorder) read(off, n int64) {
 		r.reading, r.started = true, time.Now()
 		close(r.firstRead)
 	}
-	if off <= r.seqEnd+r.window {
-		// The loader's own read, or one close enough behind it to arrive as soon.
-		r.seqEnd = max(r.seqEnd, off+n)
+	first, last := r.x.Frames(off, n)
+	if off <= r.x.RawOffset(r.low)+r.window {
+		// The loader's own read, or one close enough ahead of it to arrive as soon.
+		for i := first; i <= last; i++ {
+			r.reached[i] = true
+		}
+		r.advance()
 		return
 	}
-	first, last := r.x.Frames(off, n)
 	for i := first; i <= last && len(r.hot) < MaxHotFrames; i++ {
 		if !r.seen[i] {
 			r.seen[i] = true
 			r.hot = append(r.hot, i)
 		}
+	}
+}
+
+// advance moves the frontier past the frames reached, and past a frame not reached
+// whose next skipRun frames are. Called with mu held.
+func (r *recorder) advance() {
+	n := len(r.reached)
+	for r.low < n {
+		if !r.reached[r.low] {
+			if r.low+skipRun >= n {
+				return
+			}
+			for i := r.low + 1; i <= r.low+skipRun; i++ {
+				if !r.reached[i] {
+					return
+				}
+			}
+		}
+		r.low++
 	}
 }
 

@@ -36,7 +36,9 @@ func testIndex(t *testing.T, n int, size int64) *storage.FrameIndex {
 
 // TestRecorderSequentialVsJumps: gVisor's loader reads 256 KiB pieces in file order, up to
 // 32 MiB of them out of order; none of those is hot. Reads far ahead of it are, in the
-// order first read, once each; reads behind it are not; the list stops at MaxHotFrames.
+// order first read, once each; reads behind it are not; faults a few MiB apart ahead of
+// it do not move its frontier, a frame it passes without reading does not stop it; the
+// list stops at MaxHotFrames.
 func TestRecorderSequentialVsJumps(t *testing.T) {
 	const frame = 4 << 20
 	x := testIndex(t, 8192, frame) // 32 GiB
@@ -46,13 +48,13 @@ func TestRecorderSequentialVsJumps(t *testing.T) {
 	for i := int64(127); i >= 0; i-- {
 		r.read(i*piece, piece)
 	}
-	r.read(600*frame+5, 4096)          // a fault far ahead: hot
-	r.read(128*piece, piece)           // the loader goes on
-	r.read(300*frame, 2*frame)         // a fault spanning two frames: both, in order
-	r.read(600*frame+8192, 4096)       // frame 600 again: already listed
-	r.read(10*frame, piece)            // behind the loader's window end: its own
-	r.read(129*piece+seqWindow, piece) // within the window past the loader's end
-	r.read(2*frame, piece)             // behind it: not a jump
+	r.read(600*frame+5, 4096)        // a fault far ahead: hot
+	r.read(128*piece, piece)         // the loader goes on
+	r.read(300*frame, 2*frame)       // a fault spanning two frames: both, in order
+	r.read(600*frame+8192, 4096)     // frame 600 again: already listed
+	r.read(10*frame, piece)          // behind the loader's window end: its own
+	r.read(9*frame+seqWindow, piece) // at the window's end past the frontier (frame 9)
+	r.read(2*frame, piece)           // behind it: not a jump
 	hot, took := r.stop()
 	if want := []int{600, 300, 301}; !slices.Equal(hot, want) {
 		t.Fatalf("hot frames %v, want %v", hot, want)
@@ -63,6 +65,32 @@ func TestRecorderSequentialVsJumps(t *testing.T) {
 	r.read(7000*frame, 1) // after stop: not recorded
 	if hot, _ := r.stop(); len(hot) != 3 {
 		t.Fatalf("a read after stop was recorded: %v", hot)
+	}
+
+	// A workload touching every 10th MiB in order, the loader at frame 9: those within
+	// the window do not drag the frontier along, so the rest are hot, each frame once.
+	r = newRecorder(x)
+	for off := int64(0); off < 9*frame; off += piece {
+		r.read(off, piece)
+	}
+	for mib := int64(39); mib < 400; mib += 10 {
+		r.read(mib<<20, 4096)
+	}
+	hot, _ = r.stop()
+	if len(hot) == 0 || hot[0] != (109<<20)/frame || len(hot) != 30 {
+		t.Fatalf("touches every 10 MiB ahead of the loader: hot %v, want the 30 frames from 109 MiB on", hot)
+	}
+
+	// The loader passes a frame it never reads (its pages were freed, or a fault loaded
+	// them): once it has read on past it, its reads are still its own.
+	r = newRecorder(x)
+	for off := int64(0); off < 200*frame; off += piece {
+		if off/frame != 20 {
+			r.read(off, piece)
+		}
+	}
+	if hot, _ = r.stop(); len(hot) != 0 {
+		t.Fatalf("the loader skipping frame 20 made %d of its frames hot: %v", len(hot), hot[:min(len(hot), 8)])
 	}
 
 	// Bounded: a workload touching everything ahead of a loader that has not moved.
