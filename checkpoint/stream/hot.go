@@ -4,25 +4,25 @@ package stream
 // pkg/sentry/pgalloc save_restore.go, AsyncPagesFileLoad.main) reads pages.img in file
 // order: it keeps up to 128 reads of 256 KiB in flight from the lowest offset it has not
 // started (minUnstarted; the application's memory file first, then the private ones, in
-// the order they were saved, so the offsets only grow), and puts ahead of them the ranges
-// an application thread faults on (awaitLoad → priority). Through the FUSE mount those
-// prioritised reads are the ones that jump ahead of the sequential reads: the recorder
-// keeps the frames of every read that starts more than seqWindow past the loader's
-// frontier (the first frame no sequential read has reached), in first-demand order,
-// deduplicated, at most MaxHotFrames. Only frames reached one after another move the
-// frontier, so a workload touching memory every few MiB ahead of the loader does not
+// the order they were saved, so the offsets only grow), and puts ahead of them the
+// ranges an application thread faults on (awaitLoad → priority). Through the FUSE mount
+// those prioritised reads are the ones that jump ahead of the sequential reads: the
+// recorder keeps the frames of every read that starts more than seqWindow past the
+// loader's frontier (the first frame no sequential read has reached), in first-demand
+// order, deduplicated, at most MaxHotFrames. Only frames reached one after another move
+// the frontier, so a workload touching memory every few MiB ahead of the loader does not
 // drag it along; a frame the loader never reads (its pages freed before it got there, or
 // loaded whole by a fault) is passed once the skipRun frames after it are reached. (A
 // workload that reads its memory densely and in order just ahead of the loader looks
-// like it, and is not recorded.) It records from the sandbox's first read of pages.img (the restore
-// started; the mount may be up long before, e.g. while a pod of several containers
-// waits for them) until the file is complete (nothing waits any more) or recordFor has
-// passed (the workload is taken to be ready by then). The first restore that recorded
-// frames, finding no list stored, writes it next to the snapshot (Source.HotFrames,
-// PutIfAbsent: once); later restores that stream read it and have the background fill
-// fetch those frames first (File.fill), so that the workload's first touches wait less
-// often for a round trip per frame. A list that cannot be read or verified is ignored:
-// the pages then arrive in order, as without one.
+// like it, and is not recorded.) It records from the sandbox's first read of pages.img
+// (the restore started; the mount may be up long before, e.g. while a pod of several
+// containers waits for them) until the file is complete (nothing waits any more) or
+// recordFor has passed (the workload is taken to be ready by then). The first restore
+// that recorded frames, finding no list stored, writes it next to the snapshot
+// (Source.HotFrames, PutIfAbsent: once); later restores that stream read it and have the
+// background fill fetch those frames first (File.fill), so that the workload's first
+// touches wait less often for a round trip per frame. A list that cannot be read or
+// verified is ignored: the pages then arrive in order, as without one.
 
 import (
 	"bytes"

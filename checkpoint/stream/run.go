@@ -195,7 +195,8 @@ func (img *Image) Failed() <-chan struct{} {
 	return img.pages.Failed()
 }
 
-// Done is closed when the snapshot has fully arrived (or the download ended).
+// Done is closed when the snapshot has fully arrived (or the download ended), and the
+// hot-frame list this restore recorded, if any, was written (hot.go).
 func (img *Image) Done() <-chan struct{} { return img.done }
 
 // Published is the node cache entry the streamed snapshot became, or "".
