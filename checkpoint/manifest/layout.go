@@ -14,6 +14,11 @@ const (
 	CheckpointFile = "checkpoint.img.zst"
 	PagesMetaFile  = "pages_meta.img.zst"
 	PagesFile      = "pages.img.zst"
+	// HotFramesFile is the snapshot's hot-frame list (checkpoint/stream, hotlist.go): the
+	// frames of its pages file a restored sandbox read first, written once by the first
+	// streaming restore that recorded them, after the manifest. It is no file of the
+	// manifest: deleting the snapshot's directory (repo.Delete lists it) removes it.
+	HotFramesFile = "hot-frames.json"
 )
 
 // Root file system layers of a rootfs-only snapshot: one tar archive per container,

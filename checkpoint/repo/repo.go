@@ -11,6 +11,8 @@
 //	                            (a file that does not compress, e.g. random memory, is
 //	                            stored as it is, without ".zst": Repo.MinRatio)
 //	<namespace>/<policy>/<uuid>/manifest.json          written last: the commit
+//	<namespace>/<policy>/<uuid>/hot-frames.json        the frames a restore read first,
+//	                                                   written by a later streaming restore
 //	<namespace>/<policy>/keys/<key>/<nanos>-<uuid>     empty index marker, written before
 //	                                                   the manifest
 //
@@ -61,6 +63,11 @@ type Repo struct {
 	MinRatio float64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// HotFrames makes Stream read the snapshot's hot-frame list
+	// (manifest.HotFramesFile) and fetch its frames first, or, without one, record the
+	// frames the restored sandbox reads out of order and store the list (config
+	// hot_frames).
+	HotFrames bool
 
 	// rewriteMu serializes this Repo's manifest rewrites (MarkFailed, Touch), so that a
 	// restore's access-time update never puts back the Committed state a corrupt-frame

@@ -51,11 +51,35 @@ func (r *Repo) Stream(ctx context.Context, c *cache.Cache, m *manifest.Manifest,
 				id, merr == nil)
 		},
 	}
+	if r.HotFrames {
+		name, _ := objectOf(m) // checked above
+		loc, err := manifest.ParseName(name)
+		if err != nil {
+			return nil, fmt.Errorf("download snapshot %s: %w", m.UUID, err)
+		}
+		src.HotFrames = manifest.ObjectName(loc.Namespace, loc.Policy, loc.UUID, manifest.HotFramesFile)
+		src.HotFramesCheck = func(ctx context.Context) error { return r.stillCommitted(ctx, m) }
+	}
 	img, err := stream.Open(ctx, src, mountDir)
 	if err != nil {
 		return nil, r.fetchError(ctx, m, err)
 	}
 	return img, nil
+}
+
+// stillCommitted returns nil when m's manifest is in the store and Committed: a hot-frame
+// list written for a snapshot deleted meanwhile would be left behind by its deletion
+// (which lists the directory once, after the manifest). Errors: the store's (wrapping
+// storage.ErrNotFound for a deleted one), or one naming the state.
+func (r *Repo) stillCommitted(ctx context.Context, m *manifest.Manifest) error {
+	cur, err := r.stored(ctx, m)
+	if err != nil {
+		return err
+	}
+	if cur.State != manifest.StateCommitted {
+		return fmt.Errorf("snapshot %s/%s is %s", m.Namespace, m.UUID, cur.State)
+	}
+	return nil
 }
 
 // ProbePages reads frame i of m's pages file (stored in frames) from the store and checks

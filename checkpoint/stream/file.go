@@ -48,6 +48,9 @@ type File struct {
 	onFail func(error)
 	// stall is how long a fetch may go without a byte arriving (stallAfter).
 	stall time.Duration
+	// rec records the frames the sandbox reads out of its loader's order (hot.go); nil:
+	// none. Set before the file is served, never changed.
+	rec *recorder
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
@@ -112,6 +115,9 @@ func (f *File) Ready(ctx context.Context, off int64, n int) (int, error) {
 		return 0, nil
 	}
 	n = int(min(int64(n), size-off))
+	if f.rec != nil {
+		f.rec.read(off, int64(n))
+	}
 	first, last := f.x.Frames(off, int64(n))
 	if err := f.await(ctx, first, last); err != nil {
 		return 0, err
@@ -471,61 +477,9 @@ func (f *File) has(i int) bool {
 	return f.have[i]
 }
 
-// next picks the frames the sequential download fetches next: up to batch absent frames
-// in order from *cursor (the frames readers wait for are fetched at once by want). n is 0 when nothing is
-// left to start. The frames are marked busy.
-func (f *File) next(cursor *int, batch int) (first, n int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for *cursor < len(f.have) && (f.have[*cursor] || f.busy[*cursor]) {
-		*cursor++
-	}
-	first = *cursor
-	for *cursor < len(f.have) && n < batch && !f.have[*cursor] && !f.busy[*cursor] {
-		f.busy[*cursor] = true
-		*cursor++
-		n++
-	}
-	return first, n
-}
-
 // setFetch makes this process the filler of the file.
 func (f *File) setFetch(fetch fetchFunc) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fetch = fetch
-}
-
-// fill runs the sequential download on workers goroutines, batch frames per fetch, until
-// every frame is there, the file failed or ctx ended.
-func (f *File) fill(ctx context.Context, workers, batch int) {
-	var (
-		cursorMu sync.Mutex
-		cursor   int
-		wg       sync.WaitGroup
-	)
-	for range workers {
-		wg.Go(func() {
-			for ctx.Err() == nil && f.Err() == nil {
-				cursorMu.Lock()
-				first, n := f.next(&cursor, batch)
-				cursorMu.Unlock()
-				if n == 0 {
-					return
-				}
-				if err := f.fetchRetrying(ctx, first, n); err != nil {
-					if ctx.Err() == nil {
-						f.fail(err)
-					}
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	// Frames readers asked for may still be arriving.
-	select {
-	case <-f.ended:
-	case <-ctx.Done():
-	}
 }

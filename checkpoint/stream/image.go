@@ -62,6 +62,14 @@ type Source struct {
 	// Stall is how long a fetch may go without a byte arriving before it is abandoned
 	// (ErrStalled); 0 means stallAfter.
 	Stall time.Duration
+	// HotFrames is the object name of the snapshot's hot-frame list (hot.go,
+	// hotlist.go): read at Open, its frames are fetched first; absent, this restore
+	// records one and writes it there. "": none is read or recorded.
+	HotFrames string
+	// HotFramesCheck, when set, is asked right before a recorded list is written: an
+	// error (the snapshot was deleted or marked failed meanwhile) writes none, so that
+	// no list outlives its snapshot.
+	HotFramesCheck func(ctx context.Context) error
 }
 
 // Image is a snapshot image being restored from.
@@ -78,6 +86,7 @@ type Image struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the fill goroutine ended
 	files  []*os.File
+	hot    *hotLoad // the stored hot-frame list, being read; nil: none is used
 
 	mu sync.Mutex
 	// The fields below are guarded by mu.
@@ -126,6 +135,10 @@ func openClaim(ctx context.Context, src Source, claim cache.Claim, x *storage.Fr
 	img := &Image{done: make(chan struct{})}
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	img.cancel = cancel
+	if src.HotFrames != "" {
+		// Read alongside the small files: the fill waits for it before it starts.
+		img.hot = loadHot(fctx, src, x)
+	}
 	var dir string
 	var err error
 	if claim.Fill != nil {
@@ -285,6 +298,9 @@ func (img *Image) open(ctx context.Context, src Source, dir string, x *storage.F
 		f.stall = src.Stall
 	}
 	f.linked = linked
+	if src.HotFrames != "" {
+		f.rec = newRecorder(x)
+	}
 	f.onFail = func(err error) {
 		if errors.Is(err, storage.ErrCorrupt) && src.OnCorrupt != nil {
 			src.OnCorrupt(err)

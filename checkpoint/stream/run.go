@@ -35,12 +35,19 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 	defer close(img.done)
 	f := img.pages
 	t0 := time.Now()
+	var hot []int
+	recorded := make(chan struct{})
+	go func() {
+		defer close(recorded)
+		img.recordHot(ctx, src, x)
+	}()
+	defer func() { <-recorded }()
 	defer func() {
 		frames, stored := f.Fetched()
 		img.mu.Lock()
 		synced := img.synced
 		img.mu.Unlock()
-		log.L.WithFields(log.Fields{"frames": x.Len(), "fetched_frames": frames, "fetched_bytes": stored,
+		log.L.WithFields(log.Fields{"frames": x.Len(), "fetched_frames": frames, "fetched_bytes": stored, "hot_frames_first": len(hot),
 			"complete": f.Complete(), "ms": time.Since(t0).Milliseconds(), "sync_ms": synced.Milliseconds()}).
 			Infof("podsnapshot: pages of %s: %d of %d frames fetched by this shim, the others shared by another restoring the same snapshot",
 				src.Store.URL(x.Info().Name), frames, x.Len())
@@ -78,7 +85,11 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 		case <-time.After(takeOverEvery):
 		}
 	}
-	f.fill(ctx, fillWorkers, fillBatch)
+	if hot = img.hotFrames(ctx); len(hot) > 0 {
+		log.L.WithField("hot_frames", len(hot)).Infof("podsnapshot: hot frames first: fetching the %d frames of %s that %s lists before the rest",
+			len(hot), src.Store.URL(x.Info().Name), src.Store.URL(img.hot.name))
+	}
+	f.fill(ctx, fillWorkers, fillBatch, hot)
 	if f.Err() != nil {
 		img.bad()
 		return
@@ -184,7 +195,8 @@ func (img *Image) Failed() <-chan struct{} {
 	return img.pages.Failed()
 }
 
-// Done is closed when the snapshot has fully arrived (or the download ended).
+// Done is closed when the snapshot has fully arrived (or the download ended), and the
+// hot-frame list this restore recorded, if any, was written (hot.go).
 func (img *Image) Done() <-chan struct{} { return img.done }
 
 // Published is the node cache entry the streamed snapshot became, or "".

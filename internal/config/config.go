@@ -21,6 +21,8 @@
 //	                                      # images, a longer save)
 //	stream_restore = true                 # restore while the pages arrive (FUSE); false:
 //	                                      # download the whole snapshot first
+//	hot_frames = true                     # a streaming restore fetches first the frames
+//	                                      # an earlier one read first (and records them)
 //
 //	[runsc]
 //	path = "runsc"                        # binary, a path or a name in $PATH
@@ -87,6 +89,12 @@ type Config struct {
 	// FUSE cannot be mounted (logged once), the whole snapshot is downloaded and
 	// verified into the node cache before runsc restores.
 	StreamRestore bool `toml:"stream_restore"`
+	// HotFrames makes a streaming restore fetch first the frames of pages.img that an
+	// earlier restore of the snapshot read out of its loader's order while it started
+	// (the snapshot's hot-frame list), and, finding no list, record those frames and
+	// store the list next to the snapshot (package checkpoint/stream, hot.go). False:
+	// frames arrive in order, and none is recorded.
+	HotFrames bool `toml:"hot_frames"`
 	// ReportDir is the spool where the shim reports what happened to Kubernetes pods
 	// (package report) for the node agent; "" means <WorkDir>/.reports (a name no
 	// containerd namespace can have).
@@ -168,6 +176,7 @@ func Default() Config {
 		KubeletPodsDir:     "/var/lib/kubelet/pods",
 		ReportMaxFiles:     10000,
 		StreamRestore:      true,
+		HotFrames:          true,
 		PodIdentity:        PodIdentity{STSURL: "https://sts.googleapis.com/v1/token"},
 		Runsc: Runsc{
 			Path: "runsc",
@@ -220,7 +229,7 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, stream_restore, report_dir, report_max_files, gcs_endpoint, pod_identity.workload_identity_provider, pod_identity.token_audience, pod_identity.sts_url, pod_identity.token_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, stream_restore, hot_frames, report_dir, report_max_files, gcs_endpoint, pod_identity.workload_identity_provider, pod_identity.token_audience, pod_identity.sts_url, pod_identity.token_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
 }

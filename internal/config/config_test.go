@@ -72,6 +72,20 @@ func TestStreamRestore(t *testing.T) {
 	}
 }
 
+// TestHotFrames: on by default; false turns it off; a typo lists it among the known keys.
+func TestHotFrames(t *testing.T) {
+	if !Default().HotFrames {
+		t.Fatal("hot_frames is off by default")
+	}
+	cfg, err := Parse([]byte("hot_frames = false\n"))
+	if err != nil || cfg.HotFrames {
+		t.Fatalf("hot_frames = false: %v, %+v", err, cfg)
+	}
+	if _, err := Parse([]byte("hot_frame = true\n")); err == nil || !strings.Contains(err.Error(), "hot_frames,") {
+		t.Fatalf("a typo of the key should list hot_frames among the known keys: %v", err)
+	}
+}
+
 func TestParseErrorsNameTheKey(t *testing.T) {
 	for _, tc := range []struct{ name, toml, want string }{
 		{"unknown top-level key", `log_levl = "info"`, `unknown key "log_levl"`},

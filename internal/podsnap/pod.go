@@ -251,7 +251,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		sb:          sb.Task,
 		namespace:   ns,
 		entry:       entry,
-		repo:        &repo.Repo{Store: st, Codec: uploadCodec, MinRatio: minUploadRatio},
+		repo:        &repo.Repo{Store: st, Codec: uploadCodec, MinRatio: minUploadRatio, HotFrames: cfg.HotFrames},
 		nodeCache:   &cache.Cache{Dir: cfg.Cache(), MaxBytes: cfg.CacheMaxBytes},
 		sandboxKey:  key,
 		sandbox:     sandbox,

@@ -12,11 +12,19 @@
 // forever, so a restored copy visibly continues. SIGUSR1 verifies the memory again at any
 // time, which lets a test check a restore triggered from outside.
 //
+// With -hot-percent P (1..100) and -checkpoint, a copy that was restored ("checkpoint
+// result: restore") first reads P% of its memory, spread over the whole region (of every
+// 100 chunks of 1 MiB, P evenly spaced ones: every 10th for 10), checks it and prints
+// "hot ok" (or "hot corrupt ..."), then verifies the rest as before: a workload whose
+// first requests touch a part of its memory, the "ready" a restore that fetches those
+// pages first (hot frames) reaches sooner. Without the flag nothing changes.
+//
 // Output lines (one per line, stdout, unbuffered):
 //
 //	slowinit: filling N MiB over D
 //	ready <RFC 3339 time with nanoseconds>
 //	checkpoint result: resume|restore|error     (only with -checkpoint)
+//	hot ok | hot corrupt at page P of N         (only with -hot-percent, after a restore)
 //	memory ok | memory corrupt at page P of N
 //	count 0, count 1, ...
 package main
@@ -45,9 +53,14 @@ func main() {
 	seconds := flag.Float64("seconds", 5, "seconds to spread the filling over")
 	checkpoint := flag.Bool("checkpoint", false, "after ready, trigger a gVisor checkpoint through "+trigger.File)
 	interval := flag.Duration("interval", time.Second, "time between two count lines")
+	hotPercent := flag.Int("hot-percent", 0, "after a restore (with -checkpoint), check this percentage of the memory first, spread over it, and print \"hot ok\"; 0: none")
 	flag.Parse()
 	if *mib < 0 || *seconds < 0 || *interval <= 0 {
 		fmt.Fprintln(os.Stderr, "slowinit: -mib and -seconds must not be negative, -interval must be positive")
+		os.Exit(2)
+	}
+	if *hotPercent < 0 || *hotPercent > 100 {
+		fmt.Fprintln(os.Stderr, "slowinit: -hot-percent must be within 0..100")
 		os.Exit(2)
 	}
 
@@ -68,6 +81,9 @@ func main() {
 			result = "error"
 		}
 		fmt.Printf("checkpoint result: %s\n", result)
+		if result == "restore" && *hotPercent > 0 {
+			fmt.Println(verifyHot(mem, *hotPercent))
+		}
 	}
 	fmt.Println(verify(mem))
 
@@ -133,13 +149,46 @@ func fill(mem []byte, total time.Duration) {
 
 // verify checks every page against its pattern.
 func verify(mem []byte) string {
-	var want [pageSize]byte
-	pages := len(mem) / pageSize
-	for p := 0; p < pages; p++ {
-		fillPage(want[:], uint64(p))
-		if string(mem[p*pageSize:(p+1)*pageSize]) != string(want[:]) {
-			return fmt.Sprintf("memory corrupt at page %d of %d", p, pages)
-		}
+	if p, bad := verifyPages(mem, 0, len(mem)/pageSize); bad {
+		return fmt.Sprintf("memory corrupt at page %d of %d", p, len(mem)/pageSize)
 	}
 	return "memory ok"
+}
+
+// hotChunk is the size of the pieces verifyHot picks from.
+const hotChunk = 1 << 20
+
+// isHot reports whether chunk c is one of the percent% chunks verifyHot checks: for
+// each c, floor((c+1)*percent/100) > floor(c*percent/100), which spreads them evenly
+// (every 10th for 10, every other for 50, all for 100) and picks the same ones each time.
+func isHot(c, percent int) bool {
+	return (c+1)*percent/100 > c*percent/100
+}
+
+// verifyHot checks the hot chunks (isHot) against their pattern, in address order.
+func verifyHot(mem []byte, percent int) string {
+	pages := len(mem) / pageSize
+	per := hotChunk / pageSize
+	for c := 0; c*per < pages; c++ {
+		if !isHot(c, percent) {
+			continue
+		}
+		if p, bad := verifyPages(mem, c*per, min(pages, (c+1)*per)); bad {
+			return fmt.Sprintf("hot corrupt at page %d of %d", p, pages)
+		}
+	}
+	return "hot ok"
+}
+
+// verifyPages checks pages [first, end) and returns the first that does not hold its
+// pattern, if any.
+func verifyPages(mem []byte, first, end int) (int, bool) {
+	var want [pageSize]byte
+	for p := first; p < end; p++ {
+		fillPage(want[:], uint64(p))
+		if string(mem[p*pageSize:(p+1)*pageSize]) != string(want[:]) {
+			return p, true
+		}
+	}
+	return 0, false
 }

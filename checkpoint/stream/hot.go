@@ -1,0 +1,285 @@
+package stream
+
+// Hot frames first (REAP, FaaSnap). gVisor's page loader (`runsc restore --background`,
+// pkg/sentry/pgalloc save_restore.go, AsyncPagesFileLoad.main) reads pages.img in file
+// order: it keeps up to 128 reads of 256 KiB in flight from the lowest offset it has not
+// started (minUnstarted; the application's memory file first, then the private ones, in
+// the order they were saved, so the offsets only grow), and puts ahead of them the
+// ranges an application thread faults on (awaitLoad → priority). Through the FUSE mount
+// those prioritised reads are the ones that jump ahead of the sequential reads: the
+// recorder keeps the frames of every read that starts more than seqWindow past the
+// loader's frontier (the first frame no sequential read has reached), in first-demand
+// order, deduplicated, at most MaxHotFrames. Only frames reached one after another move
+// the frontier, so a workload touching memory every few MiB ahead of the loader does not
+// drag it along; a frame the loader never reads (its pages freed before it got there, or
+// loaded whole by a fault) is passed once the skipRun frames after it are reached. (A
+// workload that reads its memory densely and in order just ahead of the loader looks
+// like it, and is not recorded.) It records from the sandbox's first read of pages.img
+// (the restore started; the mount may be up long before, e.g. while a pod of several
+// containers waits for them) until the file is complete (nothing waits any more) or
+// recordFor has passed (the workload is taken to be ready by then). The first restore
+// that recorded frames, finding no list stored, writes it next to the snapshot
+// (Source.HotFrames, PutIfAbsent: once); later restores that stream read it and have the
+// background fill fetch those frames first (File.fill), so that the workload's first
+// touches wait less often for a round trip per frame. A list that cannot be read or
+// verified is ignored: the pages then arrive in order, as without one.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/podsnapshot/podsnapshot/storage"
+)
+
+const (
+	// recordFor is how long after the sandbox's first read of pages.img the recorder
+	// keeps recording: long enough for a workload to fault in what it needs to serve,
+	// short enough that what it touches later (a periodic job, a full scan) does not
+	// crowd the list.
+	recordFor = 10 * time.Second
+	// seqWindow is how far past its frontier the loader's own reads may start: its 128
+	// reads of 256 KiB in flight span 32 MiB and arrive in any order; twice that.
+	seqWindow = 64 << 20
+	// skipRun is how many frames after a frame no sequential read reached must be reached
+	// for the frontier to pass it: the loader went on without it. Faults a few MiB
+	// apart do not reach that many in a row.
+	skipRun = 4
+	// hotLoadWait bounds the read of a stored list; the fill waits for it (it starts at
+	// Open, alongside the small files, so it is usually long done).
+	hotLoadWait = 5 * time.Second
+	// hotSaveWait bounds the write of a recorded list.
+	hotSaveWait = 10 * time.Second
+)
+
+// recorder collects the hot frames of one restore (see above).
+type recorder struct {
+	x *storage.FrameIndex
+	// window is seqWindow (tests set a smaller one before the sandbox reads).
+	window int64
+	// firstRead is closed at the first read recorded.
+	firstRead chan struct{}
+
+	mu sync.Mutex
+	// The fields below are guarded by mu.
+	reading bool      // a read was seen (firstRead is closed)
+	started time.Time // when
+	stopped bool      // stop was called: reads are no longer recorded
+	reached []bool    // frame touched by a sequential read
+	low     int       // the frontier: the first frame not reached (nor passed)
+	seen    []bool    // frame already in hot
+	hot     []int     // frames in first-demand order
+}
+
+func newRecorder(x *storage.FrameIndex) *recorder {
+	return &recorder{x: x, window: seqWindow, firstRead: make(chan struct{}),
+		reached: make([]bool, x.Len()), seen: make([]bool, x.Len())}
+}
+
+// read records a read of the n > 0 bytes at off (within the file).
+func (r *recorder) read(off, n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stopped {
+		return
+	}
+	if !r.reading {
+		r.reading, r.started = true, time.Now()
+		close(r.firstRead)
+	}
+	first, last := r.x.Frames(off, n)
+	if off <= r.x.RawOffset(r.low)+r.window {
+		// The loader's own read, or one close enough ahead of it to arrive as soon.
+		for i := first; i <= last; i++ {
+			r.reached[i] = true
+		}
+		r.advance()
+		return
+	}
+	for i := first; i <= last && len(r.hot) < MaxHotFrames; i++ {
+		if !r.seen[i] {
+			r.seen[i] = true
+			r.hot = append(r.hot, i)
+		}
+	}
+}
+
+// advance moves the frontier past the frames reached, and past a frame not reached
+// whose next skipRun frames are. Called with mu held.
+func (r *recorder) advance() {
+	n := len(r.reached)
+	for r.low < n {
+		if !r.reached[r.low] {
+			if r.low+skipRun >= n {
+				return
+			}
+			for i := r.low + 1; i <= r.low+skipRun; i++ {
+				if !r.reached[i] {
+					return
+				}
+			}
+		}
+		r.low++
+	}
+}
+
+// stop ends the recording and returns the hot frames in first-demand order and how long
+// it recorded (0 if the sandbox never read).
+func (r *recorder) stop() ([]int, time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stopped = true
+	if !r.reading {
+		return nil, 0
+	}
+	return r.hot, time.Since(r.started)
+}
+
+// hotLoad is the stored list of a restore, read in the background from Open on.
+type hotLoad struct {
+	name string        // the list's object name
+	done chan struct{} // closed once the read ended
+	// Written before done is closed, read after it.
+	list   []int // the verified list; nil: none usable
+	absent bool  // the store holds no list: this restore may record one
+}
+
+// loadHot starts reading src's stored list of x's frames, within ctx and hotLoadWait. A
+// list that cannot be read or fails DecodeHotList is logged and ignored.
+func loadHot(ctx context.Context, src Source, x *storage.FrameIndex) *hotLoad {
+	h := &hotLoad{name: src.HotFrames, done: make(chan struct{})}
+	go func() {
+		defer close(h.done)
+		lctx, cancel := context.WithTimeout(ctx, hotLoadWait)
+		defer cancel()
+		list, err := readHotList(lctx, src.Store, h.name, x)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			h.absent = true
+		case err != nil && ctx.Err() == nil:
+			log.L.WithError(err).Warnf("podsnapshot: hot-frame list %s ignored; the pages of this restore arrive in order", src.Store.URL(h.name))
+		case err == nil:
+			h.list = list
+		}
+	}()
+	return h
+}
+
+// readHotList reads and verifies the list at object name. Errors: the store's (wrapping
+// storage.ErrNotFound when there is none), or DecodeHotList's.
+func readHotList(ctx context.Context, st storage.Store, name string, x *storage.FrameIndex) ([]int, error) {
+	rc, err := st.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, MaxHotListBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", st.URL(name), err)
+	}
+	list, err := DecodeHotList(data, x)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", st.URL(name), err)
+	}
+	return list, nil
+}
+
+// hotFrames waits for the stored list (bounded by hotLoadWait) and returns the frames
+// the fill fetches first: nil without a usable list, or when ctx ended.
+func (img *Image) hotFrames(ctx context.Context) []int {
+	if img.hot == nil {
+		return nil
+	}
+	select {
+	case <-img.hot.done:
+		return img.hot.list
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+// recordHot records this restore's hot frames (recorder) and, when the store holds no
+// list yet, writes them there. It returns when that is done, the file failed or ctx
+// ended; nothing it meets fails the restore (it logs why no list was written).
+func (img *Image) recordHot(ctx context.Context, src Source, x *storage.FrameIndex) {
+	f := img.pages
+	rec := f.rec
+	if rec == nil || img.hot == nil {
+		return
+	}
+	select {
+	case <-img.hot.done:
+	case <-ctx.Done():
+		return
+	}
+	if !img.hot.absent {
+		rec.stop() // a list is stored (used or ignored), or the store could not tell
+		return
+	}
+	ended := f.endedCh()
+	select {
+	case <-rec.firstRead:
+	case <-ended:
+	case <-ctx.Done():
+		return
+	}
+	t := time.NewTimer(recordFor)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ended:
+	case <-ctx.Done():
+		return
+	}
+	hot, took := rec.stop()
+	url := src.Store.URL(img.hot.name)
+	switch {
+	case f.Err() != nil:
+		return
+	case len(hot) == 0:
+		log.L.Debugf("podsnapshot: no hot frames recorded for %s: the sandbox read its pages in order", url)
+		return
+	}
+	sctx, cancel := context.WithTimeout(ctx, hotSaveWait)
+	defer cancel()
+	if err := saveHot(sctx, src, x, hot); err != nil {
+		if errors.Is(err, storage.ErrExists) {
+			log.L.Infof("podsnapshot: hot-frame list %s was stored by another restore first", url)
+			return
+		}
+		log.L.WithError(err).Warnf("podsnapshot: hot-frame list %s not stored", url)
+		return
+	}
+	log.L.WithFields(log.Fields{"hot_frames": len(hot), "record_ms": took.Milliseconds()}).
+		Infof("podsnapshot: hot frames recorded: %d frames of %s read out of the loader's order in the first %.1f s; stored as %s",
+			len(hot), src.Store.URL(x.Info().Name), took.Seconds(), url)
+}
+
+// saveHot writes hot as src's list unless one exists (an error wrapping
+// storage.ErrExists), after src.HotFramesCheck allowed it.
+func saveHot(ctx context.Context, src Source, x *storage.FrameIndex, hot []int) error {
+	data, err := EncodeHotList(x, hot)
+	if err != nil {
+		return err
+	}
+	if src.HotFramesCheck != nil {
+		if err := src.HotFramesCheck(ctx); err != nil {
+			return fmt.Errorf("the snapshot cannot take it: %w", err)
+		}
+	}
+	_, err = src.Store.PutIfAbsent(ctx, src.HotFrames, bytes.NewReader(data))
+	return err
+}
+
+// endedCh is the channel closed once every frame is there or the file failed.
+func (f *File) endedCh() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.ended
+}
