@@ -78,7 +78,7 @@ func main() {
 	seconds := flag.Float64("seconds", 10, "the workload's initialisation time")
 	md := flag.String("md", "docs/benchmarks.md", "markdown report to write (relative to the repository root)")
 	js := flag.String("json", "docs/benchmarks.json", "JSON results to write (relative to the repository root)")
-	torch := flag.Bool("torch", true, "also measure the torch model server (about 3 minutes)")
+	torch := flag.Bool("torch", true, "also measure the torch model server, eager and compiled (about 7 minutes)")
 	rootfs := flag.Bool("rootfs", true, "also measure the rootfs-only snapshot scope: fsinit writing 500 MiB of files over 10 s (about 20 s per run on the local store, 30 s on fake-gcs-server)")
 	command := flag.String("command", "", "the command line to record in the report (default: this program's)")
 	flag.Parse()

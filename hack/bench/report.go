@@ -157,6 +157,11 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 	r.define("torch_raw_mb_zero", "torch: snapshot size, raw, exclude_zero_pages = true", "MB",
 		"the same cycle with a shim config setting exclude_zero_pages = true (runsc's exclude-committed-zero-pages): pages of zeros left out of the image")
 	r.define("torch_stored_mb_zero", "torch: snapshot size, stored, exclude_zero_pages = true", "MB", "")
+	r.define("torch_compiled_cold", "torch compiled: cold start to first inference", "s",
+		"the same image and model served compiled (torchserve.py --warmup=script: TorchScript trace, freeze, optimize_for_inference, then 3 inferences at each batch size it serves), as a real inference server warms up before it serves; Debian 12's torch 1.13 predates torch.compile; default config: ctr run invoked -> the warm-up inference's line, after the compile")
+	r.define("torch_compiled_restore", "torch compiled: restore to first inference", "s",
+		"as torch: restore to first inference, the compiled server's snapshot: the compiled model and its warm-up come back with it")
+	r.define("torch_compiled_ratio", "torch compiled: cold start / restore, to first inference", "x", "per run")
 }
 
 func fmtValue(v float64, unit string) string {
@@ -238,7 +243,8 @@ func renderMarkdown(rep *report) string {
 
 	if _, ok := r.stat("torch_cold", 0); ok {
 		w("\n## A real model server: torch\n\n| measurement | value | unit |\n|---|---|---|\n")
-		for _, k := range []string{"torch_cold", "torch_restore", "torch_ratio", "torch_raw_mb", "torch_stored_mb", "torch_raw_mb_zero", "torch_stored_mb_zero"} {
+		for _, k := range []string{"torch_cold", "torch_restore", "torch_ratio", "torch_raw_mb", "torch_stored_mb", "torch_raw_mb_zero", "torch_stored_mb_zero",
+			"torch_compiled_cold", "torch_compiled_restore", "torch_compiled_ratio"} {
 			st, ok := r.stat(k, 0)
 			w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
 		}

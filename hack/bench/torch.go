@@ -18,10 +18,13 @@ type torchRun struct {
 	restoreToInference time.Duration // ctr run invoked -> the first GET /infer answered
 	rawBytes           int64         // the snapshot's raw and stored bytes (committed line)
 	storedBytes        int64
+	ready              string // the server's "ready ..." line (its own timings)
 }
 
 // measureTorch runs the torch model server in its own lab on the local store, once with
-// the shim's defaults and once with exclude_zero_pages = true, and records both.
+// the shim's defaults and once with exclude_zero_pages = true, and records both; then
+// the compiled server (ociarchive.TorchCompiled: TorchScript and a warm-up per batch
+// size, the start-up work of a real inference server) with the defaults.
 func measureTorch(ctx context.Context, rep *report) (err error) {
 	l, err := lab.Start(ctx, lab.Options{Storage: lab.Local, Namespace: "bench", Logf: logf})
 	if err != nil {
@@ -45,7 +48,7 @@ func measureTorch(ctx context.Context, rep *report) (err error) {
 	for i, c := range []struct{ suffix, config string }{{"", l.ShimConfig}, {"_zero", zeroConfig}} {
 		for r := 0; r < rep.cfg.runs; r++ {
 			logf("torch, exclude_zero_pages = %v, run %d/%d: cold start, checkpoint, restore", i == 1, r+1, rep.cfg.runs)
-			t, err := torchCycle(ctx, l, c.config, fmt.Sprintf("torch%d-%d", i, r))
+			t, err := torchCycle(ctx, l, c.config, fmt.Sprintf("torch%d-%d", i, r), nil)
 			if err != nil {
 				return fmt.Errorf("torch, exclude_zero_pages = %v, run %d: %w", i == 1, r+1, err)
 			}
@@ -62,26 +65,46 @@ func measureTorch(ctx context.Context, rep *report) (err error) {
 				float64(t.rawBytes)/1e6, float64(t.storedBytes)/1e6)
 		}
 	}
+	for r := 0; r < rep.cfg.runs; r++ {
+		logf("torch compiled (%s), run %d/%d: cold start, checkpoint, restore", ociarchive.TorchCompiled, r+1, rep.cfg.runs)
+		t, err := torchCycle(ctx, l, l.ShimConfig, fmt.Sprintf("torchc-%d", r), ociarchive.TorchCommand(ociarchive.TorchCompiled))
+		if err != nil {
+			return fmt.Errorf("torch compiled, run %d: %w", r+1, err)
+		}
+		cold, warm := t.coldToInference.Seconds(), t.restoreToInference.Seconds()
+		rep.res.add("torch_compiled_cold", 0, cold)
+		rep.res.add("torch_compiled_restore", 0, warm)
+		rep.res.add("torch_compiled_ratio", 0, cold/warm)
+		logf("  cold start to first inference %.2fs, restore to first inference %.2fs (%.1fx); snapshot %.1f MB raw, %.1f MB stored; server: %s",
+			cold, warm, cold/warm, float64(t.rawBytes)/1e6, float64(t.storedBytes)/1e6, t.ready)
+	}
 	return nil
 }
 
-// torchCycle cold-starts the model server with shim config cfg, waits for its snapshot,
-// restores it once from the local store (node cache empty) and asks it for an
-// inference, which must equal the warm-up before the checkpoint; then deletes the
-// snapshot and empties the node cache.
-func torchCycle(ctx context.Context, l *lab.Lab, cfg, prefix string) (*torchRun, error) {
+// torchCycle cold-starts the model server with shim config cfg and command (nil: the
+// image's), waits for its snapshot, restores it once from the local store (node cache
+// empty; the same command, as a pod's spec is the same) and asks it for an inference,
+// which must equal the warm-up before the checkpoint; then deletes the snapshot and
+// empties the node cache.
+func torchCycle(ctx context.Context, l *lab.Lab, cfg, prefix string, command []string) (*torchRun, error) {
 	opts := shimOptions(cfg, []string{lab.AppLabel})
 	t := &torchRun{}
 	coldID, warmID := prefix+"-cold", prefix+"-restored"
-	cold, err := l.RunWith(ctx, coldID, opts)
+	cold, err := l.RunWith(ctx, coldID, opts, command...)
 	if err != nil {
 		return nil, fmt.Errorf("cold start: %w", err)
 	}
-	warmup, err := l.WaitOutput(ctx, cold, 5*time.Minute, "warm-up inference", func(s string) bool { return strings.HasPrefix(s, "warmup ") })
+	// 10 minutes: the compiled server's warm-up takes about a minute on 2 cores.
+	warmup, err := l.WaitOutput(ctx, cold, 10*time.Minute, "warm-up inference", func(s string) bool { return strings.HasPrefix(s, "warmup ") })
 	if err != nil {
 		return nil, fmt.Errorf("cold start: %w", err)
 	}
 	t.coldToInference = warmup.Seen.Sub(cold.Invoked)
+	ready, err := l.WaitOutput(ctx, cold, time.Minute, `"ready" line`, func(s string) bool { return strings.HasPrefix(s, "ready ") })
+	if err != nil {
+		return nil, fmt.Errorf("cold start: %w", err)
+	}
+	t.ready = strings.TrimPrefix(ready.Text, "ready ")
 	_, entry, err := l.ShimLine(ctx, 5*time.Minute, coldID, "podsnapshot: committed")
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: %w", err)
@@ -98,7 +121,7 @@ func torchCycle(ctx context.Context, l *lab.Lab, cfg, prefix string) (*torchRun,
 		return nil, err
 	}
 
-	warm, err := l.RunWith(ctx, warmID, opts)
+	warm, err := l.RunWith(ctx, warmID, opts, command...)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}

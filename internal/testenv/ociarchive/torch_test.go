@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"math"
+	"slices"
 	"testing"
 )
 
@@ -49,3 +50,16 @@ func TestTorchWeights(t *testing.T) {
 }
 
 const torchWeightsGolden = "79ef342027c57c5a"
+
+// TestTorchCommand: without options the command is the one the image was always built
+// with (its config, and so its digest and every snapshot key of it, must not change);
+// options follow the positional arguments, where torchserve.py reads them.
+func TestTorchCommand(t *testing.T) {
+	want := []string{"/usr/bin/python3", "/app/torchserve.py", "/model/weights.f32", "16", "4096", "8000"}
+	if got := TorchCommand(); !slices.Equal(got, want) {
+		t.Fatalf("TorchCommand() = %q, want %q", got, want)
+	}
+	if got := TorchCommand(TorchCompiled); !slices.Equal(got, append(want, "--warmup=script")) {
+		t.Fatalf("TorchCommand(TorchCompiled) = %q", got)
+	}
+}
