@@ -164,6 +164,7 @@ func run(ctx context.Context, cfg config) error {
 	defer os.RemoveAll(rep.images)
 	defineMetrics(rep.res, cfg.stores)
 	defineRootfsMetrics(rep.res, cfg.stores)
+	defineHotMetrics(rep.res)
 	logf("load average before: %s", rep.loadBefore)
 
 	for i, st := range cfg.stores {
@@ -336,6 +337,11 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				c.first.toReady.Seconds(), c.first.downloadMs, c.first.runscMs, c.first.streamed, c.first.fetchedBytes, c.first.streamMs,
 				c.first.toMemOK.Seconds(), c.cached.toReady.Seconds(), c.whole.toReady.Seconds(),
 				mibStr(c.shimPeakUpload), mibStr(c.first.shimPeak))
+		}
+	}
+	if st == hotStore(cfg) && hotSize(cfg) > 0 {
+		if err := measureHot(ctx, rep, l, hotSize(cfg)); err != nil {
+			return err
 		}
 	}
 	if cfg.rootfs {

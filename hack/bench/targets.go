@@ -86,7 +86,8 @@ func bySize(cfg config, sizes []int, v *verdict, figure func(mib int) (text stri
 }
 
 func evaluateTargets(rep *report) []target {
-	out := []target{rootfsTarget(rep)}
+	out := floorTargets(rep)
+	out = append(out, rootfsTarget(rep))
 	out = append(out, streamingTargets(rep)...)
 	return append(out, earlierTargets(rep)...)
 }
@@ -119,23 +120,6 @@ func streamingTargets(rep *report) []target {
 		t.Holds = v.holds()
 		return t
 	}
-
-	// 1. The first restore from the emulator against the cached one, and its growth.
-	out = append(out, sized("restore to ready from fake-gcs-server with an empty node cache ≤ 1.3x the cached restore at 512 MiB and 2 GiB, and its 2 GiB figure ≤ 1.3x its 512 MiB figure",
-		gcs, noGCS, []int{512, 2048}, func(mib int) (string, bool, bool) {
-			first, ok1 := median(r, "restore_first_gcs", mib)
-			cached, ok2 := median(r, "restore_cached_gcs", mib)
-			return fmt.Sprintf("%.3f s / %.3f s cached = %.2fx", first, cached, first/cached), first/cached <= 1.3, ok1 && ok2
-		}, func(t *target, v *verdict) {
-			f512, ok1 := median(r, "restore_first_gcs", 512)
-			f2g, ok2 := median(r, "restore_first_gcs", 2048)
-			if ok1 && ok2 {
-				t.Measured += fmt.Sprintf("; 2 GiB / 512 MiB: %.2fx", f2g/f512)
-				v.check(f2g/f512 <= 1.3)
-			} else if slices.Contains(cfg.sizes, 512) && slices.Contains(cfg.sizes, 2048) {
-				v.miss("the 2 GiB / 512 MiB figure")
-			}
-		}))
 
 	// 2. The first restore from the emulator to "memory ok" against what the emulator
 	// alone and the node cache allow; the same against the shaped store alone when the
@@ -170,57 +154,6 @@ func streamingTargets(rep *report) []target {
 			floor, ok2 := median(r, "raw_restore", mib)
 			return fmt.Sprintf("%.3f s / floor %.3f s = %.2fx", first, floor, first/floor), first/floor <= 1.2, ok1 && ok2
 		}, nil))
-
-	// 4. Four restores of one snapshot at once.
-	out = append(out, sized("4 concurrent restores of one snapshot on one node (fake-gcs-server, node cache empty): one download of the pages file, each ≤ 1.5x a lone first restore",
-		gcs, noGCS, nil, func(mib int) (string, bool, bool) {
-			dl, ok1 := r.stat("downloads_conc_gcs", mib)
-			med, ok2 := median(r, "restore_conc_gcs", mib)
-			slow, ok3 := median(r, "restore_conc_max_gcs", mib)
-			lone, ok4 := median(r, "restore_first_gcs", mib)
-			scale := ""
-			if cached, ok := median(r, "restore_conc_cached_max_gcs", mib); ok {
-				lc, _ := median(r, "restore_cached_gcs", mib)
-				scale = fmt.Sprintf(" (for scale, 4 at once all from the node cache: slowest %.3f s = %.2fx a lone cached restore)", cached, cached/lc)
-			}
-			// One download: in no run did the 4 shims fetch more than the pages file's
-			// stored bytes (a rounding margin of 0.1%): no frame twice.
-			return fmt.Sprintf("%.2f downloads (runs %.2f–%.2f); each %.3f s (median of 4), slowest %.3f s = %.2fx the lone first restore %.3f s%s",
-					dl.Median, dl.Min, dl.Max, med, slow, slow/lone, lone, scale),
-				dl.Max <= 1.001 && slow/lone <= 1.5, ok1 && ok2 && ok3 && ok4
-		}, nil))
-
-	// 5. The torch model server: restore against cold start, and the zero-page exclusion.
-	// The ratio is the compiled server's (a cold start doing a real server's
-	// warm-up); the eager one's is shown beside it. The floor (raw runsc restore of the
-	// torch image) is not measured by this bench yet.
-	{
-		t := target{Target: "torch model server, compiled: cold start to first inference / restore to first inference ≥ 10x; restore to first inference ≤ 1.3x the runsc floor's; stored size with and without zero-page exclusion"}
-		cold, ok1 := median(r, "torch_compiled_cold", 0)
-		warm, ok2 := median(r, "torch_compiled_restore", 0)
-		eagerCold, ok5 := median(r, "torch_cold", 0)
-		eagerWarm, ok6 := median(r, "torch_restore", 0)
-		stored, ok3 := median(r, "torch_stored_mb", 0)
-		zero, ok4 := median(r, "torch_stored_mb_zero", 0)
-		raw, _ := median(r, "torch_raw_mb", 0)
-		rawZero, _ := median(r, "torch_raw_mb_zero", 0)
-		if !ok1 || !ok2 {
-			out = append(out, notMeasured(t, "the torch cycle did not run (-torch=false)"))
-		} else {
-			t.Measured = fmt.Sprintf("compiled %.2f s / %.2f s = %.1fx", cold, warm, cold/warm)
-			if ok5 && ok6 {
-				t.Measured += fmt.Sprintf(" (eager %.2f s / %.2f s = %.1fx)", eagerCold, eagerWarm, eagerCold/eagerWarm)
-			}
-			if ok3 && ok4 {
-				t.Measured += fmt.Sprintf("; stored %.0f MB (raw %.0f MB) without, %.0f MB (raw %.0f MB) with exclude_zero_pages", stored, raw, zero, rawZero)
-			}
-			var v verdict
-			v.check(cold/warm >= 10)
-			v.miss("a runsc floor of the torch image")
-			t.Holds = v.holds()
-			out = append(out, t)
-		}
-	}
 
 	// 7. The shim's memory, the streaming restore included.
 	if len(cfg.sizes) == 0 {

@@ -152,3 +152,36 @@ func floorTargets(rep *report) []target {
 	}
 	return out
 }
+
+// torchCompiledTarget is issue 26's target 7: the compiled model server (TorchScript
+// warm-up, torchserve.py --warmup=script), with the eager one beside it. The floor (raw
+// runsc restore of the torch image) is not measured by this bench yet.
+func torchCompiledTarget(rep *report) target {
+	r := rep.res
+	t := target{Target: "7. torch model server, compiled: cold start to first inference / restore to first inference ≥ 10x; restore to first inference ≤ 1.3x the runsc floor's; stored size with and without zero-page exclusion"}
+	cold, ok1 := median(r, "torch_compiled_cold", 0)
+	warm, ok2 := median(r, "torch_compiled_restore", 0)
+	eagerCold, ok5 := median(r, "torch_cold", 0)
+	eagerWarm, ok6 := median(r, "torch_restore", 0)
+	stored, ok3 := median(r, "torch_stored_mb", 0)
+	zero, ok4 := median(r, "torch_stored_mb_zero", 0)
+	raw, _ := median(r, "torch_raw_mb", 0)
+	rawZero, _ := median(r, "torch_raw_mb_zero", 0)
+	if !ok1 || !ok2 {
+		t.Holds = "not measured (the torch cycle did not run: -torch=false)"
+		return t
+	} else {
+		t.Measured = fmt.Sprintf("compiled %.2f s / %.2f s = %.1fx", cold, warm, cold/warm)
+		if ok5 && ok6 {
+			t.Measured += fmt.Sprintf(" (eager %.2f s / %.2f s = %.1fx)", eagerCold, eagerWarm, eagerCold/eagerWarm)
+		}
+		if ok3 && ok4 {
+			t.Measured += fmt.Sprintf("; stored %.0f MB (raw %.0f MB) without, %.0f MB (raw %.0f MB) with exclude_zero_pages", stored, raw, zero, rawZero)
+		}
+		var v verdict
+		v.check(cold/warm >= 10)
+		v.miss("a runsc floor of the torch image")
+		t.Holds = v.holds()
+	}
+	return t
+}
