@@ -13,6 +13,7 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
+	"github.com/podsnapshot/podsnapshot/internal/config"
 	"github.com/podsnapshot/podsnapshot/internal/report"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
@@ -37,6 +38,15 @@ type fetch struct {
 	// it found), closed with the pod.
 	img  *stream.Image
 	took time.Duration
+}
+
+// restoreImage is what runsc restores from once the fetch succeeded: dir, read with
+// O_DIRECT when cfg.RestoreDirect (restore_direct) and dir holds plain files (a node
+// cache entry, a private download); a streaming image's FUSE mount is read as it is
+// (its pages file is already FOPEN_DIRECT_IO, and the mount's reads wait for frames).
+func (f *fetch) restoreImage(cfg config.Config) *RestoreImage {
+	streams := f.img != nil && !f.img.Cached
+	return &RestoreImage{Dir: f.dir, Direct: cfg.RestoreDirect && !streams}
 }
 
 // noFUSE logs once per shim that streaming is unavailable.
