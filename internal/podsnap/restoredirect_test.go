@@ -2,7 +2,12 @@ package podsnap
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
 	"github.com/podsnapshot/podsnapshot/internal/config"
@@ -49,4 +54,23 @@ func TestRestoreDirectOff(t *testing.T) {
 		t.Fatalf("calls = %q, want a restore without --direct", got)
 	}
 	p.Delete(context.Background(), sb)
+}
+
+// TestDirectReadable: only a file system that refuses O_DIRECT (EINVAL) turns --direct
+// off; a missing file is left to runsc, which reports it.
+func TestDirectReadable(t *testing.T) {
+	if !directReadable(filepath.Join(t.TempDir(), "absent")) {
+		t.Fatal("a missing image dir turned --direct off")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "pages.img"), make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Open(filepath.Join(dir, "pages.img"), unix.O_RDONLY|unix.O_DIRECT, 0)
+	if err == nil {
+		unix.Close(fd)
+	}
+	if want := !errors.Is(err, unix.EINVAL); directReadable(dir) != want {
+		t.Fatalf("directReadable = %v, want %v (open O_DIRECT: %v)", !want, want, err)
+	}
 }
