@@ -67,23 +67,23 @@ func (c *container) Create(ctx context.Context) (retErr error) {
 	return nil
 }
 
-// Launch runs created c: `runsc start`, or `runsc restore --background` from imageDir
-// when it is set. With --background the sandbox resumes once its kernel state is loaded
-// and pulls the application's pages in behind it (gVisor allows it for uncompressed
-// images, which the lifecycle's always are); a page the workload touches first is loaded
-// first. A container joining a sandbox gets its stdio from the runsc command, which is
-// connected to containerd's afterwards.
-func (c *container) Launch(ctx context.Context, imageDir string) error {
+// Launch runs created c: `runsc start`, or `runsc restore --background` from img when
+// it is set (restoreOpts). With --background the sandbox resumes once its kernel state is
+// loaded and pulls the application's pages in behind it (gVisor allows it for
+// uncompressed images, which the lifecycle's always are); a page the workload touches
+// first is loaded first. A container joining a sandbox gets its stdio from the runsc
+// command, which is connected to containerd's afterwards.
+func (c *container) Launch(ctx context.Context, img *podsnap.RestoreImage) error {
 	pio := c.init.getIO()
 	var io runsc.IO
 	if !c.sandbox {
 		io = pio.runscIO()
 	}
 	var err error
-	if imageDir == "" {
+	if img == nil {
 		err = c.runsc.Start(ctx, c.id, runsc.StartOpts{IO: io})
 	} else {
-		err = c.runsc.Restore(ctx, c.id, runsc.RestoreOpts{ImagePath: imageDir, IO: io, Background: true})
+		err = c.runsc.Restore(ctx, c.id, restoreOpts(img, io))
 	}
 	if err != nil {
 		return err
@@ -92,6 +92,13 @@ func (c *container) Launch(ctx context.Context, imageDir string) error {
 		return pio.afterStart(ctx)
 	}
 	return nil
+}
+
+// restoreOpts are the `runsc restore` options of a restore from img with stdio io:
+// always detached and --background, --direct as the lifecycle chose (a node cache
+// entry's plain files, not a streaming FUSE mount).
+func restoreOpts(img *podsnap.RestoreImage, io runsc.IO) runsc.RestoreOpts {
+	return runsc.RestoreOpts{ImagePath: img.Dir, IO: io, Background: true, Direct: img.Direct}
 }
 
 // Destroy removes c from runsc (`runsc delete --force`) and closes its stdio.

@@ -3,7 +3,6 @@ package manifest
 import (
 	"crypto/rand"
 	"fmt"
-	"regexp"
 )
 
 // NewUUID returns a random (version 4) UUID in its lowercase 36-character text form, e.g.
@@ -18,7 +17,23 @@ func NewUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
-var uuidText = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
-
 // IsUUID reports whether s is a UUID in lowercase 8-4-4-4-12 hex form.
-func IsUUID(s string) bool { return uuidText.MatchString(s) }
+func IsUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+				return false
+			}
+		}
+	}
+	return true
+}

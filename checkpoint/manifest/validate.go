@@ -2,7 +2,6 @@ package manifest
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
@@ -12,8 +11,6 @@ import (
 )
 
 var (
-	hex64  = regexp.MustCompile(`^[0-9a-f]{64}$`)
-	hex16  = regexp.MustCompile(`^[0-9a-f]{16}$`)
 	states = []State{StatePending, StateCommitted, StateFailed}
 	codecs = []string{"zstd", "none"}
 )
@@ -53,10 +50,10 @@ func (m *Manifest) Validate() error {
 	for _, msg := range apivalidation.NameIsDNSSubdomain(m.Policy, false) {
 		errs = append(errs, field.Invalid(field.NewPath("policy"), m.Policy, msg))
 	}
-	if !hex64.MatchString(m.Key) {
+	if !isLowerHex(64, m.Key) {
 		errs = append(errs, field.Invalid(field.NewPath("key"), m.Key, "must be 64 lowercase hex digits"))
 	}
-	if m.SandboxKey != "" && !hex64.MatchString(m.SandboxKey) {
+	if m.SandboxKey != "" && !isLowerHex(64, m.SandboxKey) {
 		errs = append(errs, field.Invalid(field.NewPath("sandboxKey"), m.SandboxKey, "must be 64 lowercase hex digits"))
 	}
 	names := map[string]bool{}
@@ -68,7 +65,7 @@ func (m *Manifest) Validate() error {
 			errs = append(errs, field.Duplicate(p.Child("name"), c.Name))
 		}
 		names[c.Name] = true
-		if !hex64.MatchString(c.Key) {
+		if !isLowerHex(64, c.Key) {
 			errs = append(errs, field.Invalid(p.Child("key"), c.Key, "must be 64 lowercase hex digits"))
 		}
 	}
@@ -170,11 +167,25 @@ func (m *Manifest) validateFiles() field.ErrorList {
 				errs = append(errs, field.Invalid(p.Child("frames"), len(f.Frames), err.Error()))
 			}
 		}
-		if !hex16.MatchString(f.XXH64) {
+		if !isLowerHex(16, f.XXH64) {
 			errs = append(errs, field.Invalid(p.Child("xxh64"), f.XXH64, "must be 16 lowercase hex digits"))
 		}
 		errs = append(errs, apivalidation.ValidateNonnegativeField(f.RawSize, p.Child("rawSize"))...)
 		errs = append(errs, apivalidation.ValidateNonnegativeField(f.StoredSize, p.Child("storedSize"))...)
 	}
 	return errs
+}
+
+// isLowerHex tells whether s is n lowercase hex digits. Not a regexp: `{64}` compiled at
+// package init was start-up time of every process linking the package (the shim's).
+func isLowerHex(n int, s string) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }

@@ -23,6 +23,8 @@
 //	                                      # download the whole snapshot first
 //	hot_frames = true                     # a streaming restore fetches first the frames
 //	                                      # an earlier one read first (and records them)
+//	restore_direct = true                 # restores from the node cache read pages.img
+//	                                      # with O_DIRECT (runsc restore --direct)
 //
 //	[runsc]
 //	path = "runsc"                        # binary, a path or a name in $PATH
@@ -95,6 +97,17 @@ type Config struct {
 	// store the list next to the snapshot (package checkpoint/stream, hot.go). False:
 	// frames arrive in order, and none is recorded.
 	HotFrames bool `toml:"hot_frames"`
+	// RestoreDirect passes `runsc restore --direct` (gVisor opens pages.img O_DIRECT) to
+	// a restore that reads plain files: a node cache entry (every restore after a node's
+	// first of a snapshot) or a whole download (stream_restore false, or no FUSE). A
+	// streamed restore reads the FUSE mount, whose pages file is FOPEN_DIRECT_IO already,
+	// and never gets it. gVisor's page loader read a page-cached pages.img 3x (512 MiB)
+	// to 7x (2 GiB) slower than with O_DIRECT or through the mount on the 2-core VM
+	// (docs/architecture.md, "Cached restores"). False reads the files through the page
+	// cache, as before: for a node whose disk reads are much slower than its memory
+	// copies and that restores many pods from one entry at once (O_DIRECT reads the
+	// disk each time, never the cache).
+	RestoreDirect bool `toml:"restore_direct"`
 	// ReportDir is the spool where the shim reports what happened to Kubernetes pods
 	// (package report) for the node agent; "" means <WorkDir>/.reports (a name no
 	// containerd namespace can have).
@@ -177,6 +190,7 @@ func Default() Config {
 		ReportMaxFiles:     10000,
 		StreamRestore:      true,
 		HotFrames:          true,
+		RestoreDirect:      true,
 		PodIdentity:        PodIdentity{STSURL: "https://sts.googleapis.com/v1/token"},
 		Runsc: Runsc{
 			Path: "runsc",
@@ -229,7 +243,7 @@ func Parse(data []byte) (Config, error) {
 		for i, k := range undec {
 			keys[i] = k.String()
 		}
-		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, stream_restore, hot_frames, report_dir, report_max_files, gcs_endpoint, pod_identity.workload_identity_provider, pod_identity.token_audience, pod_identity.sts_url, pod_identity.token_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
+		return cfg, fmt.Errorf("unknown key %q (known: log_level, work_dir, policy_dir, cache_dir, cache_max_bytes, restore_wait_seconds, kubelet_pods_dir, save_direct, exclude_zero_pages, stream_restore, hot_frames, restore_direct, report_dir, report_max_files, gcs_endpoint, pod_identity.workload_identity_provider, pod_identity.token_audience, pod_identity.sts_url, pod_identity.token_dir, runsc.path, runsc.root, runsc.flags.*)", strings.Join(keys, `", "`))
 	}
 	return cfg, cfg.Validate()
 }

@@ -61,6 +61,17 @@ func TestExcludeZeroPages(t *testing.T) {
 	}
 }
 
+// TestRestoreDirect: on by default; false turns it off.
+func TestRestoreDirect(t *testing.T) {
+	if !Default().RestoreDirect {
+		t.Fatal("restore_direct is off by default")
+	}
+	cfg, err := Parse([]byte("restore_direct = false\n"))
+	if err != nil || cfg.RestoreDirect {
+		t.Fatalf("restore_direct = false: %v, %+v", err, cfg)
+	}
+}
+
 // TestStreamRestore: on by default; false turns it off.
 func TestStreamRestore(t *testing.T) {
 	if !Default().StreamRestore {

@@ -85,6 +85,7 @@ var configFields = map[string]handling{
 	"exclude_zero_pages":   {readIn: "internal/podsnap/trigger.go"},
 	"stream_restore":       {readIn: "internal/podsnap/fetch.go"},
 	"hot_frames":           {readIn: "internal/podsnap/pod.go"},
+	"restore_direct":       {readIn: "internal/podsnap/fetch.go"},
 	"report_dir":           {readIn: "internal/config/config.go"}, // Config.Reports
 	"report_max_files":     {readIn: "internal/podsnap/report.go"},
 	"gcs_endpoint":         {readIn: "internal/podsnap/identity.go"},

@@ -280,7 +280,7 @@ func (p *Pod) restorePod(ctx context.Context, d *deferredRestore) {
 	t0 := time.Now()
 	var created []*member
 	err := func() error {
-		if err := p.sb.Launch(ctx, f.dir); err != nil {
+		if err := p.sb.Launch(ctx, f.restoreImage(p.cfg)); err != nil {
 			return fmt.Errorf("runsc restore of sandbox %s: %w", p.sb.ID(), err)
 		}
 		for _, a := range d.arrived {
@@ -288,7 +288,7 @@ func (p *Pod) restorePod(ctx context.Context, d *deferredRestore) {
 				return err
 			}
 			created = append(created, a)
-			if err := a.t.Launch(ctx, f.dir); err != nil {
+			if err := a.t.Launch(ctx, f.restoreImage(p.cfg)); err != nil {
 				return fmt.Errorf("runsc restore of container %s (%s): %w", a.name, a.t.ID(), err)
 			}
 		}
@@ -351,7 +351,7 @@ func (p *Pod) startCold(ctx context.Context, d *deferredRestore, reason, why str
 		if !d.started[a.t.ID()] {
 			continue // its Start runs it as usual
 		}
-		if err := a.t.Launch(ctx, ""); err != nil {
+		if err := a.t.Launch(ctx, nil); err != nil {
 			log.G(ctx).WithError(err).WithField("id", a.t.ID()).Error("podsnapshot: container cannot start after the cold start")
 			a.t.Exit(255)
 			continue

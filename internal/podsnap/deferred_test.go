@@ -93,7 +93,8 @@ func TestDeferredRestoreOfAPod(t *testing.T) {
 	default:
 	}
 	must(t, pd.p.Start(context.Background(), s))
-	if pd.sb.callLog() != "restore" || w.callLog() != "create, restore" || s.callLog() != "create, restore" {
+	// The whole download is a plain directory: read with --direct (restore_direct).
+	if pd.sb.callLog() != "restore --direct" || w.callLog() != "create, restore --direct" || s.callLog() != "create, restore --direct" {
 		t.Fatalf("restore calls: sandbox %q writer %q server %q", pd.sb.callLog(), w.callLog(), s.callLog())
 	}
 	for _, c := range []*fakeTask{pd.sb, w, s} {
@@ -184,10 +185,10 @@ func TestDeferredRestoreFallsBackCold(t *testing.T) {
 		s.fail["restore"] = errors.New("runsc restore: boom")
 		must(t, pd.p.Start(context.Background(), w))
 		must(t, pd.p.Start(context.Background(), s))
-		if got := s.callLog(); got != "create, restore, destroy, writespec, create, start" {
+		if got := s.callLog(); got != "create, restore --direct, destroy, writespec, create, start" {
 			t.Fatalf("server calls %q", got)
 		}
-		if got := pd.sb.callLog(); got != "restore, destroy, writespec, create, watch, start" {
+		if got := pd.sb.callLog(); got != "restore --direct, destroy, writespec, create, watch, start" {
 			t.Fatalf("sandbox calls %q", got)
 		}
 	})

@@ -82,11 +82,16 @@ func (f *fakeTask) Create(ctx context.Context) error {
 	return nil
 }
 
-func (f *fakeTask) Launch(ctx context.Context, imageDir string) error {
-	if imageDir == "" {
+func (f *fakeTask) Launch(ctx context.Context, img *RestoreImage) error {
+	if img == nil {
 		return f.record("start")
 	}
-	if err := f.record("restore"); err != nil {
+	imageDir := img.Dir
+	call := "restore"
+	if img.Direct {
+		call = "restore --direct"
+	}
+	if err := f.record(call); err != nil {
 		return err
 	}
 	if _, err := os.Stat(filepath.Join(imageDir, "checkpoint.img")); err != nil {

@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
+	"github.com/podsnapshot/podsnapshot/internal/config"
 	"github.com/podsnapshot/podsnapshot/internal/report"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
@@ -37,6 +39,38 @@ type fetch struct {
 	// it found), closed with the pod.
 	img  *stream.Image
 	took time.Duration
+}
+
+// restoreImage is what runsc restores from once the fetch succeeded: dir, read with
+// O_DIRECT when cfg.RestoreDirect (restore_direct) and dir holds plain files (a node
+// cache entry, a private download); a streaming image's FUSE mount is read as it is
+// (its pages file is already FOPEN_DIRECT_IO, and the mount's reads wait for frames).
+func (f *fetch) restoreImage(cfg config.Config) *RestoreImage {
+	streams := f.img != nil && !f.img.Cached
+	return &RestoreImage{Dir: f.dir, Direct: cfg.RestoreDirect && !streams && directReadable(f.dir)}
+}
+
+// noDirect logs once per shim that the node cache's file system refuses O_DIRECT.
+var noDirect sync.Once
+
+// directReadable tells whether dir's pages.img can be opened with O_DIRECT. A file
+// system without it (tmpfs before Linux 6.6, some network ones) refuses the open with
+// EINVAL, and `runsc restore --direct` would then fail every restore into a cold start;
+// such a dir is restored without --direct (logged once). Other errors say yes: the
+// restore meets and reports them itself.
+func directReadable(dir string) bool {
+	fd, err := unix.Open(filepath.Join(dir, "pages.img"), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err == nil {
+		unix.Close(fd)
+		return true
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return true
+	}
+	noDirect.Do(func() {
+		log.L.WithError(err).WithField("dir", dir).Warn("podsnapshot: the node cache's file system refuses O_DIRECT; restores read it through the page cache (restore_direct has no effect)")
+	})
+	return false
 }
 
 // noFUSE logs once per shim that streaming is unavailable.

@@ -90,8 +90,8 @@ func TestWorkloadCheckpointThenRestore(t *testing.T) {
 		t.Fatalf("a restoring pod got trigger annotations %v", sb2.annots)
 	}
 	must(t, p2.Start(context.Background(), sb2))
-	if got := sb2.callLog(); got != "restore" {
-		t.Fatalf("calls = %q, want a restore", got)
+	if got := sb2.callLog(); got != "restore --direct" {
+		t.Fatalf("calls = %q, want a restore with --direct (restore_direct)", got)
 	}
 	if !strings.HasPrefix(sb2.restoredFrom, e.cfg.Cache()) {
 		t.Fatalf("restored from %s, want the node cache %s", sb2.restoredFrom, e.cfg.Cache())
@@ -107,6 +107,9 @@ func TestWorkloadCheckpointThenRestore(t *testing.T) {
 		t.Fatal("third pod missed the node cache")
 	}
 	must(t, p3.Start(context.Background(), sb3))
+	if got := sb3.callLog(); got != "restore --direct" {
+		t.Fatalf("calls of a restore from the node cache = %q, want a restore with --direct", got)
+	}
 	p3.Delete(context.Background(), sb3)
 	if _, err := os.Stat(p3.workDir); !os.IsNotExist(err) {
 		t.Fatalf("work dir left after Delete: %v", err)
@@ -119,7 +122,7 @@ func TestFailedRestoreStartsCold(t *testing.T) {
 	p, sb := e.plan("sb2", "pod-sb2")
 	sb.fail["restore"] = errors.New("runsc restore: boom")
 	must(t, p.Start(context.Background(), sb))
-	if got := sb.callLog(); got != "restore, destroy, writespec, create, watch, start" {
+	if got := sb.callLog(); got != "restore --direct, destroy, writespec, create, watch, start" {
 		t.Fatalf("calls = %q, want restore then a cold re-create", got)
 	}
 	if p.Restores() {

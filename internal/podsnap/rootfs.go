@@ -176,7 +176,7 @@ func (p *Pod) startOnLayers(ctx context.Context, m *manifest.Manifest, f *fetch)
 		t0 := time.Now()
 		err := p.applySandboxLayer(m, f)
 		if err == nil {
-			err = p.sb.Launch(ctx, "")
+			err = p.sb.Launch(ctx, nil)
 		}
 		if err == nil {
 			p.running(p.sb)

@@ -40,7 +40,7 @@ func (p *Pod) Start(ctx context.Context, t Task) error {
 
 // launch starts t as any container starts (`runsc start`) and reports it running.
 func launch(ctx context.Context, t Task) error {
-	if err := t.Launch(ctx, ""); err != nil {
+	if err := t.Launch(ctx, nil); err != nil {
 		return err
 	}
 	t.Started()
@@ -66,7 +66,7 @@ func (p *Pod) restoreOrStart(ctx context.Context) error {
 			decide(ctx, id, "restore", why)
 		}
 		t0 := time.Now()
-		err := p.sb.Launch(ctx, f.dir)
+		err := p.sb.Launch(ctx, f.restoreImage(p.cfg))
 		if err == nil {
 			p.running(p.sb)
 			p.logRestored(ctx, m, f, 1, 0, time.Since(t0))
@@ -118,7 +118,7 @@ func (p *Pod) launch(ctx context.Context, t Task) error {
 	if _, ok := p.checkpointTarget(); ok && t == p.sb {
 		watch, cancel = p.armWatch()
 	}
-	if err := t.Launch(ctx, ""); err != nil {
+	if err := t.Launch(ctx, nil); err != nil {
 		cancel()
 		return err
 	}

@@ -15,10 +15,10 @@ type Task interface {
 	// Create runs `runsc create` for the task from its bundle with fresh stdio and records
 	// its pid. On error nothing of it is left in runsc.
 	Create(ctx context.Context) error
-	// Launch runs the created task: `runsc start`, or, when imageDir is set, `runsc restore
-	// --background` from the image files in imageDir (a restore is a start with a restore
-	// config, as in gVisor's shim).
-	Launch(ctx context.Context, imageDir string) error
+	// Launch runs the created task: `runsc start`, or, when img is set, `runsc restore
+	// --background` from the image files in img.Dir (a restore is a start with a restore
+	// config, as in gVisor's shim), with --direct when img.Direct.
+	Launch(ctx context.Context, img *RestoreImage) error
 	// Destroy removes the task from runsc (`runsc delete --force`) and closes its stdio,
 	// so that Create can make it afresh.
 	Destroy(ctx context.Context) error
@@ -62,4 +62,17 @@ type Task interface {
 	// Checkpoint saves the sandbox into dir (`runsc checkpoint`, uncompressed);
 	// leaveRunning keeps it running afterwards (postCheckpoint resume).
 	Checkpoint(ctx context.Context, dir string, leaveRunning bool) error
+}
+
+// RestoreImage is what a restore reads: the image directory, and how gVisor reads its
+// pages file.
+type RestoreImage struct {
+	// Dir holds checkpoint.img, pages_meta.img and pages.img: a node cache entry, a
+	// private download, or the FUSE mount of a streaming restore.
+	Dir string
+	// Direct: gVisor opens pages.img with O_DIRECT (`runsc restore --direct`). Set for
+	// plain files only (fetch.restoreImage, config restore_direct): gVisor's loader reads
+	// a page-cached regular file several times slower than the same bytes through
+	// O_DIRECT or the shim's FUSE mount (docs/architecture.md, "Cached restores").
+	Direct bool
 }
