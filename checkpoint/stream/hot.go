@@ -56,6 +56,11 @@ const (
 	hotLoadWait = 5 * time.Second
 	// hotSaveWait bounds the write of a recorded list.
 	hotSaveWait = 10 * time.Second
+	// maxHotShare is the largest share of the frames a list may hold to be stored: past
+	// it, fetching the list first is hardly another order than the file's, and a list
+	// that long more likely means the recorder lost the loader (a gap longer than the
+	// window) than that the workload touched half its memory in its first seconds.
+	maxHotShare = 0.5
 )
 
 // recorder collects the hot frames of one restore (see above).
@@ -102,6 +107,12 @@ func (r *recorder) read(off, n int64) {
 		r.advance()
 		return
 	}
+	for i := first; i <= last; i++ {
+		// Loaded by the fault: the loader's pass skips it, so it counts as reached (else
+		// the frontier would stop before it, and every later read of the loader would
+		// look like a fault).
+		r.reached[i] = true
+	}
 	for i := first; i <= last && len(r.hot) < MaxHotFrames; i++ {
 		if !r.seen[i] {
 			r.seen[i] = true
@@ -110,22 +121,31 @@ func (r *recorder) read(off, n int64) {
 	}
 }
 
-// advance moves the frontier past the frames reached, and past a frame not reached
-// whose next skipRun frames are. Called with mu held.
+// advance moves the frontier past the frames reached, and past a gap of frames not
+// reached (shorter than the window) once the skipRun frames after it are: the loader
+// went on without them (a fault loaded them, or their memory was freed). Called with mu
+// held.
 func (r *recorder) advance() {
 	n := len(r.reached)
+	span := int(r.window/r.x.Info().FrameSize) + 1
 	for r.low < n {
-		if !r.reached[r.low] {
-			if r.low+skipRun >= n {
+		if r.reached[r.low] {
+			r.low++
+			continue
+		}
+		j := r.low + 1
+		for j < min(n, r.low+span) && !r.reached[j] {
+			j++
+		}
+		if j+skipRun > n {
+			return
+		}
+		for i := j; i < j+skipRun; i++ {
+			if !r.reached[i] {
 				return
 			}
-			for i := r.low + 1; i <= r.low+skipRun; i++ {
-				if !r.reached[i] {
-					return
-				}
-			}
 		}
-		r.low++
+		r.low = j
 	}
 }
 
@@ -146,8 +166,11 @@ type hotLoad struct {
 	name string        // the list's object name
 	done chan struct{} // closed once the read ended
 	// Written before done is closed, read after it.
-	list   []int // the verified list; nil: none usable
-	absent bool  // the store holds no list: this restore may record one
+	list []int // the verified list; nil: none usable
+	// absent: the store holds no list, or one that fails DecodeHotList (bad, or of an
+	// older format): this restore may record one, replacing a bad one.
+	absent  bool
+	replace bool // the stored list is bad: the new one replaces it (Put, not PutIfAbsent)
 }
 
 // loadHot starts reading src's stored list of x's frames, within ctx and hotLoadWait. A
@@ -162,6 +185,9 @@ func loadHot(ctx context.Context, src Source, x *storage.FrameIndex) *hotLoad {
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
 			h.absent = true
+		case errors.Is(err, ErrBadHotList):
+			h.absent, h.replace = true, true
+			log.L.WithError(err).Warnf("podsnapshot: hot-frame list %s ignored, to be recorded again; the pages of this restore arrive in order", src.Store.URL(h.name))
 		case err != nil && ctx.Err() == nil:
 			log.L.WithError(err).Warnf("podsnapshot: hot-frame list %s ignored; the pages of this restore arrive in order", src.Store.URL(h.name))
 		case err == nil:
@@ -245,10 +271,14 @@ func (img *Image) recordHot(ctx context.Context, src Source, x *storage.FrameInd
 	case len(hot) == 0:
 		log.L.Debugf("podsnapshot: no hot frames recorded for %s: the sandbox read its pages in order", url)
 		return
+	case float64(len(hot)) > maxHotShare*float64(x.Len()):
+		log.L.Infof("podsnapshot: hot-frame list %s not stored: %d of %d frames read out of the loader's order is no order of its own",
+			url, len(hot), x.Len())
+		return
 	}
 	sctx, cancel := context.WithTimeout(ctx, hotSaveWait)
 	defer cancel()
-	if err := saveHot(sctx, src, x, hot); err != nil {
+	if err := saveHot(sctx, src, x, hot, img.hot.replace); err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			log.L.Infof("podsnapshot: hot-frame list %s was stored by another restore first", url)
 			return
@@ -262,8 +292,11 @@ func (img *Image) recordHot(ctx context.Context, src Source, x *storage.FrameInd
 }
 
 // saveHot writes hot as src's list unless one exists (an error wrapping
-// storage.ErrExists), after src.HotFramesCheck allowed it.
-func saveHot(ctx context.Context, src Source, x *storage.FrameIndex, hot []int) error {
+// storage.ErrExists), or over a bad one (replace), after src.HotFramesCheck allowed it.
+// Should the snapshot have been deleted meanwhile (its deletion listed its objects before
+// this write), the check fails afterwards and the list is removed again: no object
+// outlives its snapshot.
+func saveHot(ctx context.Context, src Source, x *storage.FrameIndex, hot []int, replace bool) error {
 	data, err := EncodeHotList(x, hot)
 	if err != nil {
 		return err
@@ -273,8 +306,23 @@ func saveHot(ctx context.Context, src Source, x *storage.FrameIndex, hot []int) 
 			return fmt.Errorf("the snapshot cannot take it: %w", err)
 		}
 	}
-	_, err = src.Store.PutIfAbsent(ctx, src.HotFrames, bytes.NewReader(data))
-	return err
+	if replace {
+		_, err = src.Store.Put(ctx, src.HotFrames, bytes.NewReader(data))
+	} else {
+		_, err = src.Store.PutIfAbsent(ctx, src.HotFrames, bytes.NewReader(data))
+	}
+	if err != nil {
+		return err
+	}
+	if src.HotFramesCheck != nil {
+		if cerr := src.HotFramesCheck(ctx); cerr != nil {
+			if derr := src.Store.Delete(context.WithoutCancel(ctx), src.HotFrames); derr != nil && !errors.Is(derr, storage.ErrNotFound) {
+				return fmt.Errorf("the snapshot went while its list was written (%v), and removing the list failed: %w", cerr, derr)
+			}
+			return fmt.Errorf("the snapshot went while its list was written: %w", cerr)
+		}
+	}
+	return nil
 }
 
 // endedCh is the channel closed once every frame is there or the file failed.

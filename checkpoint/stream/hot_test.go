@@ -93,6 +93,30 @@ func TestRecorderSequentialVsJumps(t *testing.T) {
 		t.Fatalf("the loader skipping frame 20 made %d of its frames hot: %v", len(hot), hot[:min(len(hot), 8)])
 	}
 
+	// Faults that load whole frames far ahead (a model's weights, 2 MiB at a time): the
+	// loader's pass skips them, and its reads after them stay its own (a frontier stuck
+	// before them made every later read of the loader hot).
+	for _, faulted := range [][2]int{{100, 104}, {100, 200}} {
+		r = newRecorder(x)
+		for off := int64(0); off < 8*frame; off += piece {
+			r.read(off, piece)
+		}
+		for i := faulted[0]; i < faulted[1]; i++ {
+			r.read(int64(i)*frame, 2<<20)
+			r.read(int64(i)*frame+2<<20, 2<<20)
+		}
+		for off := int64(8 * frame); off < 400*frame; off += piece {
+			if i := int(off / frame); i < faulted[0] || i >= faulted[1] {
+				r.read(off, piece)
+			}
+		}
+		hot, _ = r.stop()
+		if want := faulted[1] - faulted[0]; len(hot) != want || hot[0] != faulted[0] {
+			t.Fatalf("faults loading frames %d..%d ahead of the loader: %d hot frames (from %v), want those %d",
+				faulted[0], faulted[1]-1, len(hot), hot[:min(len(hot), 8)], want)
+		}
+	}
+
 	// Bounded: a workload touching everything ahead of a loader that has not moved.
 	r = newRecorder(x)
 	for i := x.Len() - 1; i > 0; i-- {
@@ -273,8 +297,8 @@ func TestStreamRecordsHotFrames(t *testing.T) {
 	if want := []int{50, 30, 31}; err != nil || !slices.Equal(hot, want) {
 		t.Fatalf("stored list %v (%v), want %v", hot, err, want)
 	}
-	if checked != 1 {
-		t.Fatalf("HotFramesCheck asked %d times before the write, want 1", checked)
+	if checked != 2 {
+		t.Fatalf("HotFramesCheck asked %d times, want 2 (before the write and after it)", checked)
 	}
 }
 

@@ -85,7 +85,12 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 		case <-time.After(takeOverEvery):
 		}
 	}
-	if hot = img.hotFrames(ctx); len(hot) > 0 {
+	// A linked fill's bytes are on the node already (only verified): no order saves a
+	// round trip, and 16 verifiers would compete with the sandbox for the CPU.
+	if hot = img.hotFrames(ctx); len(hot) > 0 && f.linked {
+		hot = nil
+	}
+	if len(hot) > 0 {
 		log.L.WithField("hot_frames", len(hot)).Infof("podsnapshot: hot frames first: fetching the %d frames of %s that %s lists before the rest",
 			len(hot), src.Store.URL(x.Info().Name), src.Store.URL(img.hot.name))
 	}

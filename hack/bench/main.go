@@ -163,6 +163,7 @@ func run(ctx context.Context, cfg config) error {
 	}
 	defer os.RemoveAll(rep.images)
 	defineMetrics(rep.res, cfg.stores)
+	defineCachedPathMetrics(rep.res)
 	defineRootfsMetrics(rep.res, cfg.stores)
 	defineHotMetrics(rep.res)
 	logf("load average before: %s", rep.loadBefore)
@@ -417,6 +418,9 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 				res.add(key+"_memok", mib, memOK.Seconds())
 				logf("  runsc create+restore (background %v) %.3fs (memory ok %.3fs)", background, ready.Seconds(), memOK.Seconds())
 			}
+		}
+		if err := measureCachedPath(ctx, res, raw, mib, img, cfg.runs); err != nil {
+			return fmt.Errorf("runsc floor, %d MiB: %w", mib, err)
 		}
 		rep.imageOf[mib] = img
 		if err := diskFloors(rep, l, mib); err != nil {

@@ -39,9 +39,9 @@ func floorTargets(rep *report) []target {
 	var out []target
 
 	// 1. First restore to ready against the floor plus containerd's own cost.
-	out = append(out, sized("1. first restore to ready ≤ 1.2x (raw `runsc create` + `runsc restore --background` floor + containerd's own cost) from the local store and the plain emulator, ≤ 1.3x from the shaped store, at 512 MiB and 2 GiB",
+	out = append(out, sized("1. first restore to ready ≤ 1.2x (raw `runsc create` + `runsc restore --background` floor, the faster of with and without --direct, + containerd's own cost) from the local store and the plain emulator, ≤ 1.3x from the shaped store, at 512 MiB and 2 GiB",
 		[]lab.Storage{lab.Local, lab.GCS, lab.GCSShaped}, both, func(mib int) (string, bool, bool) {
-			floor, ok := median(r, "raw_restore", mib)
+			floor, ok := rawFloor(r, mib)
 			cost, okc := containerdCost(r)
 			if !ok || !okc {
 				return "", false, false
@@ -92,11 +92,14 @@ func floorTargets(rep *report) []target {
 	out = append(out, fill(lab.GCS), fill(lab.GCSShaped))
 
 	// 4. Download and page loading overlap.
-	out = append(out, sized("4. first restore to `memory ok` from the shaped store ≤ 1.2x the larger of the shaped store alone serving the bytes and the raw floor to `memory ok`",
+	out = append(out, sized("4. first restore to `memory ok` from the shaped store ≤ 1.2x the larger of the shaped store alone serving the bytes and the raw floor to `memory ok` (the faster of with and without --direct)",
 		[]lab.Storage{lab.GCSShaped}, nil, func(mib int) (string, bool, bool) {
 			first, ok1 := median(r, "restore_first_memok_gcs-shaped", mib)
 			serve, ok2 := median(r, serveKey(lab.GCSShaped), mib)
 			floor, ok3 := median(r, "raw_restore_memok", mib)
+			if d, ok := median(r, "raw_restore_direct_memok", mib); ok && (!ok3 || d < floor) {
+				floor, ok3 = d, true
+			}
 			bound := max(serve, floor)
 			return fmt.Sprintf("%.3f s vs the larger of store alone %.3f s and floor %.3f s = %.2fx", first, serve, floor, first/bound),
 				first/bound <= 1.2, ok1 && ok2 && ok3
@@ -184,4 +187,20 @@ func torchCompiledTarget(rep *report) target {
 		t.Holds = v.holds()
 	}
 	return t
+}
+
+// rawFloor is the raw runsc restore floor to ready at size mib: the faster median of
+// `runsc restore --background` with and without --direct (the image read with O_DIRECT
+// or through the page cache), so that no target is met against the slower way runsc
+// can read the same file.
+func rawFloor(r *Results, mib int) (float64, bool) {
+	plain, ok1 := median(r, "raw_restore", mib)
+	direct, ok2 := median(r, "raw_restore_direct", mib)
+	switch {
+	case ok1 && ok2:
+		return min(plain, direct), true
+	case ok1:
+		return plain, true
+	}
+	return direct, ok2
 }

@@ -61,7 +61,12 @@ var noDirect sync.Once
 func directReadable(dir string) bool {
 	fd, err := unix.Open(filepath.Join(dir, "pages.img"), unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err == nil {
+		// Some file systems take the open and refuse the reads: read one aligned page
+		// (an anonymous mapping is page-aligned, as O_DIRECT wants its buffer).
+		err = readOneDirect(fd)
 		unix.Close(fd)
+	}
+	if err == nil {
 		return true
 	}
 	if !errors.Is(err, unix.EINVAL) {
@@ -71,6 +76,18 @@ func directReadable(dir string) bool {
 		log.L.WithError(err).WithField("dir", dir).Warn("podsnapshot: the node cache's file system refuses O_DIRECT; restores read it through the page cache (restore_direct has no effect)")
 	})
 	return false
+}
+
+// readOneDirect reads the first page of the O_DIRECT descriptor fd into a page-aligned
+// buffer; a file shorter than a page reads short, which is no error.
+func readOneDirect(fd int) error {
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil // no buffer to try with: keep the open's verdict
+	}
+	defer unix.Munmap(buf)
+	_, err = unix.Pread(fd, buf, 0)
+	return err
 }
 
 // noFUSE logs once per shim that streaming is unavailable.

@@ -92,8 +92,9 @@ type Proxy struct {
 	// URL is "http://" + Addr.
 	URL string
 
-	srv  *http.Server
-	stop func() bool // stops the context watch
+	srv      *http.Server
+	upstream *http.Transport // its idle connections to the emulator go with Close
+	stop     func() bool     // stops the context watch
 }
 
 // Start serves a proxy on a free port of 127.0.0.1 that forwards every request to
@@ -115,6 +116,12 @@ func Start(ctx context.Context, upstream string, opts Options) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("shaped store: listen: %w", err)
 	}
+	toEmulator := &http.Transport{
+		Proxy:               nil,
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
 	rp := &httputil.ReverseProxy{
 		// SetURL also sets the Host header to the emulator's: fake-gcs-server routes
 		// XML API reads (GET /BUCKET/NAME), which the Go client makes, by it and answers
@@ -123,11 +130,7 @@ func Start(ctx context.Context, upstream string, opts Options) (*Proxy, error) {
 		// request (storage/gcs: ChunkSize 0), so none of its bytes go that way.
 		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
 		Transport: &latencyTransport{
-			base: &http.Transport{
-				Proxy:               nil,
-				MaxIdleConnsPerHost: 256,
-				DisableCompression:  true,
-			},
+			base:    toEmulator,
 			latency: opts.Latency,
 		},
 		// Copy as bytes arrive: the per-connection pacing is the client's only limit.
@@ -139,7 +142,7 @@ func Start(ctx context.Context, upstream string, opts Options) (*Proxy, error) {
 	}
 	sl := &shapedListener{Listener: ln, opts: opts,
 		totalIn: newBucket(opts.TotalBytesPerSec), totalOut: newBucket(opts.TotalBytesPerSec)}
-	p := &Proxy{Addr: ln.Addr().String(), srv: &http.Server{Handler: rp, ReadHeaderTimeout: time.Minute}}
+	p := &Proxy{Addr: ln.Addr().String(), upstream: toEmulator, srv: &http.Server{Handler: rp, ReadHeaderTimeout: time.Minute}}
 	p.URL = "http://" + p.Addr
 	go func() { _ = p.srv.Serve(sl) }()
 	p.stop = context.AfterFunc(ctx, func() { _ = p.srv.Close() })
@@ -149,6 +152,7 @@ func Start(ctx context.Context, upstream string, opts Options) (*Proxy, error) {
 // Close stops the proxy and closes its connections.
 func (p *Proxy) Close() error {
 	p.stop()
+	defer p.upstream.CloseIdleConnections()
 	if err := p.srv.Close(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("shaped store: close: %w", err)
 	}
