@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
@@ -44,7 +47,10 @@ func uploadAlone(ctx context.Context, l *lab.Lab, dir string) (time.Duration, er
 	}
 	defer st.Close()
 	r := &repo.Repo{Store: st, Codec: shimUploadCodec, MinRatio: shimUploadMinRatio}
-	m := manifest.New("bench-floor", "upload-alone", fmt.Sprintf("floor-%d", time.Now().UnixNano()), compat.Tuple{}, time.Now())
+	// A key and a tuple that pass the manifest's validation, and match no pod.
+	key := sha256.Sum256([]byte(fmt.Sprintf("upload-alone-%d", time.Now().UnixNano())))
+	m := manifest.New("bench-floor", "upload-alone", hex.EncodeToString(key[:]),
+		compat.Tuple{RunscVersion: "bench-upload-alone", Arch: runtime.GOARCH}, time.Now())
 	t0 := time.Now()
 	if err := r.Commit(ctx, m, dir); err != nil {
 		return 0, fmt.Errorf("upload alone: %w", err)

@@ -250,7 +250,8 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				logf("  zstd alone: %.0f MB/s, %.2f CPU s/GB (%.1f MB -> %.1f MB)", float64(rawB)/1e6/took.Seconds(),
 					cpu.Seconds()/(float64(rawB)/1e9), float64(rawB)/1e6, float64(stored)/1e6)
 			}
-			if img := rep.imageOf[mib]; img != nil {
+			// The commit target is on the local store and the plain emulator only.
+			if img := rep.imageOf[mib]; img != nil && st != lab.GCSShaped {
 				took, err := uploadAlone(ctx, l, img.dir)
 				if err != nil {
 					return fmt.Errorf("%s, %d MiB: %w", st, mib, err)
