@@ -14,7 +14,8 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 	"github.com/podsnapshot/podsnapshot/storage"
-	_ "github.com/podsnapshot/podsnapshot/storage/gcs" // gs:// for storage.Open
+	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// for storage.Open
+	_ "github.com/podsnapshot/podsnapshot/storage/local" // file://
 )
 
 // The shim's upload settings (internal/podsnap: uploadCodec, minUploadRatio, Node.store's
