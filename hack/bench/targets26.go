@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 )
@@ -59,9 +60,9 @@ func floorTargets(rep *report) []target {
 				any = true
 				x := first / (floor + cost)
 				holds = holds && x <= limit
-				text += fmt.Sprintf(" %s %.3f s = %.2fx;", storeName(st), first, x)
+				text += fmt.Sprintf(" %s %.3f s = %.2fx,", storeName(st), first, x)
 			}
-			return text, holds, any
+			return strings.TrimSuffix(text, ","), holds, any
 		}))
 
 	// 2. Cached restores against first ones, local store.
@@ -137,9 +138,9 @@ func floorTargets(rep *report) []target {
 				}
 				any = true
 				holds = holds && c/(save+u) <= 1.2
-				text += fmt.Sprintf(" %s %.3f s vs save + upload alone %.3f s = %.2fx;", storeName(st), c, save+u, c/(save+u))
+				text += fmt.Sprintf(" %s %.3f s vs save + upload alone %.3f s = %.2fx,", storeName(st), c, save+u, c/(save+u))
 			}
-			return text, holds, any
+			return strings.TrimSuffix(text, ","), holds, any
 		}))
 
 	// A plain start as cheap as the standard shim.

@@ -62,12 +62,13 @@ func get(t *testing.T, p *Proxy, n int) time.Duration {
 	return time.Since(t0)
 }
 
-// within fails unless got is between 85% and 160% of want: a limit that holds keeps a
+// within fails unless got is between 85% and 300% of want: a limit that holds keeps a
 // transfer from being faster (the burst allows a few percent), while a machine shared
-// with other tests (and the race detector) can make it slower.
+// with other tests (and the race detector, on 2 cores) can make it much slower; the
+// upper bound only catches a proxy that stalls.
 func within(t *testing.T, what string, got, want time.Duration) {
 	t.Helper()
-	lo, hi := want*85/100, want*160/100
+	lo, hi := want*85/100, want*3
 	if got < lo || got > hi {
 		t.Errorf("%s took %v, want %v to %v", what, got, lo, hi)
 	}
@@ -85,8 +86,8 @@ func TestLatencyPerRequest(t *testing.T) {
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if d := time.Since(t0); d < 150*time.Millisecond || d > 400*time.Millisecond {
-			t.Errorf("request %d took %v, want 150 ms to 400 ms", i, d)
+		if d := time.Since(t0); d < 150*time.Millisecond || d > time.Second {
+			t.Errorf("request %d took %v, want 150 ms to 1 s", i, d)
 		}
 	}
 }
