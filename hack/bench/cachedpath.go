@@ -28,6 +28,8 @@ type pagesRead struct {
 	// cache, which other processes use); false reads the files once first, as raw.restore
 	// does, so that they are cached.
 	cold bool
+	// foreground leaves out --background (the floor's reference row without it).
+	foreground bool
 }
 
 func (p pagesRead) String() string {
@@ -104,13 +106,18 @@ func (r *rawRunsc) restoreRead(ctx context.Context, mib int, img *rawImage, dir 
 	if err := r.run(ctx, b, out, "create", "--bundle", b, id); err != nil {
 		return 0, 0, err
 	}
-	args := []string{"restore", "--image-path=" + dir, "--detach", "--background"}
+	args := []string{"restore", "--image-path=" + dir, "--detach"}
+	if !p.foreground {
+		args = append(args, "--background")
+	}
 	if p.direct {
 		args = append(args, "--direct")
 	}
 	if err := r.run(ctx, b, out, append(args, id)...); err != nil {
 		return 0, 0, err
 	}
+	// The restored process writes at the offset its descriptor had when saved: the fresh
+	// output file starts with a hole (NUL bytes) of that length.
 	back, err := tail.Wait(ctx, 5*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(trimNUL(s), "checkpoint result: ") })
 	if err != nil {
 		return 0, 0, fmt.Errorf("runsc restore: %w", err)

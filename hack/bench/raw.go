@@ -216,53 +216,9 @@ func (r *rawRunsc) checkpoint(ctx context.Context, mib int, seconds float64, com
 // background it passes --background, as the shim does. It returns that time and the
 // time to "memory ok".
 func (r *rawRunsc) restore(ctx context.Context, mib int, img *rawImage, background bool) (toReady, toMemOK time.Duration, err error) {
-	// A bundle without the checkpoint annotations, as the shim restores.
-	b, err := r.bundle(fmt.Sprintf("restore-%d", mib), nil, img.command...)
-	if err != nil {
-		return 0, 0, err
-	}
-	id := r.nextID(fmt.Sprintf("raw-restore-%d", mib))
-	out, tail, err := r.output(id)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer tail.Close()
-	defer out.Close()
-	defer r.delete(id, b)
-	// The floor restores from the page cache, as the shim does from a node-cache entry it
-	// has just written: read the image once first (runsc may have written it around the
-	// page cache).
-	if _, err := dirBytesRead(img.dir); err != nil {
-		return 0, 0, err
-	}
-	t0 := time.Now()
-	if err := r.run(ctx, b, out, "create", "--bundle", b, id); err != nil {
-		return 0, 0, err
-	}
-	args := []string{"restore", "--image-path=" + img.dir, "--detach"}
-	if background {
-		args = append(args, "--background")
-	}
-	if err := r.run(ctx, b, out, append(args, id)...); err != nil {
-		return 0, 0, err
-	}
-	// The restored process writes at the offset its descriptor had when saved: the fresh
-	// output file starts with a hole (NUL bytes) of that length.
-	back, err := tail.Wait(ctx, 5*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(trimNUL(s), "checkpoint result: ") })
-	if err != nil {
-		return 0, 0, fmt.Errorf("runsc restore: %w", err)
-	}
-	if !strings.HasSuffix(back.Text, ": restore") {
-		return 0, 0, fmt.Errorf("runsc restore: the workload read %q, want restore", trimNUL(back.Text))
-	}
-	mem, err := tail.Wait(ctx, 5*time.Minute, "memory check", func(s string) bool { return strings.HasPrefix(trimNUL(s), "memory ") })
-	if err != nil {
-		return 0, 0, fmt.Errorf("runsc restore: %w", err)
-	}
-	if trimNUL(mem.Text) != "memory ok" {
-		return 0, 0, fmt.Errorf("runsc restore: %s", trimNUL(mem.Text))
-	}
-	return back.Seen.Sub(t0), mem.Seen.Sub(t0), nil
+	// From the page cache (the image read once first), as the shim restores a node-cache
+	// entry it has just written.
+	return r.restoreRead(ctx, mib, img, img.dir, pagesRead{foreground: !background})
 }
 
 // plain times `runsc run` of a bundle printing "ready" until that line is seen.
