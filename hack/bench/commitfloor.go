@@ -11,28 +11,19 @@ import (
 
 	"github.com/podsnapshot/podsnapshot/checkpoint/compat"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
-	"github.com/podsnapshot/podsnapshot/checkpoint/repo"
+	"github.com/podsnapshot/podsnapshot/internal/podsnap"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 	"github.com/podsnapshot/podsnapshot/storage"
 	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// for storage.Open
 	_ "github.com/podsnapshot/podsnapshot/storage/local" // file://
 )
 
-// The shim's upload settings (internal/podsnap: uploadCodec, minUploadRatio, Node.store's
-// part and read-chunk sizes), repeated here so that the floor uploads the way the shim
-// does. A change there is a change of the floor: keep them in step.
-var (
-	shimUploadCodec    = storage.Zstd{Concurrency: 1}
-	shimUploadMinRatio = 1.1
-	shimPartSize       = int64(8 << 20)
-)
-
 // uploadAlone measures the upload part of a commit by itself, with no sandbox and no
 // shim: repo.Commit of the image directory dir (checkpoint.img, pages_meta.img and
 // pages.img as `runsc checkpoint` wrote them) into the lab's store from this process,
-// with the shim's codec, ratio threshold and part size. The files are read from the page
-// cache, as the shim reads an image runsc has just written. The snapshot is deleted
-// afterwards. It returns the time Commit took (compress, upload, verify, index marker
+// with the shim's codec, ratio threshold and part size (podsnap.CommitRepo,
+// podsnap.StoreOptions). The files are read from the page cache, as the shim reads an
+// image runsc has just written. The snapshot is deleted afterwards. It returns the time Commit took (compress, upload, verify, index marker
 // and manifest).
 func uploadAlone(ctx context.Context, l *lab.Lab, dir string) (time.Duration, error) {
 	if l.GCSHost != "" {
@@ -42,12 +33,12 @@ func uploadAlone(ctx context.Context, l *lab.Lab, dir string) (time.Duration, er
 			return 0, err
 		}
 	}
-	st, err := storage.Open(ctx, l.StoreURL, storage.WithPartSize(shimPartSize), storage.WithReadChunkSize(shimPartSize))
+	st, err := storage.Open(ctx, l.StoreURL, podsnap.StoreOptions()...)
 	if err != nil {
 		return 0, fmt.Errorf("open the lab's store %s: %w", l.StoreURL, err)
 	}
 	defer st.Close()
-	r := &repo.Repo{Store: st, Codec: shimUploadCodec, MinRatio: shimUploadMinRatio}
+	r := podsnap.CommitRepo(st)
 	// A key and a tuple that pass the manifest's validation, and match no pod.
 	key := sha256.Sum256([]byte(fmt.Sprintf("upload-alone-%d", time.Now().UnixNano())))
 	m := manifest.New("bench-floor", "upload-alone", hex.EncodeToString(key[:]),

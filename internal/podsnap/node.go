@@ -78,9 +78,7 @@ func (n *Node) store(ctx context.Context, key, url string, opts ...storage.Optio
 	if st, ok := n.stores[key]; ok {
 		return st, nil
 	}
-	// 8 MiB parts and read chunks: with 4 in flight a transfer holds about 40 MiB, which
-	// keeps the shim's memory well under 100 MiB whatever the snapshot size.
-	opts = append([]storage.Option{storage.WithPartSize(8 << 20), storage.WithReadChunkSize(8 << 20)}, opts...)
+	opts = append(StoreOptions(), opts...)
 	st, err := storage.Open(ctx, url, opts...)
 	if err != nil {
 		return nil, err

@@ -64,6 +64,24 @@ var uploadCodec = storage.Zstd{Concurrency: 1}
 // CPU seconds per GB on upload and a decompression on restore for little less to store.
 const minUploadRatio = 1.1
 
+// commitRepo is the repository the shim commits to and restores from on store st:
+// uploadCodec, minUploadRatio, and hot frames as the config says.
+func commitRepo(st storage.Store, hotFrames bool) *repo.Repo {
+	return &repo.Repo{Store: st, Codec: uploadCodec, MinRatio: minUploadRatio, HotFrames: hotFrames}
+}
+
+// CommitRepo is the repository a shim commits snapshots to on store st, with the shim's
+// codec and ratio threshold (no hot frames: it restores nothing). The benchmark's
+// upload-alone floor uses it, so that the floor uploads as the shim does.
+func CommitRepo(st storage.Store) *repo.Repo { return commitRepo(st, false) }
+
+// StoreOptions are the options the shim opens every store with: 8 MiB parts and read
+// chunks; with 4 in flight a transfer holds about 40 MiB, which keeps the shim's memory
+// well under 100 MiB whatever the snapshot size.
+func StoreOptions() []storage.Option {
+	return []storage.Option{storage.WithPartSize(8 << 20), storage.WithReadChunkSize(8 << 20)}
+}
+
 // criSandboxName is the name a CRI pod's sandbox (pause) container is recorded under: it
 // has no name of its own. "POD" (the kubelet's old name for it) is no valid container
 // name, so it never collides with a container of the pod, which may well be called
@@ -251,7 +269,7 @@ func (n *Node) Plan(ctx context.Context, sb Sandbox) *Pod {
 		sb:          sb.Task,
 		namespace:   ns,
 		entry:       entry,
-		repo:        &repo.Repo{Store: st, Codec: uploadCodec, MinRatio: minUploadRatio, HotFrames: cfg.HotFrames},
+		repo:        commitRepo(st, cfg.HotFrames),
 		nodeCache:   &cache.Cache{Dir: cfg.Cache(), MaxBytes: cfg.CacheMaxBytes},
 		sandboxKey:  key,
 		sandbox:     sandbox,
