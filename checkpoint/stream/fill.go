@@ -7,9 +7,9 @@ import (
 
 // hotWorkers is how many ranged reads the fill keeps in flight while it fetches the hot
 // frames (hot.go): they are scattered, one or a few frames per read, so a distant store
-// costs one round trip each; fillWorkers of them would leave the sandbox waiting for
+// costs one round trip each; FillWorkers of them would leave the sandbox waiting for
 // the round trips in turn. Once the hot frames have all been started, the extra workers
-// end and fillWorkers go on in order.
+// end and FillWorkers go on in order.
 const hotWorkers = 16
 
 // fillCursor is where the background fill stands: the hot frames it has not taken yet,

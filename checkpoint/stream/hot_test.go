@@ -272,7 +272,7 @@ func readAt(t *testing.T, img *Image, off int64, n int) []byte {
 // list already there is not replaced.
 func TestStreamRecordsHotFrames(t *testing.T) {
 	st, src, pages, x := hotSource(t, 64)
-	st.delay = 20 * time.Millisecond
+	st.delay = 100 * time.Millisecond // the fill (8 reads of 4 frames) takes 2 rounds: the reads below come first
 	checked := 0
 	src.HotFramesCheck = func(context.Context) error { checked++; return nil }
 	img := open(t, src)
@@ -374,5 +374,73 @@ func TestStreamIgnoresBadHotList(t *testing.T) {
 	rc.Close()
 	if !bytes.Equal(back, data) {
 		t.Fatal("the bad list was replaced")
+	}
+}
+
+// storeHotList stores hot as src's list.
+func storeHotList(t *testing.T, st *orderStore, src Source, x *storage.FrameIndex, hot []int) []byte {
+	t.Helper()
+	data, err := EncodeHotList(x, hot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Put(context.Background(), src.HotFrames, bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+// storedHotList reads src's list back.
+func storedHotList(t *testing.T, src Source, x *storage.FrameIndex) ([]byte, []int) {
+	t.Helper()
+	rc, err := src.Store.Get(context.Background(), src.HotFrames)
+	if err != nil {
+		t.Fatalf("no list stored: %v", err)
+	}
+	defer rc.Close()
+	data, _ := io.ReadAll(rc)
+	hot, err := DecodeHotList(data, x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, hot
+}
+
+// TestStreamAppendsToHotList: a restore that used a list and saw a frame read out of the
+// loader's order that the list lacks stores the list with that frame appended; one that
+// saw none beyond it leaves the list as it was.
+func TestStreamAppendsToHotList(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		faults []int64
+		want   []int
+	}{
+		{"new frame", []int64{50, 30}, []int{50, 40, 30}},
+		{"nothing new", []int64{50, 40}, []int{50, 40}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, src, _, x := hotSource(t, 64)
+			before := storeHotList(t, st, src, x, []int{50, 40})
+			st.delay = 100 * time.Millisecond
+			checked := 0
+			src.HotFramesCheck = func(context.Context) error { checked++; return nil }
+			img := open(t, src)
+			img.pages.rec.mu.Lock()
+			img.pages.rec.window = 2 * testFrame
+			img.pages.rec.mu.Unlock()
+			readAt(t, img, 0, 4096) // the loader starts
+			for i, f := range tc.faults {
+				readAt(t, img, f*testFrame, 4096)
+				readAt(t, img, int64(i+1)*testFrame, 4096) // the loader goes on
+			}
+			waitDone(t, img)
+			after, hot := storedHotList(t, src, x)
+			if !slices.Equal(hot, tc.want) {
+				t.Fatalf("stored list %v, want %v", hot, tc.want)
+			}
+			if wrote := !bytes.Equal(before, after); wrote != (len(tc.want) > 2) || checked != map[bool]int{true: 2, false: 0}[wrote] {
+				t.Fatalf("list rewritten: %v, HotFramesCheck asked %d times", wrote, checked)
+			}
+		})
 	}
 }

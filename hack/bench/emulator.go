@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/podsnapshot/podsnapshot/checkpoint/stream"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
@@ -102,12 +103,12 @@ func do(req *http.Request, w io.Writer) error {
 }
 
 // The shim's stream fetches pages.img as rangeWorkers ranged reads at once, each of
-// rangeFrames frames of storage.DefaultFrameSize raw bytes (checkpoint/stream/run.go:
-// fillWorkers, fillBatch); the slowinit pages are incompressible, so a stored frame is
-// about its raw size and a read about rangeFrames * DefaultFrameSize bytes.
+// rangeFrames frames of storage.DefaultFrameSize raw bytes (stream.FillWorkers,
+// stream.FillBatch); the slowinit pages are incompressible, so a stored frame is about
+// its raw size and a read about rangeFrames * DefaultFrameSize bytes.
 const (
-	rangeWorkers = 4
-	rangeFrames  = 4
+	rangeWorkers = stream.FillWorkers
+	rangeFrames  = stream.FillBatch
 	rangeBytes   = rangeFrames * storage.DefaultFrameSize
 )
 
