@@ -310,7 +310,7 @@ spec:
 		if got := e.kubectl("get", "node", n.Name, "-o", `jsonpath={.metadata.labels.podsnapshot\.gke\.io/ready}`); got != "true" {
 			t.Fatalf("node %s label podsnapshot.gke.io/ready=%q", n.Name, got)
 		}
-		for _, b := range []string{"containerd-shim-podsnapshot-v1", "runsc", "podsnapshot"} {
+		for _, b := range []string{"containerd-shim-podsnapshot-v1", "podsnapshot-shimd", "runsc", "podsnapshot"} {
 			if _, err := os.Stat(filepath.Join(n.NodeDir("/usr/local/bin"), b)); err != nil {
 				t.Fatalf("node %s: %v", n.Name, err)
 			}
@@ -452,6 +452,7 @@ spec:
 	for _, n := range e.kube.Nodes {
 		for _, p := range []string{
 			filepath.Join(n.NodeDir("/usr/local/bin"), "containerd-shim-podsnapshot-v1"),
+			filepath.Join(n.NodeDir("/usr/local/bin"), "podsnapshot-shimd"),
 			filepath.Join(n.NodeDir("/usr/local/bin"), "runsc"),
 			filepath.Join(n.NodeDir("/usr/local/bin"), "podsnapshot"),
 			filepath.Join(n.NodeDir("/etc/containerd"), "conf.d", "podsnapshot-cri.toml"),

@@ -2,10 +2,7 @@ package shim
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -279,41 +276,4 @@ func (c *container) waitInit() {
 		status = c.pod.SandboxExited(status)
 	}
 	c.s.exitProcess(c, c.init, status)
-}
-
-// bundleState is what the shim persists in the bundle so that `shim delete` (run by
-// containerd after the serving shim died) can clean up runsc state without the config.
-type bundleState struct {
-	RunscPath  string            `json:"runscPath"`
-	RunscRoot  string            `json:"runscRoot"`
-	RunscFlags map[string]string `json:"runscFlags,omitempty"`
-	Rootfs     string            `json:"rootfs,omitempty"`
-	// WorkDir is the node config's work_dir, where a pod's work dir is left behind when
-	// its shim dies (swept by `shim delete`).
-	WorkDir string `json:"workDir,omitempty"`
-}
-
-const bundleStateFile = "podsnapshot-state.json"
-
-func writeBundleState(bundle string, st bundleState) error {
-	data, err := json.Marshal(st)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(bundle, bundleStateFile), data, 0o600); err != nil {
-		return fmt.Errorf("write bundle state: %w", err)
-	}
-	return nil
-}
-
-func readBundleState(bundle string) (bundleState, error) {
-	var st bundleState
-	data, err := os.ReadFile(filepath.Join(bundle, bundleStateFile))
-	if err != nil {
-		return st, err
-	}
-	if err := json.Unmarshal(data, &st); err != nil {
-		return st, fmt.Errorf("parse %s: %w", filepath.Join(bundle, bundleStateFile), err)
-	}
-	return st, nil
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/internal/podsnap"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
 	"github.com/podsnapshot/podsnapshot/runtime/runsc"
+	"github.com/podsnapshot/podsnapshot/shim/manager"
 )
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
@@ -69,6 +70,7 @@ func NewService(ctx context.Context, address string, publisher shim.Publisher, s
 	if err != nil {
 		return nil, err
 	}
+	info := newContainerdInfo(address)
 	s := &Service{
 		ctx:        ctx,
 		namespace:  ns,
@@ -80,7 +82,7 @@ func NewService(ctx context.Context, address string, publisher shim.Publisher, s
 		node: &podsnap.Node{
 			Namespace: ns,
 			Lookup: func(ctx context.Context, id string) (podsnap.Record, error) {
-				return lookupContainer(ctx, address, ns, id)
+				return info.lookup(ctx, ns, id)
 			},
 			Monitor: reaper.Default,
 		},
@@ -89,7 +91,7 @@ func NewService(ctx context.Context, address string, publisher shim.Publisher, s
 	go s.forward(publisher)
 	sd.RegisterCallback(func(context.Context) error {
 		close(s.events)
-		return nil
+		return info.Close()
 	})
 	return s, nil
 }
@@ -154,7 +156,7 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (_ *
 			}
 		}()
 	}
-	if err := writeBundleState(r.Bundle, bundleState{
+	if err := manager.WriteBundleState(r.Bundle, manager.BundleState{
 		RunscPath: c.runsc.Path, RunscRoot: c.runsc.Root, RunscFlags: c.runsc.Flags, Rootfs: c.rootfs,
 		WorkDir: c.cfg.WorkDir,
 	}); err != nil {

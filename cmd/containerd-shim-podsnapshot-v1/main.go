@@ -1,30 +1,23 @@
 // Command containerd-shim-podsnapshot-v1 is containerd's shim for the runtime type
-// io.containerd.podsnapshot.v1: it runs pods under gVisor's runsc and snapshots and
-// restores them. containerd starts it; `-v` prints its version.
+// io.containerd.podsnapshot.v1. containerd runs it as `shim start`, which starts the
+// pod's serving shim, podsnapshot-shimd from the same directory (or joins the one
+// running), and as `shim delete` after a serving shim died (shim/manager). It links
+// none of the stores nor the snapshot logic, so that it starts as fast as containerd's
+// runc shim: it runs once per container. `-v` prints its version.
 package main
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"runtime"
 
 	"github.com/containerd/containerd/v2/pkg/shim"
 
-	podshim "github.com/podsnapshot/podsnapshot/shim"
-	_ "github.com/podsnapshot/podsnapshot/storage/gcs"   // gs:// stores
-	_ "github.com/podsnapshot/podsnapshot/storage/local" // file:// stores
+	"github.com/podsnapshot/podsnapshot/shim/manager"
 	"github.com/podsnapshot/podsnapshot/version"
 )
 
 func main() {
-	for _, a := range os.Args[1:] {
-		if a == "-v" || a == "--v" || a == "-version" || a == "--version" {
-			fmt.Printf("%s:\n  Version:    %s\n  Revision:   %s\n  Go version: %s\n",
-				os.Args[0], version.Version, version.Revision, runtime.Version())
-			return
-		}
+	if version.Asked(manager.ShimBinary) {
+		return
 	}
-	podshim.Register()
-	shim.RunShim(context.Background(), podshim.Manager{})
+	shim.RunShim(context.Background(), manager.Manager{})
 }

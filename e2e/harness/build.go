@@ -37,16 +37,18 @@ func (o *once[T]) get(f func() (T, error)) (T, error) {
 
 var shimBuild once[string]
 
-// BuildShim builds containerd-shim-podsnapshot-v1 from ./cmd/containerd-shim-podsnapshot-v1
-// once per test binary and returns the directory holding it, to put first on
-// containerd's PATH (ContainerdOptions.ShimDir).
+// BuildShim builds containerd-shim-podsnapshot-v1 and the serving shim it starts from its
+// own directory, podsnapshot-shimd, from ./cmd, once per test binary, and returns the
+// directory holding them, to put first on containerd's PATH (ContainerdOptions.ShimDir).
 func BuildShim(t testing.TB) string {
 	t.Helper()
 	root, cache := RepoRoot(t), binaryCache(t)
 	dir, err := shimBuild.get(func() (string, error) {
 		dir := filepath.Join(cache, "shim")
-		if err := goBuild(root, filepath.Join(dir, ShimBinary), "./cmd/"+ShimBinary); err != nil {
-			return "", err
+		for _, b := range []string{DaemonBinary, ShimBinary} {
+			if err := goBuild(root, filepath.Join(dir, b), "./cmd/"+b); err != nil {
+				return "", err
+			}
 		}
 		return dir, nil
 	})

@@ -27,8 +27,9 @@ import (
 
 // Fixed names (docs/architecture.md), defined once elsewhere.
 const (
-	RuntimeType = oci.RuntimeType
-	ShimBinary  = testenv.ShimBinary
+	RuntimeType  = oci.RuntimeType
+	ShimBinary   = testenv.ShimBinary
+	DaemonBinary = testenv.DaemonBinary
 )
 
 // RepoRoot returns the repository's root (testenv.RepoRoot): the directory of the

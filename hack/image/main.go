@@ -77,6 +77,7 @@ func run() error {
 	}
 	files := map[string]string{
 		"containerd-shim-podsnapshot-v1": filepath.Join(*binDir, "containerd-shim-podsnapshot-v1"),
+		"podsnapshot-shimd":              filepath.Join(*binDir, "podsnapshot-shimd"),
 		"podsnapshot":                    filepath.Join(*binDir, "podsnapshot"),
 		"podsnapshot-agent":              filepath.Join(*binDir, "podsnapshot-agent"),
 		"runsc":                          *runsc,
@@ -140,7 +141,7 @@ func build(files map[string]string, version string) (v1.Image, error) {
 			return nil, err
 		}
 	}
-	for _, base := range []string{"containerd-shim-podsnapshot-v1", "podsnapshot", "podsnapshot-agent", "runsc"} {
+	for _, base := range []string{"containerd-shim-podsnapshot-v1", "podsnapshot-shimd", "podsnapshot", "podsnapshot-agent", "runsc"} {
 		b, err := os.ReadFile(files[base])
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w (make build deps)", base, err)

@@ -41,7 +41,7 @@ func TestSetImage(t *testing.T) {
 func TestBuild(t *testing.T) {
 	dir := t.TempDir()
 	files := map[string]string{}
-	for _, b := range []string{"containerd-shim-podsnapshot-v1", "podsnapshot", "podsnapshot-agent", "runsc"} {
+	for _, b := range []string{"containerd-shim-podsnapshot-v1", "podsnapshot-shimd", "podsnapshot", "podsnapshot-agent", "runsc"} {
 		files[b] = filepath.Join(dir, b)
 		if err := os.WriteFile(files[b], []byte("#!"+b), 0o755); err != nil {
 			t.Fatal(err)

@@ -57,10 +57,10 @@ func TestInstallEmptyHost(t *testing.T) {
 	if v, ok := h.label(); v != "true" || !ok {
 		t.Errorf("label = %q, %t; want true", v, ok)
 	}
-	if len(res.Changed) != 6 {
-		t.Errorf("changed %q, want 3 binaries, shim config, drop-in, containerd config", res.Changed)
+	if len(res.Changed) != 7 {
+		t.Errorf("changed %q, want 4 binaries, shim config, drop-in, containerd config", res.Changed)
 	}
-	if !strings.Contains(h.log.String(), "install complete: changed: binary /usr/local/bin/containerd-shim-podsnapshot-v1 (installed)") {
+	if !strings.Contains(h.log.String(), "install complete: changed: binary /usr/local/bin/podsnapshot-shimd (installed), binary /usr/local/bin/containerd-shim-podsnapshot-v1 (installed)") {
 		t.Errorf("no summary line in the log:\n%s", h.log)
 	}
 

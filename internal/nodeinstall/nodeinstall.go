@@ -47,10 +47,12 @@ import (
 	"github.com/podsnapshot/podsnapshot/internal/config"
 )
 
-// Binaries are the files Install copies from SourceDir to BinDir: the shim (containerd
-// finds it on its PATH by the runtime type io.containerd.podsnapshot.v1), runsc (the shim
-// runs it from PATH by default) and the operator CLI.
-var Binaries = []string{"containerd-shim-podsnapshot-v1", "runsc", "podsnapshot"}
+// Binaries are the files Install copies from SourceDir to BinDir, in this order: the
+// serving shim, then the shim containerd runs (it finds it on its PATH by the runtime
+// type io.containerd.podsnapshot.v1; it starts the serving shim from its own directory,
+// so that one is installed first), runsc (the shim runs it from PATH by default) and the
+// operator CLI.
+var Binaries = []string{"podsnapshot-shimd", "containerd-shim-podsnapshot-v1", "runsc", "podsnapshot"}
 
 // DropinName is the drop-in's file name in DropinDir.
 const DropinName = "podsnapshot-cri.toml"

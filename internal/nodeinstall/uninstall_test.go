@@ -62,7 +62,7 @@ func TestUninstallAfterInstall(t *testing.T) {
 			if len(res.Kept) != 0 {
 				t.Errorf("kept %q", res.Kept)
 			}
-			if !strings.Contains(h.log.String(), "uninstall complete: changed: containerd drop-in /etc/containerd/conf.d/podsnapshot-cri.toml (removed), binary /usr/local/bin/containerd-shim-podsnapshot-v1 (removed)") {
+			if !strings.Contains(h.log.String(), "uninstall complete: changed: containerd drop-in /etc/containerd/conf.d/podsnapshot-cri.toml (removed), binary /usr/local/bin/podsnapshot-shimd (removed), binary /usr/local/bin/containerd-shim-podsnapshot-v1 (removed)") {
 				t.Errorf("no summary line in the log:\n%s", h.log)
 			}
 

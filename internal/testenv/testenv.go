@@ -30,7 +30,9 @@ import (
 // Binary names, as `make build` writes them to _out/bin.
 const (
 	ShimBinary = "containerd-shim-podsnapshot-v1"
-	CLIBinary  = "podsnapshot"
+	// DaemonBinary is the serving shim ShimBinary starts from its own directory.
+	DaemonBinary = "podsnapshot-shimd"
+	CLIBinary    = "podsnapshot"
 )
 
 // modulePath is this repository's Go module.

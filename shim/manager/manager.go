@@ -1,7 +1,17 @@
-package shim
+// Package manager is the part of the shim containerd runs as a short-lived command:
+// `shim start`, which starts (or joins) the pod's serving shim and prints its address,
+// `shim delete`, which cleans up after a shim that died, and `shim -info`. It is the
+// whole of containerd-shim-podsnapshot-v1, a small binary that starts in about the time
+// containerd's runc shim does; the serving shim is podsnapshot-shimd (DaemonBinary),
+// which links the stores and the snapshot logic and whose start-up is two to three
+// times longer (Go package initialisation of the Cloud Storage client's dependencies).
+// Every pod's first container runs `shim start` once, and every other container of the
+// pod once more, so only the serving shim's start is paid in full, once per pod.
+package manager
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,11 +28,7 @@ import (
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
-	"github.com/containerd/containerd/v2/pkg/shutdown"
-	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/log"
-	"github.com/containerd/plugin"
-	"github.com/containerd/plugin/registry"
 
 	"github.com/podsnapshot/podsnapshot/internal/workdir"
 	"github.com/podsnapshot/podsnapshot/runtime/oci"
@@ -33,26 +39,13 @@ import (
 // RuntimeName is the containerd runtime type served by this shim.
 const RuntimeName = oci.RuntimeType
 
-// Register registers the task service as the shim's ttrpc plugin; call it before
-// shim.RunShim.
-func Register() {
-	registry.Register(&plugin.Registration{
-		Type:     plugins.TTRPCPlugin,
-		ID:       "task",
-		Requires: []plugin.Type{plugins.EventPlugin, plugins.InternalPlugin},
-		InitFn: func(ic *plugin.InitContext) (any, error) {
-			pp, err := ic.GetByID(plugins.EventPlugin, "publisher")
-			if err != nil {
-				return nil, err
-			}
-			ss, err := ic.GetByID(plugins.InternalPlugin, "shutdown")
-			if err != nil {
-				return nil, err
-			}
-			return NewService(ic.Context, ic.Properties[plugins.PropertyGRPCAddress], pp.(shim.Publisher), ss.(shutdown.Service))
-		},
-	})
-}
+// ShimBinary is the name containerd runs for RuntimeName; DaemonBinary, the serving
+// shim, lies in the same directory. The serving shim runs with ShimBinary as its argv[0],
+// so that it shows and is found (uninstall, leak checks) under the shim's name.
+const (
+	ShimBinary   = "containerd-shim-podsnapshot-v1"
+	DaemonBinary = "podsnapshot-shimd"
+)
 
 // Manager implements containerd's shim.Shim: it starts (or joins) the long-running shim
 // process for a container and cleans up after a shim that died.
@@ -118,7 +111,7 @@ func (Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *b
 	}
 	defer f.Close()
 
-	self, err := os.Executable()
+	daemon, err := daemonPath()
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +119,8 @@ func (Manager) Start(ctx context.Context, params *bootapi.BootstrapParams) (_ *b
 	if params.GetLogLevel() <= bootapi.LogLevel_LOG_LEVEL_DEBUG {
 		args = append(args, "-debug")
 	}
-	cmd := exec.Command(self, args...)
+	cmd := exec.Command(daemon, args...)
+	cmd.Args[0] = ShimBinary
 	cmd.Dir = cwd
 	cmd.Env = os.Environ()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -190,4 +184,62 @@ func (Manager) Info(ctx context.Context, _ io.Reader) (*types.RuntimeInfo, error
 		Name:    RuntimeName,
 		Version: &types.RuntimeVersion{Version: version.Version, Revision: version.Revision},
 	}, nil
+}
+
+// daemonPath is the serving shim's binary: DaemonBinary in this binary's directory, or
+// this binary itself when it is the serving shim (it can run `start` as well). Errors:
+// the binary is missing, naming where it was looked for.
+func daemonPath() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if filepath.Base(self) == DaemonBinary {
+		return self, nil
+	}
+	daemon := filepath.Join(filepath.Dir(self), DaemonBinary)
+	if _, err := os.Stat(daemon); err != nil {
+		return "", fmt.Errorf("the serving shim %s, installed next to %s: %w", daemon, self, err)
+	}
+	return daemon, nil
+}
+
+// BundleState is what the serving shim persists in the bundle so that `shim delete` (run
+// by containerd after the serving shim died) can clean up runsc state without the config.
+type BundleState struct {
+	RunscPath  string            `json:"runscPath"`
+	RunscRoot  string            `json:"runscRoot"`
+	RunscFlags map[string]string `json:"runscFlags,omitempty"`
+	Rootfs     string            `json:"rootfs,omitempty"`
+	// WorkDir is the node config's work_dir, where a pod's work dir is left behind when
+	// its shim dies (swept by `shim delete`).
+	WorkDir string `json:"workDir,omitempty"`
+}
+
+// bundleStateFile is BundleState's file in the bundle, as JSON.
+const bundleStateFile = "podsnapshot-state.json"
+
+// WriteBundleState writes st into bundle.
+func WriteBundleState(bundle string, st BundleState) error {
+	data, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(bundle, bundleStateFile), data, 0o600); err != nil {
+		return fmt.Errorf("write bundle state: %w", err)
+	}
+	return nil
+}
+
+// readBundleState reads bundle's state; an error wraps os.ErrNotExist when there is none.
+func readBundleState(bundle string) (BundleState, error) {
+	var st BundleState
+	data, err := os.ReadFile(filepath.Join(bundle, bundleStateFile))
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(data, &st); err != nil {
+		return st, fmt.Errorf("parse %s: %w", filepath.Join(bundle, bundleStateFile), err)
+	}
+	return st, nil
 }
