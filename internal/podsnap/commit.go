@@ -14,6 +14,7 @@ import (
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
 	"github.com/podsnapshot/podsnapshot/checkpoint/snapkey"
 	"github.com/podsnapshot/podsnapshot/internal/report"
+	"github.com/podsnapshot/podsnapshot/storage"
 )
 
 // errAbandoned is the commit result of a snapshot given up because its task was killed
@@ -34,6 +35,10 @@ func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 	defer func() { cancel() }() // the watch armed last
 	ctx := context.Background()
 	dir, _ := p.checkpointTarget()
+	// The save runs in the sandbox, whenever the workload triggers it: follow its files
+	// from now on (inotify: nothing to do while they are not written).
+	stopWriteback := p.followWriteback(dir)
+	defer stopWriteback()
 	for {
 		err := <-watch
 		if err != nil && !p.savedBeforeStop() {
@@ -55,6 +60,7 @@ func (p *Pod) watchCheckpoints(watch <-chan error, cancel context.CancelFunc) {
 			continue
 		}
 		p.busy.Lock()
+		stopWriteback()
 		if p.stop {
 			p.tookCheckpoint.Store(true)
 		}
@@ -147,7 +153,10 @@ func (p *Pod) Checkpoint(ctx context.Context) (*manifest.Manifest, error) {
 	if p.rootfsOnly() {
 		save = func() error { return p.saveRootfs(ctx, dir, p.stop) }
 	}
-	if err := save(); err != nil {
+	stopWriteback := p.followWriteback(dir)
+	err := save()
+	stopWriteback()
+	if err != nil {
 		p.tookCheckpoint.Store(false)
 		os.RemoveAll(dir)
 		p.reportCheckpointFailed(ctx, uuid, err.Error())
@@ -314,4 +323,15 @@ func (p *Pod) waitCommits(timeout time.Duration) {
 	case <-time.After(timeout):
 		log.L.Warnf("podsnapshot: an aborted upload is still cleaning up after %s; leaving it", timeout)
 	}
+}
+
+// followWriteback starts storage.FollowWriteback on the checkpoint image directory dir
+// when the pod's store adopts uncompressed images (a local store on the node): the
+// image's pages then go to disk while the save runs, not in the fsync after it. For any
+// other store the image is read once and deleted, and its pages need not reach the disk.
+func (p *Pod) followWriteback(dir string) (stop func()) {
+	if _, ok := p.repo.Store.(storage.Adopter); !ok || dir == "" {
+		return func() {}
+	}
+	return storage.FollowWriteback(dir)
 }
