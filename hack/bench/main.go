@@ -166,6 +166,7 @@ func run(ctx context.Context, cfg config) error {
 	defineCachedPathMetrics(rep.res)
 	defineRootfsMetrics(rep.res, cfg.stores)
 	defineHotMetrics(rep.res)
+	defineTorchFloorMetrics(rep.res)
 	logf("load average before: %s", rep.loadBefore)
 
 	for i, st := range cfg.stores {
@@ -396,7 +397,7 @@ func measureDirect(ctx context.Context, rep *report, l *lab.Lab) error {
 	for _, mib := range cfg.sizes {
 		rep.sampleLoad()
 		logf("runsc directly, %d MiB: cold start with its own checkpoint (uncompressed)", mib)
-		img, err := raw.checkpoint(ctx, mib, cfg.seconds, slowinitCommand(mib, cfg.seconds))
+		img, err := raw.checkpoint(ctx, strconv.Itoa(mib), cfg.seconds, slowinitCommand(mib, cfg.seconds))
 		if err != nil {
 			return fmt.Errorf("runsc floor, %d MiB: %w", mib, err)
 		}

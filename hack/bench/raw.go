@@ -27,6 +27,8 @@ type rawRunsc struct {
 	root   string // --root
 	dir    string // bundles, images, outputs
 	rootfs string // the image's root filesystem, shared by the bundles
+	env    []string // the process environment of the bundles (nil: runsc spec's)
+	flags  []string // runsc flags before the command, as the shim config's [runsc.flags]
 	n      int    // container counter, for unique IDs
 }
 
@@ -73,6 +75,9 @@ func (r *rawRunsc) bundle(name string, ann map[string]string, args ...string) (s
 		return "", fmt.Errorf("%s: no process", path)
 	}
 	proc["terminal"] = false // output to a file, as the shim's file:// log
+	if r.env != nil {
+		proc["env"] = r.env
+	}
 	// Writable root, as containerd gives it (runsc overlays it in memory either way).
 	spec["root"] = map[string]any{"path": r.rootfs, "readonly": false}
 	if len(ann) > 0 {
@@ -94,7 +99,8 @@ func (r *rawRunsc) bundle(name string, ann map[string]string, args ...string) (s
 // command is `runsc --root R --log B/runsc.log --log-format=json args...`, as the shim
 // runs it (it logs to the bundle too), its output to out.
 func (r *rawRunsc) command(ctx context.Context, bundle string, out *os.File, args ...string) *exec.Cmd {
-	all := append([]string{"--root=" + r.root, "--log=" + filepath.Join(bundle, "runsc.log"), "--log-format=json"}, args...)
+	all := append([]string{"--root=" + r.root, "--log=" + filepath.Join(bundle, "runsc.log"), "--log-format=json"}, r.flags...)
+	all = append(all, args...)
 	cmd := exec.CommandContext(ctx, r.bin, all...)
 	cmd.Dir = bundle
 	cmd.SysProcAttr = ownGroupAttr()
@@ -162,15 +168,17 @@ type rawImage struct {
 	command     []string
 }
 
-// checkpoint runs the slowinit workload with `runsc run --detach`, the bundle carrying the
-// same workload-trigger annotations the shim sets (uncompressed image, resume), waits
-// for its own checkpoint, and deletes the container.
-func (r *rawRunsc) checkpoint(ctx context.Context, mib int, seconds float64, command []string) (*rawImage, error) {
-	img := filepath.Join(r.images, fmt.Sprintf("image-%d", mib))
+// checkpoint runs the workload command (slowinit, the model server) with `runsc run
+// --detach`, the bundle carrying the same workload-trigger annotations the shim sets
+// (uncompressed image, resume), into the image directory image-<name>, waits for its
+// "ready" line (up to seconds plus 3 minutes) and its own checkpoint, and deletes the
+// container.
+func (r *rawRunsc) checkpoint(ctx context.Context, name string, seconds float64, command []string) (*rawImage, error) {
+	img := filepath.Join(r.images, "image-"+name)
 	if err := os.MkdirAll(img, 0o700); err != nil {
 		return nil, err
 	}
-	b, err := r.bundle(fmt.Sprintf("cold-%d", mib), map[string]string{
+	b, err := r.bundle("cold-"+name, map[string]string{
 		"dev.gvisor.internal.checkpoint.path":        img,
 		"dev.gvisor.internal.checkpoint.enable":      "true",
 		"dev.gvisor.internal.checkpoint.resume":      "true",
@@ -179,7 +187,7 @@ func (r *rawRunsc) checkpoint(ctx context.Context, mib int, seconds float64, com
 	if err != nil {
 		return nil, err
 	}
-	id := r.nextID(fmt.Sprintf("raw-cold-%d", mib))
+	id := r.nextID("raw-cold-"+name)
 	out, tail, err := r.output(id)
 	if err != nil {
 		return nil, err

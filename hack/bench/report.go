@@ -244,7 +244,7 @@ func renderMarkdown(rep *report) string {
 	if _, ok := r.stat("torch_cold", 0); ok {
 		w("\n## A real model server: torch\n\n| measurement | value | unit |\n|---|---|---|\n")
 		for _, k := range []string{"torch_cold", "torch_restore", "torch_ratio", "torch_raw_mb", "torch_stored_mb", "torch_raw_mb_zero", "torch_stored_mb_zero",
-			"torch_compiled_cold", "torch_compiled_restore", "torch_compiled_ratio"} {
+			"torch_compiled_cold", "torch_compiled_restore", "torch_compiled_ratio", "torch_compiled_floor", "torch_compiled_floor_direct"} {
 			st, ok := r.stat(k, 0)
 			w("| %s | %s | %s |\n", r.metrics[k].Label, cell(st, ok, r.metrics[k].Unit), r.metrics[k].Unit)
 		}

@@ -78,7 +78,7 @@ func measureTorch(ctx context.Context, rep *report) (err error) {
 		logf("  cold start to first inference %.2fs, restore to first inference %.2fs (%.1fx); snapshot %.1f MB raw, %.1f MB stored; server: %s",
 			cold, warm, cold/warm, float64(t.rawBytes)/1e6, float64(t.storedBytes)/1e6, t.ready)
 	}
-	return nil
+	return measureTorchFloor(ctx, rep, l, rep.images)
 }
 
 // torchCycle cold-starts the model server with shim config cfg and command (nil: the
