@@ -271,8 +271,8 @@ func readAt(t *testing.T, img *Image, off int64, n int) []byte {
 // sequential reads, in order, and stores them as a list the next restore verifies; a
 // list already there is not replaced.
 func TestStreamRecordsHotFrames(t *testing.T) {
-	st, src, pages, x := hotSource(t, 64)
-	st.delay = 100 * time.Millisecond // the fill (8 reads of 4 frames) takes 2 rounds: the reads below come first
+	st, src, pages, x := hotSource(t, 256)
+	st.delay = 100 * time.Millisecond // the fill (8 reads of 4 frames) takes 8 rounds: the reads below come first
 	checked := 0
 	src.HotFramesCheck = func(context.Context) error { checked++; return nil }
 	img := open(t, src)
@@ -419,7 +419,7 @@ func TestStreamAppendsToHotList(t *testing.T) {
 		{"nothing new", []int64{50, 40}, []int{50, 40}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st, src, _, x := hotSource(t, 64)
+			st, src, _, x := hotSource(t, 256)
 			before := storeHotList(t, st, src, x, []int{50, 40})
 			st.delay = 100 * time.Millisecond
 			checked := 0
