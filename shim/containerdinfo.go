@@ -62,14 +62,16 @@ func (ci *containerdInfo) lookup(ctx context.Context, namespace, id string) (pod
 	}
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(ctx, namespace), 10*time.Second)
 	defer cancel()
-	resp, err := containersapi.NewContainersClient(ci.conn).Get(ctx, &containersapi.GetContainerRequest{ID: id})
+	// WaitForReady: after containerd restarted, a connection that failed meanwhile waits
+	// out its reconnect backoff (within the timeout) instead of failing at once.
+	resp, err := containersapi.NewContainersClient(ci.conn).Get(ctx, &containersapi.GetContainerRequest{ID: id}, grpc.WaitForReady(true))
 	if err != nil {
 		return rec, fmt.Errorf("get container %s/%s from containerd at %s: %w", namespace, id, ci.address, err)
 	}
 	rec.Labels = resp.GetContainer().GetLabels()
 	rec.Image = resp.GetContainer().GetImage()
 	if rec.Image != "" {
-		img, err := imagesapi.NewImagesClient(ci.conn).Get(ctx, &imagesapi.GetImageRequest{Name: rec.Image})
+		img, err := imagesapi.NewImagesClient(ci.conn).Get(ctx, &imagesapi.GetImageRequest{Name: rec.Image}, grpc.WaitForReady(true))
 		if err == nil {
 			rec.ImageDigest = img.GetImage().GetTarget().GetDigest()
 		}

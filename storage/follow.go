@@ -11,49 +11,47 @@ import (
 )
 
 // FollowWriteback hands the bytes another process writes into the regular files of dir
-// to the kernel's writeback (sync_file_range SYNC_FILE_RANGE_WRITE, whole MiB, once at
-// most every followEvery) as they come, and returns the function that stops it (after
-// one last pass). It is for a checkpoint image that a local store is about to adopt
-// (Adopt fsyncs it): gVisor writes the image at 300-400 MB/s on CPU, the disk takes it
-// at a multiple of that, so the pages are written back while the save runs instead of
-// all in the fsync after it, which on the 2-core VM added about 0.6 s at 512 MiB and 2 s
-// at 2 GiB to trigger → committed (make bench, the local store's upload part against
-// the same commit of a clean image). It starts nothing it cannot stop and fails nothing:
-// without inotify or sync_file_range (another filesystem, another kernel) it does
-// nothing, and the fsync writes the pages as before. Files are followed from dir's
-// listing at each pass; a file written into dir's subdirectories is not.
+// to the kernel's writeback (sync_file_range SYNC_FILE_RANGE_WRITE, whole MiB) as they
+// come, and returns the function that stops it (after one last pass). It is for a
+// checkpoint image that a local store is about to adopt (Adopt fsyncs it): gVisor writes
+// the image at 300-400 MB/s on CPU, the disk takes it at a multiple of that, so the
+// pages are written back while the save runs instead of all in the fsync after it,
+// which on the 2-core VM added about 0.6 s at 512 MiB and 2 s at 2 GiB to trigger →
+// committed (make bench, the local store's upload part against the same commit of a
+// clean image). It looks at the files every followIdle while they do not grow (a
+// workload-triggered pod is followed from its start until it saves, which may be
+// hours: two stats a second, no inotify instance, of which a host has few) and every
+// followEvery while they do. It fails nothing: where sync_file_range is refused
+// (another filesystem, another kernel) it stops looking, and the fsync writes the pages
+// as before. Files are followed from dir's listing at each pass; a file in dir's
+// subdirectories is not.
 func FollowWriteback(dir string) (stop func()) {
-	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
-	if err != nil {
-		return func() {}
-	}
-	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MODIFY|unix.IN_CLOSE_WRITE); err != nil {
-		unix.Close(fd)
-		return func() {}
-	}
-	// A non-blocking descriptor in an *os.File waits in Go's poller, so Close wakes the
-	// read below.
-	events := os.NewFile(uintptr(fd), "inotify "+dir)
 	w := &follower{dir: dir, files: map[string]*followed{}}
-	done := make(chan struct{})
+	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		buf := make([]byte, 4096)
-		var last time.Time
+		t := time.NewTimer(followIdle)
+		defer t.Stop()
 		for {
-			if _, err := events.Read(buf); err != nil {
-				return // closed by stop
+			select {
+			case <-quit:
+				return
+			case <-t.C:
 			}
-			if time.Since(last) >= followEvery {
-				w.pass()
-				last = time.Now()
+			next := followIdle
+			if w.pass() {
+				next = followEvery
 			}
+			if w.off {
+				return
+			}
+			t.Reset(next)
 		}
 	}()
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			events.Close()
+			close(quit)
 			<-done
 			w.pass()
 			w.close()
@@ -61,11 +59,15 @@ func FollowWriteback(dir string) (stop func()) {
 	}
 }
 
-// followEvery bounds how often the follower looks at the files: gVisor writes in pieces
-// of a few hundred KiB, each an inotify event.
-const followEvery = 20 * time.Millisecond
+// The follower's pace: every followIdle while the files do not grow, every followEvery
+// while they do (gVisor writes them in pieces of a few hundred KiB).
+const (
+	followIdle  = 500 * time.Millisecond
+	followEvery = 20 * time.Millisecond
+)
 
-// follower is FollowWriteback's state; only its goroutine, then stop, use it.
+// follower is FollowWriteback's state; only its goroutine, then stop (after the
+// goroutine ended), use it.
 type follower struct {
 	dir   string
 	files map[string]*followed
@@ -79,14 +81,15 @@ type followed struct {
 	flushed int64
 }
 
-// pass hands each file's whole MiB written since the last pass to writeback.
-func (w *follower) pass() {
+// pass hands each file's whole MiB written since the last pass to writeback and says
+// whether any file grew by one.
+func (w *follower) pass() (grew bool) {
 	if w.off {
-		return
+		return false
 	}
 	entries, err := os.ReadDir(w.dir)
 	if err != nil {
-		return
+		return false
 	}
 	for _, e := range entries {
 		if !e.Type().IsRegular() {
@@ -111,16 +114,18 @@ func (w *follower) pass() {
 		if end <= fl.flushed {
 			continue
 		}
+		grew = true
 		err = unix.SyncFileRange(int(fl.f.Fd()), fl.flushed, end-fl.flushed, unix.SYNC_FILE_RANGE_WRITE)
 		switch {
 		case err == nil:
 			fl.flushed = end
 		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.ESPIPE), errors.Is(err, unix.EOPNOTSUPP):
 			w.off = true
-			return
+			return grew
 		}
 		// Any other error (EIO) is the fsync's to report: it sees the same pages.
 	}
+	return grew
 }
 
 func (w *follower) close() {

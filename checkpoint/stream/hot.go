@@ -29,9 +29,11 @@ package stream
 // about half of it). A restore that used a list therefore records too, and when it saw
 // hot frames the list lacks, stores the list with them appended (Put): the next restore
 // fetches those first as well. The list only grows, by frames read out of the loader's
-// order, and stops at maxHotShare, so a snapshot's list is rewritten a bounded number
-// of times; two restores appending at once may lose one's frames, which a later restore
-// records again.
+// order, up to maxHotShare of the frames (appended frames past it are dropped), so a
+// snapshot's list is rewritten a bounded number of times; two restores appending at once
+// may lose one's frames, which a later restore records again (on Cloud Storage a second
+// write of one object within a second may be refused: logged, nothing else). A frame
+// once listed stays listed: deleting the snapshot is the only reset.
 
 import (
 	"bytes"
@@ -277,13 +279,18 @@ func (img *Image) recordHot(ctx context.Context, src Source, x *storage.FrameInd
 	}
 	recorded, took := rec.stop()
 	added := newFrames(known, recorded)
+	if known != nil {
+		// A list that grows stops at the limit a first list must stay under.
+		limit := min(MaxHotFrames, int(maxHotShare*float64(x.Len())))
+		added = added[:max(0, min(len(added), limit-len(known)))]
+	}
 	hot := append(slices.Clone(known), added...)
 	url := src.Store.URL(img.hot.name)
 	switch {
 	case f.Err() != nil:
 		return
 	case len(added) == 0 && known != nil:
-		log.L.WithField("hot_frames", len(known)).Infof("podsnapshot: hot-frame list %s kept: no frame read out of the loader's order beyond its %d", url, len(known))
+		log.L.WithField("hot_frames", len(known)).Infof("podsnapshot: hot-frame list %s kept: no frame read out of the loader's order beyond its %d, or it is full", url, len(known))
 		return
 	case len(added) == 0:
 		log.L.Debugf("podsnapshot: no hot frames recorded for %s: the sandbox read its pages in order", url)

@@ -408,19 +408,26 @@ func storedHotList(t *testing.T, src Source, x *storage.FrameIndex) ([]byte, []i
 
 // TestStreamAppendsToHotList: a restore that used a list and saw a frame read out of the
 // loader's order that the list lacks stores the list with that frame appended; one that
-// saw none beyond it leaves the list as it was.
+// saw none beyond it leaves the list as it was; a list one frame short of half the
+// frames takes one more.
 func TestStreamAppendsToHotList(t *testing.T) {
+	var nearlyFull []int
+	for i := 129; i < 256; i++ {
+		nearlyFull = append(nearlyFull, i)
+	}
 	for _, tc := range []struct {
 		name   string
+		known  []int
 		faults []int64
 		want   []int
 	}{
-		{"new frame", []int64{50, 30}, []int{50, 40, 30}},
-		{"nothing new", []int64{50, 40}, []int{50, 40}},
+		{"new frame", []int{50, 40}, []int64{50, 30}, []int{50, 40, 30}},
+		{"nothing new", []int{50, 40}, []int64{50, 40}, []int{50, 40}},
+		{"full", nearlyFull, []int64{50, 30}, append(slices.Clone(nearlyFull), 50)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st, src, _, x := hotSource(t, 256)
-			before := storeHotList(t, st, src, x, []int{50, 40})
+			before := storeHotList(t, st, src, x, tc.known)
 			st.delay = 100 * time.Millisecond
 			checked := 0
 			src.HotFramesCheck = func(context.Context) error { checked++; return nil }
@@ -438,7 +445,7 @@ func TestStreamAppendsToHotList(t *testing.T) {
 			if !slices.Equal(hot, tc.want) {
 				t.Fatalf("stored list %v, want %v", hot, tc.want)
 			}
-			if wrote := !bytes.Equal(before, after); wrote != (len(tc.want) > 2) || checked != map[bool]int{true: 2, false: 0}[wrote] {
+			if wrote := !bytes.Equal(before, after); wrote != (len(tc.want) > len(tc.known)) || checked != map[bool]int{true: 2, false: 0}[wrote] {
 				t.Fatalf("list rewritten: %v, HotFramesCheck asked %d times", wrote, checked)
 			}
 		})

@@ -16,7 +16,8 @@ type Process = hostproc.Process
 
 // watchedPrefixes name the processes that must not outlive a test, matched against comm
 // and the base name of argv[0]: containerd-shim-podsnapshot-v1 (whose comm is cut to
-// "containerd-shim"), containerd-shim-runc-v2, runsc and the runsc-gofer and
+// "containerd-shim") and the serving shim it starts (podsnapshot-shimd, with the shim's
+// name as argv[0]), containerd-shim-runc-v2, runsc and the runsc-gofer and
 // runsc-sandbox it re-executes itself as, and fake-gcs-server. internal/testenv/lab
 // also watches containerd itself; the harness never did (StartContainerd's cleanup stops and
 // reaps its containerds), so the list stays as it was.

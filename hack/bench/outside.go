@@ -264,8 +264,10 @@ func reapOrphans(snap map[int]procStat, self int) {
 			continue
 		}
 		// runsc re-executes itself through /proc/self/exe: its sandbox and gofer are
-		// "exe" (or runsc-*, by argv[0]) in comm.
-		if strings.HasPrefix(st.comm, "containerd-shim") || strings.HasPrefix(st.comm, "runsc-") || st.comm == "exe" {
+		// "exe" (or runsc-*, by argv[0]) in comm. The serving shim's comm is its file's
+		// name, podsnapshot-shimd, cut to 15 characters.
+		if strings.HasPrefix(st.comm, "containerd-shim") || strings.HasPrefix(st.comm, "podsnapshot-shi") ||
+			strings.HasPrefix(st.comm, "runsc-") || st.comm == "exe" {
 			_, _ = unix.Wait4(pid, nil, unix.WNOHANG, nil)
 		}
 	}

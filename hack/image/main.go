@@ -5,9 +5,10 @@
 //	go run ./hack/image -bin _out/bin -runsc _deps/bin/runsc \
 //	    -push 127.0.0.1:5000/podsnapshot:v1 -kustomization deploy/kubernetes/kustomization.yaml
 //
-// The image holds, in /opt/podsnapshot/bin, the shim (containerd-shim-podsnapshot-v1),
-// runsc, the CLI (podsnapshot) and podsnapshot-agent, its entrypoint. The agent
-// DaemonSet runs it twice per node: as the init container that installs the first three
+// The image holds, in /opt/podsnapshot/bin, the shim (containerd-shim-podsnapshot-v1 and
+// the serving shim it starts, podsnapshot-shimd), runsc, the CLI (podsnapshot) and
+// podsnapshot-agent, its entrypoint. The agent DaemonSet runs it twice per node: as the
+// init container that installs the first four
 // on the node (--role=install) and as the node agent; the controller Deployment runs it
 // with --role=controller. Every file's time is the Unix epoch and the layer is built in
 // a fixed order, so the same binaries give the same digest.
@@ -59,7 +60,7 @@ func main() {
 
 func run() error {
 	var (
-		binDir        = flag.String("bin", "_out/bin", "directory with containerd-shim-podsnapshot-v1, podsnapshot and podsnapshot-agent (make build)")
+		binDir        = flag.String("bin", "_out/bin", "directory with containerd-shim-podsnapshot-v1, podsnapshot-shimd, podsnapshot and podsnapshot-agent (make build)")
 		runsc         = flag.String("runsc", "_deps/bin/runsc", "the runsc binary (make deps)")
 		out           = flag.String("o", "", "write the image as an archive for `ctr images import` here")
 		tag           = flag.String("name", "podsnapshot.local/podsnapshot:latest", "the image's name in the archive (-o)")

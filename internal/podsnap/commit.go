@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"golang.org/x/sys/unix"
 
 	v1 "github.com/podsnapshot/podsnapshot/checkpoint/api/v1"
 	"github.com/podsnapshot/podsnapshot/checkpoint/manifest"
@@ -326,12 +327,25 @@ func (p *Pod) waitCommits(timeout time.Duration) {
 }
 
 // followWriteback starts storage.FollowWriteback on the checkpoint image directory dir
-// when the pod's store adopts uncompressed images (a local store on the node): the
-// image's pages then go to disk while the save runs, not in the fsync after it. For any
-// other store the image is read once and deleted, and its pages need not reach the disk.
+// when the pod's store may adopt its files: a local store on dir's filesystem, which
+// adopts an image file stored uncompressed (repo.Repo.MinRatio); its pages then go to
+// disk while the save runs, not in the fsync after it. For any other store the image is
+// read once and deleted, and its pages need not reach the disk. (An image that then
+// compresses well is written back for nothing: the save cannot tell in advance.)
 func (p *Pod) followWriteback(dir string) (stop func()) {
-	if _, ok := p.repo.Store.(storage.Adopter); !ok || dir == "" {
+	st, ok := p.repo.Store.(interface {
+		storage.Adopter
+		Root() string
+	})
+	if !ok || dir == "" || !sameFilesystem(dir, st.Root()) {
 		return func() {}
 	}
 	return storage.FollowWriteback(dir)
+}
+
+// sameFilesystem says whether paths a and b lie on one filesystem (false if either
+// cannot be read).
+func sameFilesystem(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev
 }

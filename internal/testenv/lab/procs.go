@@ -12,7 +12,8 @@ import (
 type Process = hostproc.Process
 
 // watchedPrefixes name the processes a lab must not leave behind, matched against comm
-// and the base name of argv[0]: our shim (its comm is cut to "containerd-shim"), runsc and
+// and the base name of argv[0]: our shim (its comm is cut to "containerd-shim"; the serving
+// shim, podsnapshot-shimd, has the shim's name as argv[0]), runsc and
 // the runsc-gofer and runsc-sandbox it re-executes itself as, and fake-gcs-server. Unlike
 // e2e/harness's list it holds containerd too: Close's final scan (CleanupReport.Left)
 // vouches for the lab's containerd as well.
