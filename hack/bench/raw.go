@@ -23,13 +23,13 @@ import (
 // the lab's Close reaps any sandbox left over and unmounts runsc's null-netns.
 type rawRunsc struct {
 	bin    string
-	images string // checkpoint images, kept across labs (outside the lab's directory)
-	root   string // --root
-	dir    string // bundles, images, outputs
-	rootfs string // the image's root filesystem, shared by the bundles
+	images string   // checkpoint images, kept across labs (outside the lab's directory)
+	root   string   // --root
+	dir    string   // bundles, images, outputs
+	rootfs string   // the image's root filesystem, shared by the bundles
 	env    []string // the process environment of the bundles (nil: runsc spec's)
 	flags  []string // runsc flags before the command, as the shim config's [runsc.flags]
-	n      int    // container counter, for unique IDs
+	n      int      // container counter, for unique IDs
 }
 
 func newRawRunsc(l *lab.Lab, images string) (*rawRunsc, error) {
@@ -187,7 +187,7 @@ func (r *rawRunsc) checkpoint(ctx context.Context, name string, seconds float64,
 	if err != nil {
 		return nil, err
 	}
-	id := r.nextID("raw-cold-"+name)
+	id := r.nextID("raw-cold-" + name)
 	out, tail, err := r.output(id)
 	if err != nil {
 		return nil, err
