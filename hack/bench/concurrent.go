@@ -81,7 +81,7 @@ func concurrentRestores(ctx context.Context, l *lab.Lab, prefix string, opts, co
 	for i, t := range tasks {
 		mem, err := l.WaitOutput(ctx, t, 5*time.Minute, "memory check", func(s string) bool { return strings.HasPrefix(s, "memory ") })
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", t.ID, err)
+			return nil, fmt.Errorf("%s: %w; containerd's log of it:\n%s", t.ID, err, taskLog(l, from, t.ID))
 		}
 		if mem.Text != "memory ok" {
 			return nil, fmt.Errorf("%s: restored memory: %s", t.ID, mem.Text)
@@ -204,4 +204,17 @@ func writeConfigWith(l *lab.Lab, name, key, value string) (string, error) {
 // before runsc restores. It returns its path.
 func writeWholeConfig(l *lab.Lab) (string, error) {
 	return writeConfigWith(l, "podsnapshot-whole.toml", "stream_restore", "false")
+}
+
+// taskLog is what containerd's log (the shims' lines included) says of container id
+// after line from, but its debug lines: the last 40, for an error message.
+func taskLog(l *lab.Lab, from int, id string) string {
+	var out []string
+	lines := l.Log().Lines()
+	for _, s := range lines[min(from, len(lines)):] {
+		if strings.Contains(s.Text, id) && !strings.Contains(s.Text, "level=debug") {
+			out = append(out, s.Text)
+		}
+	}
+	return strings.Join(out[max(0, len(out)-40):], "\n")
 }
