@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 )
 
 // The cached restore's floor (issue 26): how fast raw runsc restores from the files a
@@ -82,40 +84,12 @@ func measureCachedPath(ctx context.Context, res *Results, raw *rawRunsc, mib int
 // such as a FUSE mount of them), read as p says, until the restored workload prints its
 // restore line (toReady) and its `memory ok` line (toMemOK); the container is deleted.
 func (r *rawRunsc) restoreRead(ctx context.Context, mib int, img *rawImage, dir string, p pagesRead) (toReady, toMemOK time.Duration, err error) {
-	b, err := r.bundle(fmt.Sprintf("restore-%d", mib), nil, img.command...)
+	rs, err := r.startRestore(ctx, fmt.Sprintf("restore-%d", mib), img, dir, p)
 	if err != nil {
 		return 0, 0, err
 	}
-	id := r.nextID(fmt.Sprintf("raw-restore-%d", mib))
-	out, tail, err := r.output(id)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer tail.Close()
-	defer out.Close()
-	defer r.delete(id, b)
-	if p.cold {
-		err = dropCached(img.dir)
-	} else {
-		_, err = dirBytesRead(img.dir)
-	}
-	if err != nil {
-		return 0, 0, fmt.Errorf("image %s: %w", img.dir, err)
-	}
-	t0 := time.Now()
-	if err := r.run(ctx, b, out, "create", "--bundle", b, id); err != nil {
-		return 0, 0, err
-	}
-	args := []string{"restore", "--image-path=" + dir, "--detach"}
-	if !p.foreground {
-		args = append(args, "--background")
-	}
-	if p.direct {
-		args = append(args, "--direct")
-	}
-	if err := r.run(ctx, b, out, append(args, id)...); err != nil {
-		return 0, 0, err
-	}
+	defer rs.end()
+	tail, t0 := rs.tail, rs.started
 	// The restored process writes at the offset its descriptor had when saved: the fresh
 	// output file starts with a hole (NUL bytes) of that length.
 	back, err := tail.Wait(ctx, 5*time.Minute, `"checkpoint result" line`, func(s string) bool { return strings.HasPrefix(trimNUL(s), "checkpoint result: ") })
@@ -160,4 +134,65 @@ func dropCached(dir string) error {
 		}
 	}
 	return nil
+}
+
+// rawRestore is a container `runsc restore` is restoring, and its output.
+type rawRestore struct {
+	r       *rawRunsc
+	bundle  string
+	id      string
+	out     *os.File
+	tail    *lab.Tail
+	started time.Time // just before `runsc create`
+}
+
+// startRestore restores img's workload as a container named after name, from the image
+// files in dir read as p says (img.dir's page cache emptied first for p.cold, filled
+// otherwise), and returns once `runsc restore --detach` has returned; end deletes it.
+func (r *rawRunsc) startRestore(ctx context.Context, name string, img *rawImage, dir string, p pagesRead) (rs *rawRestore, err error) {
+	b, err := r.bundle(name, nil, img.command...)
+	if err != nil {
+		return nil, err
+	}
+	id := r.nextID("raw-" + name)
+	out, tail, err := r.output(id)
+	if err != nil {
+		return nil, err
+	}
+	rs = &rawRestore{r: r, bundle: b, id: id, out: out, tail: tail}
+	defer func() {
+		if err != nil {
+			rs.end()
+		}
+	}()
+	if p.cold {
+		err = dropCached(img.dir)
+	} else {
+		_, err = dirBytesRead(img.dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", img.dir, err)
+	}
+	rs.started = time.Now()
+	if err := r.run(ctx, b, out, "create", "--bundle", b, id); err != nil {
+		return nil, err
+	}
+	args := []string{"restore", "--image-path=" + dir, "--detach"}
+	if !p.foreground {
+		args = append(args, "--background")
+	}
+	if p.direct {
+		args = append(args, "--direct")
+	}
+	if err := r.run(ctx, b, out, append(args, id)...); err != nil {
+		return nil, err
+	}
+	return rs, nil
+}
+
+// end deletes the container and closes its output.
+func (rs *rawRestore) end() {
+	rs.r.delete(rs.id, rs.bundle)
+	rs.out.Close()
+	rs.tail.Close()
 }

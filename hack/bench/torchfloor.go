@@ -63,32 +63,12 @@ func measureTorchFloor(ctx context.Context, rep *report, l *lab.Lab, images stri
 // time from `runsc create` to the first inference answered from inside the sandbox,
 // which must be the warm-up's.
 func (r *rawRunsc) torchRestore(ctx context.Context, img *rawImage, direct bool) (time.Duration, error) {
-	b, err := r.bundle("torch-restore", nil, img.command...)
+	rs, err := r.startRestore(ctx, "torch-restore", img, img.dir, pagesRead{direct: direct})
 	if err != nil {
 		return 0, err
 	}
-	id := r.nextID("raw-torch-restore")
-	out, tail, err := r.output(id)
-	if err != nil {
-		return 0, err
-	}
-	defer tail.Close()
-	defer out.Close()
-	defer r.delete(id, b)
-	if _, err := dirBytesRead(img.dir); err != nil {
-		return 0, fmt.Errorf("image %s: %w", img.dir, err)
-	}
-	t0 := time.Now()
-	if err := r.run(ctx, b, out, "create", "--bundle", b, id); err != nil {
-		return 0, err
-	}
-	args := []string{"restore", "--image-path=" + img.dir, "--detach", "--background"}
-	if direct {
-		args = append(args, "--direct")
-	}
-	if err := r.run(ctx, b, out, append(args, id)...); err != nil {
-		return 0, err
-	}
+	defer rs.end()
+	b, id, t0 := rs.bundle, rs.id, rs.started
 	// As the shim's cycle asks (ctr task exec): one request once the restore is done.
 	url := fmt.Sprintf("http://127.0.0.1:%d/infer", ociarchive.TorchPort)
 	cmd := r.command(ctx, b, nil, "exec", id, "wget", "-qO-", url)
