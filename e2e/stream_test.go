@@ -15,10 +15,12 @@ import (
 )
 
 // TestStreamedRestoreCorruptFrame: a byte flipped in the last frame of the stored pages,
-// which the restored sandbox reads only after runsc restore began. The frame fails its
-// check twice (fetched again once); the snapshot is marked Failed naming the frame; the
-// workload never reports its memory intact (no silently wrong memory); the next pod
-// starts cold.
+// which the restored sandbox reads only after runsc restore began. From Cloud Storage
+// the frame fails its check twice (fetched again once); from the local store, whose
+// object is in memory and so verified whole before the restore (stream.adoptLinked),
+// it fails that check and the pod starts cold, saying so. Either way the snapshot is
+// marked Failed naming the frame; the workload never reports its memory intact (no
+// silently wrong memory); the next pod starts cold.
 func TestStreamedRestoreCorruptFrame(t *testing.T) {
 	forStores(t, func(t *testing.T, kind storeKind) {
 		e := newEnv(t, kind)
@@ -34,7 +36,11 @@ func TestStreamedRestoreCorruptFrame(t *testing.T) {
 		flipByte(t, e, pages.Name, off+size/2)
 
 		log2 := e.start("again", myApp, big...)
-		e.awaitFailedFrame(m, last)
+		why := " failed verification twice"
+		if kind == localStore {
+			why = ": crc32c mismatch"
+		}
+		e.awaitFailedFrame(m, last, why)
 		time.Sleep(2 * time.Second) // what the workload prints after the failure
 		raw, _ := os.ReadFile(log2)
 		out := string(raw)
@@ -43,6 +49,8 @@ func TestStreamedRestoreCorruptFrame(t *testing.T) {
 		}
 		if d := e.decision("again"); strings.Contains(d, "cold start") && !strings.Contains(d, "corrupt") {
 			t.Fatalf("a cold start after the corrupt frame does not say so: %s", d)
+		} else if kind == localStore && !strings.Contains(d, "cold start") {
+			t.Fatalf("the local store's corrupt frame, verified before the restore, did not start the pod cold: %s", d)
 		}
 		t.Logf("the pod restored from the corrupt snapshot: %s", e.decision("again"))
 		e.remove("again")
@@ -87,7 +95,7 @@ func TestStreamedRestoreCorruptFrameAfterResume(t *testing.T) {
 		t.Fatalf("the pod did not resume from the snapshot (decision: %s); its output:\n%s",
 			e.decision("late"), out)
 	}
-	e.awaitFailedFrame(m, bad)
+	e.awaitFailedFrame(m, bad, " failed verification twice")
 	harness.Eventually(t, time.Minute, "the restored pod ends", func() bool { return e.exitLine("late") != "" })
 	if out := readFile(log2); strings.Contains(out, "memory ok") {
 		t.Fatalf("the restored workload read corrupt memory as intact:\n%s", out)
@@ -122,8 +130,9 @@ func framedPages(t *testing.T, m *manifest.Manifest) (storage.FileInfo, *storage
 	return storage.FileInfo{}, nil
 }
 
-// awaitFailedFrame waits for snapshot m to be marked Failed, its reason naming frame i.
-func (e *env) awaitFailedFrame(m *manifest.Manifest, i int) {
+// awaitFailedFrame waits for snapshot m to be marked Failed, its reason naming frame i
+// followed by why (" failed verification twice", ": crc32c mismatch").
+func (e *env) awaitFailedFrame(m *manifest.Manifest, i int, why string) {
 	e.t.Helper()
 	var back *manifest.Manifest
 	harness.Eventually(e.t, time.Minute, "snapshot marked Failed", func() bool {
@@ -131,7 +140,7 @@ func (e *env) awaitFailedFrame(m *manifest.Manifest, i int) {
 		back, err = e.repo.Get(context.Background(), m.Namespace, m.Policy, m.UUID)
 		return err == nil && back.State == manifest.StateFailed
 	})
-	if want := "frame " + strconv.Itoa(i) + " failed verification twice"; !strings.Contains(back.Reason, want) {
+	if want := "frame " + strconv.Itoa(i) + why; !strings.Contains(back.Reason, want) {
 		e.t.Fatalf("failed snapshot's reason %q does not say %q", back.Reason, want)
 	}
 }

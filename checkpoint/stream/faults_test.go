@@ -171,6 +171,7 @@ func TestStreamStalled(t *testing.T) {
 func TestLinkedCutAfterVerified(t *testing.T) {
 	ts, src := snapshot(t, storage.None{}, pagesData(16*testFrame))
 	src.Store = ts.Store // the local store itself, which links (the wrapper hides Link)
+	src.streamLinked = true
 	var mu sync.Mutex
 	var reports []string
 	src.OnCorrupt = func(err error) { mu.Lock(); reports = append(reports, err.Error()); mu.Unlock() }

@@ -288,3 +288,33 @@ func TestStreamTakeOver(t *testing.T) {
 		t.Fatal("the shim that took over did not publish the entry")
 	}
 }
+
+// TestWriteback: a frame's range of a regular file is handed to writeback and it stays
+// on; a descriptor that takes no sync_file_range (a pipe) turns it off for good instead
+// of failing the fill.
+func TestWriteback(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "pages.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(make([]byte, 1<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+	w := &writeback{fd: int(f.Fd())}
+	w.start(0, 1<<20)
+	if w.off.Load() {
+		t.Fatalf("writeback turned off on a regular file of %s", f.Name())
+	}
+	r, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer pw.Close()
+	p := &writeback{fd: int(pw.Fd())}
+	p.start(0, 4096)
+	if !p.off.Load() {
+		t.Fatal("writeback still on for a pipe, which refuses sync_file_range")
+	}
+}

@@ -119,6 +119,11 @@ func concurrentRestores(ctx context.Context, l *lab.Lab, prefix string, opts, co
 // streamedDecision says whether a shim's restore decision streams pages.img.
 func streamedDecision(msg string) bool { return strings.Contains(msg, "pages.img streams") }
 
+// adoptedDecision says whether a shim's decision line says its restore verified the local
+// store's own files whole, in memory, and kept them as the node cache entry
+// (stream.Image.Adopted) instead of streaming them.
+func adoptedDecision(msg string) bool { return strings.Contains(msg, "verified whole") }
+
 // waitFetched waits for n of the lines the shims log at the end of streaming snapshot
 // uuid's pages ("... frames fetched by this shim ...", logged without the container's
 // id), among containerd's log lines after the first from, and returns them.

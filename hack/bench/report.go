@@ -29,9 +29,13 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		"ctr run invoked -> the workload's `ready` line seen in its log file; the cold starts of every store's lab pooled")
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
-		r.define("restore_first_"+s, "restore to ready, "+name+", first (node cache empty)", "s",
-			"ctr run invoked -> `checkpoint result: restore` seen; stream_restore = true (the default): lookup, download and verify of checkpoint.img and pages_meta.img and the FUSE mount alongside runsc create, "+
-				"then runsc restore --background from the mount while pages.img arrives frame by frame into the node cache (frames the sandbox reads first are fetched first)")
+		how := "ctr run invoked -> `checkpoint result: restore` seen; stream_restore = true (the default): lookup, download and verify of checkpoint.img and pages_meta.img and the FUSE mount alongside runsc create, " +
+			"then runsc restore --background from the mount while pages.img arrives frame by frame into the node cache (frames the sandbox reads first are fetched first)"
+		if !st.OnGCS() {
+			how = "ctr run invoked -> `checkpoint result: restore` seen; stream_restore = true (the default): the local store's uncompressed pages.img, just written and so in the page cache, is hard-linked into the node cache, verified whole " +
+				"(every frame's CRC32C, one reader per CPU) and published alongside runsc create, then runsc restore --background --direct from that entry, as a cached restore (stream.adoptLinked); an object mostly out of memory would stream instead"
+		}
+		r.define("restore_first_"+s, "restore to ready, "+name+", first (node cache empty)", "s", how)
 		r.define("restore_cached_"+s, "restore to ready, "+name+", second (node cache)", "s",
 			"the same snapshot again: the first restore's streamed image became a node cache entry (it was published before the first restore was removed)")
 		r.define("restore_whole_"+s, "restore to ready, "+name+", first, stream_restore = false (whole download)", "s",
@@ -58,8 +62,11 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 	r.define("raw_cold", "raw `runsc run` cold start to ready (no shim; one run)", "s", "")
 	for _, st := range stores {
 		s, name := string(st), storeName(st)
-		r.define("restore_first_download_"+s, "  shim: lookup + checkpoint.img and pages_meta.img + mount, "+name+", first", "s",
-			"the download part of the shim's `restored` line, first (streaming) restore: lookup, download and verify of the files but pages.img, FUSE mount; it runs alongside runsc create, so the parts do not add up to the total")
+		what, how := "lookup + checkpoint.img and pages_meta.img + mount", "the download part of the shim's `restored` line, first (streaming) restore: lookup, download and verify of the files but pages.img, FUSE mount; it runs alongside runsc create, so the parts do not add up to the total"
+		if !st.OnGCS() {
+			what, how = "lookup + link and verify of every file", "the download part of the shim's `restored` line, first restore: lookup, the files linked into the node cache and verified whole (pages.img in memory), published; it runs alongside runsc create, so the parts do not add up to the total"
+		}
+		r.define("restore_first_download_"+s, "  shim: "+what+", "+name+", first", "s", how)
 		r.define("restore_first_runsc_"+s, "  shim: runsc restore, "+name+", first", "s", "the shim's own log line: `runsc restore --background` until it returns")
 		r.define("restore_first_stream_"+s, "  shim: pages.img streamed in full and verified, "+name+", first", "s",
 			"ms of the shim's `frames fetched by this shim` line: from the start of the stream (after the small files) until every frame arrived, the whole file was verified and became the node cache entry; most of it after runsc restore returned, while the workload runs")
@@ -136,7 +143,7 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		s, name := string(st), storeName(st)
 		r.define("rss_upload_"+s, "shim peak RSS during upload, "+name, "MiB", "VmHWM of the cold container's shim once committed")
 		r.define("rss_download_"+s, "shim peak RSS during a streaming restore, "+name, "MiB",
-			"VmHWM of the first restore's shim once its workload printed `memory ok` and its stream line said every frame had arrived: the download after runsc restore returned included")
+			"VmHWM of the first restore's shim once its workload printed `memory ok` and its stream line said every frame had arrived: the download after runsc restore returned included (the local store's pages in memory do not stream: there, its verification of them)")
 		r.define("rss_whole_"+s, "shim peak RSS during a whole-download restore (stream_restore = false), "+name, "MiB", "VmHWM of that restore's shim once its workload printed `memory ok`")
 		r.define("rss_cached_"+s, "shim peak RSS, cached restore, "+name, "MiB", "VmHWM of the second restore's shim once its workload printed `memory ok`")
 	}

@@ -192,6 +192,10 @@ func (f *fetch) await(ctx context.Context, namespace, policyID string) (why stri
 	if f.failed != "" {
 		return f.failed, false
 	}
+	if f.img != nil && f.img.Adopted {
+		return fmt.Sprintf("snapshot %s/%s (policy %s): the local store's files, in memory, verified whole in %d ms and kept in the node cache %s (nothing to stream)",
+			namespace, f.m.UUID, policyID, f.took.Milliseconds(), f.img.Dir), true
+	}
 	if f.img != nil && !f.img.Cached {
 		return fmt.Sprintf("snapshot %s/%s (policy %s): checkpoint.img and pages_meta.img downloaded and verified in %d ms; pages.img streams from %s while the pod runs",
 			namespace, f.m.UUID, policyID, f.took.Milliseconds(), f.img.Dir), true
