@@ -119,7 +119,7 @@ func (w *follower) pass() (grew bool) {
 		switch {
 		case err == nil:
 			fl.flushed = end
-		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.ESPIPE), errors.Is(err, unix.EOPNOTSUPP):
+		case WritebackUnsupported(err):
 			w.off = true
 			return grew
 		}
@@ -132,4 +132,12 @@ func (w *follower) close() {
 	for _, fl := range w.files {
 		fl.f.Close()
 	}
+}
+
+// WritebackUnsupported reports whether err, from sync_file_range(2), says the file's
+// filesystem (or the descriptor: a pipe) takes no such call: its writers then leave
+// every byte to their fsync. Other errors (EIO) concern the pages and are the fsync's to
+// report too.
+func WritebackUnsupported(err error) bool {
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.ESPIPE) || errors.Is(err, unix.EOPNOTSUPP)
 }

@@ -102,7 +102,7 @@ func TestResident(t *testing.T) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	if err := dropPages(f); err != nil {
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
 		t.Skipf("cannot drop the page cache here: %v", err)
 	}
 	if share, _ := resident(f, 64*4096); share == 1 {
@@ -111,9 +111,4 @@ func TestResident(t *testing.T) {
 	if share, err := resident(f, 64*4096); err != nil || share >= adoptResident {
 		t.Fatalf("a file whose pages were dropped: resident %.2f (%v), want below %.2f", share, err, adoptResident)
 	}
-}
-
-// dropPages asks the kernel to drop f's clean pages from the page cache.
-func dropPages(f *os.File) error {
-	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }

@@ -437,8 +437,7 @@ func (w *writeback) start(off, n int64) {
 	if w.off.Load() {
 		return
 	}
-	err := unix.SyncFileRange(w.fd, off, n, unix.SYNC_FILE_RANGE_WRITE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.ESPIPE) || errors.Is(err, unix.EOPNOTSUPP) {
+	if err := unix.SyncFileRange(w.fd, off, n, unix.SYNC_FILE_RANGE_WRITE); storage.WritebackUnsupported(err) {
 		w.off.Store(true)
 	}
 }

@@ -221,7 +221,7 @@ func (w *crcFileWriter) writeback(off int64) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS), errors.Is(err, unix.ESPIPE), errors.Is(err, unix.EOPNOTSUPP):
+	case storage.WritebackUnsupported(err):
 		w.noSFR = true
 		return nil
 	}
