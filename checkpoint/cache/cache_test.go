@@ -354,3 +354,27 @@ func TestDiscardAndOldEntries(t *testing.T) {
 		t.Fatalf("an entry of the former layout survived a fill: %v", err)
 	}
 }
+
+// TestFillerAlive: a claimed fill's filler is alive until it releases its lock (as its
+// process's death does), publishes or aborts; probing does not take the lock from it.
+func TestFillerAlive(t *testing.T) {
+	c := &Cache{Dir: t.TempDir(), MaxBytes: 1 << 20}
+	claim, err := c.Claim(key("a"), 100)
+	if err != nil || claim.Fill == nil {
+		t.Fatalf("claim: %+v, %v", claim, err)
+	}
+	dir := claim.Fill.Dir
+	if !FillerAlive(dir) || !FillerAlive(dir) {
+		t.Fatal("a held fill's filler reported ended")
+	}
+	if other, err := c.Claim(key("a"), 100); err != nil || other.Filling != dir {
+		t.Fatalf("after probing, a second claim is %+v, %v; want to share %s", other, err, dir)
+	}
+	claim.Fill.Release()
+	if FillerAlive(dir) {
+		t.Fatal("a released fill's filler reported alive")
+	}
+	if FillerAlive(filepath.Join(c.Dir, "gone")) {
+		t.Fatal("a missing fill's filler reported alive")
+	}
+}

@@ -117,6 +117,18 @@ func (c *Cache) TakeOver(dir, key string, size int64) (f *Filling, ok bool) {
 	return &Filling{Dir: dir, c: c, key: key, size: size, release: release}, true
 }
 
+// FillerAlive reports whether the filler of the fill directory dir (a Claim's Filling)
+// still holds its lock. false: it ended (its process died, or it published or removed
+// dir); a shim waiting on the fill need not wait any longer. Probing takes dir's lock
+// for an instant, as liveFill does.
+func FillerAlive(dir string) bool {
+	release, err := lockDir(dir)
+	if err == nil {
+		release()
+	}
+	return errors.Is(err, unix.EWOULDBLOCK)
+}
+
 // Publish makes the filled directory the entry of its key (see Fill: the size declared
 // at Claim bounds it, the marker is written, the files are made durable, an entry made
 // meanwhile wins) and returns

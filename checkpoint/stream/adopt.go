@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -33,7 +34,7 @@ const adoptResident = 0.9
 // `runsc restore --direct` where the shim is configured so. It returns nil, nil when
 // the file is not resident enough (stream it). Errors: a *storage.CorruptError naming a
 // bad frame (the store's object is bad: nothing restores from it), the file's read
-// errors, Publish's; fl is then gone. mincore needs the shim to own or be able to write
+// errors, errNotKept wrapping Publish's; fl is then gone. mincore needs the shim to own or be able to write
 // the file (Linux 5.0 and later), as root does; else every page counts as resident.
 func adoptLinked(ctx context.Context, src Source, fl *cache.Filling, x *storage.FrameIndex) (*Image, error) {
 	data, err := os.Open(filepath.Join(fl.Dir, PagesFile))
@@ -52,14 +53,22 @@ func adoptLinked(ctx context.Context, src Source, fl *cache.Filling, x *storage.
 	}
 	if err := os.Remove(filepath.Join(fl.Dir, linkedFile)); err != nil {
 		fl.Abort()
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", errNotKept, err)
 	}
-	entry, err := fl.Publish()
+	entry, err := publishFill(fl)
 	if err != nil {
-		return nil, fmt.Errorf("keep the verified snapshot %s in the node cache: %w", src.Store.URL(x.Info().Name), err)
+		return nil, fmt.Errorf("%w: keep the verified snapshot %s in the node cache: %w", errNotKept, src.Store.URL(x.Info().Name), err)
 	}
 	return &Image{Dir: entry, Cached: true, Adopted: true}, nil
 }
+
+// publishFill is cache.Filling.Publish; tests make it fail.
+var publishFill = (*cache.Filling).Publish
+
+// errNotKept is wrapped by adoptLinked's error when the verified fill could not become
+// the node cache entry (its fsync or rename failed): the snapshot is sound, so Open
+// streams it instead, without the cache.
+var errNotKept = errors.New("not kept in the node cache")
 
 // resident returns the share (0 to 1) of the first size bytes of f whose pages are in
 // the page cache (mincore(2) of a shared read-only mapping; nothing is read).
@@ -86,10 +95,10 @@ func resident(f *os.File, size int64) (float64, error) {
 	return float64(in) / float64(len(vec)), nil
 }
 
-// verifyAll checks every frame of the linked data file against x (the linked fetcher's
-// read and FrameIndex.Check), on one goroutine per CPU; the first error stops them.
+// verifyAll checks every frame of the linked data file against x (verifier's read and
+// FrameIndex.Check), on one goroutine per CPU; the first error stops them.
 func verifyAll(ctx context.Context, st storage.Store, x *storage.FrameIndex, data *os.File) error {
-	check := fetcher(st, x, data, true)
+	check := verifier(st, x, data)
 	var next atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	for range min(runtime.GOMAXPROCS(0), x.Len()) {

@@ -52,6 +52,29 @@ func TestLinkedResidentAdopted(t *testing.T) {
 	}
 }
 
+// TestLinkedResidentNotKept: when the verified fill cannot become the node cache entry
+// (its fsync or rename fails), the snapshot, sound, streams instead of failing Open
+// (which would start the pod cold).
+func TestLinkedResidentNotKept(t *testing.T) {
+	pages := pagesData(16 * testFrame)
+	ts, src := snapshot(t, storage.None{}, pages)
+	src.Store = ts.Store
+	defer func(p func(*cache.Filling) (string, error)) { publishFill = p }(publishFill)
+	publishFill = func(fl *cache.Filling) (string, error) {
+		fl.Abort() // as Publish does on error
+		return "", errors.New("fsync: input/output error")
+	}
+	img := open(t, src)
+	if img.Cached || img.Adopted || img.pages == nil {
+		t.Fatalf("Open after the entry could not be kept: Cached %v, Adopted %v, streams %v; want it streamed", img.Cached, img.Adopted, img.pages != nil)
+	}
+	got, err := os.ReadFile(filepath.Join(img.Dir, PagesFile))
+	if err != nil || !bytes.Equal(got, pages) {
+		t.Fatalf("read through the mount: %d bytes (%v), want the %d stored", len(got), err, len(pages))
+	}
+	waitDone(t, img)
+}
+
 // TestLinkedResidentCorrupt: a bad frame in a resident linked object fails Open with a
 // corrupt error naming the frame (the shim marks the snapshot failed and the pod starts
 // cold) and leaves no cache entry nor fill behind.

@@ -125,7 +125,7 @@ func TestLinkedFrameEOF(t *testing.T) {
 	}
 	defer data.Close()
 	var got []int
-	err = fetcher(ts, x, data, true)(context.Background(), 3, 4, func(i int) { got = append(got, i) }, func() {})
+	err = verifier(ts, x, data)(context.Background(), 3, 4, func(i int) { got = append(got, i) }, func() {})
 	if !errors.Is(err, storage.ErrCorrupt) || !strings.Contains(err.Error(), "frame 5: object ends early") || len(got) != 2 {
 		t.Fatalf("linked fetch of a cut file: %v (frames %v); want frames 3, 4, then corrupt at frame 5", err, got)
 	}

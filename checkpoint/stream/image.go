@@ -129,8 +129,13 @@ func Open(ctx context.Context, src Source, mountDir string) (*Image, error) {
 			return &Image{Dir: claim.Entry, Cached: true}, nil
 		}
 		img, err := openClaim(ctx, src, claim, x, raw, mountDir)
+		if errors.Is(err, errNotKept) && attempt < 3 {
+			log.G(ctx).WithError(err).Warn("podsnapshot: streaming the snapshot instead")
+			src.streamLinked = true
+			continue
+		}
 		if err != nil && claim.Fill == nil && attempt < 3 {
-			if _, serr := os.Stat(claim.Filling); serr != nil {
+			if _, serr := os.Stat(claim.Filling); serr != nil || errors.Is(err, errFillerEnded) {
 				continue
 			}
 		}
@@ -270,6 +275,11 @@ func checkSize(ctx context.Context, st storage.Store, info storage.FileInfo) err
 // preparedWait bounds how long a shim waits for another's fill to have its small files.
 const preparedWait = 2 * time.Minute
 
+// errFillerEnded is wrapped by awaitPrepared's error when the fill's filler ended
+// before its small files were complete: its process died, or it removed or published
+// the fill. Open claims again instead of starting the pod cold.
+var errFillerEnded = errors.New("its filler ended before its files were complete")
+
 // awaitPrepared waits until the fill in dir has its progress file (its small files are
 // complete), while its filler lives.
 func awaitPrepared(ctx context.Context, dir string) error {
@@ -278,8 +288,12 @@ func awaitPrepared(ctx context.Context, dir string) error {
 		if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
 			return nil
 		}
-		if _, err := os.Stat(dir); err != nil {
-			return fmt.Errorf("the fill %s sharing this snapshot ended before its files were complete: %w", dir, err)
+		if !cache.FillerAlive(dir) {
+			// The progress file may have come just before the filler ended.
+			if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
+				return nil
+			}
+			return fmt.Errorf("the fill %s sharing this snapshot: %w", dir, errFillerEnded)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the fill %s sharing this snapshot did not complete its small files in %s", dir, preparedWait)
@@ -327,8 +341,11 @@ func (img *Image) open(ctx context.Context, src Source, dir string, x *storage.F
 			src.OnCorrupt(err)
 		}
 	}
-	if img.fill != nil {
-		f.fetch = fetcher(src.Store, x, data, linked)
+	switch {
+	case img.fill != nil && linked:
+		f.fetch = verifier(src.Store, x, data)
+	case img.fill != nil:
+		f.fetch = downloader(src.Store, x, data, !img.fill.Private)
 	}
 	img.pages = f
 	return nil
@@ -378,35 +395,41 @@ func (img *Image) closeFiles() {
 // reuses a few frames' worth of memory instead of allocating two buffers per fetch.
 var framePool = sync.Pool{New: func() any { return &storage.FrameBuffers{} }}
 
-// fetcher returns how frames come into data: read from the store, verified, decoded and
-// written; or, for a linked file, read from data itself and verified.
-func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool) fetchFunc {
+// verifier returns how the frames of a linked fill come into data: they are there
+// already (data is the store's own object), so each is read from data and verified.
+func verifier(st storage.Store, x *storage.FrameIndex, data *os.File) fetchFunc {
 	url := st.URL(x.Info().Name)
-	if linked {
-		return func(ctx context.Context, first, n int, done func(int), _ func()) error {
-			bufs := framePool.Get().(*storage.FrameBuffers)
-			defer framePool.Put(bufs)
-			if int64(cap(bufs.Stored)) < x.Info().FrameSize {
-				bufs.Stored = make([]byte, x.Info().FrameSize)
-			}
-			for i := first; i < first+n; i++ {
-				b := bufs.Stored[:x.RawLen(i)]
-				if _, err := data.ReadAt(b, x.RawOffset(i)); err != nil {
-					if errors.Is(err, io.EOF) {
-						// The store's object was cut short: corrupt, not worth retrying.
-						return storage.Corruptf(url, "frame %d: object ends early", i)
-					}
-					return fmt.Errorf("%s: read frame %d: %w", url, i, err)
-				}
-				if err := x.Check(url, i, b); err != nil {
-					return err
-				}
-				done(i)
-			}
-			return nil
+	return func(ctx context.Context, first, n int, done func(int), _ func()) error {
+		bufs := framePool.Get().(*storage.FrameBuffers)
+		defer framePool.Put(bufs)
+		if int64(cap(bufs.Stored)) < x.Info().FrameSize {
+			bufs.Stored = make([]byte, x.Info().FrameSize)
 		}
+		for i := first; i < first+n; i++ {
+			b := bufs.Stored[:x.RawLen(i)]
+			if _, err := data.ReadAt(b, x.RawOffset(i)); err != nil {
+				if errors.Is(err, io.EOF) {
+					// The store's object was cut short: corrupt, not worth retrying.
+					return storage.Corruptf(url, "frame %d: object ends early", i)
+				}
+				return fmt.Errorf("%s: read frame %d: %w", url, i, err)
+			}
+			if err := x.Check(url, i, b); err != nil {
+				return err
+			}
+			done(i)
+		}
+		return nil
 	}
-	wb := &writeback{fd: int(data.Fd())}
+}
+
+// downloader returns how frames come into the fill's data file: read from the store,
+// verified, decoded and written; with writeback (see writeback) when the fill is to be
+// published. A private fill (caching disabled) is removed after its restore: making it
+// durable would only add disk writes.
+func downloader(st storage.Store, x *storage.FrameIndex, data *os.File, writeback bool) fetchFunc {
+	url := st.URL(x.Info().Name)
+	wb := newWriteback(data, writeback)
 	return func(ctx context.Context, first, n int, done func(int), alive func()) error {
 		bufs := framePool.Get().(*storage.FrameBuffers)
 		defer framePool.Put(bufs)
@@ -430,7 +453,14 @@ func fetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool
 // publishing fsync still reports it.
 type writeback struct {
 	fd  int
-	off atomic.Bool // the filesystem refused sync_file_range: leave it all to the fsync
+	off atomic.Bool // off, or the filesystem refused sync_file_range: leave it all to the fsync
+}
+
+// newWriteback returns the writeback of data, doing nothing unless on.
+func newWriteback(data *os.File, on bool) *writeback {
+	w := &writeback{fd: int(data.Fd())}
+	w.off.Store(!on)
+	return w
 }
 
 func (w *writeback) start(off, n int64) {

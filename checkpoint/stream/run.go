@@ -74,8 +74,11 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 			return
 		}
 		if fl, ok := src.Cache.TakeOver(img.fillDir, src.Key, raw); ok {
-			_, err := os.Stat(filepath.Join(img.fillDir, linkedFile))
-			f.setFetch(fetcher(src.Store, x, img.data, err == nil))
+			if _, err := os.Stat(filepath.Join(img.fillDir, linkedFile)); err == nil {
+				f.setFetch(verifier(src.Store, x, img.data))
+			} else {
+				f.setFetch(downloader(src.Store, x, img.data, true)) // shared: never private
+			}
 			img.mu.Lock()
 			img.fill = fl
 			img.mu.Unlock()

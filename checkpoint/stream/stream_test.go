@@ -291,7 +291,7 @@ func TestStreamTakeOver(t *testing.T) {
 
 // TestWriteback: a frame's range of a regular file is handed to writeback and it stays
 // on; a descriptor that takes no sync_file_range (a pipe) turns it off for good instead
-// of failing the fill.
+// of failing the fill; a private fill's (newWriteback off) starts none.
 func TestWriteback(t *testing.T) {
 	f, err := os.Create(filepath.Join(t.TempDir(), "pages.img"))
 	if err != nil {
@@ -301,10 +301,13 @@ func TestWriteback(t *testing.T) {
 	if _, err := f.WriteAt(make([]byte, 1<<20), 0); err != nil {
 		t.Fatal(err)
 	}
-	w := &writeback{fd: int(f.Fd())}
+	w := newWriteback(f, true)
 	w.start(0, 1<<20)
 	if w.off.Load() {
 		t.Fatalf("writeback turned off on a regular file of %s", f.Name())
+	}
+	if !newWriteback(f, false).off.Load() {
+		t.Fatal("writeback on for a private fill")
 	}
 	r, pw, err := os.Pipe()
 	if err != nil {
@@ -317,4 +320,49 @@ func TestWriteback(t *testing.T) {
 	if !p.off.Load() {
 		t.Fatal("writeback still on for a pipe, which refuses sync_file_range")
 	}
+}
+
+// TestStreamSharerOfDeadFiller: a shim shares a fill whose filler dies before its small
+// files are complete (its lock goes with its process; the directory stays). The sharer
+// claims again at once and fills itself, instead of waiting out preparedWait and
+// starting the pod cold.
+func TestStreamSharerOfDeadFiller(t *testing.T) {
+	pages := pagesData(8 * testFrame)
+	_, src := snapshot(t, storage.Zstd{}, pages)
+	claim, err := src.Cache.Claim(src.Key, int64(len(pages))+9)
+	if err != nil || claim.Fill == nil {
+		t.Fatalf("claim: %+v, %v", claim, err)
+	}
+	type result struct {
+		img *Image
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		img, err := Open(context.Background(), src, filepath.Join(t.TempDir(), "mnt"))
+		got <- result{img, err}
+	}()
+	time.Sleep(100 * time.Millisecond) // the sharer is waiting for the progress file
+	claim.Fill.Release()               // the filler dies: its lock is gone, its directory stays
+	var r result
+	select {
+	case r = <-got:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sharer still waits for a filler that died")
+	}
+	if errors.Is(r.err, ErrNoFUSE) {
+		t.Skip(r.err)
+	}
+	if r.err != nil {
+		t.Fatalf("Open after the filler died: %v", r.err)
+	}
+	t.Cleanup(r.img.Close)
+	if r.img.filling() == nil {
+		t.Fatal("the sharer did not become the filler")
+	}
+	all, err := os.ReadFile(filepath.Join(r.img.Dir, PagesFile))
+	if err != nil || !bytes.Equal(all, pages) {
+		t.Fatalf("read: %v, equal %v", err, bytes.Equal(all, pages))
+	}
+	waitDone(t, r.img)
 }
