@@ -211,6 +211,13 @@ func writeWholeConfig(l *lab.Lab) (string, error) {
 	return writeConfigWith(l, "podsnapshot-whole.toml", "stream_restore", "false")
 }
 
+// writeBufferedConfig writes a copy of the lab's shim config with restore_direct =
+// false: a restore from the node cache through it reads pages.img through the page
+// cache, without `runsc restore --direct`. It returns its path.
+func writeBufferedConfig(l *lab.Lab) (string, error) {
+	return writeConfigWith(l, "podsnapshot-buffered.toml", "restore_direct", "false")
+}
+
 // taskLog is what containerd's log (the shims' lines included) says of container id
 // after line from, but its debug lines: the last 40, for an error message.
 func taskLog(l *lab.Lab, from int, id string) string {

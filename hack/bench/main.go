@@ -229,8 +229,11 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			return err
 		}
 	}
-	wholeConfig, err := writeWholeConfig(l)
-	if err != nil {
+	var configs benchConfigs
+	if configs.whole, err = writeWholeConfig(l); err != nil {
+		return err
+	}
+	if configs.buffered, err = writeBufferedConfig(l); err != nil {
 		return err
 	}
 	n := 0
@@ -271,7 +274,7 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 				what += ", 4 at once"
 			}
 			logf("%s, %d MiB, run %d/%d: %s", st, mib, r+1, cfg.runs, what)
-			c, err := shimCycle(ctx, l, mib, cfg.seconds, n, wholeConfig)
+			c, err := shimCycle(ctx, l, mib, cfg.seconds, n, configs)
 			if err != nil {
 				return fmt.Errorf("%s, %d MiB, run %d: %w", st, mib, r+1, err)
 			}
@@ -279,6 +282,7 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			res.add("cold", mib, c.coldToReady.Seconds())
 			res.add("restore_first_"+s, mib, c.first.toReady.Seconds())
 			res.add("restore_cached_"+s, mib, c.cached.toReady.Seconds())
+			res.add("restore_cached_buffered_"+s, mib, c.buffered.toReady.Seconds())
 			res.add("restore_whole_"+s, mib, c.whole.toReady.Seconds())
 			res.add("restore_first_download_"+s, mib, float64(c.first.downloadMs)/1e3)
 			res.add("restore_first_runsc_"+s, mib, float64(c.first.runscMs)/1e3)
@@ -296,6 +300,7 @@ func runLab(ctx context.Context, rep *report, st lab.Storage, first bool) (err e
 			res.add("restore_whole_download_"+s, mib, float64(c.whole.downloadMs)/1e3)
 			res.add("restore_first_memok_"+s, mib, c.first.toMemOK.Seconds())
 			res.add("restore_cached_memok_"+s, mib, c.cached.toMemOK.Seconds())
+			res.add("restore_cached_buffered_memok_"+s, mib, c.buffered.toMemOK.Seconds())
 			res.add("restore_whole_memok_"+s, mib, c.whole.toMemOK.Seconds())
 			if emulatorDown > 0 {
 				res.add(serveKey(st), mib, float64(c.storedBytes)/1e6/emulatorDown)

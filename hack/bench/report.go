@@ -38,6 +38,8 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("restore_first_"+s, "restore to ready, "+name+", first (node cache empty)", "s", how)
 		r.define("restore_cached_"+s, "restore to ready, "+name+", second (node cache)", "s",
 			"the same snapshot again: the first restore's streamed image became a node cache entry (it was published before the first restore was removed)")
+		r.define("restore_cached_buffered_"+s, "restore to ready, "+name+", second (node cache), restore_direct = false", "s",
+			"the same cached restore again through a shim config with restore_direct = false: runsc restore without --direct, gVisor's loader reading the entry's pages.img through the page cache (in it: just read by the cached restore); the default is --direct")
 		r.define("restore_whole_"+s, "restore to ready, "+name+", first, stream_restore = false (whole download)", "s",
 			"the node cache emptied again, a second shim config with stream_restore = false (the old path): lookup, download of the whole snapshot (files stored uncompressed: a hard link from a local store), "+
 				"verify, decompress into the node cache alongside runsc create, then runsc restore --background; for comparison")
@@ -80,6 +82,7 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		s, name := string(st), storeName(st)
 		r.define("restore_first_memok_"+s, "first restore to `memory ok`, "+name, "s", "ctr run invoked -> the restored workload has read all its memory back (streaming: every page it reads has arrived)")
 		r.define("restore_cached_memok_"+s, "cached restore to `memory ok`, "+name, "s", "the second restore (node cache), to `memory ok`")
+		r.define("restore_cached_buffered_memok_"+s, "cached restore to `memory ok`, "+name+", restore_direct = false", "s", "the cached restore without --direct, to `memory ok`")
 		r.define("restore_whole_memok_"+s, "first restore to `memory ok`, "+name+", stream_restore = false", "s", "the whole-download restore, to `memory ok`")
 		r.define("cpu_busy_first_"+s, "  host CPU busy, first restore to `memory ok`, "+name, "%",
 			"/proc/stat: busy time (all but idle and iowait) / all CPU time of every core, from ctr run to `memory ok`: near 100% the restore waited for CPU, not for bytes")

@@ -15,9 +15,11 @@ import (
 
 // cycle is one pass through the shim: a cold start that checkpoints itself, then the
 // restores of that snapshot: the first with the node cache empty (streaming, the
-// default), the second from the node cache, a third with the node cache emptied again
-// through a shim config with stream_restore = false (the whole download first), and, on
-// fake-gcs-server, four at once with the node cache emptied again.
+// default), the second from the node cache, a third from the node cache through a shim
+// config with restore_direct = false (pages.img read through the page cache), a fourth
+// with the node cache emptied again through a shim config with stream_restore = false
+// (the whole download first), and, on fake-gcs-server, four at once with the node cache
+// emptied again.
 type cycle struct {
 	coldToReady        time.Duration
 	triggerToCommitted time.Duration
@@ -30,7 +32,9 @@ type cycle struct {
 	pagesStored        int64 // stored bytes of the snapshot's pages file
 
 	first, cached, whole restoreRun
-	concurrent           *concurrentRun // nil: not measured (local store)
+	// buffered: the cached restore again, with restore_direct = false.
+	buffered   restoreRun
+	concurrent *concurrentRun // nil: not measured (local store)
 	// concurrentCached: the same 4 at once again, the node cache holding the snapshot: what
 	// 4 sandboxes restoring together cost on this machine without any download.
 	concurrentCached *concurrentRun
@@ -61,8 +65,8 @@ type restoreRun struct {
 var restoredRE = regexp.MustCompile(`in (\d+) ms \(download (\d+) ms, runsc restore (\d+) ms\)`)
 
 // shimCycle runs one cycle in lab l; n numbers it so container IDs stay unique.
-// wholeConfig is the shim config with stream_restore = false.
-func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int, wholeConfig string) (*cycle, error) {
+// configs are the shim configs with stream_restore = false and with restore_direct = false.
+func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int, configs benchConfigs) (*cycle, error) {
 	command := slowinitCommand(mib, seconds)
 	labels := []string{lab.AppLabel}
 	prefix := fmt.Sprintf("s%d-%s-%d", mib, l.Storage, n)
@@ -105,12 +109,13 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int,
 	if err := emptyNodeCache(l); err != nil {
 		return nil, err
 	}
-	streaming, whole := shimOptions(l.ShimConfig, labels), shimOptions(wholeConfig, labels)
+	streaming, whole := shimOptions(l.ShimConfig, labels), shimOptions(configs.whole, labels)
+	buffered := shimOptions(configs.buffered, labels)
 	for i, r := range []struct {
 		rr   *restoreRun
 		opts []string
-	}{{&c.first, streaming}, {&c.cached, streaming}, {&c.whole, whole}} {
-		if i == 2 {
+	}{{&c.first, streaming}, {&c.cached, streaming}, {&c.buffered, buffered}, {&c.whole, whole}} {
+		if r.rr == &c.whole {
 			if err := emptyNodeCache(l); err != nil {
 				return nil, err
 			}
@@ -123,8 +128,10 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int,
 	if !strings.Contains(c.first.decision, "downloaded") && !adoptedDecision(c.first.decision) {
 		return nil, fmt.Errorf("first restore of %s did not download: %s", c.snapshot, c.first.decision)
 	}
-	if !strings.Contains(c.cached.decision, "node cache") {
-		return nil, fmt.Errorf("second restore of %s did not come from the node cache: %s", c.snapshot, c.cached.decision)
+	for _, r := range []restoreRun{c.cached, c.buffered} {
+		if !strings.Contains(r.decision, "node cache") {
+			return nil, fmt.Errorf("a second restore of %s did not come from the node cache: %s", c.snapshot, r.decision)
+		}
 	}
 	if !strings.Contains(c.whole.decision, "downloaded") || c.whole.streamed {
 		return nil, fmt.Errorf("restore of %s with stream_restore = false did not download it whole: %s", c.snapshot, c.whole.decision)
@@ -154,6 +161,12 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int,
 		return nil, err
 	}
 	return c, nil
+}
+
+// benchConfigs are the shim configs a cycle's restores use beside the lab's own.
+type benchConfigs struct {
+	whole    string // stream_restore = false
+	buffered string // restore_direct = false
 }
 
 // shimOptions are the `ctr run` options of a container on our shim with config cfg.
