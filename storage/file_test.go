@@ -48,9 +48,13 @@ func TestSampleRatioFollowsMixedFile(t *testing.T) {
 	const size, part = 64 << 20, 6 << 20
 	base := storetest.Random(size, 5)
 	text := storetest.Text(part, 6)
-	for _, at := range []int{0, 3 << 20, 13 << 20, 29 << 20, 41 << 20, 58 << 20} {
+	for _, at := range []int{0, 3 << 20, 13<<20 + 300<<10, 29 << 20, 41<<20 + 700<<10, 58 << 20} {
 		data := bytes.Clone(base)
-		copy(data[at:], text)
+		compressible := text
+		if at%(1<<20) != 0 {
+			compressible = text[:part-500<<10] // not a whole number of strides either
+		}
+		copy(data[at:], compressible)
 		var stored int
 		for off := 0; off < size; off += storage.DefaultFrameSize {
 			var b bytes.Buffer
@@ -63,6 +67,19 @@ func TestSampleRatioFollowsMixedFile(t *testing.T) {
 		got, err := storage.SampleRatio(bytes.NewReader(data), size, storage.Zstd{})
 		if err != nil || got < want*0.97 || got > want*1.03 {
 			t.Errorf("compressible part at %d MiB: SampleRatio = %.3f, %v; the upload's ratio is %.3f", at>>20, got, err, want)
+		}
+	}
+}
+
+// BenchmarkSampleRatio: the sample the shim takes of each image file before its upload,
+// on 1 GiB of memory that barely compresses, with the shim's codec (one encoder thread).
+func BenchmarkSampleRatio(b *testing.B) {
+	data := bytes.Repeat(storetest.Random(64<<20, 7), 16)
+	codec := storage.Zstd{Concurrency: 1}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := storage.SampleRatio(bytes.NewReader(data), int64(len(data)), codec); err != nil {
+			b.Fatal(err)
 		}
 	}
 }

@@ -364,17 +364,17 @@ func TestFillerAlive(t *testing.T) {
 		t.Fatalf("claim: %+v, %v", claim, err)
 	}
 	dir := claim.Fill.Dir
-	if !FillerAlive(dir) || !FillerAlive(dir) {
+	if !c.FillerAlive(dir) || !c.FillerAlive(dir) {
 		t.Fatal("a held fill's filler reported ended")
 	}
 	if other, err := c.Claim(key("a"), 100); err != nil || other.Filling != dir {
 		t.Fatalf("after probing, a second claim is %+v, %v; want to share %s", other, err, dir)
 	}
 	claim.Fill.Release()
-	if FillerAlive(dir) {
+	if c.FillerAlive(dir) {
 		t.Fatal("a released fill's filler reported alive")
 	}
-	if FillerAlive(filepath.Join(c.Dir, "gone")) {
+	if c.FillerAlive(filepath.Join(c.Dir, "gone")) {
 		t.Fatal("a missing fill's filler reported alive")
 	}
 }

@@ -118,15 +118,26 @@ func (c *Cache) TakeOver(dir, key string, size int64) (f *Filling, ok bool) {
 }
 
 // FillerAlive reports whether the filler of the fill directory dir (a Claim's Filling)
-// still holds its lock. false: it ended (its process died, or it published or removed
+// may still be at work. false: it ended (its process died, or it published or removed
 // dir); a shim waiting on the fill need not wait any longer. Probing takes dir's lock
-// for an instant, as liveFill does.
-func FillerAlive(dir string) bool {
-	release, err := lockDir(dir)
-	if err == nil {
-		release()
+// for an instant, under the cache lock as liveFill and eviction do, so that neither
+// mistakes the probe for a live filler. An error other than dir's absence (the
+// descriptors are used up) says nothing: alive.
+func (c *Cache) FillerAlive(dir string) bool {
+	unlock, err := c.lock()
+	if err != nil {
+		return true
 	}
-	return errors.Is(err, unix.EWOULDBLOCK)
+	defer unlock()
+	release, err := lockDir(dir)
+	switch {
+	case err == nil:
+		release()
+		return false
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
+		return false
+	}
+	return true
 }
 
 // Publish makes the filled directory the entry of its key (see Fill: the size declared

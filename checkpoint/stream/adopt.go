@@ -34,11 +34,12 @@ const adoptResident = 0.9
 // `runsc restore --direct` where the shim is configured so. It returns nil, nil when
 // the file is not resident enough (stream it). Errors: a *storage.CorruptError naming a
 // bad frame (the store's object is bad: nothing restores from it), the file's read
-// errors, errNotKept wrapping Publish's; fl is then gone. mincore needs the shim to own or be able to write
+// errors, errNotKept wrapping the marker's removal's or Publish's; fl is then gone. mincore needs the shim to own or be able to write
 // the file (Linux 5.0 and later), as root does; else every page counts as resident.
 func adoptLinked(ctx context.Context, src Source, fl *cache.Filling, x *storage.FrameIndex) (*Image, error) {
 	data, err := os.Open(filepath.Join(fl.Dir, PagesFile))
 	if err != nil {
+		fl.Abort()
 		return nil, err
 	}
 	defer data.Close()

@@ -129,7 +129,7 @@ func Open(ctx context.Context, src Source, mountDir string) (*Image, error) {
 			return &Image{Dir: claim.Entry, Cached: true}, nil
 		}
 		img, err := openClaim(ctx, src, claim, x, raw, mountDir)
-		if errors.Is(err, errNotKept) && attempt < 3 {
+		if errors.Is(err, errNotKept) && !src.streamLinked {
 			log.G(ctx).WithError(err).Warn("podsnapshot: streaming the snapshot instead")
 			src.streamLinked = true
 			continue
@@ -172,7 +172,7 @@ func openClaim(ctx context.Context, src Source, claim cache.Claim, x *storage.Fr
 		}
 	} else {
 		dir = claim.Filling
-		err = awaitPrepared(ctx, dir)
+		err = awaitPrepared(ctx, src.Cache, dir)
 	}
 	if err == nil {
 		err = img.open(fctx, src, dir, x)
@@ -281,19 +281,24 @@ const preparedWait = 2 * time.Minute
 var errFillerEnded = errors.New("its filler ended before its files were complete")
 
 // awaitPrepared waits until the fill in dir has its progress file (its small files are
-// complete), while its filler lives.
-func awaitPrepared(ctx context.Context, dir string) error {
+// complete), while its filler lives (probed every takeOverEvery: it takes the cache
+// lock).
+func awaitPrepared(ctx context.Context, c *cache.Cache, dir string) error {
 	deadline := time.Now().Add(preparedWait)
+	probe := time.Now().Add(takeOverEvery)
 	for {
 		if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
 			return nil
 		}
-		if !cache.FillerAlive(dir) {
-			// The progress file may have come just before the filler ended.
-			if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
-				return nil
+		if time.Now().After(probe) {
+			if !c.FillerAlive(dir) {
+				// The progress file may have come just before the filler ended.
+				if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
+					return nil
+				}
+				return fmt.Errorf("the fill %s sharing this snapshot: %w", dir, errFillerEnded)
 			}
-			return fmt.Errorf("the fill %s sharing this snapshot: %w", dir, errFillerEnded)
+			probe = time.Now().Add(takeOverEvery)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the fill %s sharing this snapshot did not complete its small files in %s", dir, preparedWait)
@@ -425,8 +430,9 @@ func verifier(st storage.Store, x *storage.FrameIndex, data *os.File) fetchFunc 
 
 // downloader returns how frames come into the fill's data file: read from the store,
 // verified, decoded and written; with writeback (see writeback) when the fill is to be
-// published. A private fill (caching disabled) is removed after its restore: making it
-// durable would only add disk writes.
+// published. A private fill (caching disabled) is never fsynced and is removed with its
+// pod: its pages need not reach the disk while the sandbox loads them (the kernel's own
+// writeback takes those that live 30 s).
 func downloader(st storage.Store, x *storage.FrameIndex, data *os.File, writeback bool) fetchFunc {
 	url := st.URL(x.Info().Name)
 	wb := newWriteback(data, writeback)

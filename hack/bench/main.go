@@ -4,7 +4,8 @@
 //  1. cold start to ready of slowinit through the shim (ctr run -> "ready" in its output);
 //  2. restore to ready through the shim from each store (ctr run -> "checkpoint result:
 //     restore"): the first restore of a snapshot (node cache empty: download, verify,
-//     decompress, runsc restore) and a second one (from the node cache);
+//     decompress, runsc restore) and a second one (from the node cache, --direct), and
+//     that again through a shim config with restore_direct = false;
 //  3. the floor: `runsc create` + `runsc restore` of the same workload from an uncompressed
 //     image that runsc itself wrote, without containerd or the shim;
 //  4. trigger -> committed and its throughput, beside the standalone zstd compressor

@@ -39,7 +39,7 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 		r.define("restore_cached_"+s, "restore to ready, "+name+", second (node cache)", "s",
 			"the same snapshot again: the first restore's streamed image became a node cache entry (it was published before the first restore was removed)")
 		r.define("restore_cached_buffered_"+s, "restore to ready, "+name+", second (node cache), restore_direct = false", "s",
-			"the same cached restore again through a shim config with restore_direct = false: runsc restore without --direct, gVisor's loader reading the entry's pages.img through the page cache (in it: just read by the cached restore); the default is --direct")
+			"the same cached restore again through a shim config with restore_direct = false: runsc restore without --direct, gVisor's loader reading the entry's pages.img through the page cache, where its pages are (written there by the first restore's fill, or by the commit for an adopted local-store file; --direct reads leave none there): a warm entry; the default is --direct, which reads the disk either way")
 		r.define("restore_whole_"+s, "restore to ready, "+name+", first, stream_restore = false (whole download)", "s",
 			"the node cache emptied again, a second shim config with stream_restore = false (the old path): lookup, download of the whole snapshot (files stored uncompressed: a hard link from a local store), "+
 				"verify, decompress into the node cache alongside runsc create, then runsc restore --background; for comparison")

@@ -105,7 +105,8 @@ func shimCycle(ctx context.Context, l *lab.Lab, mib int, seconds float64, n int,
 		return nil, err
 	}
 
-	// Every restore starts from a node cache without this snapshot, but the second.
+	// Every restore starts from a node cache without this snapshot, but the second and
+	// third (the cached ones).
 	if err := emptyNodeCache(l); err != nil {
 		return nil, err
 	}
