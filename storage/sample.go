@@ -12,7 +12,7 @@ import (
 // barely compresses beside a small part that compresses well (a model's weights and its
 // runtime's heap) is judged by how much of the file each kind fills. Eight pieces of
 // 1 MiB hit such a part by chance: issue 26's torch snapshot (ratio 1.09 stored) came
-// out above repo.Repo.MinRatio's 1.1 in every bench run. A piece of 128 KiB
+// out above a MinRatio of 1.1 in every bench run. A piece of 128 KiB
 // compresses a little less than the upload's 4 MiB frames on text-like memory, which
 // errs on the side of storing it as it is.
 const (

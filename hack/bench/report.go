@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/podsnapshot/podsnapshot/internal/podsnap"
 	"github.com/podsnapshot/podsnapshot/internal/testenv/lab"
 	"github.com/podsnapshot/podsnapshot/storage"
 )
@@ -139,7 +140,7 @@ func defineMetrics(r *Results, stores []lab.Storage) {
 	r.define("raw_mb", "snapshot size, raw", "MB", "the gVisor image files, uncompressed")
 	r.define("raw_image_mb", "image size written by runsc directly", "MB", "the floor's uncompressed image (a cross-check of the raw size)")
 	for _, st := range stores {
-		r.define("stored_mb_"+string(st), "snapshot size, stored, "+storeName(st), "MB", "zstd; a file whose sampled zstd ratio is below 1.1 is stored as it is")
+		r.define("stored_mb_"+string(st), "snapshot size, stored, "+storeName(st), "MB", fmt.Sprintf("zstd; a file whose sampled zstd ratio is below %.2f is stored as it is", podsnap.MinUploadRatio))
 	}
 	r.define("zstd_ratio", "compression ratio (standalone zstd)", "x", "")
 	for _, st := range stores {

@@ -60,9 +60,18 @@ func unknownAnnotations(annotations map[string]string) []string {
 var uploadCodec = storage.Zstd{Concurrency: 1}
 
 // minUploadRatio is the zstd ratio on a sample of an image file below which the file is
-// stored uncompressed (repo.Repo.MinRatio): under 10% saved, compression costs about 3
-// CPU seconds per GB on upload and a decompression on restore for little less to store.
-const minUploadRatio = 1.1
+// stored uncompressed (repo.Repo.MinRatio): under 20% saved, compression costs about 2-3
+// CPU seconds per GB on upload and a decompression per frame on restore, on the cores
+// the restored sandbox loads its pages with, for little less to store; and a compressed
+// file cannot be hard-linked from a local store, adopted whole or read with --direct.
+// 1.25, not 1.1: model weights, the bulk of an inference server's memory, compress about
+// 1.05-1.2 (the torch server's image 1.09, docs/benchmarks.md), and a threshold inside
+// that band turned the codec of the same image into a coin toss on its sample (issue 26:
+// one run of two stored it raw and restored in 1.2 s, the other compressed in 3.7 s).
+const minUploadRatio = 1.25
+
+// MinUploadRatio is minUploadRatio, for reports.
+const MinUploadRatio = minUploadRatio
 
 // commitRepo is the repository the shim commits to and restores from on store st:
 // uploadCodec, minUploadRatio, and hot frames as the config says.
