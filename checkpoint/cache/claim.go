@@ -92,15 +92,25 @@ func (c *Cache) liveFill(key string) string {
 			continue
 		}
 		path := filepath.Join(c.Dir, e.Name())
-		release, err := lockDir(path)
-		if errors.Is(err, unix.EWOULDBLOCK) {
+		if held, _ := lockHeld(path); held {
 			return path
-		}
-		if err == nil {
-			release()
 		}
 	}
 	return ""
+}
+
+// lockHeld reports whether another holds the flock of the directory dir, taking it for
+// an instant if not. err is lockDir's when it could tell neither.
+func lockHeld(dir string) (held bool, err error) {
+	release, err := lockDir(dir)
+	switch {
+	case err == nil:
+		release()
+		return false, nil
+	case errors.Is(err, unix.EWOULDBLOCK):
+		return true, nil
+	}
+	return false, err
 }
 
 // TakeOver makes the caller the filler of dir, a fill of key (a Claim's Filling) whose
@@ -129,15 +139,11 @@ func (c *Cache) FillerAlive(dir string) bool {
 		return true
 	}
 	defer unlock()
-	release, err := lockDir(dir)
-	switch {
-	case err == nil:
-		release()
-		return false
-	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR):
-		return false
+	held, err := lockHeld(dir)
+	if err != nil {
+		return !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR)
 	}
-	return true
+	return held
 }
 
 // Publish makes the filled directory the entry of its key (see Fill: the size declared

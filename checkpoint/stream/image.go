@@ -287,18 +287,16 @@ func awaitPrepared(ctx context.Context, c *cache.Cache, dir string) error {
 	deadline := time.Now().Add(preparedWait)
 	probe := time.Now().Add(takeOverEvery)
 	for {
+		alive := true
+		if time.Now().After(probe) {
+			alive, probe = c.FillerAlive(dir), time.Now().Add(takeOverEvery)
+		}
+		// After the probe: a filler that wrote the progress file, then ended, did its part.
 		if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
 			return nil
 		}
-		if time.Now().After(probe) {
-			if !c.FillerAlive(dir) {
-				// The progress file may have come just before the filler ended.
-				if _, err := os.Stat(filepath.Join(dir, progressFile)); err == nil {
-					return nil
-				}
-				return fmt.Errorf("the fill %s sharing this snapshot: %w", dir, errFillerEnded)
-			}
-			probe = time.Now().Add(takeOverEvery)
+		if !alive {
+			return fmt.Errorf("the fill %s sharing this snapshot: %w", dir, errFillerEnded)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("the fill %s sharing this snapshot did not complete its small files in %s", dir, preparedWait)
@@ -346,11 +344,8 @@ func (img *Image) open(ctx context.Context, src Source, dir string, x *storage.F
 			src.OnCorrupt(err)
 		}
 	}
-	switch {
-	case img.fill != nil && linked:
-		f.fetch = verifier(src.Store, x, data)
-	case img.fill != nil:
-		f.fetch = downloader(src.Store, x, data, !img.fill.Private)
+	if img.fill != nil {
+		f.fetch = fillFetcher(src.Store, x, data, linked, img.fill)
 	}
 	img.pages = f
 	return nil
@@ -399,6 +394,15 @@ func (img *Image) closeFiles() {
 // framePool holds the buffers of the fetches in flight, so that streaming a large file
 // reuses a few frames' worth of memory instead of allocating two buffers per fetch.
 var framePool = sync.Pool{New: func() any { return &storage.FrameBuffers{} }}
+
+// fillFetcher returns how frames come into data, the pages file of fill fl: verifier's
+// way for a linked file, downloader's otherwise, with writeback unless fl is private.
+func fillFetcher(st storage.Store, x *storage.FrameIndex, data *os.File, linked bool, fl *cache.Filling) fetchFunc {
+	if linked {
+		return verifier(st, x, data)
+	}
+	return downloader(st, x, data, !fl.Private)
+}
 
 // verifier returns how the frames of a linked fill come into data: they are there
 // already (data is the store's own object), so each is read from data and verified.

@@ -74,11 +74,8 @@ func (img *Image) run(ctx context.Context, src Source, x *storage.FrameIndex, ra
 			return
 		}
 		if fl, ok := src.Cache.TakeOver(img.fillDir, src.Key, raw); ok {
-			if _, err := os.Stat(filepath.Join(img.fillDir, linkedFile)); err == nil {
-				f.setFetch(verifier(src.Store, x, img.data))
-			} else {
-				f.setFetch(downloader(src.Store, x, img.data, true)) // shared: never private
-			}
+			_, err := os.Stat(filepath.Join(img.fillDir, linkedFile))
+			f.setFetch(fillFetcher(src.Store, x, img.data, err == nil, fl))
 			img.mu.Lock()
 			img.fill = fl
 			img.mu.Unlock()
